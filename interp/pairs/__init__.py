@@ -1,0 +1,110 @@
+"""Minimal pairs: where they come from and which of them a model's tokenizer accepts.
+
+``load_pairs(cfg.pairs)`` reads the configured source (``bank``: the built-in files under
+``interp/pairs/bank/``; ``file``: ``pairs.path``), filters by ``types`` and ``categories``, and
+keeps ``limit`` pairs per category (a seeded sample, same every time). ``validate_pairs`` then
+checks each pair against the tokenizer; rejects keep their reason.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .files import read_pair_file
+from .records import PAIR_TYPES, Pair, PairFileError, Problem
+from .validate import TokenizedPair, check_pair
+
+BANK_DIR = Path(__file__).parent / "bank"
+
+__all__ = ["Pair", "Problem", "PairFileError", "TokenizedPair", "PairSet", "load_pairs",
+           "validate_pairs", "bank_categories", "BANK_DIR", "PAIR_TYPES"]
+
+
+@dataclass
+class PairSet:
+    pairs: list[Pair]
+    problems: list[Problem] = field(default_factory=list)  # lines that gave no pair
+
+
+def bank_categories() -> dict[str, str]:
+    """category -> type of every file in the built-in bank."""
+    out = {}
+    for path in sorted(BANK_DIR.glob("*.jsonl")):
+        pairs, _ = read_pair_file(path)
+        if pairs:
+            out[path.stem] = pairs[0].type
+    return out
+
+
+def _read_many(paths: list[Path], strict: bool) -> PairSet:
+    ps = PairSet([])
+    for p in paths:
+        pairs, problems = read_pair_file(p, strict=strict)
+        ps.pairs += pairs
+        ps.problems += problems
+    return ps
+
+
+def _source_pairs(pcfg) -> PairSet:
+    source = pcfg.source
+    if source == "bank":
+        return _read_many(sorted(BANK_DIR.glob("*.jsonl")), strict=True)
+    if source == "file":
+        if not pcfg.get("path"):
+            raise ValueError("pairs=file needs pairs.path=FILE (a JSONL or CSV file)")
+        return _read_many([Path(pcfg.path)], strict=bool(pcfg.get("strict", False)))
+    raise ValueError(f"pairs.source={source!r} is not one of bank, file")
+
+
+def select(pairs: list[Pair], types=None, categories=None, limit=None, seed: int = 0) -> list[Pair]:
+    """Filter by type and category, then keep ``limit`` per category (seeded, order preserved)."""
+    if types:
+        unknown = set(types) - set(PAIR_TYPES)
+        if unknown:
+            raise ValueError(f"pairs.types: {sorted(unknown)} not in {PAIR_TYPES}")
+        pairs = [p for p in pairs if p.type in set(types)]
+    if categories:
+        present = {p.category for p in pairs}
+        missing = [c for c in categories if c not in present]
+        if missing:
+            raise ValueError(f"pairs.categories: no pairs of category {missing}; present: {sorted(present)}")
+        pairs = [p for p in pairs if p.category in set(categories)]
+    if limit is not None:
+        by_cat: dict[str, list[int]] = {}
+        for i, p in enumerate(pairs):
+            by_cat.setdefault(p.category, []).append(i)
+        keep: set[int] = set()
+        for cat, idx in sorted(by_cat.items()):
+            rng = random.Random(f"{seed}:{cat}")
+            keep.update(idx if len(idx) <= limit else rng.sample(idx, int(limit)))
+        pairs = [p for i, p in enumerate(pairs) if i in keep]
+    return pairs
+
+
+def load_pairs(pcfg) -> PairSet:
+    ps = _source_pairs(pcfg)
+    ps.pairs = select(ps.pairs, pcfg.get("types"), pcfg.get("categories"), pcfg.get("limit"),
+                      int(pcfg.get("seed", 0)))
+    seen: dict[str, int] = {}
+    for p in ps.pairs:  # ids unique within a run
+        if p.pair_id in seen:
+            seen[p.pair_id] += 1
+            p.pair_id = f"{p.pair_id}~{seen[p.pair_id]}"
+        else:
+            seen[p.pair_id] = 0
+    return ps
+
+
+def validate_pairs(pairs: list[Pair], tokenizer, max_tokens: int = 256
+                   ) -> tuple[list[tuple[Pair, TokenizedPair]], list[Problem]]:
+    """Split pairs into one-token edits (kept, with tokens) and the rest (with reasons)."""
+    kept, rejected = [], []
+    for p in pairs:
+        v = check_pair(tokenizer, p.a, p.b, max_tokens=max_tokens)
+        if v.ok:
+            kept.append((p, v.tokens))
+        else:
+            rejected.append(Problem(p.source, p.line, v.reason, v.detail, p.a, p.b, p.category, p.pair_id))
+    return kept, rejected
