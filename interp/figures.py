@@ -1,0 +1,145 @@
+"""Plotly figures built from a run directory's tables.
+
+Every figure is written as HTML that works offline (plotly.js is written once into ``figures/`` and
+referenced relatively, never fetched from a CDN) and, when a Chromium is available to kaleido, as a
+static PNG for papers. ``python -m interp.figures RUN_DIR`` (re)writes them from the tables alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from . import results as R
+
+log = logging.getLogger(__name__)
+
+
+def heatmap(stab: pd.DataFrame, hook: str, position: str = "edit", value: str = "normalized") -> go.Figure:
+    """Layer x component heatmap of the normalized change at one hook point and position."""
+    d = stab[(stab["hook"] == hook) & (stab["position"] == position)]
+    grid = d.pivot_table(index="layer", columns="component", values=value, aggfunc="first").sort_index()
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=grid.index, colorscale="Viridis",
+                               colorbar={"title": value},
+                               hovertemplate="layer %{y}<br>component %{x}<br>" + value + " %{z:.4f}<extra></extra>"))
+    fig.update_layout(title=f"{value} |a-b| at '{position}', {hook}: layer x component",
+                      xaxis_title="component" + (" (head*d_head + dim)" if hook == "z" else ""),
+                      yaxis_title="layer", height=420 + 8 * len(grid))
+    return fig
+
+
+def ranking(stab: pd.DataFrame, position: str = "edit", top_k: int = 20) -> go.Figure:
+    """Bar chart of the ``top_k`` most stable components (smallest normalized change)."""
+    d = stab[stab["position"] == position].nsmallest(top_k, "normalized")
+    labels = [f"{h}[{l}].{c}" for h, l, c in zip(d["hook"], d["layer"], d["component"])]
+    err = d["normalized_std"] / np.sqrt(d["n_pairs"].clip(lower=1))
+    fig = go.Figure(go.Bar(x=d["normalized"], y=labels, orientation="h", error_x={"array": err},
+                           hovertemplate="%{y}<br>normalized %{x:.4f}<extra></extra>"))
+    fig.update_layout(title=f"{top_k} most stable components at '{position}' (error bars: s.e. over pairs)",
+                      xaxis_title="mean |a-b| / component spread", yaxis={"autorange": "reversed"},
+                      height=200 + 22 * len(d))
+    return fig
+
+
+def scatter(stab: pd.DataFrame, position: str = "edit", max_points: int = 20000) -> go.Figure:
+    """Each component's mean |a-b| against its spread across sentences, coloured by layer."""
+    d = stab[stab["position"] == position].dropna(subset=["normalized"])
+    if len(d) > max_points:
+        d = d.sample(max_points, random_state=0)
+    fig = px.scatter(d, x="spread", y="mean_abs_diff", color="layer", symbol="hook",
+                     hover_data=["hook", "layer", "component", "normalized", "std_abs_diff"],
+                     log_x=True, log_y=True, opacity=0.6)
+    fig.update_layout(title=f"change distribution at '{position}': mean |a-b| vs component spread")
+    return fig
+
+
+def margins(pairs: pd.DataFrame) -> go.Figure:
+    """Error-detection margin log P(a) - log P(b) per pair, by category."""
+    fig = px.strip(pairs, x="category", y="margin", color="type", hover_data=["pair_id", "a", "b"])
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(title="log P(a) - log P(b) per pair (grammar: a is correct)")
+    return fig
+
+
+def save_html(fig: go.Figure, figures_dir: Path, name: str) -> str:
+    """Write ``name.html``; plotly.js is loaded from ``plotly.min.js`` beside it (offline)."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    with R.atomic_path(figures_dir / f"{name}.html") as tmp:
+        fig.write_html(str(tmp), include_plotlyjs=False, full_html=True, config={"displaylogo": False})
+        html = tmp.read_text().replace("<head>", '<head><script src="plotly.min.js"></script>', 1)
+        tmp.write_text(html)
+    return f"{name}.html"
+
+
+def save_pngs(figs: dict[str, go.Figure], figures_dir: Path) -> dict[str, str]:
+    """Write every figure as ``name.png`` in one kaleido session. Returns name -> file, or an error."""
+    import plotly.io as pio
+
+    names = list(figs)
+    tmp_paths = [figures_dir / f".{n}.png.partial" for n in names]
+    try:
+        pio.write_images([figs[n] for n in names], tmp_paths, format="png", width=1100,
+                         height=[figs[n].layout.height or 600 for n in names])
+    except Exception as err:  # kaleido without a browser: say so, keep the HTML
+        for t in tmp_paths:
+            t.unlink(missing_ok=True)
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+    out = {}
+    for n, t in zip(names, tmp_paths):
+        t.replace(figures_dir / f"{n}.png")
+        out[n] = f"{n}.png"
+    return out
+
+
+def write_plotlyjs(figures_dir: Path) -> None:
+    from plotly.offline import get_plotlyjs
+
+    target = figures_dir / "plotly.min.js"
+    if not target.exists():
+        with R.atomic_path(target) as tmp:
+            tmp.write_text(get_plotlyjs())
+
+
+def write_run_figures(run_dir: str | Path, stab: pd.DataFrame | None = None, pairs: pd.DataFrame | None = None,
+                      top_k: int = 20, png: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    stab = R.read_table(run_dir, R.STABILITY) if stab is None else stab
+    pairs = R.read_table(run_dir, R.PAIRS) if pairs is None else pairs
+    fdir = run_dir / R.FIGURES
+    fdir.mkdir(parents=True, exist_ok=True)
+    write_plotlyjs(fdir)
+    position = "edit" if "edit" in set(stab["position"]) else stab["position"].iloc[0]
+    figs = {f"heatmap_{hook}_{position}": heatmap(stab, hook, position) for hook in sorted(stab["hook"].unique())}
+    figs[f"ranking_{position}"] = ranking(stab, position, top_k)
+    figs[f"scatter_{position}"] = scatter(stab, position)
+    figs["margins"] = margins(pairs)
+    written = {"html": [save_html(f, fdir, n) for n, f in figs.items()]}
+    if png:
+        pngs = save_pngs(figs, fdir)
+        if "error" in pngs:
+            log.warning("PNG export failed (%s); the HTML figures are written. kaleido needs Chromium.",
+                        pngs["error"])
+            written["png_error"] = pngs["error"]
+        else:
+            written["png"] = list(pngs.values())
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m interp.figures RUN_DIR [--no-png]``: rewrite the figures of a run."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        raise SystemExit("usage: python -m interp.figures RUN_DIR [--no-png]")
+    out = write_run_figures(args[0], png="--no-png" not in args)
+    for k, v in out.items():
+        print(k, v)
+
+
+if __name__ == "__main__":
+    main()

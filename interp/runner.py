@@ -1,0 +1,330 @@
+"""The analysis run: pairs -> validation -> batched forward passes with hooks -> run directory.
+
+``run(cfg, out_dir)`` is what ``python -m interp.run`` calls after Hydra composed the config; tests
+call it directly. It never holds more than one batch of activations. Progress is checkpointed every
+``checkpoint_every`` batches, so a run started again in the same directory with the same config
+continues from its last finished batch (a different config there is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import results as R
+from .analysis import DiffStats
+from .engine import Batch, forward, make_batches, sentence_logprobs
+from .hooks import PATTERN, resolve
+from .model import LoadedModel, load_model
+from .pairs import Problem, load_pairs, validate_pairs
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+_MODELS: dict[str, LoadedModel] = {}  # one model per process, reused by the jobs of a sweep
+
+
+class RunConfigMismatch(RuntimeError):
+    """The run dir holds a checkpoint of a run with another config."""
+
+
+def get_model(cfg: DictConfig) -> LoadedModel:
+    key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), cfg.device, cfg.dtype], sort_keys=True)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(cfg.model, cfg.device, cfg.dtype)
+    return _MODELS[key]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of what determines a run's numbers (not progress bars or output placement)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("progress", "hydra", "checkpoint_every"):
+        c.pop(k, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("interp", "torch", "transformers", "transformer-lens", "numpy", "pandas", "hydra-core"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
+    B = batch.size
+    lp_a, lp_b = lp[:B].cpu().tolist(), lp[B:2 * B].cpu().tolist()
+    rows = []
+    for j, i in enumerate(batch.index.tolist()):
+        p, tp = kept[i]
+        margin = lp_a[j] - lp_b[j]
+        rows.append({
+            "idx": i, "pair_id": p.pair_id, "category": p.category, "type": p.type, "a": p.a, "b": p.b,
+            "source": p.source, "line": p.line, "n_tokens": tp.n_tokens, "edit_pos": tp.edit_pos,
+            "token_a": tp.token_a, "token_b": tp.token_b,
+            "token_id_a": tp.ids_a[tp.edit_pos], "token_id_b": tp.ids_b[tp.edit_pos],
+            "logprob_a": lp_a[j], "logprob_b": lp_b[j], "margin": margin,
+            "correct": (margin > 0) if p.type == "grammar" else None,
+        })
+    return rows
+
+
+class Checkpoint:
+    """Atomic progress files in ``run_dir/checkpoint``: finished pair rows, stats, rejected pairs."""
+
+    def __init__(self, run_dir: Path, cfg_hash: str):
+        self.dir = run_dir / CHECKPOINT_DIR
+        self.hash = cfg_hash
+
+    def load(self) -> tuple[int, list[dict], list[dict], dict] | None:
+        meta_path = self.dir / "progress.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta["config_hash"] != self.hash:
+            raise RunConfigMismatch(
+                f"{self.dir.parent} holds a run with another config (hash {meta['config_hash']}, this "
+                f"one {self.hash}); use another hydra.run.dir or start the same config again")
+        from safetensors.torch import load_file
+
+        rows = pd.read_parquet(self.dir / "pairs.parquet").to_dict("records") if meta["batches_done"] else []
+        state = load_file(str(self.dir / "stats.safetensors")) if meta["batches_done"] else {}
+        return meta["batches_done"], rows, meta.get("failed", []), state
+
+    def save(self, batches_done: int, rows: list[dict], failed: list[dict], state: dict) -> None:
+        R.write_parquet(self.dir / "pairs.parquet", pd.DataFrame(rows))
+        R.write_safetensors(self.dir / "stats.safetensors", state)
+        # progress.json last: it names what the other two files hold
+        R.write_json(self.dir / "progress.json",
+                     {"config_hash": self.hash, "batches_done": batches_done, "failed": failed})
+
+
+def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[dict]:
+    """Forward one batch; statistics are committed only if the whole batch succeeds."""
+    staged = DiffStats(stats.sites, stats.groups, stats.positions, stats.device)
+    logits = forward(lm.bridge, batch, staged.hooks(batch))
+    lp = sentence_logprobs(logits, batch.tokens[:2 * batch.size], batch.mask[:2 * batch.size])
+    del logits
+    if not torch.isfinite(lp).all():
+        raise FloatingPointError("non-finite log-probability")
+    merged = stats.merge(staged)
+    stats.diff, stats.spread, stats.shapes = merged.diff, merged.spread, merged.shapes
+    return _pair_rows(batch, lp, kept)
+
+
+def _split(batch: Batch) -> list[Batch]:
+    """Two halves of a batch (for retrying a failed batch pair by pair)."""
+    B, h = batch.size, batch.size // 2
+    out = []
+    for lo, hi in ((0, h), (h, B)):
+        rows = torch.cat([torch.arange(v * B + lo, v * B + hi) for v in range(batch.n_variants)]).to(batch.tokens.device)
+        out.append(Batch(batch.index[lo:hi], batch.tokens[rows], batch.mask[rows], batch.edit[lo:hi],
+                         batch.last[lo:hi], batch.group[lo:hi], batch.n_variants))
+    return out
+
+
+def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
+    """A failing batch is split until the failing pair is found; that pair is recorded, not fatal."""
+    try:
+        return _run_batch(lm, stats, batch, kept)
+    except (RuntimeError, FloatingPointError, IndexError) as err:
+        if isinstance(err, RunConfigMismatch):
+            raise
+        if batch.size == 1:
+            i = int(batch.index[0])
+            p = kept[i][0]
+            failed.append({"idx": i, "pair_id": p.pair_id, "category": p.category, "a": p.a, "b": p.b,
+                           "source": p.source, "line": p.line, "reason": "forward_failed",
+                           "detail": f"{type(err).__name__}: {err}"[:500]})
+            log.warning("pair %s failed: %s", p.pair_id, err)
+            return []
+        return [r for half in _split(batch) for r in _run_batch_safely(lm, stats, half, kept, failed)]
+
+
+def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path) -> dict:
+    """Raw activations and attention patterns of the first ``n`` kept pairs (separate small pass)."""
+    if n <= 0 or not kept:
+        return {"n_saved_pairs": 0}
+    sub = kept[:n]
+    batch = make_batches([tp for _, tp in sub], [0] * len(sub), lm.bos_token_id, lm.pad_token_id,
+                         len(sub), lm.device)[0]
+    # make_batches sorts by length: restore kept order
+    order = torch.argsort(batch.index.to(batch.tokens.device))
+    n_layers = lm.info["n_layers"]
+    names = {s.name for s in sites} | {PATTERN.name(layer) for layer in range(n_layers)}
+    with torch.inference_mode():
+        _, cache = lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
+                                            names_filter=lambda name: name in names)
+    B = batch.size
+
+    def pairwise(t: torch.Tensor) -> torch.Tensor:  # [2B, ...] -> [B, 2, ...] in kept order
+        return torch.stack([t[:B][order], t[B:2 * B][order]], 1)
+
+    acts = {s.name: pairwise(cache[s.name].float()) for s in sites}
+    acts["tokens"] = pairwise(batch.tokens)
+    acts["mask"] = pairwise(batch.mask.to(torch.uint8))
+    meta = {"pair_ids": json.dumps([p.pair_id for p, _ in sub]), "layout": "[pair, sentence(a,b), pos, ...]"}
+    R.write_safetensors(run_dir / R.ACTIVATIONS, acts, meta)
+    pats = {PATTERN.name(layer): pairwise(cache[PATTERN.name(layer)].to(torch.float16)) for layer in range(n_layers)}
+    pats["tokens"] = acts["tokens"]
+    pats["mask"] = acts["mask"]
+    R.write_safetensors(run_dir / R.PATTERNS, pats, {**meta, "layout": "[pair, sentence(a,b), head, query, key]"})
+    return {"n_saved_pairs": len(sub)}
+
+
+def summarize(pairs_df: pd.DataFrame) -> pd.DataFrame:
+    """Per category: pairs, mean margin, error-detection accuracy (grammar: share with margin > 0)."""
+    if pairs_df.empty:
+        return pd.DataFrame(columns=["category", "type", "n_pairs", "mean_margin", "accuracy"])
+    g = pairs_df.groupby(["category", "type"], sort=True)
+    out = g.agg(n_pairs=("pair_id", "size"), mean_margin=("margin", "mean")).reset_index()
+    acc = pairs_df[pairs_df["type"] == "grammar"].groupby("category")["margin"].apply(lambda m: float((m > 0).mean()))
+    out["accuracy"] = out["category"].map(acc)
+    return out
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return it."""
+    t0 = time.time()
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(cfg.seed))
+    timings: dict[str, float] = {}
+
+    lm = get_model(cfg)
+    timings["load_model_s"] = time.time() - t0
+
+    t = time.time()
+    pair_set = load_pairs(cfg.pairs)
+    max_tokens = int(cfg.get("max_tokens", 256))
+    kept, rejected = validate_pairs(pair_set.pairs, lm.tokenizer, max_tokens=max_tokens)
+    problems: list[Problem] = list(pair_set.problems)
+    timings["pairs_s"] = time.time() - t
+    rejected_rows = [dict(vars(p)) for p in problems + rejected]
+    if not kept:
+        R.write_jsonl(run_dir / R.REJECTED, rejected_rows)
+        raise ValueError(f"no pair passed validation ({len(rejected)} rejected, {len(problems)} unreadable lines); "
+                         f"see {run_dir / R.REJECTED}")
+
+    groups = sorted({p.category for p, _ in kept})
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
+    positions = list(cfg.analysis.positions)
+    stats = DiffStats(sites, groups, positions, lm.device)
+    batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device)
+
+    ckpt = Checkpoint(run_dir, config_hash(cfg))
+    resumed = ckpt.load()
+    start, pair_rows, failed = 0, [], []
+    if resumed:
+        start, pair_rows, failed, state = resumed
+        stats.load_state_dict(state)
+        log.info("resuming %s at batch %d of %d", run_dir, start, len(batches))
+    every = int(cfg.get("checkpoint_every", 20))
+
+    t = time.time()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(kept), initial=sum(b.size for b in batches[:start]), unit="pair",
+               disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
+    for bi in range(start, len(batches)):
+        pair_rows += _run_batch_safely(lm, stats, batches[bi], kept, failed)
+        bar.update(batches[bi].size)
+        if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
+            ckpt.save(bi + 1, pair_rows, failed, stats.state_dict())
+    bar.close()
+    timings["forward_s"] = time.time() - t
+
+    t = time.time()
+    pairs_df = pd.DataFrame(pair_rows).sort_values("idx").drop(columns="idx").reset_index(drop=True)
+    stab = stats.table()
+    R.write_parquet(run_dir / R.PAIRS, pairs_df)
+    R.write_parquet(run_dir / R.STABILITY, stab)
+    per_cat = [stats.table(group=g).assign(category=g) for g in groups] if len(groups) > 1 else []
+    if per_cat:
+        R.write_parquet(run_dir / R.STABILITY_BY_CATEGORY, pd.concat(per_cat, ignore_index=True))
+    R.write_jsonl(run_dir / R.REJECTED, rejected_rows + failed)
+    R.write_safetensors(run_dir / R.STATS, stats.state_dict(),
+                        {"groups": json.dumps(groups), "positions": json.dumps(positions),
+                         "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()})})
+    inspect = save_inspection(lm, kept, sites, int(cfg.analysis.n_saved_pairs), run_dir)
+    timings["write_s"] = time.time() - t
+
+    summary = summarize(pairs_df)
+    figure_info = {}
+    if cfg.analysis.get("figures", True):
+        t = time.time()
+        from .figures import write_run_figures
+
+        figure_info = write_run_figures(run_dir, stab, pairs_df, top_k=int(cfg.analysis.top_k),
+                                        png=bool(cfg.analysis.get("png", True)))
+        timings["figures_s"] = time.time() - t
+    timings["total_s"] = time.time() - t0
+
+    reasons: dict[str, int] = {}
+    for r in rejected_rows + failed:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    manifest = {
+        "status": "complete",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_dir": str(run_dir.resolve()),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": ckpt.hash,
+        "model": lm.info,
+        "versions": versions(),
+        "hooks": [vars(s) for s in sites],
+        "positions": positions,
+        "groups": groups,
+        "counts": {
+            "pairs_loaded": len(pair_set.pairs), "unreadable_lines": len(problems),
+            "kept": len(pairs_df), "rejected": len(rejected), "failed_in_forward": len(failed),
+            "rejected_by_reason": reasons, "batches": len(batches), "resumed_from_batch": start,
+            **inspect,
+        },
+        "excluded": {
+            "bos": "the BOS position is excluded from every statistic",
+            "padding": "pad positions are masked out of every statistic and log-probability",
+            "shared_prefix": "in the component spread, the prefix shared by both sentences is counted once",
+        },
+        "accuracy": summary.to_dict("records"),
+        "figures": figure_info,
+        "timings": timings,
+    }
+    R.write_json(run_dir / R.MANIFEST, manifest)
+    import shutil
+
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    print_summary(run_dir, manifest, summary, stab, int(cfg.analysis.top_k))
+    return run_dir
+
+
+def print_summary(run_dir: Path, manifest: dict, summary: pd.DataFrame, stab: pd.DataFrame, top_k: int) -> None:
+    c = manifest["counts"]
+    lines = [f"\npairs: {c['kept']} kept, {c['rejected']} rejected, {c['unreadable_lines']} unreadable lines"
+             + (f", {c['failed_in_forward']} failed" if c["failed_in_forward"] else "")]
+    if c["rejected_by_reason"]:
+        lines.append("  rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(c["rejected_by_reason"].items())))
+    lines.append("error detection (share of pairs with log P(a) > log P(b)):")
+    for r in summary.itertuples():
+        acc = f"{r.accuracy:6.1%}" if r.type == "grammar" and pd.notna(r.accuracy) else "   n/a"
+        lines.append(f"  {r.category:<24} {r.type:<9} n={r.n_pairs:<5} accuracy={acc}  mean margin={r.mean_margin:+.3f}")
+    if not stab.empty:
+        pos = manifest["positions"][0]
+        top = stab[stab["position"] == pos].nsmallest(min(top_k, 10), "normalized")
+        lines.append(f"most stable components at position '{pos}' (normalized |a-b| = mean |a-b| / spread):")
+        for r in top.itertuples():
+            lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} normalized={r.normalized:.4f}  mean|a-b|={r.mean_abs_diff:.4g}")
+    lines.append(f"run dir: {run_dir}")
+    print("\n".join(lines), flush=True)

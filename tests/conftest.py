@@ -1,0 +1,74 @@
+"""Shared fixtures: seeded RNGs, the tiny random Llama (unit tier), the embedded model (integration)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """Compose the main config like ``python -m interp.run`` does, with the given overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.progress = False
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> DictConfig:
+    return make_cfg("model=tiny", "device=cpu", "dtype=float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_cfg):
+    from interp.runner import get_model
+
+    return get_model(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def smol_lm():
+    from interp.model import load_model
+
+    cfg = make_cfg("device=cpu", "dtype=float32")
+    return load_model(cfg.model, "cpu", "float32")
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    """A small JSONL of one-token edits under the SmolLM2 tokenizer, of two categories and types."""
+    rows = [
+        ('She is good at math.', 'She is good in math.', 'preposition', 'grammar'),
+        ('She ate an apple today.', 'She ate a apple today.', 'article', 'grammar'),
+        ('He is afraid of dogs at night.', 'He is afraid from dogs at night.', 'preposition', 'grammar'),
+        ('They bought an old car.', 'They bought a old car.', 'article', 'grammar'),
+        ('She loves coffee.', 'He loves coffee.', 'subject', 'semantic'),
+        ('We met in Paris last year.', 'We met in Berlin last year.', 'location', 'semantic'),
+        ('The soup was hot.', 'The soup was cold.', 'adjective', 'semantic'),
+        ('My brother lives in a small house near the river.', 'My sister lives in a small house near the river.', 'subject', 'semantic'),
+    ]
+    import json
+
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("".join(json.dumps({"a": a, "b": b, "category": c, "type": t}) + "\n" for a, b, c, t in rows))
+    return p

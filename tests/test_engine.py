@@ -1,0 +1,145 @@
+"""The forward pass and its statistics on the tiny random Llama: invariants that must hold."""
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import open_dict
+from safetensors.torch import load_file
+
+from interp.analysis import DiffStats
+from interp.engine import forward, make_batches, sentence_logprobs
+from interp.hooks import HOOK_POINTS, resolve
+from interp.pairs import load_pairs, validate_pairs
+from interp.runner import run
+from tests.conftest import make_cfg
+
+
+def _kept(lm, pairs_file):
+    cfg = make_cfg("model=tiny", "pairs=file", f"pairs.path={pairs_file}")
+    kept, rejected = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer)
+    assert not rejected
+    return kept
+
+
+def test_positions_before_the_edit_are_identical_in_both_sentences(tiny_lm, pairs_file):
+    kept = _kept(tiny_lm, pairs_file)
+    batch = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 16)[0]
+    names = [s.name for s in resolve(list(HOOK_POINTS), tiny_lm.info["n_layers"])]
+    _, cache = tiny_lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
+                                             names_filter=lambda n: n in names)
+    B = batch.size
+    checked = 0
+    for name in names:
+        act = cache[name]
+        for j in range(B):
+            e = int(batch.edit[j])
+            torch.testing.assert_close(act[j, :e], act[B + j, :e], rtol=0, atol=1e-5)
+            # and the edit itself does change something
+            assert (act[j, e] - act[B + j, e]).abs().max() > 1e-4 or name.endswith("resid_pre") and "blocks.0" not in name
+            checked += 1
+    assert checked == len(names) * B
+
+
+def test_resid_post_equals_hf_hidden_states_and_logprobs_equal_plain_hf(tiny_lm, pairs_file):
+    kept = _kept(tiny_lm, pairs_file)
+    batch = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 16)[0]
+    L = tiny_lm.info["n_layers"]
+    names = [f"blocks.{l}.hook_resid_post" for l in range(L)]
+    logits, cache = tiny_lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
+                                                  names_filter=lambda n: n in names)
+    with torch.no_grad():
+        hf = tiny_lm.hf_model(batch.tokens, attention_mask=batch.mask.long(), output_hidden_states=True)
+    m = batch.mask[..., None]
+    for l in range(L - 1):  # HF applies the final norm to hidden_states[L]
+        torch.testing.assert_close(cache[names[l]] * m, hf.hidden_states[l + 1] * m, rtol=1e-5, atol=1e-5)
+    ours = sentence_logprobs(logits, batch.tokens, batch.mask)
+    lp = torch.log_softmax(hf.logits.double(), -1)
+    for r in range(batch.tokens.shape[0]):
+        n = int(batch.mask[r].sum())
+        ref = sum(lp[r, t - 1, batch.tokens[r, t]].item() for t in range(1, n))
+        assert ours[r].item() == pytest.approx(ref, abs=1e-3)
+
+
+def test_pad_tokens_never_enter_a_statistic(tiny_cfg, pairs_file, tmp_path):
+    """A pair's results do not depend on the batch it is in (pairs differ in length -> padding)."""
+    outs = []
+    for bs in (1, 3, 8):
+        cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=all",
+                       f"batch_size={bs}", "analysis.figures=false", "analysis.n_saved_pairs=0")
+        outs.append(run(cfg, tmp_path / f"bs{bs}"))
+    ref_p = pd.read_parquet(outs[0] / "pairs.parquet")
+    ref_s = pd.read_parquet(outs[0] / "stability.parquet")
+    for o in outs[1:]:
+        p = pd.read_parquet(o / "pairs.parquet")
+        pd.testing.assert_series_equal(p["pair_id"], ref_p["pair_id"])
+        pd.testing.assert_series_equal(p["logprob_a"], ref_p["logprob_a"], atol=1e-4, rtol=1e-5)
+        s = pd.read_parquet(o / "stability.parquet")
+        for col in ("mean_abs_diff", "std_abs_diff", "mean_diff", "spread", "normalized"):
+            pd.testing.assert_series_equal(s[col], ref_s[col], atol=1e-5, rtol=1e-4)
+
+
+def test_statistics_merged_from_two_halves_equal_one_pass(tiny_lm, pairs_file):
+    kept = _kept(tiny_lm, pairs_file)
+    groups = sorted({p.category for p, _ in kept})
+    g = [groups.index(p.category) for p, _ in kept]
+    sites = resolve(["resid_post", "z", "mlp_post"], tiny_lm.info["n_layers"])
+
+    batches = make_batches([tp for _, tp in kept], g, tiny_lm.bos_token_id, tiny_lm.pad_token_id, 2)
+
+    def stats_of(bs):
+        st = DiffStats(sites, groups, device="cpu")
+        for b in bs:
+            forward(tiny_lm.bridge, b, st.hooks(b))
+        return st
+
+    # same batches either way, so the forward numerics are identical; only the reduction differs
+    whole = stats_of(batches)
+    merged = stats_of(batches[:1]).merge(stats_of(batches[1:]))
+    a, b = whole.table(), merged.table()
+    assert len(a) == len(b) > 0
+    for col in ("n_pairs", "mean_diff", "std_diff", "mean_abs_diff", "std_abs_diff", "spread", "act_mean"):
+        pd.testing.assert_series_equal(a[col], b[col], check_dtype=False, atol=1e-12, rtol=1e-10)
+    ca, cb = whole.table(group=groups[0]), merged.table(group=groups[0])
+    pd.testing.assert_series_equal(ca["mean_abs_diff"], cb["mean_abs_diff"], atol=1e-9, rtol=1e-7)
+
+
+def test_stats_equal_a_direct_computation_from_cached_activations(tiny_lm, pairs_file):
+    """The streamed mean |a-b| at the edit and the spread equal numbers computed by hand."""
+    kept = _kept(tiny_lm, pairs_file)
+    sites = resolve(["mlp_out"], tiny_lm.info["n_layers"])
+    st = DiffStats(sites, ["all"], device="cpu")
+    batches = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 3)
+    diffs, tokens = [], []
+    name = sites[-1].name
+    for b in batches:
+        forward(tiny_lm.bridge, b, st.hooks(b))
+        _, cache = tiny_lm.bridge.run_with_cache(b.tokens, attention_mask=b.mask.long(), names_filter=[name])
+        act = cache[name]
+        B = b.size
+        for j in range(B):
+            e, last = int(b.edit[j]), int(b.last[j])
+            diffs.append((act[j, e] - act[B + j, e]).abs())
+            tokens.append(act[j, 1:last + 1])
+            tokens.append(act[B + j, e:last + 1])
+    t = st.table()
+    row = t[(t.hook_name == name) & (t.position == "edit")].sort_values("component")
+    torch.testing.assert_close(torch.tensor(row["mean_abs_diff"].to_numpy()), torch.stack(diffs).mean(0).double(), rtol=1e-5, atol=1e-6)
+    spread = torch.cat(tokens).double().std(0)
+    torch.testing.assert_close(torch.tensor(row["spread"].to_numpy()), spread, rtol=1e-5, atol=1e-6)
+
+
+def test_head_and_neuron_hooks_give_one_row_per_head_dimension_and_neuron(tiny_cfg, pairs_file, tmp_path):
+    cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=z",
+                   "analysis.figures=false")
+    with open_dict(cfg):
+        cfg.hooks.points = ["z", "mlp_post"]
+    out = run(cfg, tmp_path / "drill")
+    s = pd.read_parquet(out / "stability.parquet")
+    c = cfg.model.config
+    z = s[(s.hook == "z") & (s.position == "edit")]
+    assert len(z) == c.num_hidden_layers * c.num_attention_heads * c.head_dim
+    assert set(z["head"].unique()) == set(range(c.num_attention_heads))
+    mlp = s[(s.hook == "mlp_post") & (s.position == "edit")]
+    assert len(mlp) == c.num_hidden_layers * c.intermediate_size
+    acts = load_file(str(out / "activations.safetensors"))
+    assert acts["blocks.0.attn.hook_z"].shape[:2] == (8, 2) and acts["blocks.0.attn.hook_z"].shape[-2:] == (4, 16)
