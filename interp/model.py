@@ -232,3 +232,20 @@ def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") ->
     }
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=mcfg.name, bos_token_id=int(bos_id),
                        pad_token_id=int(pad_id), device=dev, dtype=dt, info=info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m interp.model --prepare``: convert and cache the embedded model (used by setup)."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--prepare"]:
+        raise SystemExit("usage: python -m interp.model --prepare")
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2_135m.yaml"
+    print(f"embedded model ready: {_gguf_cached_dir(OmegaConf.load(conf))}")
+
+
+if __name__ == "__main__":
+    main()
