@@ -15,47 +15,105 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from . import results as R
 
 log = logging.getLogger(__name__)
+for _name in ("choreographer", "kaleido", "logistro"):  # browser start-up chatter
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-def heatmap(stab: pd.DataFrame, hook: str, position: str = "edit", value: str = "normalized") -> go.Figure:
-    """Layer x component heatmap of the normalized change at one hook point and position."""
-    d = stab[(stab["hook"] == hook) & (stab["position"] == position)]
-    grid = d.pivot_table(index="layer", columns="component", values=value, aggfunc="first").sort_index()
+def heatmap(stab: pd.DataFrame, hook: str, position: str = "edit", value: str = "normalized",
+            by: str = "component", block: int = 64) -> go.Figure:
+    """Layer x component heatmap of the normalized change at one hook point and position.
+
+    ``by="head"`` (hook ``z``) averages over each head's dimensions; ``by="block"`` (``mlp_post``)
+    averages neurons in blocks of ``block`` so thousands of neurons fit on one screen.
+    """
+    d = stab[(stab["hook"] == hook) & (stab["position"] == position)].copy()
+    if by == "head" and "head" in d:
+        d["col"], xlab = d["head"], "head (mean over head dimensions)"
+    elif by == "block":
+        d["col"], xlab = d["component"] // block * block, f"neuron block (mean over {block} neurons, first index)"
+    else:
+        d["col"], xlab = d["component"], "component" + (" (head*d_head + dim)" if hook == "z" else "")
+    grid = d.pivot_table(index="layer", columns="col", values=value, aggfunc="mean").sort_index()
     fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=grid.index, colorscale="Viridis",
                                colorbar={"title": value},
-                               hovertemplate="layer %{y}<br>component %{x}<br>" + value + " %{z:.4f}<extra></extra>"))
-    fig.update_layout(title=f"{value} |a-b| at '{position}', {hook}: layer x component",
-                      xaxis_title="component" + (" (head*d_head + dim)" if hook == "z" else ""),
-                      yaxis_title="layer", height=420 + 8 * len(grid))
+                               hovertemplate="layer %{y}<br>" + by + " %{x}<br>" + value + " %{z:.4f}<extra></extra>"))
+    fig.update_layout(title=f"{value} |a-b| at '{position}', {hook}: layer x {by}",
+                      xaxis_title=xlab, yaxis_title="layer", height=420 + 8 * len(grid))
     return fig
 
 
 def ranking(stab: pd.DataFrame, position: str = "edit", top_k: int = 20) -> go.Figure:
-    """Bar chart of the ``top_k`` most stable components (smallest normalized change)."""
-    d = stab[stab["position"] == position].nsmallest(top_k, "normalized")
-    labels = [f"{h}[{l}].{c}" for h, l, c in zip(d["hook"], d["layer"], d["component"])]
+    """Bar chart of the ``top_k`` most stable components, with the control baseline and q-values.
+
+    With controls, components are ordered by ``rank_calibrated`` (evidence of changing less than a
+    control edit) and each bar sits beside the same component's control change; without, by ``rank``.
+    """
+    d = stab[stab["position"] == position]
+    calibrated = "rank_calibrated" in d
+    d = d.nsmallest(top_k, "rank_calibrated" if calibrated else "normalized")
+    labels = [f"{h}[{l}].{c}" + (" (massive)" if m else "")
+              for h, l, c, m in zip(d["hook"], d["layer"], d["component"], d.get("massive", [False] * len(d)))]
     err = d["normalized_std"] / np.sqrt(d["n_pairs"].clip(lower=1))
+    text = [f"q={q:.2g}" for q in d["q_value"]] if calibrated else None
     fig = go.Figure(go.Bar(x=d["normalized"], y=labels, orientation="h", error_x={"array": err},
+                           name="minimal-pair edit", text=text, textposition="outside",
                            hovertemplate="%{y}<br>normalized %{x:.4f}<extra></extra>"))
-    fig.update_layout(title=f"{top_k} most stable components at '{position}' (error bars: s.e. over pairs)",
-                      xaxis_title="mean |a-b| / component spread", yaxis={"autorange": "reversed"},
-                      height=200 + 22 * len(d))
+    if calibrated:
+        fig.add_bar(x=d["control_normalized"], y=labels, orientation="h", name="control edit (null baseline)",
+                    hovertemplate="%{y}<br>control %{x:.4f}<extra></extra>")
+    fig.update_layout(title=f"{top_k} most stable components at '{position}'"
+                      + (" (by paired t vs control; text: BH q-value)" if calibrated else ""),
+                      xaxis_title="mean |change| / component spread", yaxis={"autorange": "reversed"},
+                      barmode="group", height=240 + (34 if calibrated else 22) * len(d))
     return fig
 
 
 def scatter(stab: pd.DataFrame, position: str = "edit", max_points: int = 20000) -> go.Figure:
-    """Each component's mean |a-b| against its spread across sentences, coloured by layer."""
+    """Per component: minimal-pair change against control change (with controls), or mean |a-b|
+    against the component's spread; massive dimensions marked."""
     d = stab[stab["position"] == position].dropna(subset=["normalized"])
     if len(d) > max_points:
         d = d.sample(max_points, random_state=0)
-    fig = px.scatter(d, x="spread", y="mean_abs_diff", color="layer", symbol="hook",
+    d = d.assign(kind=np.where(d.get("massive", False), "massive", "ordinary"))
+    if "control_normalized" in d:
+        fig = px.scatter(d, x="control_normalized", y="normalized", color="layer", symbol="kind",
+                         hover_data=["hook", "layer", "component", "ratio", "q_value"], opacity=0.6,
+                         log_x=True, log_y=True)
+        lo = float(np.nanmin(d[["normalized", "control_normalized"]].clip(lower=1e-6).to_numpy()))
+        hi = float(np.nanmax(d[["normalized", "control_normalized"]].to_numpy()))
+        fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "grey"},
+                        name="edit = control", showlegend=True)
+        fig.update_layout(title=f"change at '{position}': minimal-pair edit vs control edit (normalized); "
+                          "below the diagonal = more stable than an arbitrary edit",
+                          xaxis_title="control |a-c| / spread", yaxis_title="edit |a-b| / spread")
+        return fig
+    fig = px.scatter(d, x="spread", y="mean_abs_diff", color="layer", symbol="kind",
                      hover_data=["hook", "layer", "component", "normalized", "std_abs_diff"],
                      log_x=True, log_y=True, opacity=0.6)
     fig.update_layout(title=f"change distribution at '{position}': mean |a-b| vs component spread")
+    return fig
+
+
+def divergence(div: pd.DataFrame, hook: str) -> go.Figure:
+    """How quickly the edit is absorbed: normalized |a-b| per layer and token offset, per category."""
+    d = div[div["hook"] == hook]
+    cats = list(dict.fromkeys(sorted(c for c in d["category"].unique() if c != "all") + ["all"]))
+    cats = [c for c in cats if c in set(d["category"])]
+    fig = make_subplots(rows=1, cols=len(cats), subplot_titles=cats, shared_yaxes=True)
+    for i, c in enumerate(cats, start=1):
+        g = d[d["category"] == c].pivot_table(index="layer", columns="offset", values="normalized")
+        fig.add_trace(go.Heatmap(z=g.to_numpy(), x=g.columns, y=g.index, coloraxis="coloraxis",
+                                 hovertemplate=c + "<br>layer %{y}<br>offset %{x}<br>%{z:.3f}<extra></extra>"),
+                      row=1, col=i)
+        fig.update_xaxes(title_text="offset from edit", row=1, col=i)
+    fig.update_yaxes(title_text="layer", row=1, col=1)
+    fig.update_layout(title=f"divergence profile, {hook}: mean over components of |a-b| / spread",
+                      coloraxis={"colorscale": "Magma"}, height=460, width=max(700, 260 * len(cats)))
     return fig
 
 
@@ -115,7 +173,18 @@ def write_run_figures(run_dir: str | Path, stab: pd.DataFrame | None = None, pai
     fdir.mkdir(parents=True, exist_ok=True)
     write_plotlyjs(fdir)
     position = "edit" if "edit" in set(stab["position"]) else stab["position"].iloc[0]
-    figs = {f"heatmap_{hook}_{position}": heatmap(stab, hook, position) for hook in sorted(stab["hook"].unique())}
+    figs = {}
+    for hook in sorted(stab["hook"].unique()):
+        figs[f"heatmap_{hook}_{position}"] = heatmap(stab, hook, position)
+        if hook == "z":
+            figs[f"heatmap_z_heads_{position}"] = heatmap(stab, hook, position, by="head")
+        if hook == "mlp_post":
+            figs[f"heatmap_mlp_post_blocks_{position}"] = heatmap(stab, hook, position, by="block")
+    div_path = run_dir / R.DIVERGENCE
+    if div_path.exists():
+        div = pd.read_parquet(div_path)
+        for hook in sorted(div["hook"].unique()):
+            figs[f"divergence_{hook}"] = divergence(div, hook)
     figs[f"ranking_{position}"] = ranking(stab, position, top_k)
     figs[f"scatter_{position}"] = scatter(stab, position)
     figs["margins"] = margins(pairs)

@@ -149,11 +149,16 @@ def load_tokenizer(mcfg):
     if mcfg.source == "random":
         tcfg = mcfg.tokenizer
         return load_tokenizer(tcfg)
-    return AutoTokenizer.from_pretrained(_hf_location(mcfg))
+    return AutoTokenizer.from_pretrained(_hf_location(mcfg), **_hf_kwargs())
 
 
 def _hf_location(mcfg) -> str:
     return str(mcfg.get("path") or mcfg.name)
+
+
+def _hf_kwargs() -> dict:
+    """``HF_HUB_OFFLINE=1`` (read at call time): use the local cache only, fail at once."""
+    return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else {}
 
 
 def _hub_error(mcfg, err: Exception) -> ModelLoadError:
@@ -175,7 +180,7 @@ def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
     if mcfg.source == "gguf":
         return AutoModelForCausalLM.from_pretrained(str(_gguf_cached_dir(mcfg)), dtype=dtype).to(device)
     if mcfg.source == "hf":
-        kwargs: dict[str, Any] = {"dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype, **_hf_kwargs()}
         if mcfg.get("device_map"):
             kwargs["device_map"] = mcfg.device_map
         try:

@@ -7,6 +7,10 @@ Layout (the output contract; README.md documents it for other tools):
     pairs.parquet            one row per kept pair (scores, edit position and tokens)
     stability.parquet        one row per hook x layer x component x position mode
     stability_by_category.parquet  the same per category
+    contrast.parquet         Welch test per component between two groups of pairs (analysis.contrast)
+    divergence.parquet       normalized |a-b| per hook x layer x category x token offset from the edit
+    pair_profile.parquet     per pair: ||a-b|| and ||a|| per hook x layer x position (drill-down)
+    pair_components.parquet  per pair: the most changed and most stable components per hook x layer
     rejected.jsonl           pairs and lines that were not used, with the reason
     stats.safetensors        the mergeable running statistics (input of interp.merge)
     activations.safetensors  raw activations of the first N kept pairs, [N, 2, pos, ...]
@@ -31,6 +35,10 @@ STABILITY = "stability.parquet"
 STABILITY_BY_CATEGORY = "stability_by_category.parquet"
 REJECTED = "rejected.jsonl"
 STATS = "stats.safetensors"
+CONTRAST = "contrast.parquet"
+DIVERGENCE = "divergence.parquet"
+PAIR_PROFILE = "pair_profile.parquet"
+PAIR_COMPONENTS = "pair_components.parquet"
 ACTIVATIONS = "activations.safetensors"
 PATTERNS = "patterns.safetensors"
 FIGURES = "figures"

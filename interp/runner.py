@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import results as R
 from .analysis import DiffStats
+from .controls import build_pool, control_ids
 from .engine import Batch, forward, make_batches, sentence_logprobs
 from .hooks import PATTERN, resolve
-from .model import LoadedModel, load_model
+from .model import LoadedModel, load_model, resolve_device, resolve_dtype
 from .pairs import Problem, load_pairs, validate_pairs
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class RunConfigMismatch(RuntimeError):
 
 
 def get_model(cfg: DictConfig) -> LoadedModel:
-    key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), cfg.device, cfg.dtype], sort_keys=True)
+    dev = resolve_device(cfg.device)
+    key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), str(dev), str(resolve_dtype(cfg.dtype, dev))],
+                     sort_keys=True)
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = load_model(cfg.model, cfg.device, cfg.dtype)
@@ -113,14 +116,16 @@ class Checkpoint:
 
 def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[dict]:
     """Forward one batch; statistics are committed only if the whole batch succeeds."""
-    staged = DiffStats(stats.sites, stats.groups, stats.positions, stats.device)
+    staged = stats.like()
     logits = forward(lm.bridge, batch, staged.hooks(batch))
-    lp = sentence_logprobs(logits, batch.tokens[:2 * batch.size], batch.mask[:2 * batch.size])
+    n = 2 * batch.size  # the a and b rows; control rows only feed the hooks
+    lp = sentence_logprobs(logits[:n], batch.tokens[:n], batch.mask[:n])
     del logits
     if not torch.isfinite(lp).all():
         raise FloatingPointError("non-finite log-probability")
     merged = stats.merge(staged)
-    stats.diff, stats.spread, stats.shapes = merged.diff, merged.spread, merged.shapes
+    stats.diff, stats.spread, stats.profile, stats.shapes = merged.diff, merged.spread, merged.profile, merged.shapes
+    stats.details += staged.details
     return _pair_rows(batch, lp, kept)
 
 
@@ -184,6 +189,25 @@ def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path) -> dict
     return {"n_saved_pairs": len(sub)}
 
 
+def contrast_sides(spec, kept, groups: list[str]):
+    """``analysis.contrast`` -> ((name, categories), (name, categories)), or a note why it is skipped."""
+    if not spec:
+        return None
+    if len(spec) != 2:
+        raise ValueError(f"analysis.contrast needs two groups, got {list(spec)}")
+    types = {p.category: p.type for p, _ in kept}
+    out = []
+    for side in spec:
+        cats = [c for c in groups if types[c] == side] if side in ("grammar", "semantic") else \
+            ([side] if side in groups else [])
+        if not cats:
+            return f"skipped: no kept pairs of {side!r} in this run"
+        out.append((str(side), cats))
+    if set(out[0][1]) & set(out[1][1]):
+        raise ValueError(f"analysis.contrast: {spec[0]} and {spec[1]} overlap")
+    return out
+
+
 def summarize(pairs_df: pd.DataFrame) -> pd.DataFrame:
     """Per category: pairs, mean margin, error-detection accuracy (grammar: share with margin > 0)."""
     if pairs_df.empty:
@@ -220,10 +244,20 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
 
     groups = sorted({p.category for p, _ in kept})
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
-    positions = list(cfg.analysis.positions)
-    stats = DiffStats(sites, groups, positions, lm.device)
+    acfg = cfg.analysis
+    positions = list(acfg.positions)
+    n_controls = int(acfg.controls.n) if acfg.get("controls") else 0
+    controls = None
+    if n_controls:
+        pool = build_pool(lm.tokenizer, int(acfg.controls.pool_size), acfg.controls.get("words"))
+        controls = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a,
+                                {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}, n_controls, int(cfg.seed), p.pair_id)
+                    for p, tp in kept]
+    stats = DiffStats(sites, groups, positions, lm.device, n_controls=n_controls,
+                      max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
+                      detail_k=int(acfg.get("detail_k", 5)))
     batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
-                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device)
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
 
     ckpt = Checkpoint(run_dir, config_hash(cfg))
     resumed = ckpt.load()
@@ -246,18 +280,34 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
             ckpt.save(bi + 1, pair_rows, failed, stats.state_dict())
     bar.close()
     timings["forward_s"] = time.time() - t
+    if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
+        raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")
 
     t = time.time()
     pairs_df = pd.DataFrame(pair_rows).sort_values("idx").drop(columns="idx").reset_index(drop=True)
-    stab = stats.table()
+    mcfg = acfg.get("massive", {})
+    table_kw = {"massive_factor": float(mcfg.get("factor", 20)), "massive_cv": float(mcfg.get("max_cv", 0.25))}
+    stab = stats.table(**table_kw)
     R.write_parquet(run_dir / R.PAIRS, pairs_df)
     R.write_parquet(run_dir / R.STABILITY, stab)
-    per_cat = [stats.table(group=g).assign(category=g) for g in groups] if len(groups) > 1 else []
+    per_cat = [stats.table(group=g, **table_kw).assign(category=g) for g in groups] if len(groups) > 1 else []
     if per_cat:
         R.write_parquet(run_dir / R.STABILITY_BY_CATEGORY, pd.concat(per_cat, ignore_index=True))
+    notes = {}
+    sides = contrast_sides(acfg.get("contrast"), kept, groups)
+    if isinstance(sides, str):
+        notes["contrast"] = sides
+    elif sides:
+        R.write_parquet(run_dir / R.CONTRAST, stats.contrast(sides[0][1], sides[1][1], (sides[0][0], sides[1][0])))
+    R.write_parquet(run_dir / R.DIVERGENCE, stats.divergence())
+    profile, components = stats.detail_tables([p.pair_id for p, _ in kept])
+    if not profile.empty:
+        R.write_parquet(run_dir / R.PAIR_PROFILE, profile)
+        R.write_parquet(run_dir / R.PAIR_COMPONENTS, components)
     R.write_jsonl(run_dir / R.REJECTED, rejected_rows + failed)
     R.write_safetensors(run_dir / R.STATS, stats.state_dict(),
                         {"groups": json.dumps(groups), "positions": json.dumps(positions),
+                         "n_controls": str(n_controls), "max_offset": str(stats.max_offset),
                          "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()})})
     inspect = save_inspection(lm, kept, sites, int(cfg.analysis.n_saved_pairs), run_dir)
     timings["write_s"] = time.time() - t
@@ -293,6 +343,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
             "rejected_by_reason": reasons, "batches": len(batches), "resumed_from_batch": start,
             **inspect,
         },
+        "controls": {"n": n_controls, "seed": int(cfg.seed),
+                     "pool": ("words" if n_controls and acfg.controls.get("words") else "common") if n_controls else None,
+                     "test": "one-sided paired t-test over pairs of |a-b| - mean_k |a-c_k|; BH q-values over all rows"},
+        "notes": notes,
         "excluded": {
             "bos": "the BOS position is excluded from every statistic",
             "padding": "pad positions are masked out of every statistic and log-probability",
@@ -322,9 +376,20 @@ def print_summary(run_dir: Path, manifest: dict, summary: pd.DataFrame, stab: pd
         lines.append(f"  {r.category:<24} {r.type:<9} n={r.n_pairs:<5} accuracy={acc}  mean margin={r.mean_margin:+.3f}")
     if not stab.empty:
         pos = manifest["positions"][0]
-        top = stab[stab["position"] == pos].nsmallest(min(top_k, 10), "normalized")
-        lines.append(f"most stable components at position '{pos}' (normalized |a-b| = mean |a-b| / spread):")
-        for r in top.itertuples():
-            lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} normalized={r.normalized:.4f}  mean|a-b|={r.mean_abs_diff:.4g}")
+        d = stab[stab["position"] == pos]
+        if "q_value" in d:
+            alpha = manifest["config"]["analysis"].get("alpha", 0.05)
+            sig = d[(d["q_value"] < alpha) & (d["t_stat"] < 0) & ~d["massive"]]
+            lines.append(f"stable beyond the control baseline at '{pos}' (q < {alpha}, not massive): "
+                         f"{len(sig)} of {d['q_value'].notna().sum()} components")
+            top = sig.nsmallest(min(top_k, 10), "rank_calibrated")
+            for r in top.itertuples():
+                lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} edit/control={r.ratio:.3f}  "
+                             f"normalized={r.normalized:.4f}  q={r.q_value:.2g}")
+        else:
+            top = d.nsmallest(min(top_k, 10), "normalized")
+            lines.append(f"most stable components at '{pos}' (normalized |a-b| = mean |a-b| / spread; no control baseline):")
+            for r in top.itertuples():
+                lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} normalized={r.normalized:.4f}  mean|a-b|={r.mean_abs_diff:.4g}")
     lines.append(f"run dir: {run_dir}")
     print("\n".join(lines), flush=True)
