@@ -7,6 +7,11 @@ replacements are drawn from common whole-word tokens of the tokenizer (low BPE i
 most frequent merges), matching the shape of the original token: ``" word"`` after a space,
 ``"Word"`` at the start of a sentence. ``analysis.controls.words`` replaces the pool with a fixed list.
 
+``analysis.controls.pool=edits`` is a stricter null: the replacements are the tokens that other pairs
+of the run edit (both sides). Minimal-pair edits swap related tokens (``a``/``an``, ``at``/``in``);
+random common words are a weaker baseline, and a component can look "stable" against them only
+because real edits are small edits. Compare both before reading a result.
+
 The draw is seeded by ``(seed, pair_id)``, so a pair gets the same controls in any batch, shard or
 rerun. The controls differ from ``a`` at exactly the edit position by construction (token ids are
 replaced; nothing is re-tokenized).
@@ -57,12 +62,35 @@ def build_pool(tokenizer, size: int = 500, words: list[str] | None = None) -> Co
     return ControlPool(space, bare)
 
 
+def edits_pool(tokenized) -> ControlPool:
+    """The tokens edited by the run's pairs (both sides), split by shape."""
+    toks = {}
+    for tp in tokenized:
+        toks[tp.ids_a[tp.edit_pos]] = tp.token_a
+        toks[tp.ids_b[tp.edit_pos]] = tp.token_b
+    space = sorted(t for t, s in toks.items() if s.startswith(" "))
+    bare = sorted(t for t, s in toks.items() if not s.startswith(" "))
+    return ControlPool(space, bare)
+
+
+def make_pool(tokenizer, kind: str, size: int, words, tokenized) -> ControlPool:
+    if kind == "common":
+        return build_pool(tokenizer, size, words)
+    if kind == "edits":
+        return edits_pool(tokenized)
+    raise ValueError(f"analysis.controls.pool={kind!r} is not one of common, edits")
+
+
 def control_ids(pool: ControlPool, ids_a: list[int], edit_pos: int, token_a: str, exclude: set[int],
                 n: int, seed: int, key: str) -> list[list[int]]:
     """``n`` copies of ``ids_a`` with position ``edit_pos`` replaced by distinct pool tokens."""
     candidates = [t for t in pool.for_token(token_a) if t not in exclude]
+    if len(candidates) < n:  # too few of the same shape: take the other shape too
+        candidates += [t for t in (pool.bare if candidates and candidates[0] in pool.space else pool.space)
+                       if t not in exclude and t not in candidates]
     if len(candidates) < n:
-        raise ValueError(f"control pool too small: {len(candidates)} candidates for {n} controls")
+        raise ValueError(f"control pool too small for pair {key}: {len(candidates)} candidates for {n} "
+                         "controls; lower analysis.controls.n or use analysis.controls.pool=common")
     rng = random.Random(f"{seed}:{key}")
     out = []
     for t in rng.sample(candidates, n):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import results as R
 from .analysis import DiffStats
-from .controls import build_pool, control_ids
+from .controls import control_ids, make_pool
 from .engine import Batch, forward, make_batches, sentence_logprobs
 from .hooks import PATTERN, resolve
 from .model import LoadedModel, load_model, resolve_device, resolve_dtype
@@ -249,7 +249,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     n_controls = int(acfg.controls.n) if acfg.get("controls") else 0
     controls = None
     if n_controls:
-        pool = build_pool(lm.tokenizer, int(acfg.controls.pool_size), acfg.controls.get("words"))
+        pool = make_pool(lm.tokenizer, acfg.controls.get("pool", "common"), int(acfg.controls.pool_size),
+                         acfg.controls.get("words"), [tp for _, tp in kept])
         controls = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a,
                                 {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}, n_controls, int(cfg.seed), p.pair_id)
                     for p, tp in kept]
@@ -344,7 +345,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
             **inspect,
         },
         "controls": {"n": n_controls, "seed": int(cfg.seed),
-                     "pool": ("words" if n_controls and acfg.controls.get("words") else "common") if n_controls else None,
+                     "pool": (("words" if acfg.controls.get("words") else acfg.controls.get("pool", "common"))
+                              if n_controls else None),
                      "test": "one-sided paired t-test over pairs of |a-b| - mean_k |a-c_k|; BH q-values over all rows"},
         "notes": notes,
         "excluded": {

@@ -195,3 +195,24 @@ def test_the_divergence_profile_is_zero_before_layer_mixing_and_per_category(tin
     later = div[(div.hook == "resid_post") & (div.layer == 1) & (div.offset > 0)]
     assert (later.normalized > 0).any()
     assert {"all", "preposition", "subject"} <= set(div.category)
+
+
+def test_the_edits_control_pool_draws_only_tokens_that_other_pairs_edit(tiny_lm, tmp_path):
+    from interp.controls import control_ids, edits_pool
+
+    rows = template_pairs(tiny_lm.tokenizer, 30)
+    tps = [tp for *_, tp in rows]
+    pool = edits_pool(tps)
+    edited = {tp.ids_a[tp.edit_pos] for tp in tps} | {tp.ids_b[tp.edit_pos] for tp in tps}
+    assert set(pool.space) | set(pool.bare) == edited
+    tp = tps[0]
+    own = {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}
+    ctrl = control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, own, 3, 0, "x")
+    assert ctrl == control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, own, 3, 0, "x")  # seeded
+    for ids in ctrl:
+        diff = [i for i, (x, y) in enumerate(zip(ids, tp.ids_a)) if x != y]
+        assert diff == [tp.edit_pos] and ids[tp.edit_pos] in edited - own
+    stab, out = tiny_run(tmp_path, write_pairs(tmp_path / "p.jsonl", rows), "analysis.controls.pool=edits")
+    assert stab["p_value"].notna().any()
+    import json as _json
+    assert _json.loads((out / "manifest.json").read_text())["controls"]["pool"] == "edits"
