@@ -26,29 +26,10 @@ from torch import Tensor
 
 from .engine import Batch
 from .hooks import HookSite
-from .stats import Moments
+from .stats import Moments, grouped_moments as group_moments
 
 POSITION_MODES = ("edit", "last", "after")
 CHANNELS = ("diff", "abs", "ctrl", "delta", "ratio")
-
-
-def group_moments(x: Tensor, w: Tensor, group: Tensor, n_groups: int) -> Moments:
-    """Moments of ``x`` [B, *shape] per group, weights ``w`` [B, *wshape] broadcasting to x.
-
-    Returns a ``Moments`` of shape [n_groups, *shape], computed with two scatter passes.
-    """
-    x = x.to(torch.float64)
-    w = w.to(torch.float64)
-    while w.ndim < x.ndim:
-        w = w.unsqueeze(-1)
-    w = w.expand_as(x)
-    shape = (n_groups,) + tuple(x.shape[1:])
-    n = torch.zeros(shape, dtype=torch.float64, device=x.device).index_add_(0, group, w)
-    s = torch.zeros(shape, dtype=torch.float64, device=x.device).index_add_(0, group, w * x)
-    mean = torch.where(n > 0, s / n.clamp(min=1e-300), 0.0)
-    dev = x - mean[group]
-    m2 = torch.zeros(shape, dtype=torch.float64, device=x.device).index_add_(0, group, w * dev * dev)
-    return Moments(n, mean, m2)
 
 
 def reduce_groups(m: Moments) -> Moments:
@@ -62,21 +43,28 @@ def reduce_groups(m: Moments) -> Moments:
 class DiffStats:
     """The consumer that turns each batch's activations into running difference statistics.
 
-    Per site it keeps, per group (category):
+    Per hook point (stacked over its layers) and per group (category) it keeps:
     - ``diff``: moments over pairs of the channels ``CHANNELS`` x position modes x components, where
       ``diff`` = a - b, ``abs`` = |a - b|, and with K control edits ``ctrl`` = mean_k |a - c_k|,
       ``delta`` = abs - ctrl (the paired difference the t-test uses) and ``ratio`` = abs / ctrl;
     - ``profile``: moments of |a - b| at each token offset 0..max_offset from the edit;
     and over all sentences (a and b, not the controls) ``spread``: the component's own moments.
+
+    The hooks only keep a reference to each activation during the forward pass; ``consume()``
+    then reduces the layers of a hook point together, ``chunk`` layers at a time, so the number of
+    tensor operations per batch does not grow with the number of layers.
     """
 
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
                  device: torch.device | str = "cpu", n_controls: int = 0, max_offset: int = 15,
-                 detail_pairs: int = 0, detail_k: int = 5):
+                 detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8):
         bad = [p for p in positions if p not in POSITION_MODES]
         if bad:
             raise ValueError(f"analysis.positions: {bad} not in {POSITION_MODES}")
         self.sites = sites
+        self.point_sites: dict[str, list[HookSite]] = {}
+        for site in sites:
+            self.point_sites.setdefault(site.point, []).append(site)
         self.groups = list(groups)
         self.positions = list(positions)
         self.device = device
@@ -85,126 +73,174 @@ class DiffStats:
         self.max_offset = int(max_offset)
         self.detail_pairs = int(detail_pairs)  # per-pair drill-down rows for pairs with idx < this
         self.detail_k = int(detail_k)
-        self.diff: dict[str, Moments] = {}  # [G, CH, M, C]
-        self.profile: dict[str, Moments] = {}  # [G, O, C]
-        self.spread: dict[str, Moments] = {}  # [C]
-        self.shapes: dict[str, tuple[int, ...]] = {}  # component shape per site, e.g. (H, d_head)
+        self.chunk = max(1, int(chunk))
+        self.diff: dict[str, Moments] = {}  # per point: [L, G, CH, M, C]
+        self.profile: dict[str, Moments] = {}  # [L, G, O, C]
+        self.spread: dict[str, Moments] = {}  # [L, C]
+        self.shapes: dict[str, tuple[int, ...]] = {}  # component shape per point, e.g. (H, d_head)
         self.prior: "DiffStats | None" = None  # running state, for the spread estimate of details
-        self.details: list[dict[str, Tensor]] = []  # staged per-pair drill-down tensors
+        self.details: list[dict] = []  # staged per-pair drill-down tensors
+        self._acts: dict[str, list[Tensor | None]] = {}
+        self._batch: Batch | None = None
 
     def like(self) -> "DiffStats":
         """An empty state with the same layout (a batch is staged in one, then merged)."""
         out = DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
-                        self.max_offset, self.detail_pairs, self.detail_k)
+                        self.max_offset, self.detail_pairs, self.detail_k, self.chunk)
         out.prior = self
         return out
 
+    def _get(self, kind: str, site: HookSite) -> Moments | None:
+        m = getattr(self, kind).get(site.point)
+        if m is None:
+            return None
+        i = self.point_sites[site.point].index(site)
+        return Moments(m.n[i], m.mean[i], m.m2[i])
+
     # ------------------------------------------------------------ streaming
     def hooks(self, batch: Batch) -> list[tuple[str, callable]]:
-        after = batch.after_mask().to(torch.float32)  # [B, T]
-        n_after = after.sum(1)  # [B]
-        has_after = (n_after > 0).float()
-        ones = torch.ones_like(n_after)
-        distinct = batch.distinct_mask()
-        distinct[2 * batch.size:] = False  # control sentences do not define a component's spread
-        B, K, T = batch.size, self.n_controls, batch.seq_len
-        ar = torch.arange(B, device=batch.tokens.device)
-        offsets = torch.arange(self.max_offset + 1, device=batch.tokens.device)
-        off_pos = batch.edit[:, None] + offsets[None, :]  # [B, O]
-        off_w = (off_pos <= batch.last[:, None]).float()
-        off_pos = off_pos.clamp(max=T - 1)
-        detail = batch.index.to(batch.tokens.device) < self.detail_pairs  # [B]
+        """Temporary hooks that keep each activation of this batch until ``consume()``."""
+        self._batch = batch
+        self._acts = {p: [None] * len(ss) for p, ss in self.point_sites.items()}
 
-        def at_modes(v: Tensor) -> tuple[Tensor, Tensor]:
-            """[B, T, C] per-token values -> [B, M, C] at each mode, and weights [B, M]."""
-            vals, ws = [], []
-            for mode in self.positions:
-                if mode == "edit":
-                    vals.append(v[ar, batch.edit]), ws.append(ones)
-                elif mode == "last":
-                    vals.append(v[ar, batch.last]), ws.append(ones)
-                else:  # after: mean over the tokens after the edit
-                    vals.append(torch.einsum("btc,bt->bc", v, after) / n_after.clamp(min=1)[:, None])
-                    ws.append(has_after)
-            return torch.stack(vals, 1), torch.stack(ws, 1)
-
-        def make(site: HookSite):
+        def make(point: str, i: int):
             def hook(act: Tensor, hook=None):
-                if site.name not in self.shapes:
-                    self.shapes[site.name] = tuple(act.shape[2:])
-                x = act.detach().flatten(2).float()  # [VB, T, C]
-                a = x[:B]
-                d = a - x[B:2 * B]  # [B, T, C]
-                signed, w = at_modes(d)
-                absval, _ = at_modes(d.abs())
-                chans, cw = [signed, absval], [w, w]
-                if K:
-                    ctrl = sum(at_modes((a - x[(2 + k) * B:(3 + k) * B]).abs())[0] for k in range(K)) / K
-                    chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), 0.0)]
-                    cw += [w, w, w]
-                vals = torch.stack(chans, 1)  # [B, CH, M, C]
-                wts = torch.stack(cw, 1)  # [B, CH, M]
-                if K:  # the per-pair ratio is defined where the control moved the component
-                    wts = wts[..., None].expand_as(vals).clone()
-                    wts[:, -1] *= (ctrl > 0).float()
-                m = group_moments(vals, wts, batch.group, len(self.groups))
-                self.diff[site.name] = self.diff[site.name].merge(m) if site.name in self.diff else m
-                tok = Moments.of_batch(x[distinct])  # [C]
-                self.spread[site.name] = self.spread[site.name].merge(tok) if site.name in self.spread else tok
-                prof = group_moments(d.abs().gather(1, off_pos[..., None].expand(-1, -1, d.shape[-1])),
-                                     off_w, batch.group, len(self.groups))  # [G, O, C]
-                self.profile[site.name] = self.profile[site.name].merge(prof) if site.name in self.profile else prof
-                if detail.any():
-                    self._stage_detail(site, batch, a, d, tok, detail)
+                self._acts[point][i] = act.detach()
                 return None
             return hook
 
-        return [(s.name, make(s)) for s in self.sites]
+        return [(s.name, make(p, i)) for p, ss in self.point_sites.items() for i, s in enumerate(ss)]
 
-    def _stage_detail(self, site: HookSite, batch: Batch, a: Tensor, d: Tensor, tok: Moments,
-                      detail: Tensor) -> None:
+    def consume(self) -> None:
+        """Reduce the kept activations of the batch into the running state, then drop them."""
+        batch, acts = self._batch, self._acts
+        self._acts, self._batch = {}, None
+        if batch is None:
+            raise RuntimeError("consume() without hooks(batch) and a forward pass")
+        for point, ss in self.point_sites.items():
+            missing = [s.name for s, a in zip(ss, acts[point]) if a is None]
+            if missing:
+                raise RuntimeError(f"hooks did not fire for {missing[:3]}")
+            self.shapes.setdefault(point, tuple(acts[point][0].shape[2:]))
+            parts = []
+            for c0 in range(0, len(ss), self.chunk):
+                X = torch.stack([a.flatten(2) for a in acts[point][c0:c0 + self.chunk]])  # [S, VB, T, C]
+                parts.append(self._reduce(point, c0, X, batch))
+                del X
+            for kind, m in zip(("diff", "spread", "profile"), zip(*parts)):
+                cat = Moments(*(torch.cat([getattr(x, f) for x in m]) for f in ("n", "mean", "m2")))
+                state = getattr(self, kind)
+                state[point] = state[point].merge(cat) if point in state else cat
+
+    def _reduce(self, point: str, c0: int, X: Tensor, batch: Batch) -> tuple[Moments, Moments, Moments]:
+        """Batch moments of ``S`` layers of one hook point at once; X: [S, V*B, T, C]."""
+        B, K, T = batch.size, self.n_controls, batch.seq_len
+        G = len(self.groups)
+        dev = X.device
+        ar = torch.arange(B, device=dev)
+        after = batch.after_mask().to(torch.float32)  # [B, T]
+        n_after = after.sum(1)
+        ones = torch.ones_like(n_after)
+
+        def at_modes(v: Tensor) -> tuple[Tensor, Tensor]:
+            """[S, B, T, C] per-token values -> [S, B, M, C] at each mode, and weights [B, M]."""
+            vals, ws = [], []
+            for mode in self.positions:
+                if mode == "edit":
+                    vals.append(v[:, ar, batch.edit]), ws.append(ones)
+                elif mode == "last":
+                    vals.append(v[:, ar, batch.last]), ws.append(ones)
+                else:  # after: mean over the tokens after the edit
+                    vals.append(torch.einsum("sbtc,bt->sbc", v, after) / n_after.clamp(min=1)[:, None])
+                    ws.append((n_after > 0).float())
+            return torch.stack(vals, 2), torch.stack(ws, 1)
+
+        a = X[:, :B].float()
+        b = X[:, B:2 * B].float()
+        d = a - b  # [S, B, T, C]
+        ad = d.abs()
+        signed, w = at_modes(d)
+        absval, _ = at_modes(ad)
+        chans, cw = [signed, absval], [w, w]
+        if K:
+            ctrl = sum(at_modes((a - X[:, (2 + k) * B:(3 + k) * B].float()).abs())[0] for k in range(K)) / K
+            chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), 0.0)]
+            cw += [w, w, w]
+        vals = torch.stack(chans, 2).movedim(1, 0)  # [B, S, CH, M, C]
+        wts = torch.stack(cw, 1)[:, None, :, :, None]  # [B, 1, CH, M, 1]: constant over components
+        if K:  # the per-pair ratio is defined where the control moved the component: own weights
+            rw = (ctrl.movedim(1, 0) > 0).float() * wts[:, :, -1]  # [B, S, M, C]
+            parts = [group_moments(vals[:, :, :-1], wts[:, :, :-1], batch.group, G),
+                     group_moments(vals[:, :, -1:], rw[:, :, None], batch.group, G)]
+            m_diff = Moments(*(torch.cat([getattr(p, f) for p in parts], 2) for f in ("n", "mean", "m2")))
+        else:
+            m_diff = group_moments(vals, wts, batch.group, G)  # [G, S, CH, M, C]
+        m_diff = Moments(*(t.movedim(0, 1) for t in (m_diff.n, m_diff.mean, m_diff.m2)))
+
+        distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once
+        both = torch.cat([a, b], 1)  # [S, 2B, T, C]
+        S, C = both.shape[0], both.shape[-1]
+        m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
+
+        offsets = torch.arange(self.max_offset + 1, device=dev)
+        off_pos = batch.edit[:, None] + offsets[None, :]  # [B, O]
+        off_w = (off_pos <= batch.last[:, None]).float()
+        prof_vals = ad[:, ar[:, None], off_pos.clamp(max=T - 1)]  # [S, B, O, C]
+        m_prof = group_moments(prof_vals.movedim(1, 0), off_w[:, None, :, None], batch.group, G)
+        m_prof = Moments(*(t.movedim(0, 1) for t in (m_prof.n, m_prof.mean, m_prof.m2)))  # [S, G, O, C]
+
+        if bool((batch.index < self.detail_pairs).any()):  # checked on the host: no device sync
+            self._stage_detail(point, c0, batch, a, d, m_spread)
+        return m_diff, m_spread, m_prof
+
+    def _stage_detail(self, point: str, c0: int, batch: Batch, a: Tensor, d: Tensor, tok: Moments) -> None:
         """Per-pair drill-down: ||a-b|| and ||a|| at every position; the top-k most changed and most
         stable components at the edit, normalized by the spread estimated from the pairs so far."""
-        prior = self.prior.spread.get(site.name) if self.prior is not None else None
-        est = (prior.merge(tok) if prior is not None else tok).std.float()  # [C]
+        S = a.shape[0]
+        detail = (batch.index < self.detail_pairs).to(a.device)
+        prior = self.prior.spread.get(point) if self.prior is not None else None
+        if prior is not None:
+            prior = Moments(prior.n[c0:c0 + S], prior.mean[c0:c0 + S], prior.m2[c0:c0 + S])
+        est = (prior.merge(tok) if prior is not None else tok).std.float()[:, None]  # [S, 1, C]
         live = est > 0
-        e = d[torch.arange(batch.size, device=d.device), batch.edit].abs()  # [B, C]
+        e = d[:, torch.arange(batch.size, device=d.device), batch.edit].abs()  # [S, B, C]
         z = torch.where(live, e / est.clamp(min=1e-30), float("nan"))
-        k = min(self.detail_k, int(live.sum()))
+        k = min(self.detail_k, int(live.sum(-1).min()))
         top = torch.where(live, z, float("-inf")).topk(k, -1)
         low = torch.where(live, z, float("inf")).topk(k, -1, largest=False)
         self.details.append({
-            "site": site, "index": batch.index[detail.cpu()], "edit": batch.edit[detail],
-            "last": batch.last[detail], "diff_norm": d[detail].norm(dim=-1), "a_norm": a[detail].norm(dim=-1),
-            "top_idx": top.indices[detail], "top_val": top.values[detail],
-            "top_abs": e[detail].gather(1, top.indices[detail]),
-            "low_idx": low.indices[detail], "low_val": low.values[detail],
-            "low_abs": e[detail].gather(1, low.indices[detail]),
+            "sites": self.point_sites[point][c0:c0 + S], "index": batch.index[detail.cpu()],
+            "edit": batch.edit[detail], "last": batch.last[detail],
+            "diff_norm": d[:, detail].norm(dim=-1), "a_norm": a[:, detail].norm(dim=-1),
+            "top_idx": top.indices[:, detail], "top_val": top.values[:, detail],
+            "top_abs": e[:, detail].gather(-1, top.indices[:, detail]),
+            "low_idx": low.indices[:, detail], "low_val": low.values[:, detail],
+            "low_abs": e[:, detail].gather(-1, low.indices[:, detail]),
         })
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Tensor]:
         out = {}
-        for name, m in self.diff.items():
-            out.update(m.state_dict(f"diff/{name}/"))
-            out.update(self.spread[name].state_dict(f"spread/{name}/"))
-            out.update(self.profile[name].state_dict(f"profile/{name}/"))
+        for kind in ("diff", "spread", "profile"):
+            for point, m in getattr(self, kind).items():
+                out.update(m.state_dict(f"{kind}/{point}/"))
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for s in self.sites:
-            if f"diff/{s.name}/n" in state:
-                for kind in ("diff", "spread", "profile"):
-                    getattr(self, kind)[s.name] = Moments.from_state_dict(state, f"{kind}/{s.name}/").to(self.device)
+        for point in self.point_sites:
+            for kind in ("diff", "spread", "profile"):
+                if f"{kind}/{point}/n" in state:
+                    getattr(self, kind)[point] = Moments.from_state_dict(state, f"{kind}/{point}/").to(self.device)
 
     def merge(self, other: "DiffStats") -> "DiffStats":
-        if (other.groups, other.positions, other.n_controls, other.max_offset) != \
-                (self.groups, self.positions, self.n_controls, self.max_offset):
+        if (other.groups, other.positions, other.n_controls, other.max_offset, other.sites) != \
+                (self.groups, self.positions, self.n_controls, self.max_offset, self.sites):
             raise ValueError("cannot merge statistics of runs with different groups, position modes, "
-                             "control counts or offsets")
+                             "control counts, offsets or hook sites")
         out = DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
-                        self.max_offset, self.detail_pairs, self.detail_k)
+                        self.max_offset, self.detail_pairs, self.detail_k, self.chunk)
         out.shapes = {**other.shapes, **self.shapes}
+        out.details = self.details + other.details
         for kind in ("diff", "spread", "profile"):
             mine, theirs, dest = getattr(self, kind), getattr(other, kind), getattr(out, kind)
             for name in set(mine) | set(theirs):
@@ -215,9 +251,9 @@ class DiffStats:
         return out
 
     # ------------------------------------------------------------ results
-    def _moments(self, name: str, groups: list[str] | None = None) -> Moments:
+    def _moments(self, name: HookSite, groups: list[str] | None = None) -> Moments:
         """The site's diff moments merged over ``groups`` (all when None): [CH, M, C]."""
-        g = self.diff[name]
+        g = self._get("diff", name)
         idx = range(len(self.groups)) if groups is None else [self.groups.index(x) for x in groups]
         return reduce_groups(Moments(g.n[list(idx)], g.mean[list(idx)], g.m2[list(idx)]))
 
@@ -237,10 +273,10 @@ class DiffStats:
         ch = {c: i for i, c in enumerate(self.channels)}
         frames = []
         for s in self.sites:
-            if s.name not in self.diff:
+            if s.point not in self.diff:
                 continue
-            m = self._moments(s.name, None if group is None else [group])
-            sp = self.spread[s.name]
+            m = self._moments(s, None if group is None else [group])
+            sp = self._get("spread", s)
             spread = sp.std.cpu().numpy()
             act_mean = sp.mean.cpu().numpy()
             rms = np.sqrt(act_mean ** 2 + np.nan_to_num(spread) ** 2)
@@ -248,7 +284,7 @@ class DiffStats:
             massive = (rms > massive_factor * med) & (np.nan_to_num(spread) < massive_cv * np.abs(act_mean))
             constant = ~(np.nan_to_num(spread) > 0)
             C = spread.shape[0]
-            shape = self.shapes.get(s.name, (C,))
+            shape = self.shapes.get(s.point, (C,))
             mean, std, n = m.mean.cpu().numpy(), m.std.cpu().numpy(), m.n.cpu().numpy()
             for k, mode in enumerate(self.positions):
                 a_ = ch["abs"]
@@ -301,10 +337,10 @@ class DiffStats:
         q = self.channels.index(qty)
         frames = []
         for s in self.sites:
-            if s.name not in self.diff:
+            if s.point not in self.diff:
                 continue
-            ma, mb = self._moments(s.name, side_a), self._moments(s.name, side_b)
-            spread = self.spread[s.name].std.cpu().numpy()
+            ma, mb = self._moments(s, side_a), self._moments(s, side_b)
+            spread = self._get("spread", s).std.cpu().numpy()
             for k, mode in enumerate(self.positions):
                 na, nb = ma.n[q, k].cpu().numpy(), mb.n[q, k].cpu().numpy()
                 xa, xb = ma.mean[q, k].cpu().numpy(), mb.mean[q, k].cpu().numpy()
@@ -330,10 +366,10 @@ class DiffStats:
         over components of mean |a-b| / spread (components with spread 0 left out)."""
         rows = []
         for s in self.sites:
-            if s.name not in self.profile:
+            if s.point not in self.profile:
                 continue
-            prof = self.profile[s.name]
-            spread = self.spread[s.name].std
+            prof = self._get("profile", s)
+            spread = self._get("spread", s).std
             live = spread > 0
             norm = prof.mean[..., live] / spread[live]  # [G, O, C']
             for gi, g in enumerate(self.groups + ["all"]):
@@ -353,22 +389,24 @@ class DiffStats:
         """Per-pair drill-down tables: change per site and position; top changed / stable components."""
         prof, comp = [], []
         for d in self.details:
-            s = d["site"]
             idx = d["index"].tolist()
-            dn, an = d["diff_norm"].cpu().numpy(), d["a_norm"].cpu().numpy()
+            dn, an = d["diff_norm"].cpu().numpy(), d["a_norm"].cpu().numpy()  # [S, n, T]
             edit, last = d["edit"].cpu().numpy(), d["last"].cpu().numpy()
-            for j, i in enumerate(idx):
-                T = int(last[j]) + 1
-                prof.append(pd.DataFrame({
-                    "pair_id": pair_ids[i], "hook": s.point, "layer": s.layer, "position": np.arange(1, T),
-                    "offset": np.arange(1, T) - int(edit[j]), "diff_norm": dn[j, 1:T], "a_norm": an[j, 1:T],
-                }))
-                for kind, key in (("most_changed", "top"), ("most_stable", "low")):
-                    ci, cv, ca = (d[f"{key}_{x}"][j].cpu().numpy() for x in ("idx", "val", "abs"))
-                    comp.append(pd.DataFrame({
-                        "pair_id": pair_ids[i], "hook": s.point, "layer": s.layer, "kind": kind,
-                        "order": np.arange(1, len(ci) + 1), "component": ci, "abs_diff": ca, "normalized": cv,
+            arrays = {f"{key}_{x}": d[f"{key}_{x}"].cpu().numpy() for key in ("top", "low") for x in ("idx", "val", "abs")}
+            for si, s in enumerate(d["sites"]):
+                for j, i in enumerate(idx):
+                    T = int(last[j]) + 1
+                    prof.append(pd.DataFrame({
+                        "pair_id": pair_ids[i], "hook": s.point, "layer": s.layer, "position": np.arange(1, T),
+                        "offset": np.arange(1, T) - int(edit[j]), "diff_norm": dn[si, j, 1:T],
+                        "a_norm": an[si, j, 1:T],
                     }))
+                    for kind, key in (("most_changed", "top"), ("most_stable", "low")):
+                        ci, cv, ca = (arrays[f"{key}_{x}"][si, j] for x in ("idx", "val", "abs"))
+                        comp.append(pd.DataFrame({
+                            "pair_id": pair_ids[i], "hook": s.point, "layer": s.layer, "kind": kind,
+                            "order": np.arange(1, len(ci) + 1), "component": ci, "abs_diff": ca, "normalized": cv,
+                        }))
         cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
         return cat(prof), cat(comp)
 

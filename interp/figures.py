@@ -135,15 +135,23 @@ def save_html(fig: go.Figure, figures_dir: Path, name: str) -> str:
     return f"{name}.html"
 
 
+def write_pngs(figs: list[go.Figure], paths: list[Path], width: int = 1100) -> None:
+    """Render figures to PNG in one kaleido (headless Chromium) session, fully offline: MathJax off
+    (kaleido's default page would fetch it from a CDN); plotly.js comes from the installed package."""
+    import kaleido
+
+    specs = [{"fig": f.to_dict(), "path": str(p),
+              "opts": {"format": "png", "width": width, "height": f.layout.height or 500, "scale": 1}}
+             for f, p in zip(figs, paths)]
+    kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
+
+
 def save_pngs(figs: dict[str, go.Figure], figures_dir: Path) -> dict[str, str]:
     """Write every figure as ``name.png`` in one kaleido session. Returns name -> file, or an error."""
-    import plotly.io as pio
-
     names = list(figs)
-    tmp_paths = [figures_dir / f".{n}.png.partial" for n in names]
+    tmp_paths = [figures_dir / f".{n}.partial.png" for n in names]
     try:
-        pio.write_images([figs[n] for n in names], tmp_paths, format="png", width=1100,
-                         height=[figs[n].layout.height or 600 for n in names])
+        write_pngs([figs[n] for n in names], tmp_paths)
     except Exception as err:  # kaleido without a browser: say so, keep the HTML
         for t in tmp_paths:
             t.unlink(missing_ok=True)

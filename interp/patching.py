@@ -137,11 +137,11 @@ def group_components(components: pd.DataFrame, means: Mapping[str, Tensor] | Non
     full [C] vector per hook, else from an ``act_mean`` column, else 0)."""
     out = []
     for name, g in components.groupby("hook_name", sort=False):
-        idx = torch.tensor(g["component"].to_numpy(np.int64), device=device)
+        idx = torch.tensor(g["component"].to_numpy(np.int64).copy(), device=device)
         if means is not None and name in means:
             mean = means[name].to(device)[idx].float()
         elif "act_mean" in g:
-            mean = torch.tensor(g["act_mean"].to_numpy(np.float64), dtype=torch.float32, device=device)
+            mean = torch.tensor(g["act_mean"].to_numpy(np.float64).copy(), dtype=torch.float32, device=device)
         else:
             mean = torch.zeros(len(g), device=device)
         out.append(SiteAblation(str(name), idx, mean))
@@ -276,6 +276,7 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
                   index_axis_names: Sequence[str] = ("layer", "pos"), *,
                   attention_mask: Bool[Tensor, "batch pos"] | None = None,
                   layers: Sequence[int] | None = None, rows_per_pass: int = 64,
+                  base_cache: Mapping[str, Tensor] | None = None, base_value: Tensor | None = None,
                   ) -> Float[Tensor, "..."]:
     """Patch every cell of ``index_axis_names`` (one at a time) from ``source_cache`` into the base run.
 
@@ -284,15 +285,30 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
     ``metric(logits)`` maps one cell's logits [batch, pos, d_vocab] to a [batch] tensor (or a
     scalar). Cells are stacked along the batch dimension, ``rows_per_pass`` rows per forward pass.
     Returns the metric per cell, shaped [*axis sizes, batch] (or [*axis sizes] for a scalar metric).
+
+    With ``base_cache`` (the base run's own activations) and ``base_value`` (the metric of the
+    unpatched base run), cells where the patch would write the values already there (e.g. positions
+    before the edit of a minimal pair) are not run: their value is ``base_value``, exactly what the
+    forward pass would give.
     """
     hp = HOOK_POINTS[hook_point]
     ranges = axis_ranges(bridge, base_tokens, index_axis_names, layers)
     cells = list(itertools.product(*ranges))
     B = base_tokens.shape[0]
     per = max(1, rows_per_pass // B)
-    values = []
-    for start in range(0, len(cells), per):
-        chunk = cells[start:start + per]
+    todo_cells = cells
+    if base_cache is not None:
+        if base_value is None:
+            raise ValueError("base_cache needs base_value (the metric of the unpatched base run)")
+        todo_cells = []
+        for cell in cells:
+            name = hp.name(int(cell[0]))
+            own = base_cache[name]
+            if not torch.equal(setter(own.clone(), cell, source_cache[name].to(own)), own):
+                todo_cells.append(cell)
+    computed: dict[tuple, Tensor] = {}
+    for start in range(0, len(todo_cells), per):
+        chunk = todo_cells[start:start + per]
         n = len(chunk)
         tokens = base_tokens.repeat(n, 1)
         mask = attention_mask.repeat(n, 1) if attention_mask is not None else None
@@ -315,9 +331,10 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
         with torch.inference_mode():
             kw = {"attention_mask": mask.long()} if mask is not None else {}
             logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits", **kw)
-        for c in range(n):
-            values.append(torch.as_tensor(metric(logits[c * B:(c + 1) * B])).detach().float().cpu())
-    out = torch.stack(values)
+        for c, cell in enumerate(chunk):
+            computed[cell] = torch.as_tensor(metric(logits[c * B:(c + 1) * B])).detach().float().cpu()
+    fill = torch.as_tensor(base_value).detach().float().cpu() if base_value is not None else None
+    out = torch.stack([computed[cell] if cell in computed else fill for cell in cells])
     return out.reshape(*[len(r) for r in ranges], *out.shape[1:])
 
 
@@ -413,7 +430,8 @@ def patch_pair(bridge, tokens_a: Int[Tensor, "pos"], tokens_b: Int[Tensor, "pos"
             for kind in kinds:
                 point, axes, setter = PATCH_KINDS[kind]
                 vals = generic_patch(bridge, tok[base], runs[source][1], metric, setter, point, axes,
-                                     rows_per_pass=rows_per_pass)[..., 0]
+                                     rows_per_pass=rows_per_pass, base_cache=runs[base][1],
+                                     base_value=metric(runs[base][0]))[..., 0]
                 grid = np.array(list(itertools.product(*[range(s) for s in vals.shape])), dtype=np.int64)
                 df = pd.DataFrame({a: grid[:, i] for i, a in enumerate(axes)})
                 df = df.rename(columns={"pos": "position"})

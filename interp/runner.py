@@ -81,6 +81,7 @@ def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
             "logprob_a": lp_a[j], "logprob_b": lp_b[j], "margin": margin,
             "correct": (margin > 0) if p.type == "grammar" else None,
         })
+        rows[-1].update({f"meta_{k}": v for k, v in p.meta.items()})
     return rows
 
 
@@ -118,6 +119,7 @@ def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[di
     """Forward one batch; statistics are committed only if the whole batch succeeds."""
     staged = stats.like()
     logits = forward(lm.bridge, batch, staged.hooks(batch))
+    staged.consume()
     n = 2 * batch.size  # the a and b rows; control rows only feed the hooks
     lp = sentence_logprobs(logits[:n], batch.tokens[:n], batch.mask[:n])
     del logits
@@ -125,7 +127,7 @@ def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[di
         raise FloatingPointError("non-finite log-probability")
     merged = stats.merge(staged)
     stats.diff, stats.spread, stats.profile, stats.shapes = merged.diff, merged.spread, merged.profile, merged.shapes
-    stats.details += staged.details
+    stats.details = merged.details
     return _pair_rows(batch, lp, kept)
 
 
@@ -180,7 +182,10 @@ def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path) -> dict
     acts = {s.name: pairwise(cache[s.name].float()) for s in sites}
     acts["tokens"] = pairwise(batch.tokens)
     acts["mask"] = pairwise(batch.mask.to(torch.uint8))
-    meta = {"pair_ids": json.dumps([p.pair_id for p, _ in sub]), "layout": "[pair, sentence(a,b), pos, ...]"}
+    strs = [[lm.tokenizer.convert_ids_to_tokens(row) for row in (
+        [lm.bos_token_id] + tp.ids_a, [lm.bos_token_id] + tp.ids_b)] for _, tp in sub]
+    meta = {"pair_ids": json.dumps([p.pair_id for p, _ in sub]), "token_strs": json.dumps(strs),
+            "layout": "[pair, sentence(a,b), pos, ...]"}
     R.write_safetensors(run_dir / R.ACTIVATIONS, acts, meta)
     pats = {PATTERN.name(layer): pairwise(cache[PATTERN.name(layer)].to(torch.float16)) for layer in range(n_layers)}
     pats["tokens"] = acts["tokens"]
@@ -256,7 +261,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
                     for p, tp in kept]
     stats = DiffStats(sites, groups, positions, lm.device, n_controls=n_controls,
                       max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
-                      detail_k=int(acfg.get("detail_k", 5)))
+                      detail_k=int(acfg.get("detail_k", 5)), chunk=int(acfg.get("chunk_layers", 8)))
     batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
 
@@ -309,11 +314,16 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     R.write_safetensors(run_dir / R.STATS, stats.state_dict(),
                         {"groups": json.dumps(groups), "positions": json.dumps(positions),
                          "n_controls": str(n_controls), "max_offset": str(stats.max_offset),
-                         "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()})})
+                         "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()}),
+                         "sites": json.dumps([vars(x) for x in sites])})
     inspect = save_inspection(lm, kept, sites, int(cfg.analysis.n_saved_pairs), run_dir)
     timings["write_s"] = time.time() - t
 
     summary = summarize(pairs_df)
+    blimp_lines: list[str] = []
+    if cfg.pairs.source == "blimp":  # per-paradigm/phenomenon tables, manifest notes["blimp"], summary lines
+        from .pairs.blimp import write_blimp_report
+        blimp_lines = write_blimp_report(run_dir, pairs_df, rejected_rows + failed, cfg.pairs, notes)
     figure_info = {}
     if cfg.analysis.get("figures", True):
         t = time.time()
@@ -363,6 +373,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
 
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     print_summary(run_dir, manifest, summary, stab, int(cfg.analysis.top_k))
+    if blimp_lines:
+        print("\n".join(blimp_lines), flush=True)
     return run_dir
 
 

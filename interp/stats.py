@@ -19,6 +19,7 @@ but any non-negative weights give the weighted moments.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,20 +43,16 @@ class Moments:
     @staticmethod
     def of_batch(x: Float[Tensor, "batch *shape"], w: Float[Tensor, "batch *wshape"] | None = None
                  ) -> "Moments":
-        """Moments of one batch along dim 0. ``w`` broadcasts against ``x`` (e.g. ``[batch, 1, ...]``)."""
-        x = x.to(torch.float64)
+        """Moments of one batch along dim 0. ``w`` broadcasts against ``x`` (e.g. ``[batch, 1, ...]``).
+
+        Sums run in float32 (float64 for float64 data) on data shifted by the batch mean (so a "massive" component with a huge
+        mean and a tiny spread keeps its spread), then become float64 moments.
+        """
         if w is None:
-            n = torch.full(x.shape[1:], float(x.shape[0]), dtype=torch.float64, device=x.device)
-            mean = x.mean(0)
-            m2 = ((x - mean) ** 2).sum(0)
-            return Moments(n, mean, m2)
-        w = w.to(torch.float64)
-        while w.ndim < x.ndim:
-            w = w.unsqueeze(-1)
-        n = w.expand_as(x).sum(0)
-        mean = (w * x).sum(0) / n.clamp(min=1e-300)
-        m2 = (w * (x - mean) ** 2).sum(0)
-        return Moments(n, torch.where(n > 0, mean, 0.0), m2)
+            w = torch.ones(x.shape[:1], device=x.device)
+        group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        m = grouped_moments(x, w, group, 1)
+        return Moments(m.n[0], m.mean[0], m.m2[0])
 
     def merge(self, other: "Moments") -> "Moments":
         """Chan et al. parallel combination; exact for the count and, in float64, for mean and M2."""
@@ -90,3 +87,47 @@ class Moments:
 
     def to(self, device) -> "Moments":
         return Moments(self.n.to(device), self.mean.to(device), self.m2.to(device))
+
+
+def grouped_moments(x: Float[Tensor, "batch *shape"], w: Float[Tensor, "batch *wshape"],
+                    group: Tensor, n_groups: int) -> Moments:
+    """Moments of ``x`` per group (``group[i]`` in 0..n_groups-1), weights ``w`` broadcasting to x.
+
+    Sums of the data shifted by its weighted batch mean, contracted over the batch with one-hot
+    group weights (matrix products): a few passes over the data whatever the number of groups, no
+    host synchronisation, and weights that are constant along trailing dimensions (a mask per pair
+    or per token) are never expanded to the data's size. Returns ``Moments`` [n_groups, *shape].
+    """
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32  # sums at least in float32
+    x = x.to(cdt)
+    w = w.to(cdt)
+    while w.ndim < x.ndim:
+        w = w.unsqueeze(-1)
+    B = x.shape[0]
+    # leading dims along which w varies (J) and trailing dims where it is constant (R)
+    k = x.ndim - 1
+    while k > 0 and w.shape[k] == 1:
+        k -= 1
+    J = math.prod(x.shape[1:k + 1])
+    R = math.prod(x.shape[k + 1:])
+    xj = x.reshape(B, J, R)
+    wj = w.expand(*x.shape[:k + 1], *w.shape[k + 1:]).reshape(B, J)
+    onehot = torch.nn.functional.one_hot(group, n_groups).to(cdt)  # [B, G]
+    wsum = wj.sum(0)  # [J]
+    ref = torch.einsum("bj,bjr->jr", wj, xj) / wsum.clamp(min=1e-30)[:, None]  # the shift
+    y = xj - ref
+    n = (onehot.T @ wj)[:, :, None].expand(n_groups, J, R)  # [G, J, R]
+    if R == 1:  # weights vary everywhere: weight the data, then one product over the batch
+        wy = (wj[:, :, None] * y).reshape(B, -1)
+        s1 = (onehot.T @ wy).reshape(n_groups, J, R)
+        s2 = (onehot.T @ (wy * y.reshape(B, -1))).reshape(n_groups, J, R)
+    else:  # per-(group, j) weights: a batched product over j, no expanded copy of the weights
+        gw = onehot[:, None, :] * wj[:, :, None]  # [B, J, G]
+        s1 = torch.einsum("bjg,bjr->gjr", gw, y)
+        s2 = torch.einsum("bjg,bjr->gjr", gw, y * y)
+    n, s1, s2 = n.double(), s1.double(), s2.double()
+    safe = n.clamp(min=1e-300)
+    mean = torch.where(n > 0, ref.double()[None] + s1 / safe, 0.0)
+    m2 = torch.where(n > 0, (s2 - s1 * s1 / safe).clamp(min=0), 0.0)
+    shape = (n_groups,) + tuple(x.shape[1:])
+    return Moments(n.reshape(shape).contiguous(), mean.reshape(shape), m2.reshape(shape))

@@ -90,6 +90,7 @@ def test_statistics_merged_from_two_halves_equal_one_pass(tiny_lm, pairs_file):
         st = DiffStats(sites, groups, device="cpu")
         for b in bs:
             forward(tiny_lm.bridge, b, st.hooks(b))
+            st.consume()
         return st
 
     # same batches either way, so the forward numerics are identical; only the reduction differs
@@ -113,6 +114,7 @@ def test_stats_equal_a_direct_computation_from_cached_activations(tiny_lm, pairs
     name = sites[-1].name
     for b in batches:
         forward(tiny_lm.bridge, b, st.hooks(b))
+        st.consume()
         _, cache = tiny_lm.bridge.run_with_cache(b.tokens, attention_mask=b.mask.long(), names_filter=[name])
         act = cache[name]
         B = b.size

@@ -55,7 +55,10 @@ def _source_pairs(pcfg) -> PairSet:
         if not pcfg.get("path"):
             raise ValueError("pairs=file needs pairs.path=FILE (a JSONL or CSV file)")
         return _read_many([Path(pcfg.path)], strict=bool(pcfg.get("strict", False)))
-    raise ValueError(f"pairs.source={source!r} is not one of bank, file")
+    if source == "blimp":  # a folder of BLiMP paradigm files; pairs.paradigms selects (see blimp.py)
+        from .blimp import read_blimp
+        return read_blimp(pcfg)
+    raise ValueError(f"pairs.source={source!r} is not one of bank, file, blimp")
 
 
 def select(pairs: list[Pair], types=None, categories=None, limit=None, seed: int = 0) -> list[Pair]:

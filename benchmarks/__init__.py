@@ -1,0 +1,1 @@
+"""Rerunnable benchmarks; each prints JSON lines with ratios against a baseline of the same run."""

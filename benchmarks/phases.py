@@ -1,0 +1,57 @@
+"""Where the analysis spends its time, phase by phase (device synchronised between phases).
+
+    python -m benchmarks.phases model=llama3_8b_shape device=cuda n_pairs=1024 batch_size=128
+
+Prints one JSON line: seconds summed over batches for the bare forward, the forward with the
+analysis hooks (which only keep references), ``consume()`` (the statistics), the log-probabilities,
+the merge into the running state, and the per-pair rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from benchmarks.throughput import _sync, bare_pass, new_stats, prepare
+from interp.engine import forward, sentence_logprobs
+from interp.runner import _pair_rows, get_model
+
+
+@hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    lm = get_model(cfg)
+    kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
+    stats = new_stats(cfg, lm, groups, n_controls)
+    tot: dict[str, float] = {}
+
+    def phase(name, fn):
+        _sync(lm.device)
+        t = time.perf_counter()
+        out = fn()
+        _sync(lm.device)
+        tot[name] = tot.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+    for i, b in enumerate(batches):
+        if i == 1:
+            tot.clear()  # the first batch warms up
+        phase("bare_forward", lambda: bare_pass(lm, b))
+        staged = stats.like()
+        logits = phase("forward_with_hooks", lambda: forward(lm.bridge, b, staged.hooks(b)))
+        phase("consume", staged.consume)
+        n = 2 * b.size
+        lp = phase("logprobs", lambda: sentence_logprobs(logits[:n], b.tokens[:n], b.mask[:n]))
+        del logits
+        merged = phase("merge", lambda: stats.merge(staged))
+        stats.diff, stats.spread, stats.profile = merged.diff, merged.spread, merged.profile
+        phase("pair_rows", lambda: _pair_rows(b, lp, kept))
+    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches) - 1,
+                      **{k: round(v, 3) for k, v in tot.items()}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

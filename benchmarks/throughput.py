@@ -1,0 +1,197 @@
+"""Throughput of the full analysis against a bare forward pass of the same model, same batches.
+
+    python -m benchmarks.throughput                                   # embedded model, CPU or GPU
+    python -m benchmarks.throughput model=llama3_8b_shape n_pairs=2048 batch_size=128 device=cuda
+    python -m benchmarks.throughput model=tiny memory_check=true      # peak memory, 1k vs 10k pairs
+
+In one process and on the same padded batches (sentence a, sentence b and the control sentences
+of every pair, exactly the rows ``interp.run`` feeds the model), it times:
+
+1. ``bare``: the underlying Hugging Face model's forward pass, no hooks, logits discarded;
+2. ``analysis``: what ``interp.run`` does per batch: the bridge forward with temporary hooks at
+   every layer of the configured hook points, the streaming statistics, and the per-pair
+   log-probabilities (``interp.runner._run_batch``), plus the final tables.
+
+Timings are interleaved batch by batch (bare, bridge without hooks, analysis), so a change in
+machine load affects all alike. It prints one JSON line (last line: peak memory): model, device, dtype, batch size, tokens per
+sentence, pairs, sentences per pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their
+``ratio``, and peak RSS (and peak GPU memory on a GPU). With ``memory_check=true`` it runs the
+analysis at ``memory_pairs`` (1,000 and 10,000) and prints both peaks and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from interp.analysis import DiffStats
+from interp.controls import control_ids, make_pool
+from interp.engine import make_batches
+from interp.hooks import resolve
+from interp.pairs import load_pairs, validate_pairs
+from interp.runner import _run_batch, get_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare(cfg: DictConfig, lm, n_pairs: int):
+    """Bank pairs validated under the model's tokenizer, cycled to ``n_pairs``, in batches."""
+    kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer, int(cfg.max_tokens))
+    if not kept:
+        raise SystemExit("no valid pairs")
+    kept = [kept[i % len(kept)] for i in range(n_pairs)]
+    for i, (p, _) in enumerate(kept):  # unique ids so controls differ per copy
+        p = type(p)(**{**vars(p), "pair_id": f"{p.pair_id}#{i}"})
+        kept[i] = (p, kept[i][1])
+    groups = sorted({p.category for p, _ in kept})
+    n_controls = int(cfg.analysis.controls.n)
+    controls = None
+    if n_controls:
+        pool = make_pool(lm.tokenizer, cfg.analysis.controls.get("pool", "common"),
+                         int(cfg.analysis.controls.pool_size), cfg.analysis.controls.get("words"),
+                         [tp for _, tp in kept])
+        controls = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]},
+                                n_controls, int(cfg.seed), p.pair_id) for p, tp in kept]
+    batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
+    return kept, groups, batches, n_controls
+
+
+def new_stats(cfg, lm, groups, n_controls) -> DiffStats:
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
+    return DiffStats(sites, groups, list(cfg.analysis.positions), lm.device, n_controls=n_controls,
+                     max_offset=int(cfg.analysis.max_offset), detail_pairs=0,
+                     chunk=int(cfg.analysis.get("chunk_layers", 8)))
+
+
+def bare_pass(lm, b) -> None:
+    with torch.inference_mode():
+        lm.hf_model(input_ids=b.tokens, attention_mask=b.mask.long(), use_cache=False)
+
+
+def bridge_pass(lm, b) -> None:
+    with torch.inference_mode():
+        lm.bridge(b.tokens, attention_mask=b.mask.long(), return_type="logits")
+
+
+def timed(fn, device) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def time_interleaved(cfg, lm, kept, groups, batches, n_controls) -> dict:
+    """Per batch: bare HF, bridge without hooks, full analysis, one after the other, so that a
+    change in machine load hits all three alike. Returns total seconds of each and finalization."""
+    stats = new_stats(cfg, lm, groups, n_controls)
+    tot = {"bare": 0.0, "bridge": 0.0, "analysis": 0.0}
+    for b in batches:
+        tot["bare"] += timed(lambda: bare_pass(lm, b), lm.device)
+        tot["bridge"] += timed(lambda: bridge_pass(lm, b), lm.device)
+        tot["analysis"] += timed(lambda: _run_batch(lm, stats, b, kept), lm.device)
+    tot["finalize"] = timed(stats.table, lm.device)
+    return tot
+
+
+def time_analysis(cfg, lm, kept, groups, batches, n_controls) -> tuple[float, float]:
+    stats = new_stats(cfg, lm, groups, n_controls)
+    loop = timed(lambda: [_run_batch(lm, stats, b, kept) for b in batches], lm.device)
+    return loop, timed(stats.table, lm.device)
+
+
+def measure(cfg: DictConfig) -> dict:
+    lm = get_model(cfg)
+    kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
+    w = int(cfg.warmup_batches)
+    if w:
+        time_interleaved(cfg, lm, kept, groups, batches[:w], n_controls)
+    if lm.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(lm.device)
+    runs = [time_interleaved(cfg, lm, kept, groups, batches, n_controls) for _ in range(int(cfg.repeats))]
+    best = min(runs, key=lambda r: r["analysis"])
+    bare, loop, final, bridge = best["bare"], best["analysis"], best["finalize"], best["bridge"]
+    n = len(kept)
+    rows_per_pair = 2 + n_controls
+    tokens = sum(tp.n_tokens + 1 for _, tp in kept) / n
+    out = {
+        "model": lm.info["name"], "device": str(lm.device), "dtype": lm.info["dtype"],
+        "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
+        "threads": torch.get_num_threads(), "batch_size_pairs": int(cfg.batch_size),
+        "sentences_per_pair": rows_per_pair, "tokens_per_sentence": round(tokens, 2),
+        "padded_tokens_per_sentence": round(sum(b.seq_len * b.size for b in batches) / n, 2),
+        "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(new_stats(cfg, lm, groups, n_controls).sites),
+        "bare_s": round(bare, 3), "bridge_s": round(bridge, 3), "analysis_s": round(loop, 3),
+        "finalize_s": round(final, 3), "bridge_ratio": round(bare / bridge, 4),
+        "bare_pairs_per_s": round(n / bare, 2), "analysis_pairs_per_s": round(n / loop, 2),
+        "bare_sentences_per_s": round(n * rows_per_pair / bare, 1),
+        "ratio": round(bare / loop, 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if lm.device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(lm.device) / 2 ** 20, 1)
+    return out
+
+
+def memory_check(cfg: DictConfig) -> dict:
+    """Peak memory of the analysis loop at two pair counts, each in a fresh subprocess."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for n in cfg.memory_pairs:
+        code = ("import json,sys; from benchmarks.throughput import _one_memory; "
+                f"print(json.dumps(_one_memory(sys.argv[1:], {int(n)})))")
+        overrides = [o for o in sys.argv[1:] if not o.startswith(("memory_check", "n_pairs"))]
+        r = subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, check=True)
+        peaks[int(n)] = json.loads(r.stdout.strip().splitlines()[-1])
+    a, b = (peaks[int(n)] for n in cfg.memory_pairs)
+    out = {"memory_check": True, "model": a["model"], "device": a["device"], "pairs": list(peaks),
+           "peak_rss_mb": [p["peak_rss_mb"] for p in peaks.values()],
+           "rss_ratio": round(b["peak_rss_mb"] / a["peak_rss_mb"], 4)}
+    if "peak_gpu_mb" in a:
+        out["peak_gpu_mb"] = [p["peak_gpu_mb"] for p in peaks.values()]
+        out["gpu_ratio"] = round(b["peak_gpu_mb"] / a["peak_gpu_mb"], 4)
+    return out
+
+
+def _one_memory(overrides: list[str], n_pairs: int) -> dict:
+    """One analysis pass over ``n_pairs`` pairs (batches built lazily so they do not count)."""
+    from hydra import compose, initialize_config_dir
+    from pathlib import Path
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="benchmark", overrides=list(overrides))
+    lm = get_model(cfg)
+    kept, groups, batches, n_controls = prepare(cfg, lm, n_pairs)
+    if lm.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(lm.device)
+    base = peak_rss_mb()
+    loop, _ = time_analysis(cfg, lm, kept, groups, batches, n_controls)
+    out = {"model": lm.info["name"], "device": str(lm.device), "pairs": n_pairs, "analysis_s": round(loop, 2),
+           "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_loop_mb": round(base, 1)}
+    if lm.device.type == "cuda":
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(lm.device) / 2 ** 20, 1)
+    return out
+
+
+@hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    print(json.dumps(memory_check(cfg) if cfg.memory_check else measure(cfg)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
