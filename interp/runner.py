@@ -12,6 +12,8 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,7 +76,7 @@ def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
         p, tp = kept[i]
         margin = lp_a[j] - lp_b[j]
         rows.append({
-            "idx": i, "pair_id": p.pair_id, "category": p.category, "type": p.type, "a": p.a, "b": p.b,
+            "pair_index": i, "pair_id": p.pair_id, "category": p.category, "type": p.type, "a": p.a, "b": p.b,
             "source": p.source, "line": p.line, "n_tokens": tp.n_tokens, "edit_pos": tp.edit_pos,
             "token_a": tp.token_a, "token_b": tp.token_b,
             "token_id_a": tp.ids_a[tp.edit_pos], "token_id_b": tp.ids_b[tp.edit_pos],
@@ -103,13 +105,18 @@ class Checkpoint:
                 f"one {self.hash}); use another hydra.run.dir or start the same config again")
         from safetensors.torch import load_file
 
-        rows = pd.read_parquet(self.dir / "pairs.parquet").to_dict("records") if meta["batches_done"] else []
-        state = load_file(str(self.dir / "stats.safetensors")) if meta["batches_done"] else {}
-        return meta["batches_done"], rows, meta.get("failed", []), state
+        done = meta["batches_done"]
+        rows = pd.read_parquet(self.dir / "pairs.parquet").to_dict("records") if done else []
+        state = load_file(str(self.dir / "stats.safetensors")) if done else {}
+        details = [(pd.read_parquet(self.dir / "pair_profile.parquet"),
+                    pd.read_parquet(self.dir / "pair_components.parquet"))] if done else []
+        return done, rows, meta.get("failed", []), state, details
 
-    def save(self, batches_done: int, rows: list[dict], failed: list[dict], state: dict) -> None:
+    def save(self, batches_done: int, rows: list[dict], failed: list[dict], state: dict, details) -> None:
         R.write_parquet(self.dir / "pairs.parquet", pd.DataFrame(rows))
         R.write_safetensors(self.dir / "stats.safetensors", state)
+        R.write_parquet(self.dir / "pair_profile.parquet", pd.concat([d[0] for d in details], ignore_index=True))
+        R.write_parquet(self.dir / "pair_components.parquet", pd.concat([d[1] for d in details], ignore_index=True))
         # progress.json last: it names what the other two files hold
         R.write_json(self.dir / "progress.json",
                      {"config_hash": self.hash, "batches_done": batches_done, "failed": failed})
@@ -152,7 +159,7 @@ def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
         if batch.size == 1:
             i = int(batch.index[0])
             p = kept[i][0]
-            failed.append({"idx": i, "pair_id": p.pair_id, "category": p.category, "a": p.a, "b": p.b,
+            failed.append({"pair_index": i, "pair_id": p.pair_id, "category": p.category, "a": p.a, "b": p.b,
                            "source": p.source, "line": p.line, "reason": "forward_failed",
                            "detail": f"{type(err).__name__}: {err}"[:500]})
             log.warning("pair %s failed: %s", p.pair_id, err)
@@ -194,13 +201,12 @@ def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path) -> dict
     return {"n_saved_pairs": len(sub)}
 
 
-def contrast_sides(spec, kept, groups: list[str]):
+def contrast_sides(spec, types: dict[str, str], groups: list[str]):
     """``analysis.contrast`` -> ((name, categories), (name, categories)), or a note why it is skipped."""
     if not spec:
         return None
     if len(spec) != 2:
         raise ValueError(f"analysis.contrast needs two groups, got {list(spec)}")
-    types = {p.category: p.type for p, _ in kept}
     out = []
     for side in spec:
         cats = [c for c in groups if types[c] == side] if side in ("grammar", "semantic") else \
@@ -224,8 +230,20 @@ def summarize(pairs_df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def shard_indices(n: int, shard) -> list[int]:
+    """Kept-pair indices of one shard: every ``count``-th pair from ``index`` (deterministic)."""
+    index, count = (int(shard.index), int(shard.count)) if shard else (0, 1)
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard.index={index} shard.count={count}: need 0 <= index < count")
+    return list(range(index, n, count))
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> Path:
-    """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return it."""
+    """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return it.
+
+    With ``shard.count > 1`` the run analyses every ``count``-th kept pair from ``shard.index``
+    and writes a complete run dir of its own; ``python -m interp.merge`` combines shards.
+    """
     t0 = time.time()
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -247,50 +265,87 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
         raise ValueError(f"no pair passed validation ({len(rejected)} rejected, {len(problems)} unreadable lines); "
                          f"see {run_dir / R.REJECTED}")
 
+    # groups, types and controls are fixed from the whole pair set, so shards agree on them
     groups = sorted({p.category for p, _ in kept})
+    group_types = {p.category: p.type for p, _ in kept}
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
     acfg = cfg.analysis
-    positions = list(acfg.positions)
     n_controls = int(acfg.controls.n) if acfg.get("controls") else 0
+    mine = shard_indices(len(kept), cfg.get("shard"))
     controls = None
     if n_controls:
         pool = make_pool(lm.tokenizer, acfg.controls.get("pool", "common"), int(acfg.controls.pool_size),
                          acfg.controls.get("words"), [tp for _, tp in kept])
-        controls = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a,
-                                {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}, n_controls, int(cfg.seed), p.pair_id)
-                    for p, tp in kept]
-    stats = DiffStats(sites, groups, positions, lm.device, n_controls=n_controls,
-                      max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
-                      detail_k=int(acfg.get("detail_k", 5)), chunk=int(acfg.get("chunk_layers", 8)))
-    batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
+        controls = [control_ids(pool, kept[i][1].ids_a, kept[i][1].edit_pos, kept[i][1].token_a,
+                                {kept[i][1].ids_a[kept[i][1].edit_pos], kept[i][1].ids_b[kept[i][1].edit_pos]},
+                                n_controls, int(cfg.seed), kept[i][0].pair_id) for i in mine]
+    stats = new_stats(cfg, sites, groups, lm.device)
+    batches = make_batches([kept[i][1] for i in mine], [groups.index(kept[i][0].category) for i in mine],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
+    for b in batches:  # batch positions -> run-wide kept indices
+        b.index = torch.tensor([mine[j] for j in b.index.tolist()])
 
     ckpt = Checkpoint(run_dir, config_hash(cfg))
     resumed = ckpt.load()
-    start, pair_rows, failed = 0, [], []
+    start, pair_rows, failed, details = 0, [], [], []
     if resumed:
-        start, pair_rows, failed, state = resumed
+        start, pair_rows, failed, state, details = resumed
         stats.load_state_dict(state)
         log.info("resuming %s at batch %d of %d", run_dir, start, len(batches))
     every = int(cfg.get("checkpoint_every", 20))
+    crash_after = int(os.environ.get("INTERP_CRASH_AFTER_BATCH", "0"))  # tests: simulate a kill
 
     t = time.time()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(kept), initial=sum(b.size for b in batches[:start]), unit="pair",
+    pair_ids = [p.pair_id for p, _ in kept]
+    bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
     for bi in range(start, len(batches)):
         pair_rows += _run_batch_safely(lm, stats, batches[bi], kept, failed)
         bar.update(batches[bi].size)
         if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
-            ckpt.save(bi + 1, pair_rows, failed, stats.state_dict())
+            details.append(stats.detail_tables(pair_ids))
+            stats.details = []
+            ckpt.save(bi + 1, pair_rows, failed, stats.state_dict(), details)
+        if crash_after and bi + 1 == crash_after:
+            os._exit(17)
     bar.close()
     timings["forward_s"] = time.time() - t
     if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
         raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")
+    details.append(stats.detail_tables(pair_ids))
 
     t = time.time()
-    pairs_df = pd.DataFrame(pair_rows).sort_values("idx").drop(columns="idx").reset_index(drop=True)
+    shard = cfg.get("shard")
+    is_first = not shard or int(shard.index) == 0
+    inspect = save_inspection(lm, kept, sites, int(acfg.n_saved_pairs) if is_first else 0, run_dir)
+    timings["inspect_s"] = time.time() - t
+    facts = {
+        "model": lm.info, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),
+        "unreadable_lines": len(problems), "rejected": len(rejected), "batches": len(batches),
+        "resumed_from_batch": start, "inspect": inspect, "shard": OmegaConf.to_container(shard) if shard else None,
+    }
+    return finalize(run_dir, cfg, stats, pd.DataFrame(pair_rows), rejected_rows, failed,
+                    [d[0] for d in details], [d[1] for d in details], facts, timings, t0)
+
+
+def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:
+    acfg = cfg.analysis
+    return DiffStats(sites, groups, list(acfg.positions), device,
+                     n_controls=int(acfg.controls.n) if acfg.get("controls") else 0,
+                     max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
+                     detail_k=int(acfg.get("detail_k", 5)), chunk=int(acfg.get("chunk_layers", 8)))
+
+
+def finalize(run_dir: Path, cfg: DictConfig, stats: DiffStats, pairs_df: pd.DataFrame, rejected_rows: list[dict],
+             failed: list[dict], profiles: list[pd.DataFrame], components: list[pd.DataFrame], facts: dict,
+             timings: dict, t0: float) -> Path:
+    """Write every table, figure and the manifest of a run dir from its statistics (runs and merges)."""
+    t = time.time()
+    acfg = cfg.analysis
+    groups = stats.groups
+    pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
     mcfg = acfg.get("massive", {})
     table_kw = {"massive_factor": float(mcfg.get("factor", 20)), "massive_cv": float(mcfg.get("max_cv", 0.25))}
     stab = stats.table(**table_kw)
@@ -299,24 +354,24 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     per_cat = [stats.table(group=g, **table_kw).assign(category=g) for g in groups] if len(groups) > 1 else []
     if per_cat:
         R.write_parquet(run_dir / R.STABILITY_BY_CATEGORY, pd.concat(per_cat, ignore_index=True))
-    notes = {}
-    sides = contrast_sides(acfg.get("contrast"), kept, groups)
+    notes: dict = {}
+    sides = contrast_sides(acfg.get("contrast"), facts["group_types"], groups)
     if isinstance(sides, str):
         notes["contrast"] = sides
     elif sides:
         R.write_parquet(run_dir / R.CONTRAST, stats.contrast(sides[0][1], sides[1][1], (sides[0][0], sides[1][0])))
     R.write_parquet(run_dir / R.DIVERGENCE, stats.divergence())
-    profile, components = stats.detail_tables([p.pair_id for p, _ in kept])
-    if not profile.empty:
-        R.write_parquet(run_dir / R.PAIR_PROFILE, profile)
-        R.write_parquet(run_dir / R.PAIR_COMPONENTS, components)
+    profiles = [p for p in profiles if not p.empty]
+    if profiles:
+        R.write_parquet(run_dir / R.PAIR_PROFILE, pd.concat(profiles, ignore_index=True))
+        R.write_parquet(run_dir / R.PAIR_COMPONENTS, pd.concat([c for c in components if not c.empty], ignore_index=True))
     R.write_jsonl(run_dir / R.REJECTED, rejected_rows + failed)
     R.write_safetensors(run_dir / R.STATS, stats.state_dict(),
-                        {"groups": json.dumps(groups), "positions": json.dumps(positions),
-                         "n_controls": str(n_controls), "max_offset": str(stats.max_offset),
+                        {"groups": json.dumps(groups), "group_types": json.dumps(facts["group_types"]),
+                         "positions": json.dumps(stats.positions), "n_controls": str(stats.n_controls),
+                         "max_offset": str(stats.max_offset),
                          "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()}),
-                         "sites": json.dumps([vars(x) for x in sites])})
-    inspect = save_inspection(lm, kept, sites, int(cfg.analysis.n_saved_pairs), run_dir)
+                         "sites": json.dumps([vars(x) for x in stats.sites])})
     timings["write_s"] = time.time() - t
 
     summary = summarize(pairs_df)
@@ -325,34 +380,38 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
         from .pairs.blimp import write_blimp_report
         blimp_lines = write_blimp_report(run_dir, pairs_df, rejected_rows + failed, cfg.pairs, notes)
     figure_info = {}
-    if cfg.analysis.get("figures", True):
+    if acfg.get("figures", True):
         t = time.time()
         from .figures import write_run_figures
 
-        figure_info = write_run_figures(run_dir, stab, pairs_df, top_k=int(cfg.analysis.top_k),
-                                        png=bool(cfg.analysis.get("png", True)))
+        figure_info = write_run_figures(run_dir, stab, pairs_df, top_k=int(acfg.top_k),
+                                        png=bool(acfg.get("png", True)))
         timings["figures_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
 
     reasons: dict[str, int] = {}
     for r in rejected_rows + failed:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    n_controls = stats.n_controls
     manifest = {
         "status": "complete",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir.resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "config_hash": ckpt.hash,
-        "model": lm.info,
+        "config_hash": config_hash(cfg),
+        "model": facts["model"],
         "versions": versions(),
-        "hooks": [vars(s) for s in sites],
-        "positions": positions,
+        "hooks": [vars(s) for s in stats.sites],
+        "positions": stats.positions,
         "groups": groups,
+        "group_types": facts["group_types"],
+        "shard": facts.get("shard"),
+        "merged_from": facts.get("merged_from"),
         "counts": {
-            "pairs_loaded": len(pair_set.pairs), "unreadable_lines": len(problems),
-            "kept": len(pairs_df), "rejected": len(rejected), "failed_in_forward": len(failed),
-            "rejected_by_reason": reasons, "batches": len(batches), "resumed_from_batch": start,
-            **inspect,
+            "pairs_loaded": facts["pairs_loaded"], "unreadable_lines": facts["unreadable_lines"],
+            "kept": len(pairs_df), "rejected": facts["rejected"], "failed_in_forward": len(failed),
+            "rejected_by_reason": reasons, "batches": facts["batches"],
+            "resumed_from_batch": facts["resumed_from_batch"], **facts["inspect"],
         },
         "controls": {"n": n_controls, "seed": int(cfg.seed),
                      "pool": (("words" if acfg.controls.get("words") else acfg.controls.get("pool", "common"))
@@ -369,10 +428,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
         "timings": timings,
     }
     R.write_json(run_dir / R.MANIFEST, manifest)
-    import shutil
-
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    print_summary(run_dir, manifest, summary, stab, int(cfg.analysis.top_k))
+    print_summary(run_dir, manifest, summary, stab, int(acfg.top_k))
     if blimp_lines:
         print("\n".join(blimp_lines), flush=True)
     return run_dir

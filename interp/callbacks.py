@@ -1,0 +1,52 @@
+"""Hydra callbacks. ``SweepSummary`` writes ``sweep_summary.json`` and ``.csv`` into a multirun's
+sweep dir at its end: one row per job dir with its status, overrides and headline numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from . import results as R
+
+
+def summarize_sweep(sweep_dir: str | Path) -> pd.DataFrame:
+    rows = []
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        row: dict[str, Any] = {"job": job.name, "run_dir": str(job)}
+        overrides = job / ".hydra" / "overrides.yaml"
+        if overrides.exists():
+            row["overrides"] = " ".join(l[2:].strip() for l in overrides.read_text().splitlines() if l.startswith("- "))
+        try:
+            m = R.read_manifest(job)
+        except (OSError, ValueError):
+            row["status"] = "incomplete"
+            rows.append(row)
+            continue
+        c = m["counts"]
+        grammar = [a for a in m.get("accuracy", []) if a.get("type") == "grammar" and a.get("accuracy") is not None]
+        row.update({
+            "status": m.get("status"), "model": m["model"]["name"], "hooks": ",".join(m["config"]["hooks"]["points"]),
+            "kept": c["kept"], "rejected": c["rejected"], "failed": c["failed_in_forward"],
+            "grammar_accuracy": (sum(a["accuracy"] * a["n_pairs"] for a in grammar) / sum(a["n_pairs"] for a in grammar))
+            if grammar else None,
+            "seconds": m["timings"].get("total_s"),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            return
+        df = summarize_sweep(sweep_dir)
+        R.write_json(sweep_dir / "sweep_summary.json", df.to_dict("records"))
+        with R.atomic_path(sweep_dir / "sweep_summary.csv") as tmp:
+            df.to_csv(tmp, index=False)
+        print(f"sweep summary: {sweep_dir / 'sweep_summary.csv'} ({len(df)} jobs, "
+              f"{int((df.get('status') == 'complete').sum()) if 'status' in df else 0} complete)", flush=True)

@@ -1,0 +1,116 @@
+"""Merge shard run dirs into one run dir: ``python -m interp.merge SHARD_DIR... --out DIR``.
+
+Shards are runs of the same config that differ only in ``shard.index`` (``shard.count`` equal).
+Their statistics are exact monoids (count, mean, M2 per component; Chan et al. merge), so the merged
+tables equal those of a single-process run up to float rounding (the forward passes see other
+batch compositions, which changes activations only at the level of float32 rounding). Pairs are
+concatenated in the run-wide order; the drill-down tables are concatenated; the saved activations
+and attention patterns come from shard 0, which saves them for the run's first pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+from safetensors import safe_open
+
+from . import results as R
+from .hooks import HookSite
+from .runner import finalize, new_stats
+
+IGNORED = ("shard", "hydra", "progress", "checkpoint_every")
+
+
+class MergeError(ValueError):
+    """Shards that cannot be merged; the message names the shard and the reason."""
+
+
+def _comparable(config: dict) -> str:
+    c = {k: v for k, v in config.items() if k not in IGNORED}
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def load_stats(run_dir: Path, cfg):
+    """The mergeable statistics of a run dir as a ``DiffStats`` (on the CPU)."""
+    path = run_dir / R.STATS
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    sites = [HookSite(**s) for s in json.loads(meta["sites"])]
+    stats = new_stats(cfg, sites, json.loads(meta["groups"]), "cpu")
+    stats.load_state_dict(state)
+    stats.shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
+    return stats, json.loads(meta["group_types"])
+
+
+def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
+    t0 = time.time()
+    shards = [Path(s) for s in shards]
+    if not shards:
+        raise MergeError("no shard dirs given")
+    manifests = []
+    for s in shards:
+        if not R.is_complete(s):
+            raise MergeError(f"{s}: not a complete run dir (no manifest.json with status complete)")
+        manifests.append(R.read_manifest(s))
+    ref = _comparable(manifests[0]["config"])
+    for s, m in zip(shards[1:], manifests[1:]):
+        if _comparable(m["config"]) != ref:
+            raise MergeError(f"{s}: its config differs from {shards[0]}'s beyond the shard settings")
+    info = [(m.get("shard") or {"index": 0, "count": 1}) for m in manifests]
+    counts = {int(i["count"]) for i in info}
+    indices = sorted(int(i["index"]) for i in info)
+    if len(counts) != 1 or indices != list(range(counts.pop())):
+        raise MergeError(f"shards must be index 0..count-1 of one count exactly once; got {info}")
+    cfg = OmegaConf.create(manifests[0]["config"])
+    cfg.shard = {"index": 0, "count": 1}
+    stats, group_types = load_stats(shards[0], cfg)
+    for s in shards[1:]:
+        other, _ = load_stats(s, cfg)
+        stats = stats.merge(other)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = pd.concat([R.read_table(s, R.PAIRS) for s in shards], ignore_index=True)
+    first = next(s for s, i in zip(shards, info) if int(i["index"]) == 0)
+    rejected = [r for r in R.read_jsonl(first / R.REJECTED) if r.get("reason") != "forward_failed"]
+    failed = [r for s in shards for r in R.read_jsonl(s / R.REJECTED) if r.get("reason") == "forward_failed"]
+    profiles, components = [], []
+    for s in shards:
+        if (s / R.PAIR_PROFILE).exists():
+            profiles.append(R.read_table(s, R.PAIR_PROFILE))
+            components.append(R.read_table(s, R.PAIR_COMPONENTS))
+    for name in (R.ACTIVATIONS, R.PATTERNS):
+        if (first / name).exists():
+            shutil.copyfile(first / name, out / name)
+    m0 = next(m for m, i in zip(manifests, info) if int(i["index"]) == 0)
+    facts = {
+        "model": m0["model"], "group_types": group_types, "pairs_loaded": m0["counts"]["pairs_loaded"],
+        "unreadable_lines": m0["counts"]["unreadable_lines"], "rejected": m0["counts"]["rejected"],
+        "batches": sum(m["counts"]["batches"] for m in manifests), "resumed_from_batch": 0,
+        "inspect": {"n_saved_pairs": m0["counts"].get("n_saved_pairs", 0)}, "shard": None,
+        "merged_from": [str(s.resolve()) for s in shards],
+    }
+    timings = {"shard_forward_s": [m["timings"].get("forward_s") for m in manifests]}
+    return finalize(out, cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m interp.merge", description=__doc__.splitlines()[0])
+    ap.add_argument("shards", nargs="+", help="shard run dirs (index 0..count-1)")
+    ap.add_argument("--out", required=True, help="the merged run dir")
+    args = ap.parse_args(argv)
+    try:
+        merge_runs(args.shards, args.out)
+    except MergeError as err:
+        raise SystemExit(f"merge failed: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
