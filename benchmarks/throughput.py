@@ -47,10 +47,16 @@ def peak_rss_mb() -> float:
 
 
 def prepare(cfg: DictConfig, lm, n_pairs: int):
-    """Bank pairs validated under the model's tokenizer, cycled to ``n_pairs``, in batches."""
+    """Bank pairs validated under the model's tokenizer, in batches: a seeded sample of at most
+    ``sample_pairs`` pairs, cycled to ``n_pairs``, so that runs of different sizes see the same
+    sentence lengths (peak memory depends on the longest batch, not on the number of pairs)."""
+    import random
+
     kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer, int(cfg.max_tokens))
     if not kept:
         raise SystemExit("no valid pairs")
+    random.Random(int(cfg.seed)).shuffle(kept)
+    kept = kept[:int(cfg.get("sample_pairs", 1000))]
     kept = [kept[i % len(kept)] for i in range(n_pairs)]
     for i, (p, _) in enumerate(kept):  # unique ids so controls differ per copy
         p = type(p)(**{**vars(p), "pair_id": f"{p.pair_id}#{i}"})

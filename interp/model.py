@@ -191,10 +191,12 @@ def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
     if mcfg.source == "random":
         config = LlamaConfig(**dict(mcfg.config))
         torch.manual_seed(int(mcfg.get("seed", 0)))
-        # Build straight on the target device and dtype: an 8B model is not built on the CPU first.
-        with torch.device(device):
+        # Small models are drawn on the CPU, so the same seed gives the same weights on any device;
+        # large ones are built straight on the target device (an 8B model is not built on a CPU).
+        init = torch.device("cpu") if mcfg.get("init_on_cpu", False) else device
+        with torch.device(init):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        return model
+        return model.to(device)
     raise ModelLoadError(f"model.source={mcfg.source!r} is not one of gguf, hf, random")
 
 

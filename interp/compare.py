@@ -1,0 +1,274 @@
+"""Compare two run directories by relative depth: ``python -m interp.compare RUN_A RUN_B``.
+
+The two runs may come from different models (a trained model and its random-weight twin, SmolLM2
+and Llama-3-8B, ...). Components cannot be matched one to one across models, so the comparison is
+made per hook point and **relative-depth bin**: layer / (n_layers - 1) (0 = first layer, 1 = last),
+cut into ``--bins`` equal bins (bin i holds depths in [i/bins, (i+1)/bins), the last bin includes 1).
+
+Per run, hook point and bin (at ``--position``, default the edit token):
+
+- ``share_stable``: share of the components that are stable beyond the control baseline: q < alpha,
+  t < 0 (they change less than a control edit) and not flagged ``massive``; NaN when the run has no
+  controls (``analysis.controls.n=0``: no q-values);
+- ``median_ratio`` (mean |a-b| / mean |a-c|) and ``median_normalized`` (mean |a-b| / spread);
+- the divergence profile (category ``all``: mean normalized |a-b| per offset from the edit),
+  averaged over the layers of the bin;
+- error-detection accuracy per category (grammar pairs: share with log P(a) > log P(b)).
+
+Writes ``compare.parquet`` (one row per run x hook x bin), ``compare_divergence.parquet`` (run x
+hook x bin x offset), ``compare.json`` (runs, accuracy side by side, totals, the bins where one run
+has stable components and the other none) and plotly figures (HTML with plotly.min.js beside it,
+PNG) into ``--out`` (default ``RUN_A/compare_<name of RUN_B>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import results as R
+
+COMPARE = "compare.parquet"
+COMPARE_DIVERGENCE = "compare_divergence.parquet"
+COMPARE_JSON = "compare.json"
+
+
+def relative_depth(layer, n_layers: int):
+    """layer / (n_layers - 1); a one-layer model sits at depth 0."""
+    return np.asarray(layer, dtype="float64") / max(int(n_layers) - 1, 1)
+
+
+def depth_bin(rel, bins: int):
+    """Bin index of a relative depth in [0, 1]: floor(rel * bins), the depth 1 in the last bin."""
+    return np.minimum(np.floor(np.asarray(rel, dtype="float64") * bins + 1e-9).astype(int), bins - 1)
+
+
+def stable_mask(stab: pd.DataFrame, alpha: float) -> pd.Series:
+    """q < alpha, t < 0 and not massive (NaN q-values count as not stable)."""
+    if "q_value" not in stab.columns:
+        return pd.Series(np.nan, index=stab.index)
+    massive = stab["massive"].fillna(False).astype(bool) if "massive" in stab.columns else False
+    return ((stab["q_value"] < alpha) & (stab["t_stat"] < 0) & ~massive).astype(float)
+
+
+def load_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    if not R.is_complete(run_dir):
+        raise SystemExit(f"{run_dir}: not a complete run directory of python -m interp.run "
+                         "(no manifest.json with status complete)")
+    man = R.read_manifest(run_dir)
+    stab = R.read_table(run_dir, R.STABILITY)
+    pairs = R.read_table(run_dir, R.PAIRS)
+    div = R.read_table(run_dir, R.DIVERGENCE) if (run_dir / R.DIVERGENCE).exists() else pd.DataFrame()
+    controls = (man.get("config", {}).get("analysis", {}) or {}).get("controls", {}) or {}
+    return {"dir": run_dir, "name": run_dir.name, "manifest": man, "stability": stab, "pairs": pairs,
+            "divergence": div, "n_layers": int(man["model"]["n_layers"]), "model": man["model"].get("name"),
+            "controls": {"n": controls.get("n"), "pool": controls.get("pool")}}
+
+
+def accuracy(pairs: pd.DataFrame) -> dict:
+    """Error-detection accuracy per grammar category and over all grammar pairs (with n)."""
+    g = pairs[pairs["type"] == "grammar"]
+    out = {c: {"n": int(len(d)), "accuracy": float((d["margin"] > 0).mean())}
+           for c, d in g.groupby("category", sort=True)}
+    if len(g):
+        out["all_grammar"] = {"n": int(len(g)), "accuracy": float((g["margin"] > 0).mean())}
+    return out
+
+
+def bin_table(run: dict, position: str, alpha: float, bins: int) -> pd.DataFrame:
+    stab = run["stability"]
+    if position not in set(stab["position"]):
+        raise SystemExit(f"{run['dir']}: position {position!r} not in stability.parquet "
+                         f"(has {sorted(set(stab['position']))})")
+    d = stab[stab["position"] == position].copy()
+    d["rel_depth"] = relative_depth(d["layer"], run["n_layers"])
+    d["bin"] = depth_bin(d["rel_depth"], bins)
+    d["stable"] = stable_mask(d, alpha)
+    has_ratio = "ratio" in d.columns
+    rows = []
+    for (hook, b), g in d.groupby(["hook", "bin"], sort=True):
+        rows.append({
+            "run": run["name"], "model": run["model"], "n_layers": run["n_layers"], "hook": hook,
+            "bin": int(b), "bin_lo": b / bins, "bin_hi": (b + 1) / bins,
+            "layers": ",".join(str(x) for x in sorted(g["layer"].unique())),
+            "n_components": int(len(g)),
+            "n_stable": float(g["stable"].sum()) if g["stable"].notna().all() else np.nan,
+            "share_stable": float(g["stable"].mean()) if g["stable"].notna().all() else np.nan,
+            "median_ratio": float(g["ratio"].median()) if has_ratio else np.nan,
+            "median_normalized": float(g["normalized"].median()),
+        })
+    return pd.DataFrame(rows)
+
+
+def divergence_table(run: dict, bins: int) -> pd.DataFrame:
+    div = run["divergence"]
+    if div.empty:
+        return pd.DataFrame(columns=["run", "hook", "bin", "offset", "normalized"])
+    d = div[div["category"] == "all"].copy()
+    d["bin"] = depth_bin(relative_depth(d["layer"], run["n_layers"]), bins)
+    out = d.groupby(["hook", "bin", "offset"], sort=True)["normalized"].mean().reset_index()
+    out.insert(0, "run", run["name"])
+    return out
+
+
+def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, position: str = "edit",
+            alpha: float = 0.05, bins: int = 10, figures: bool = True, png: bool = True) -> dict:
+    A, B = load_run(run_a), load_run(run_b)
+    if A["name"] == B["name"]:  # same folder name in two places: keep the labels apart
+        A["name"], B["name"] = f"A:{A['name']}", f"B:{B['name']}"
+    out = Path(out) if out else A["dir"] / f"compare_{Path(run_b).name}"
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.concat([bin_table(A, position, alpha, bins), bin_table(B, position, alpha, bins)],
+                      ignore_index=True)
+    div = pd.concat([divergence_table(A, bins), divergence_table(B, bins)], ignore_index=True)
+    R.write_parquet(out / COMPARE, table)
+    R.write_parquet(out / COMPARE_DIVERGENCE, div)
+
+    # bins (per hook) where one run has stable components and the other has none
+    wide = table.pivot_table(index=["hook", "bin"], columns="run", values="share_stable", dropna=False)
+    only = {A["name"]: [], B["name"]: []}
+    if A["name"] in wide.columns and B["name"] in wide.columns:
+        for (hook, b), r in wide.iterrows():
+            sa, sb = r[A["name"]], r[B["name"]]
+            if pd.notna(sa) and pd.notna(sb):
+                if sa > 0 and sb == 0:
+                    only[A["name"]].append({"hook": hook, "bin": int(b), "share": float(sa)})
+                if sb > 0 and sa == 0:
+                    only[B["name"]].append({"hook": hook, "bin": int(b), "share": float(sb)})
+    totals = {}
+    for run in (A, B):
+        t = table[table["run"] == run["name"]]
+        totals[run["name"]] = {
+            hook: {"n_components": int(g["n_components"].sum()),
+                   "n_stable": None if g["n_stable"].isna().any() else int(g["n_stable"].sum()),
+                   "share_stable": None if g["n_stable"].isna().any()
+                   else float(g["n_stable"].sum() / g["n_components"].sum())}
+            for hook, g in t.groupby("hook", sort=True)}
+    summary = {
+        "position": position, "alpha": alpha, "bins": bins,
+        "stable_definition": f"q_value < {alpha} and t_stat < 0 and not massive",
+        "runs": {r["name"]: {"dir": str(r["dir"]), "model": r["model"], "n_layers": r["n_layers"],
+                             "n_pairs": int(len(r["pairs"])), "controls": r["controls"],
+                             "accuracy": accuracy(r["pairs"])} for r in (A, B)},
+        "totals": totals,
+        "stable_only_in": only,
+        "files": [COMPARE, COMPARE_DIVERGENCE],
+    }
+    if figures:
+        summary["figures"] = write_figures(out, table, div, summary, A["name"], B["name"], png=png)
+    R.write_json(out / COMPARE_JSON, _clean(summary))
+    summary["out"] = str(out)
+    return summary
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_figures(out: Path, table: pd.DataFrame, div: pd.DataFrame, summary: dict, name_a: str, name_b: str,
+                  png: bool = True) -> dict:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from .figures import save_html, save_pngs, write_plotlyjs
+
+    fdir = out / "figures"
+    fdir.mkdir(parents=True, exist_ok=True)
+    write_plotlyjs(fdir)
+    hooks = sorted(table["hook"].unique())
+    bins = int(summary["bins"])
+    figs = {}
+    for metric, title in (("share_stable", "share of components stable (q<%g, t<0, not massive)" % summary["alpha"]),
+                          ("median_ratio", "median ratio |a-b| / |a-control|"),
+                          ("median_normalized", "median normalized change |a-b| / spread")):
+        fig = make_subplots(rows=1, cols=len(hooks), subplot_titles=hooks, shared_yaxes=True)
+        for i, hook in enumerate(hooks, start=1):
+            for name, color in ((name_a, "#1f77b4"), (name_b, "#d62728")):
+                g = table[(table["hook"] == hook) & (table["run"] == name)]
+                fig.add_trace(go.Scatter(x=(g["bin"] + 0.5) / bins, y=g[metric], mode="lines+markers", name=name,
+                                         line={"color": color}, showlegend=(i == 1),
+                                         hovertemplate=name + "<br>layers %{text}<br>%{y:.3f}<extra></extra>",
+                                         text=g["layers"]), row=1, col=i)
+            fig.update_xaxes(title_text="relative depth", range=[0, 1], row=1, col=i)
+        fig.update_yaxes(title_text=metric, row=1, col=1)
+        fig.update_layout(title=f"{title}, position {summary['position']}", height=420,
+                          width=max(700, 330 * len(hooks)))
+        figs[f"compare_{metric}"] = fig
+    if not div.empty:
+        dhooks = sorted(div["hook"].unique())
+        titles = [f"{n} - {h}" for h in dhooks for n in (name_a, name_b)]
+        fig = make_subplots(rows=len(dhooks), cols=2, subplot_titles=titles, shared_xaxes=True)
+        for r, hook in enumerate(dhooks, start=1):
+            for c, name in enumerate((name_a, name_b), start=1):
+                g = div[(div["hook"] == hook) & (div["run"] == name)]
+                if g.empty:
+                    continue
+                p = g.pivot_table(index="bin", columns="offset", values="normalized")
+                fig.add_trace(go.Heatmap(z=p.to_numpy(), x=p.columns, y=(p.index + 0.5) / bins,
+                                         coloraxis="coloraxis"), row=r, col=c)
+                fig.update_yaxes(title_text="relative depth", row=r, col=c)
+        fig.update_xaxes(title_text="offset from edit", row=len(dhooks))
+        fig.update_layout(title="divergence profile (all pairs): mean normalized |a-b| per depth bin and offset",
+                          coloraxis={"colorscale": "Magma"}, height=300 * len(dhooks) + 120, width=1000)
+        figs["compare_divergence"] = fig
+    acc_rows = []
+    for name in (name_a, name_b):
+        for cat, v in summary["runs"][name]["accuracy"].items():
+            acc_rows.append((name, cat, v["accuracy"], v["n"]))
+    if acc_rows:
+        fig = go.Figure()
+        for name in (name_a, name_b):
+            rows = [r for r in acc_rows if r[0] == name]
+            fig.add_trace(go.Bar(x=[r[1] for r in rows], y=[r[2] for r in rows], name=name,
+                                 text=[f"n={r[3]}" for r in rows]))
+        fig.add_hline(y=0.5, line_dash="dot")
+        fig.update_layout(title="error-detection accuracy (grammar pairs: share with log P(a) > log P(b))",
+                          barmode="group", yaxis={"range": [0, 1]}, height=450, width=1000)
+        figs["compare_accuracy"] = fig
+    written = {"html": [save_html(f, fdir, n) for n, f in figs.items()]}
+    if png:
+        pngs = save_pngs(figs, fdir)
+        written["png" if "error" not in pngs else "png_error"] = (
+            list(pngs.values()) if "error" not in pngs else pngs["error"])
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m interp.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_a")
+    ap.add_argument("run_b")
+    ap.add_argument("--out", default=None, help="output folder (default RUN_A/compare_<name of RUN_B>)")
+    ap.add_argument("--position", default="edit", help="edit | last | after")
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--bins", type=int, default=10, help="relative-depth bins")
+    ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--no-png", action="store_true")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    s = compare(a.run_a, a.run_b, a.out, a.position, a.alpha, a.bins, figures=not a.no_figures, png=not a.no_png)
+    print(f"compare -> {s['out']}")
+    for name, r in s["runs"].items():
+        acc = r["accuracy"].get("all_grammar", {})
+        print(f"{name}: model {r['model']}, {r['n_layers']} layers, {r['n_pairs']} pairs, controls {r['controls']}, "
+              f"grammar accuracy {acc.get('accuracy', float('nan')):.3f} (n={acc.get('n', 0)})")
+        for hook, t in s["totals"][name].items():
+            print(f"  {hook}: {t['n_stable']} / {t['n_components']} stable ({t['share_stable']})")
+    for name, lst in s["stable_only_in"].items():
+        if lst:
+            print(f"stable only in {name}: " + ", ".join(f"{x['hook']} bin {x['bin']}" for x in lst))
+
+
+if __name__ == "__main__":
+    main()
