@@ -163,6 +163,21 @@ def save_pngs(figs: dict[str, go.Figure], figures_dir: Path) -> dict[str, str]:
     return out
 
 
+def write_figures(figs: dict[str, go.Figure], fdir: Path, png: bool) -> dict:
+    """HTML for every figure and, if ``png``, PNGs in one kaleido session; returns what was written
+    (a failed PNG export is logged and reported, the HTML stays)."""
+    written: dict = {"html": [save_html(f, fdir, n) for n, f in figs.items()]}
+    if png:
+        pngs = save_pngs(figs, fdir)
+        if "error" in pngs:
+            log.warning("PNG export failed (%s); the HTML figures are written. kaleido needs Chromium.",
+                        pngs["error"])
+            written["png_error"] = pngs["error"]
+        else:
+            written["png"] = list(pngs.values())
+    return written
+
+
 def write_plotlyjs(figures_dir: Path) -> None:
     from plotly.offline import get_plotlyjs
 
@@ -196,16 +211,7 @@ def write_run_figures(run_dir: str | Path, stab: pd.DataFrame | None = None, pai
     figs[f"ranking_{position}"] = ranking(stab, position, top_k)
     figs[f"scatter_{position}"] = scatter(stab, position)
     figs["margins"] = margins(pairs)
-    written = {"html": [save_html(f, fdir, n) for n, f in figs.items()]}
-    if png:
-        pngs = save_pngs(figs, fdir)
-        if "error" in pngs:
-            log.warning("PNG export failed (%s); the HTML figures are written. kaleido needs Chromium.",
-                        pngs["error"])
-            written["png_error"] = pngs["error"]
-        else:
-            written["png"] = list(pngs.values())
-    return written
+    return write_figures(figs, fdir, png)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import results as R
-from .figures import save_html, save_pngs, write_plotlyjs
+from .figures import write_figures, write_plotlyjs
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,7 @@ def write_causal_figures(causal_dir: str | Path, ablation: pd.DataFrame | None =
         return {"html": []}
     fdir.mkdir(parents=True, exist_ok=True)
     write_plotlyjs(fdir)
-    written: dict = {"html": [save_html(f, fdir, n) for n, f in figs.items()]}
-    if png:
-        pngs = save_pngs(figs, fdir)
-        if "error" in pngs:
-            log.warning("PNG export failed (%s); the HTML figures are written. kaleido needs Chromium.", pngs["error"])
-            written["png_error"] = pngs["error"]
-        else:
-            written["png"] = list(pngs.values())
-    return written
+    return write_figures(figs, fdir, png)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -590,14 +590,28 @@ def _label(hook: str, layer: int, comp: int, head: Any = None) -> str:
     return f"{hook}[{layer}].{comp}"
 
 
-def top_rows(run: Run, position: str, k: int, hook: str | None = None, key: str = "normalized",
-             layer: int | None = None) -> pd.DataFrame:
+def _saved_pairs(pairs: pd.DataFrame, acts) -> Iterable[tuple[str, dict, int]]:
+    """(pair id, its pairs.parquet row, its index in the saved tensors) for every saved pair."""
+    for pid in acts.pair_ids:
+        prow = pairs[pairs["pair_id"].astype(str) == pid]
+        if not prow.empty:
+            yield pid, records(prow)[0], acts.index[pid]
+
+
+def _select(run: Run, position: str, hook: str | None = None, layer: int | None = None) -> pd.DataFrame:
+    """Stability rows of one position, optionally one hook point and one layer."""
     s = run.stab
     d = s[s["position"] == position]
     if hook:
         d = d[d["hook"] == hook]
     if layer is not None:
         d = d[d["layer"] == layer]
+    return d
+
+
+def top_rows(run: Run, position: str, k: int, hook: str | None = None, key: str = "normalized",
+             layer: int | None = None) -> pd.DataFrame:
+    d = _select(run, position, hook, layer)
     key = key if key in d.columns else "normalized"
     return page_rows(d.dropna(subset=[key]), key, False, 0, k)
 
@@ -625,12 +639,7 @@ def fig_ranking(run: Run, position: str, k: int = 20, hook: str | None = None, k
 
 def fig_scatter(run: Run, position: str, x: str = "spread", y: str = "mean_abs_diff", hook: str | None = None,
                 log: bool = True, layer: int | None = None) -> tuple[go.Figure, dict]:
-    s = run.stab
-    d = s[s["position"] == position]
-    if hook:
-        d = d[d["hook"] == hook]
-    if layer is not None:
-        d = d[d["layer"] == layer]
+    d = _select(run, position, hook, layer)
     d = d.dropna(subset=[c for c in (x, y) if c in d.columns])
     n = len(d)
     if x not in d.columns or y not in d.columns or d.empty:
@@ -1394,12 +1403,7 @@ def create_app(runs_root: str | Path, decode_tokens: bool = True) -> Flask:
                 pattern = attention_spec(pats, i, layer, len(labels[0]), len(labels[1]), labels, head)
         zname = r.hook_name("z", layer)
         if acts is not None and zname in acts.keys:
-            for pid in acts.pair_ids:
-                prow = p[p["pair_id"].astype(str) == pid]
-                if prow.empty:
-                    continue
-                rec = records(prow)[0]
-                i = acts.index[pid]
+            for pid, rec, i in _saved_pairs(p, acts):
                 x = acts.get(zname, i)  # [2, pos, head, d_head]
                 e = int(rec["edit_pos"]) + 1
                 if x.ndim == 4 and e < x.shape[1] and head < x.shape[2]:
@@ -1457,12 +1461,7 @@ def create_app(runs_root: str | Path, decode_tokens: bool = True) -> Flask:
         saved_rows = []
         if acts is not None and name in acts.keys:
             p = r.pairs
-            for pid in acts.pair_ids:
-                prow = p[p["pair_id"].astype(str) == pid]
-                if prow.empty:
-                    continue
-                rec = records(prow)[0]
-                i = acts.index[pid]
+            for pid, rec, i in _saved_pairs(p, acts):
                 x = acts.get(name, i)
                 x = x.reshape(x.shape[0], x.shape[1], -1)
                 if comp >= x.shape[2]:
