@@ -65,6 +65,10 @@ class DiffStats:
         self.point_sites: dict[str, list[HookSite]] = {}
         for site in sites:
             self.point_sites.setdefault(site.point, []).append(site)
+        # one score per attention head: the norm of the head's change over its d_head dimensions
+        self.derived: dict[str, list[HookSite]] = {}
+        if "z" in self.point_sites:
+            self.derived["z_head"] = [HookSite("z_head", x.layer, x.name, "head") for x in self.point_sites["z"]]
         self.groups = list(groups)
         self.positions = list(positions)
         self.device = device
@@ -94,8 +98,19 @@ class DiffStats:
         m = getattr(self, kind).get(site.point)
         if m is None:
             return None
-        i = self.point_sites[site.point].index(site)
+        i = {**self.point_sites, **self.derived}[site.point].index(site)
         return Moments(m.n[i], m.mean[i], m.m2[i])
+
+    def _spread(self, site: HookSite) -> tuple[Tensor, Tensor]:
+        """(mean, std) of the component over sentence tokens. For a head (``z_head``): the norm of
+        its mean vector and sqrt(sum of its dimensions' variances), exact from the ``z`` moments."""
+        if site.point != "z_head":
+            sp = self._get("spread", site)
+            return sp.mean, sp.std
+        sp = self._get("spread", HookSite("z", site.layer, site.name, "head_dim"))
+        dh = self.shapes["z"][-1]
+        var = torch.nan_to_num(sp.var).reshape(-1, dh).sum(-1)
+        return sp.mean.reshape(-1, dh).norm(dim=-1), var.sqrt()
 
     # ------------------------------------------------------------ streaming
     def hooks(self, batch: Batch) -> list[tuple[str, callable]]:
@@ -122,18 +137,27 @@ class DiffStats:
             if missing:
                 raise RuntimeError(f"hooks did not fire for {missing[:3]}")
             self.shapes.setdefault(point, tuple(acts[point][0].shape[2:]))
-            parts = []
+            parts, head_parts = [], []
             for c0 in range(0, len(ss), self.chunk):
                 X = torch.stack([a.flatten(2) for a in acts[point][c0:c0 + self.chunk]])  # [S, VB, T, C]
                 parts.append(self._reduce(point, c0, X, batch))
+                if point == "z":
+                    head_parts.append(self._reduce("z_head", c0, X, batch, head_dim=self.shapes["z"][-1]))
                 del X
-            for kind, m in zip(("diff", "spread", "profile"), zip(*parts)):
-                cat = Moments(*(torch.cat([getattr(x, f) for x in m]) for f in ("n", "mean", "m2")))
-                state = getattr(self, kind)
-                state[point] = state[point].merge(cat) if point in state else cat
+            for pt, ps in ((point, parts), ("z_head", head_parts)):
+                for kind, m in zip(("diff", "spread", "profile"), zip(*ps)):
+                    if m[0] is None:
+                        continue
+                    cat = Moments(*(torch.cat([getattr(x, f) for x in m]) for f in ("n", "mean", "m2")))
+                    state = getattr(self, kind)
+                    state[pt] = state[pt].merge(cat) if pt in state else cat
 
-    def _reduce(self, point: str, c0: int, X: Tensor, batch: Batch) -> tuple[Moments, Moments, Moments]:
-        """Batch moments of ``S`` layers of one hook point at once; X: [S, V*B, T, C]."""
+    def _reduce(self, point: str, c0: int, X: Tensor, batch: Batch, head_dim: int | None = None
+                ) -> tuple[Moments, Moments | None, Moments]:
+        """Batch moments of ``S`` layers of one hook point at once; X: [S, V*B, T, C].
+
+        With ``head_dim`` the units are heads: every change is the norm of the head's change vector
+        (``diff`` and ``abs`` channels alike), and the spread is left to ``_spread``."""
         B, K, T = batch.size, self.n_controls, batch.seq_len
         G = len(self.groups)
         dev = X.device
@@ -155,15 +179,20 @@ class DiffStats:
                     ws.append((n_after > 0).float())
             return torch.stack(vals, 2), torch.stack(ws, 1)
 
+        if head_dim:
+            def mag(v: Tensor) -> Tensor:
+                return v.unflatten(-1, (-1, head_dim)).norm(dim=-1)
+        else:
+            mag = torch.abs
         a = X[:, :B].float()
         b = X[:, B:2 * B].float()
         d = a - b  # [S, B, T, C]
-        ad = d.abs()
-        signed, w = at_modes(d)
+        ad = mag(d)
+        signed, w = at_modes(ad if head_dim else d)
         absval, _ = at_modes(ad)
         chans, cw = [signed, absval], [w, w]
         if K:
-            ctrl = sum(at_modes((a - X[:, (2 + k) * B:(3 + k) * B].float()).abs())[0] for k in range(K)) / K
+            ctrl = sum(at_modes(mag(a - X[:, (2 + k) * B:(3 + k) * B].float()))[0] for k in range(K)) / K
             chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), 0.0)]
             cw += [w, w, w]
         vals = torch.stack(chans, 2).movedim(1, 0)  # [B, S, CH, M, C]
@@ -177,10 +206,12 @@ class DiffStats:
             m_diff = group_moments(vals, wts, batch.group, G)  # [G, S, CH, M, C]
         m_diff = Moments(*(t.movedim(0, 1) for t in (m_diff.n, m_diff.mean, m_diff.m2)))
 
-        distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once
-        both = torch.cat([a, b], 1)  # [S, 2B, T, C]
-        S, C = both.shape[0], both.shape[-1]
-        m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
+        m_spread = None
+        if not head_dim:
+            distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once
+            both = torch.cat([a, b], 1)  # [S, 2B, T, C]
+            S, C = both.shape[0], both.shape[-1]
+            m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
 
         offsets = torch.arange(self.max_offset + 1, device=dev)
         off_pos = batch.edit[:, None] + offsets[None, :]  # [B, O]
@@ -189,7 +220,7 @@ class DiffStats:
         m_prof = group_moments(prof_vals.movedim(1, 0), off_w[:, None, :, None], batch.group, G)
         m_prof = Moments(*(t.movedim(0, 1) for t in (m_prof.n, m_prof.mean, m_prof.m2)))  # [S, G, O, C]
 
-        if bool((batch.index < self.detail_pairs).any()):  # checked on the host: no device sync
+        if not head_dim and bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
             self._stage_detail(point, c0, batch, a, d, m_spread)
         return m_diff, m_spread, m_prof
 
@@ -218,6 +249,10 @@ class DiffStats:
             "low_abs": e[:, detail].gather(-1, low.indices[:, detail]),
         })
 
+    def all_sites(self) -> list[HookSite]:
+        """The hooked sites and the derived ones (``z_head``: one unit per attention head)."""
+        return self.sites + [x for ss in self.derived.values() for x in ss]
+
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Tensor]:
         out = {}
@@ -227,7 +262,7 @@ class DiffStats:
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for point in self.point_sites:
+        for point in [*self.point_sites, *self.derived]:
             for kind in ("diff", "spread", "profile"):
                 if f"{kind}/{point}/n" in state:
                     getattr(self, kind)[point] = Moments.from_state_dict(state, f"{kind}/{point}/").to(self.device)
@@ -272,13 +307,13 @@ class DiffStats:
         """
         ch = {c: i for i, c in enumerate(self.channels)}
         frames = []
-        for s in self.sites:
+        for s in self.all_sites():
             if s.point not in self.diff:
                 continue
             m = self._moments(s, None if group is None else [group])
-            sp = self._get("spread", s)
-            spread = sp.std.cpu().numpy()
-            act_mean = sp.mean.cpu().numpy()
+            sp_mean, sp_std = self._spread(s)
+            spread = sp_std.cpu().numpy()
+            act_mean = sp_mean.cpu().numpy()
             rms = np.sqrt(act_mean ** 2 + np.nan_to_num(spread) ** 2)
             med = np.median(rms) if rms.size else np.nan
             massive = (rms > massive_factor * med) & (np.nan_to_num(spread) < massive_cv * np.abs(act_mean))
@@ -314,9 +349,11 @@ class DiffStats:
                             "p_value": np.where(np.isfinite(t) & (nd > 1), scipy_stats.t.cdf(t, np.maximum(nd - 1, 1)), np.nan),
                         })
                 df = pd.DataFrame(cols)
-                if len(shape) == 2:  # z: head x d_head
+                if s.point == "z":  # head x d_head
                     df["head"] = df["component"] // shape[1]
                     df["head_dim"] = df["component"] % shape[1]
+                elif s.point == "z_head":
+                    df["head"] = df["component"]
                 frames.append(df)
         if not frames:
             return pd.DataFrame()
@@ -336,11 +373,11 @@ class DiffStats:
         qty = "delta" if self.n_controls else "abs"
         q = self.channels.index(qty)
         frames = []
-        for s in self.sites:
+        for s in self.all_sites():
             if s.point not in self.diff:
                 continue
             ma, mb = self._moments(s, side_a), self._moments(s, side_b)
-            spread = self._get("spread", s).std.cpu().numpy()
+            spread = self._spread(s)[1].cpu().numpy()
             for k, mode in enumerate(self.positions):
                 na, nb = ma.n[q, k].cpu().numpy(), mb.n[q, k].cpu().numpy()
                 xa, xb = ma.mean[q, k].cpu().numpy(), mb.mean[q, k].cpu().numpy()
@@ -365,11 +402,11 @@ class DiffStats:
         """How quickly the edit is absorbed: per site, category and offset from the edit, the mean
         over components of mean |a-b| / spread (components with spread 0 left out)."""
         rows = []
-        for s in self.sites:
+        for s in self.all_sites():
             if s.point not in self.profile:
                 continue
             prof = self._get("profile", s)
-            spread = self._get("spread", s).std
+            spread = self._spread(s)[1]
             live = spread > 0
             norm = prof.mean[..., live] / spread[live]  # [G, O, C']
             for gi, g in enumerate(self.groups + ["all"]):

@@ -167,14 +167,22 @@ def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
         return [r for half in _split(batch) for r in _run_batch_safely(lm, stats, half, kept, failed)]
 
 
-def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path) -> dict:
-    """Raw activations and attention patterns of the first ``n`` kept pairs (separate small pass)."""
-    if n <= 0 or not kept:
+def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path, pair_ids: list[str] | None = None) -> dict:
+    """Raw activations and attention patterns of the first ``n`` kept pairs, or of the pairs named
+    by ``pair_ids`` (``hooks.pattern_pairs``), in a separate small pass; patterns also as a - b."""
+    if pair_ids:
+        index = {p.pair_id: i for i, (p, _) in enumerate(kept)}
+        unknown = [x for x in pair_ids if x not in index]
+        if unknown:
+            raise ValueError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
+        sub = [kept[index[x]] for x in pair_ids]
+    else:
+        sub = kept[:n]
+    if not sub:
         return {"n_saved_pairs": 0}
-    sub = kept[:n]
     batch = make_batches([tp for _, tp in sub], [0] * len(sub), lm.bos_token_id, lm.pad_token_id,
                          len(sub), lm.device)[0]
-    # make_batches sorts by length: restore kept order
+    # make_batches sorts by length: restore the order of sub
     order = torch.argsort(batch.index.to(batch.tokens.device))
     n_layers = lm.info["n_layers"]
     names = {s.name for s in sites} | {PATTERN.name(layer) for layer in range(n_layers)}
@@ -195,9 +203,13 @@ def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path) -> dict
             "layout": "[pair, sentence(a,b), pos, ...]"}
     R.write_safetensors(run_dir / R.ACTIVATIONS, acts, meta)
     pats = {PATTERN.name(layer): pairwise(cache[PATTERN.name(layer)].to(torch.float16)) for layer in range(n_layers)}
+    for layer in range(n_layers):  # where the two sentences attend differently
+        p = pats[PATTERN.name(layer)]
+        pats[PATTERN.name(layer) + "_diff"] = (p[:, 0].float() - p[:, 1].float()).to(torch.float16)
     pats["tokens"] = acts["tokens"]
     pats["mask"] = acts["mask"]
-    R.write_safetensors(run_dir / R.PATTERNS, pats, {**meta, "layout": "[pair, sentence(a,b), head, query, key]"})
+    R.write_safetensors(run_dir / R.PATTERNS, pats, {**meta, "layout": "[pair, sentence(a,b), head, query, key]; "
+                                                            "*_diff: [pair, head, query, key], a - b"})
     return {"n_saved_pairs": len(sub)}
 
 
@@ -319,7 +331,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     t = time.time()
     shard = cfg.get("shard")
     is_first = not shard or int(shard.index) == 0
-    inspect = save_inspection(lm, kept, sites, int(acfg.n_saved_pairs) if is_first else 0, run_dir)
+    inspect = save_inspection(lm, kept, sites, int(acfg.n_saved_pairs) if is_first else 0, run_dir,
+                              list(cfg.hooks.get("pattern_pairs") or []) if is_first else None)
     timings["inspect_s"] = time.time() - t
     facts = {
         "model": lm.info, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),

@@ -1,5 +1,7 @@
 """The forward pass and its statistics on the tiny random Llama: invariants that must hold."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -128,6 +130,49 @@ def test_stats_equal_a_direct_computation_from_cached_activations(tiny_lm, pairs
     torch.testing.assert_close(torch.tensor(row["mean_abs_diff"].to_numpy()), torch.stack(diffs).mean(0).double(), rtol=1e-5, atol=1e-6)
     spread = torch.cat(tokens).double().std(0)
     torch.testing.assert_close(torch.tensor(row["spread"].to_numpy()), spread, rtol=1e-5, atol=1e-6)
+
+
+def test_the_per_head_score_is_the_norm_of_the_head_change_over_its_spread(tiny_lm, pairs_file):
+    kept = _kept(tiny_lm, pairs_file)
+    sites = resolve(["z"], tiny_lm.info["n_layers"])
+    st = DiffStats(sites, ["all"], device="cpu")
+    name = sites[0].name
+    norms, tokens = [], []
+    for b in make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 4):
+        forward(tiny_lm.bridge, b, st.hooks(b))
+        st.consume()
+        _, cache = tiny_lm.bridge.run_with_cache(b.tokens, attention_mask=b.mask.long(), names_filter=[name])
+        z = cache[name]  # [VB, T, H, dh]
+        for j in range(b.size):
+            e, last = int(b.edit[j]), int(b.last[j])
+            norms.append((z[j, e] - z[b.size + j, e]).norm(dim=-1))
+            tokens += [z[j, 1:last + 1], z[b.size + j, e:last + 1]]
+    t = st.table()
+    heads = t[(t.hook == "z_head") & (t.layer == 0) & (t.position == "edit")].sort_values("component")
+    torch.testing.assert_close(torch.tensor(heads["mean_abs_diff"].to_numpy()), torch.stack(norms).mean(0).double(),
+                               rtol=1e-5, atol=1e-6)
+    spread = torch.cat(tokens).double().var(0).sum(-1).sqrt()  # sqrt of the summed variances per head
+    torch.testing.assert_close(torch.tensor(heads["spread"].to_numpy()), spread, rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_pattern_stores_the_selected_pairs_patterns_and_their_difference(pairs_file, tmp_path):
+    cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=pattern",
+                   "analysis.figures=false", "hooks.pattern_pairs=[subject-00005,article-00002]")
+    out = run(cfg, tmp_path / "pat")
+    pats = load_file(str(out / "patterns.safetensors"))
+    p = pats["blocks.1.attn.hook_pattern"]
+    assert p.shape[:3] == (2, 2, 4)
+    torch.testing.assert_close(pats["blocks.1.attn.hook_pattern_diff"].float(), (p[:, 0].float() - p[:, 1].float()),
+                               atol=1e-3, rtol=0)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "patterns.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["pair_ids"]) == ["subject-00005", "article-00002"]
+    stab = pd.read_parquet(out / "stability.parquet")
+    assert set(stab.hook) == {"z", "z_head"}
+    with pytest.raises(ValueError, match="pattern_pairs"):
+        run(make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=pattern",
+                     "analysis.figures=false", "hooks.pattern_pairs=[nope]"), tmp_path / "bad")
 
 
 def test_head_and_neuron_hooks_give_one_row_per_head_dimension_and_neuron(tiny_cfg, pairs_file, tmp_path):

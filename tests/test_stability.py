@@ -115,6 +115,9 @@ def test_a_constant_dimension_a_zeroed_head_and_a_massive_dimension_are_flagged(
     z1 = e[(e.hook == "z") & (e.layer == 1)]
     assert z1[z1["head"] == HEAD]["constant"].all() and not z1[z1["head"] != HEAD]["constant"].any()
     assert z1[z1["head"] == HEAD]["q_value"].isna().all()
+    heads = e[(e.hook == "z_head") & (e.layer == 1)].set_index("component")  # one row per head
+    assert list(heads.index) == [0, 1, 2, 3] and heads.loc[HEAD, "constant"] and heads["constant"].sum() == 1
+    assert heads.loc[HEAD, "mean_abs_diff"] == 0 and (heads.drop(HEAD)["normalized"] > 0).all()
 
 
 def test_when_the_edits_are_themselves_control_edits_the_method_finds_almost_nothing(tiny_lm, tmp_path):
