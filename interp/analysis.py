@@ -186,7 +186,8 @@ class DiffStats:
             mag = torch.abs
         a = X[:, :B].float()
         b = X[:, B:2 * B].float()
-        d = a - b  # [S, B, T, C]
+        b_al = b if batch.b_index is None else b[:, ar[:, None], batch.b_index]  # b on a's positions
+        d = a - b_al  # [S, B, T, C]
         ad = mag(d)
         signed, w = at_modes(ad if head_dim else d)
         absval, _ = at_modes(ad)

@@ -7,10 +7,14 @@ attention mask. Pairs are sorted by length so batches carry little padding. Cons
 temporary hooks for the duration of one forward pass (``bridge.hooks(...)``) and reduce what they
 see to running statistics: no activation outlives its batch.
 
-Positions in a batch (model-input positions, BOS = 0):
-- ``edit[i]``: the edited token of pair ``i`` (sentence token ``edit_pos`` + 1);
-- ``last[i]``: the last real token (= number of sentence tokens).
-Both sentences of a pair have the same length, so ``last`` is shared.
+Positions in a batch (model-input positions, BOS = 0), in sentence ``a``'s coordinates:
+- ``edit[i]``: the (first) edited token of pair ``i`` (sentence token ``edit_pos`` + 1);
+- ``edit_end[i]``: the last token of the edit span (= ``edit`` for one-token edits);
+- ``last[i]``: the last real token of ``a``.
+For one-token edits both sentences have the same length and positions correspond one to one. For
+pairs kept by ``pairs.alignment=span`` the sentences differ in length: ``b_index[i, t]`` is the
+position of ``b`` that corresponds to position ``t`` of ``a`` (the prefix one to one, the suffix
+aligned from the end, the edit span onto ``b``'s span), and differences are taken on that map.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ class Batch:
     last: Int[Tensor, "B"]
     group: Int[Tensor, "B"]  # group (category) index of each pair
     n_variants: int = 2
+    edit_end: Int[Tensor, "B"] | None = None  # None: one-token edits (= edit)
+    b_index: Int[Tensor, "B T"] | None = None  # None: b's positions are a's
+
+    def __post_init__(self):
+        if self.edit_end is None:
+            self.edit_end = self.edit
 
     @property
     def size(self) -> int:
@@ -47,9 +57,17 @@ class Batch:
         return torch.arange(self.seq_len, device=self.tokens.device)[None, :]
 
     def after_mask(self) -> Bool[Tensor, "B T"]:
-        """Tokens after the edit, up to the last real token."""
+        """Tokens after the edit (span), up to the last real token of ``a``."""
         t = self.positions()
-        return (t > self.edit[:, None]) & (t <= self.last[:, None])
+        return (t > self.edit_end[:, None]) & (t <= self.last[:, None])
+
+    def rows(self, lo: int, hi: int) -> "Batch":
+        """The pairs ``lo:hi`` of this batch, all variants (for retrying a failed batch in parts)."""
+        B = self.size
+        r = torch.cat([torch.arange(v * B + lo, v * B + hi) for v in range(self.n_variants)]).to(self.tokens.device)
+        return Batch(self.index[lo:hi], self.tokens[r], self.mask[r], self.edit[lo:hi], self.last[lo:hi],
+                     self.group[lo:hi], self.n_variants, self.edit_end[lo:hi],
+                     None if self.b_index is None else self.b_index[lo:hi])
 
     def sentence_mask(self) -> Bool[Tensor, "VB T"]:
         """Real tokens without BOS: the tokens a sentence's statistics are taken over."""
@@ -82,7 +100,7 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         B = len(idx)
-        T = 1 + max(tokenized[i].n_tokens for i in idx)
+        T = 1 + max(max(tokenized[i].n_tokens, tokenized[i].n_tokens_b) for i in idx)
         V = 2 + n_controls
         tokens = torch.full((V * B, T), pad_id, dtype=torch.long)
         mask = torch.zeros((V * B, T), dtype=torch.bool)
@@ -97,8 +115,17 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
         edit = torch.tensor([tokenized[i].edit_pos + 1 for i in idx], dtype=torch.long)
         last = torch.tensor([tokenized[i].n_tokens for i in idx], dtype=torch.long)
         group = torch.tensor([groups[i] for i in idx], dtype=torch.long)
+        edit_end, b_index = None, None
+        if not all(tokenized[i].one_token for i in idx):
+            edit_end = torch.tensor([tokenized[i].edit_end_a + 1 for i in idx], dtype=torch.long)
+            end_b = torch.tensor([tokenized[i].edit_end_b + 1 for i in idx], dtype=torch.long)
+            shift = torch.tensor([tokenized[i].n_tokens_b - tokenized[i].n_tokens for i in idx], dtype=torch.long)
+            t = torch.arange(T)[None, :]
+            b_index = torch.where(t > edit_end[:, None], t + shift[:, None], torch.minimum(t, end_b[:, None]))
+            b_index = b_index.clamp(0, T - 1).to(device)
+            edit_end = edit_end.to(device)
         batches.append(Batch(torch.tensor(idx), tokens.to(device), mask.to(device), edit.to(device),
-                             last.to(device), group.to(device), V))
+                             last.to(device), group.to(device), V, edit_end, b_index))
     return batches
 
 

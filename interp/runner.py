@@ -77,7 +77,8 @@ def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
         margin = lp_a[j] - lp_b[j]
         rows.append({
             "pair_index": i, "pair_id": p.pair_id, "category": p.category, "type": p.type, "a": p.a, "b": p.b,
-            "source": p.source, "line": p.line, "n_tokens": tp.n_tokens, "edit_pos": tp.edit_pos,
+            "source": p.source, "line": p.line, "n_tokens": tp.n_tokens, "n_tokens_b": tp.n_tokens_b,
+            "edit_pos": tp.edit_pos, "edit_end_a": tp.edit_end_a, "edit_end_b": tp.edit_end_b,
             "token_a": tp.token_a, "token_b": tp.token_b,
             "token_id_a": tp.ids_a[tp.edit_pos], "token_id_b": tp.ids_b[tp.edit_pos],
             "logprob_a": lp_a[j], "logprob_b": lp_b[j], "margin": margin,
@@ -138,17 +139,6 @@ def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[di
     return _pair_rows(batch, lp, kept)
 
 
-def _split(batch: Batch) -> list[Batch]:
-    """Two halves of a batch (for retrying a failed batch pair by pair)."""
-    B, h = batch.size, batch.size // 2
-    out = []
-    for lo, hi in ((0, h), (h, B)):
-        rows = torch.cat([torch.arange(v * B + lo, v * B + hi) for v in range(batch.n_variants)]).to(batch.tokens.device)
-        out.append(Batch(batch.index[lo:hi], batch.tokens[rows], batch.mask[rows], batch.edit[lo:hi],
-                         batch.last[lo:hi], batch.group[lo:hi], batch.n_variants))
-    return out
-
-
 def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
     """A failing batch is split until the failing pair is found; that pair is recorded, not fatal."""
     try:
@@ -164,7 +154,9 @@ def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
                            "detail": f"{type(err).__name__}: {err}"[:500]})
             log.warning("pair %s failed: %s", p.pair_id, err)
             return []
-        return [r for half in _split(batch) for r in _run_batch_safely(lm, stats, half, kept, failed)]
+        h = batch.size // 2
+        return [r for part in (batch.rows(0, h), batch.rows(h, batch.size))
+                for r in _run_batch_safely(lm, stats, part, kept, failed)]
 
 
 def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path, pair_ids: list[str] | None = None) -> dict:
@@ -268,7 +260,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     t = time.time()
     pair_set = load_pairs(cfg.pairs)
     max_tokens = int(cfg.get("max_tokens", 256))
-    kept, rejected = validate_pairs(pair_set.pairs, lm.tokenizer, max_tokens=max_tokens)
+    kept, rejected = validate_pairs(pair_set.pairs, lm.tokenizer, max_tokens=max_tokens,
+                                    alignment=str(cfg.pairs.get("alignment") or "strict"),
+                                    max_edit_tokens=int(cfg.pairs.get("max_edit_tokens", 4)))
     problems: list[Problem] = list(pair_set.problems)
     timings["pairs_s"] = time.time() - t
     rejected_rows = [dict(vars(p)) for p in problems + rejected]

@@ -96,9 +96,12 @@ def test_a_folder_without_paradigm_files_is_an_error(tmp_path):
         load_pairs(blimp_pcfg(f"pairs.path={tmp_path}"))
 
 
-def test_an_alignment_other_than_strict_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="pairs.alignment=loose is not supported yet; only strict"):
-        load_pairs(blimp_pcfg("pairs.alignment=loose"))
+def test_an_unknown_alignment_is_refused_with_the_modes_listed():
+    from interp.pairs import validate_pairs
+    from interp.pairs.records import Pair
+
+    with pytest.raises(ValueError, match="pairs.alignment='loose' is not one of"):
+        validate_pairs([Pair("A cat.", "A dog.", "x")], None, alignment="loose")
 
 
 def test_a_small_folder_of_paradigm_files_is_read_with_pairs_path(tmp_path):

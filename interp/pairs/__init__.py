@@ -100,12 +100,13 @@ def load_pairs(pcfg) -> PairSet:
     return ps
 
 
-def validate_pairs(pairs: list[Pair], tokenizer, max_tokens: int = 256
-                   ) -> tuple[list[tuple[Pair, TokenizedPair]], list[Problem]]:
-    """Split pairs into one-token edits (kept, with tokens) and the rest (with reasons)."""
+def validate_pairs(pairs: list[Pair], tokenizer, max_tokens: int = 256, alignment: str = "strict",
+                   max_edit_tokens: int = 4) -> tuple[list[tuple[Pair, TokenizedPair]], list[Problem]]:
+    """Split pairs into usable edits (kept, with tokens) and the rest (with reasons)."""
     kept, rejected = [], []
     for p in pairs:
-        v = check_pair(tokenizer, p.a, p.b, max_tokens=max_tokens)
+        v = check_pair(tokenizer, p.a, p.b, max_tokens=max_tokens, alignment=alignment,
+                       max_edit_tokens=max_edit_tokens)
         if v.ok:
             kept.append((p, v.tokens))
         else:

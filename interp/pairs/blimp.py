@@ -32,7 +32,6 @@ PARADIGMS_TABLE = "blimp_paradigms"  # written as <name>.parquet in the run dir
 PHENOMENA_TABLE = "blimp_phenomena"
 PUBLISHED_MODELS = ("gpt2", "lstm", "txl", "ngram")
 HUMAN_OVERALL = 0.886  # Warstadt et al. (2020), human agreement over all of BLiMP (README.md of the data)
-ALIGNMENTS = ("strict",)
 ACCURACY_SCOPE = ("accuracy is over the kept one-token-edit pairs only (n_kept of n_total); the published "
                   "model accuracies are over all 1,000 pairs of each paradigm, so the comparison is indicative only")
 PUBLISHED_SOURCES = {
@@ -66,14 +65,6 @@ def available_paradigms(folder: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(folder).glob("*.jsonl") if p.name != SUMMARY_FILE)
 
 
-def check_alignment(pcfg) -> str:
-    alignment = str(pcfg.get("alignment") or "strict")
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"pairs.alignment={alignment} is not supported yet; only strict "
-                         "(a pair is used only if it is a one-token edit under the model's tokenizer)")
-    return alignment
-
-
 def select_paradigms(folder: Path, paradigms) -> list[str]:
     known = available_paradigms(folder)
     if not known:
@@ -101,7 +92,6 @@ def _pair_id_of_line(path: Path, line: int | None) -> str | None:
 
 def read_blimp(pcfg) -> PairSet:
     """The pairs of the selected paradigms (before ``select``: types, categories, limit)."""
-    check_alignment(pcfg)
     folder = blimp_dir(pcfg)
     strict = bool(pcfg.get("strict", False))
     ps = PairSet([])
