@@ -41,10 +41,10 @@ def main(cfg: DictConfig) -> None:
             tot.clear()  # the first batch warms up
         phase("bare_forward", lambda: bare_pass(lm, b))
         staged = stats.like()
-        logits = phase("forward_with_hooks", lambda: forward(lm.bridge, b, staged.hooks(b)))
-        phase("consume", staged.consume)
         n = 2 * b.size
-        lp = phase("logprobs", lambda: sentence_logprobs(logits[:n], b.tokens[:n], b.mask[:n]))
+        logits = phase("forward_with_hooks", lambda: forward(lm.bridge, b, staged.hooks(b), score_rows=n))
+        phase("consume", staged.consume)
+        lp = phase("logprobs", lambda: sentence_logprobs(logits, b.tokens[:n], b.mask[:n]))
         del logits
         merged = phase("merge", lambda: stats.merge(staged))
         stats.diff, stats.spread, stats.profile = merged.diff, merged.spread, merged.profile

@@ -16,7 +16,7 @@ Per run, hook point and bin (at ``--position``, default the edit token):
 - error-detection accuracy per category (grammar pairs: share with log P(a) > log P(b)).
 
 Writes ``compare.parquet`` (one row per run x hook x bin), ``compare_divergence.parquet`` (run x
-hook x bin x offset), ``compare.json`` (runs, accuracy side by side, totals, the bins where one run
+hook x bin x offset, with the fewest pairs any layer of the bin has at that offset), ``compare.json`` (runs, accuracy side by side, totals, the bins where one run
 has stable components and the other none) and plotly figures (HTML with plotly.min.js beside it,
 PNG) into ``--out`` (default ``RUN_A/compare_<name of RUN_B>``).
 """
@@ -110,10 +110,11 @@ def bin_table(run: dict, position: str, alpha: float, bins: int) -> pd.DataFrame
 def divergence_table(run: dict, bins: int) -> pd.DataFrame:
     div = run["divergence"]
     if div.empty:
-        return pd.DataFrame(columns=["run", "hook", "bin", "offset", "normalized"])
+        return pd.DataFrame(columns=["run", "hook", "bin", "offset", "normalized", "n_pairs"])
     d = div[div["category"] == "all"].copy()
     d["bin"] = depth_bin(relative_depth(d["layer"], run["n_layers"]), bins)
-    out = d.groupby(["hook", "bin", "offset"], sort=True)["normalized"].mean().reset_index()
+    out = (d.groupby(["hook", "bin", "offset"], sort=True)
+           .agg(normalized=("normalized", "mean"), n_pairs=("n_pairs", "min")).reset_index())
     out.insert(0, "run", run["name"])
     return out
 
@@ -213,7 +214,7 @@ def write_figures(out: Path, table: pd.DataFrame, div: pd.DataFrame, summary: di
         fig = make_subplots(rows=len(dhooks), cols=2, subplot_titles=titles, shared_xaxes=True)
         for r, hook in enumerate(dhooks, start=1):
             for c, name in enumerate((name_a, name_b), start=1):
-                g = div[(div["hook"] == hook) & (div["run"] == name)]
+                g = div[(div["hook"] == hook) & (div["run"] == name) & (div["n_pairs"] >= 10)]
                 if g.empty:
                     continue
                 p = g.pivot_table(index="bin", columns="offset", values="normalized")
@@ -221,7 +222,7 @@ def write_figures(out: Path, table: pd.DataFrame, div: pd.DataFrame, summary: di
                                          coloraxis="coloraxis"), row=r, col=c)
                 fig.update_yaxes(title_text="relative depth", row=r, col=c)
         fig.update_xaxes(title_text="offset from edit", row=len(dhooks))
-        fig.update_layout(title="divergence profile (all pairs): mean normalized |a-b| per depth bin and offset",
+        fig.update_layout(title="divergence profile (all pairs): mean normalized |a-b| per depth bin and offset (offsets with >= 10 pairs)",
                           coloraxis={"colorscale": "Magma"}, height=300 * len(dhooks) + 120, width=1000)
         figs["compare_divergence"] = fig
     acc_rows = []

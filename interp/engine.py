@@ -132,18 +132,38 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
 HookFn = Callable[[Tensor, object], Tensor | None]
 
 
-def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None
-            ) -> Float[Tensor, "VB T vocab"]:
-    """One forward pass of the batch with temporary hooks; returns the logits."""
+def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None,
+            score_rows: int | None = None) -> Float[Tensor, "R T vocab"]:
+    """One forward pass of the batch with temporary hooks; returns the logits.
+
+    With ``score_rows=n`` only the first ``n`` rows (the ``a`` and ``b`` sentences) get logits: the
+    model is asked for the last position only (``logits_to_keep=1``) and the unembedding is applied
+    to those rows of the final normalized residual stream (``ln_final.hook_out``). The numbers are
+    the model's own; the control rows' vocabulary-sized logits are never computed.
+    """
+    hooks = list(fwd_hooks or [])
     with torch.inference_mode():
-        with bridge.hooks(fwd_hooks=fwd_hooks or []):
-            return bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits")
+        if score_rows is None:
+            with bridge.hooks(fwd_hooks=hooks):
+                return bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits")
+        final: dict[str, Tensor] = {}
+
+        def keep_final(x: Tensor, hook=None) -> None:
+            final["h"] = x[:score_rows]
+
+        with bridge.hooks(fwd_hooks=hooks + [("ln_final.hook_out", keep_final)]):
+            bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits", logits_to_keep=1)
+        return bridge.original_model.get_output_embeddings()(final["h"])
 
 
 def sentence_logprobs(logits: Float[Tensor, "R T vocab"], tokens: Int[Tensor, "R T"],
-                      mask: Bool[Tensor, "R T"]) -> Float[Tensor, "R"]:
-    """log P(sentence | BOS): sum over real tokens 1..last of log p(token_t | tokens_<t), float64."""
-    logits = logits[:, :-1].float()
-    target = tokens[:, 1:]
-    lp = logits.gather(-1, target[..., None])[..., 0] - logits.logsumexp(-1)
-    return (lp.to(torch.float64) * mask[:, 1:]).sum(-1)
+                      mask: Bool[Tensor, "R T"], chunk: int = 16) -> Float[Tensor, "R"]:
+    """log P(sentence | BOS): sum over real tokens 1..last of log p(token_t | tokens_<t), float64.
+    Rows go in chunks so the float32 temporaries stay small next to the logits."""
+    out = []
+    for r0 in range(0, logits.shape[0], chunk):
+        lg = logits[r0:r0 + chunk, :-1].float()
+        target = tokens[r0:r0 + chunk, 1:]
+        lp = lg.gather(-1, target[..., None])[..., 0] - lg.logsumexp(-1)
+        out.append((lp.to(torch.float64) * mask[r0:r0 + chunk, 1:]).sum(-1))
+    return torch.cat(out)

@@ -126,10 +126,10 @@ class Checkpoint:
 def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[dict]:
     """Forward one batch; statistics are committed only if the whole batch succeeds."""
     staged = stats.like()
-    logits = forward(lm.bridge, batch, staged.hooks(batch))
+    n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
+    logits = forward(lm.bridge, batch, staged.hooks(batch), score_rows=n)
     staged.consume()
-    n = 2 * batch.size  # the a and b rows; control rows only feed the hooks
-    lp = sentence_logprobs(logits[:n], batch.tokens[:n], batch.mask[:n])
+    lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
     del logits
     if not torch.isfinite(lp).all():
         raise FloatingPointError("non-finite log-probability")
