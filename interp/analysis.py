@@ -75,7 +75,7 @@ class DiffStats:
         self.n_controls = int(n_controls)
         self.channels = CHANNELS if self.n_controls else CHANNELS[:2]
         self.max_offset = int(max_offset)
-        self.detail_pairs = int(detail_pairs)  # per-pair drill-down rows for pairs with idx < this
+        self.detail_pairs = int(detail_pairs) if int(detail_pairs) >= 0 else 2 ** 62  # < 0: every pair
         self.detail_k = int(detail_k)
         self.chunk = max(1, int(chunk))
         self.diff: dict[str, Moments] = {}  # per point: [L, G, CH, M, C]

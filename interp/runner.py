@@ -159,9 +159,19 @@ def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
                 for r in _run_batch_safely(lm, stats, part, kept, failed)]
 
 
-def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path, pair_ids: list[str] | None = None) -> dict:
-    """Raw activations and attention patterns of the first ``n`` kept pairs, or of the pairs named
-    by ``pair_ids`` (``hooks.pattern_pairs``), in a separate small pass; patterns also as a - b."""
+def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:
+    """Right-pad ``t`` with zeros along ``dims`` (position axes) to ``size``."""
+    pad = []
+    for d in reversed(range(t.ndim)):
+        pad += [0, size - t.shape[d]] if d in dims else [0, 0]
+    return torch.nn.functional.pad(t, pad)
+
+
+def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path, pair_ids: list[str] | None = None,
+                    chunk: int = 32) -> dict:
+    """Raw activations and attention patterns of the first ``n`` kept pairs (``n < 0``: all), or of
+    the pairs named by ``pair_ids`` (``hooks.pattern_pairs``), in separate passes of ``chunk`` pairs;
+    patterns also as a - b. Tensors are ``[pair, sentence, pos, ...]``, right-padded with zeros."""
     if pair_ids:
         index = {p.pair_id: i for i, (p, _) in enumerate(kept)}
         unknown = [x for x in pair_ids if x not in index]
@@ -169,37 +179,44 @@ def save_inspection(lm: LoadedModel, kept, sites, n: int, run_dir: Path, pair_id
             raise ValueError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
         sub = [kept[index[x]] for x in pair_ids]
     else:
-        sub = kept[:n]
+        sub = kept if n < 0 else kept[:n]
     if not sub:
         return {"n_saved_pairs": 0}
-    batch = make_batches([tp for _, tp in sub], [0] * len(sub), lm.bos_token_id, lm.pad_token_id,
-                         len(sub), lm.device)[0]
-    # make_batches sorts by length: restore the order of sub
-    order = torch.argsort(batch.index.to(batch.tokens.device))
     n_layers = lm.info["n_layers"]
-    names = {s.name for s in sites} | {PATTERN.name(layer) for layer in range(n_layers)}
-    with torch.inference_mode():
-        _, cache = lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
-                                            names_filter=lambda name: name in names)
-    B = batch.size
+    pnames = [PATTERN.name(layer) for layer in range(n_layers)]
+    names = {s.name for s in sites} | set(pnames)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for c0 in range(0, len(sub), chunk):
+        part = sub[c0:c0 + chunk]
+        batch = make_batches([tp for _, tp in part], [0] * len(part), lm.bos_token_id, lm.pad_token_id,
+                             len(part), lm.device)[0]
+        order = torch.argsort(batch.index.to(batch.tokens.device))  # make_batches sorts by length
+        with torch.inference_mode():
+            _, cache = lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
+                                                names_filter=lambda name: name in names)
+        B = batch.size
 
-    def pairwise(t: torch.Tensor) -> torch.Tensor:  # [2B, ...] -> [B, 2, ...] in kept order
-        return torch.stack([t[:B][order], t[B:2 * B][order]], 1)
+        def pairwise(t: torch.Tensor) -> torch.Tensor:  # [2B, ...] -> [B, 2, ...] in the order of sub
+            return torch.stack([t[:B][order], t[B:2 * B][order]], 1).cpu()
 
-    acts = {s.name: pairwise(cache[s.name].float()) for s in sites}
-    acts["tokens"] = pairwise(batch.tokens)
-    acts["mask"] = pairwise(batch.mask.to(torch.uint8))
+        got = {s.name: pairwise(cache[s.name].float()) for s in sites}
+        got.update({x: pairwise(cache[x].to(torch.float16)) for x in pnames})
+        got["tokens"] = pairwise(batch.tokens)
+        got["mask"] = pairwise(batch.mask.to(torch.uint8))
+        for k, v in got.items():
+            parts.setdefault(k, []).append(v)
+        del cache
+    T = max(t.shape[2] for t in parts["tokens"])
+    joined = {k: torch.cat([_pad_positions(t, (3, 4) if k in pnames else (2,), T) for t in v])
+              for k, v in parts.items()}
     strs = [[lm.tokenizer.convert_ids_to_tokens(row) for row in (
         [lm.bos_token_id] + tp.ids_a, [lm.bos_token_id] + tp.ids_b)] for _, tp in sub]
     meta = {"pair_ids": json.dumps([p.pair_id for p, _ in sub]), "token_strs": json.dumps(strs),
             "layout": "[pair, sentence(a,b), pos, ...]"}
-    R.write_safetensors(run_dir / R.ACTIVATIONS, acts, meta)
-    pats = {PATTERN.name(layer): pairwise(cache[PATTERN.name(layer)].to(torch.float16)) for layer in range(n_layers)}
-    for layer in range(n_layers):  # where the two sentences attend differently
-        p = pats[PATTERN.name(layer)]
-        pats[PATTERN.name(layer) + "_diff"] = (p[:, 0].float() - p[:, 1].float()).to(torch.float16)
-    pats["tokens"] = acts["tokens"]
-    pats["mask"] = acts["mask"]
+    R.write_safetensors(run_dir / R.ACTIVATIONS, {k: v for k, v in joined.items() if k not in pnames}, meta)
+    pats = {k: joined[k] for k in pnames + ["tokens", "mask"]}
+    for x in pnames:  # where the two sentences attend differently
+        pats[x + "_diff"] = (joined[x][:, 0].float() - joined[x][:, 1].float()).to(torch.float16)
     R.write_safetensors(run_dir / R.PATTERNS, pats, {**meta, "layout": "[pair, sentence(a,b), head, query, key]; "
                                                             "*_diff: [pair, head, query, key], a - b"})
     return {"n_saved_pairs": len(sub)}
@@ -326,7 +343,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     shard = cfg.get("shard")
     is_first = not shard or int(shard.index) == 0
     inspect = save_inspection(lm, kept, sites, int(acfg.n_saved_pairs) if is_first else 0, run_dir,
-                              list(cfg.hooks.get("pattern_pairs") or []) if is_first else None)
+                              list(cfg.hooks.get("pattern_pairs") or []) if is_first else None,
+                              chunk=int(cfg.batch_size))
     timings["inspect_s"] = time.time() - t
     facts = {
         "model": lm.info, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),

@@ -194,6 +194,20 @@ def test_hooks_pattern_stores_the_selected_pairs_patterns_and_their_difference(p
                      "analysis.figures=false", "hooks.pattern_pairs=[nope]"), tmp_path / "bad")
 
 
+def test_every_pair_can_be_saved_for_drill_down_in_chunks_padded_to_the_longest(pairs_file, tmp_path):
+    cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=resid_post",
+                   "analysis.figures=false", "analysis.n_saved_pairs=-1", "analysis.detail_pairs=-1", "batch_size=3")
+    out = run(cfg, tmp_path / "all")
+    acts = load_file(str(out / "activations.safetensors"))
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    T = int(pairs["n_tokens"].max()) + 1
+    assert acts["tokens"].shape == (8, 2, T) and acts["blocks.1.hook_resid_post"].shape == (8, 2, T, 64)
+    assert (acts["mask"].sum(-1)[:, 0] == torch.tensor(pairs["n_tokens"].to_numpy() + 1)).all()
+    pats = load_file(str(out / "patterns.safetensors"))
+    assert pats["blocks.0.attn.hook_pattern"].shape == (8, 2, 4, T, T)
+    assert set(pd.read_parquet(out / "pair_profile.parquet")["pair_id"]) == set(pairs["pair_id"])
+
+
 def test_head_and_neuron_hooks_give_one_row_per_head_dimension_and_neuron(tiny_cfg, pairs_file, tmp_path):
     cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=z",
                    "analysis.figures=false")
