@@ -33,7 +33,7 @@ from .pairs import Problem, load_pairs, validate_pairs
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-_MODELS: dict[str, LoadedModel] = {}  # one model per process, reused by the jobs of a sweep
+_MODELS: dict[str, LoadedModel] = {}  # the last two models of this process, reused by the jobs of a sweep
 
 
 class RunConfigMismatch(RuntimeError):
@@ -45,8 +45,11 @@ def get_model(cfg: DictConfig) -> LoadedModel:
     key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), str(dev), str(resolve_dtype(cfg.dtype, dev))],
                      sort_keys=True)
     if key not in _MODELS:
-        _MODELS.clear()
+        while len(_MODELS) >= 2:  # keep the two most recent (a sweep alternates at most a few)
+            _MODELS.pop(next(iter(_MODELS)))
         _MODELS[key] = load_model(cfg.model, cfg.device, cfg.dtype)
+    else:
+        _MODELS[key] = _MODELS.pop(key)  # most recent last
     return _MODELS[key]
 
 
@@ -259,11 +262,13 @@ def shard_indices(n: int, shard) -> list[int]:
     return list(range(index, n, count))
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> Path:
+def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> Path:
     """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return it.
 
     With ``shard.count > 1`` the run analyses every ``count``-th kept pair from ``shard.index``
     and writes a complete run dir of its own; ``python -m interp.merge`` combines shards.
+    ``lm`` overrides the model of ``cfg.model`` (a model already loaded, perhaps with hooks of the
+    caller's attached: tests plant structure this way).
     """
     t0 = time.time()
     run_dir = Path(out_dir)
@@ -271,7 +276,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     torch.manual_seed(int(cfg.seed))
     timings: dict[str, float] = {}
 
-    lm = get_model(cfg)
+    lm = lm or get_model(cfg)
     timings["load_model_s"] = time.time() - t0
 
     t = time.time()

@@ -44,11 +44,11 @@ def write_pairs(path, rows, category="adjective", type_="semantic", cats=None):
     return path
 
 
-def tiny_run(tmp_path, pairs_path, *extra, name="run"):
+def tiny_run(tmp_path, pairs_path, *extra, name="run", lm=None):
     cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_path}", "hooks=all",
                    "batch_size=16", "analysis.figures=false", "analysis.n_saved_pairs=0",
                    "analysis.detail_pairs=0", *extra)
-    out = run(cfg, tmp_path / name)
+    out = run(cfg, tmp_path / name, lm=lm)
     return pd.read_parquet(out / "stability.parquet"), out
 
 
@@ -78,7 +78,7 @@ def test_a_planted_component_that_ignores_real_edits_but_not_control_edits_is_fo
         return x
 
     with tiny_lm.bridge.hooks(fwd_hooks=[("embed.hook_in", grab), ("blocks.0.hook_resid_post", plant)]):
-        stab, _ = tiny_run(tmp_path, write_pairs(tmp_path / "p.jsonl", rows))
+        stab, _ = tiny_run(tmp_path, write_pairs(tmp_path / "p.jsonl", rows), lm=tiny_lm)
     edit = stab[(stab.position == "edit")]
     planted = edit[(edit.hook == "resid_post") & (edit.layer == 0) & (edit.component == DIM)].iloc[0]
     assert planted["mean_abs_diff"] == pytest.approx(0.0, abs=1e-6)
@@ -106,7 +106,8 @@ def test_a_constant_dimension_a_zeroed_head_and_a_massive_dimension_are_flagged(
 
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", const_and_massive),
                                          ("blocks.1.attn.hook_z", zero_head)]):
-        stab, out = tiny_run(tmp_path, write_pairs(tmp_path / "p.jsonl", rows), "hooks.points=[resid_post,z]")
+        stab, out = tiny_run(tmp_path, write_pairs(tmp_path / "p.jsonl", rows), "hooks.points=[resid_post,z]",
+                             lm=tiny_lm)
     e = stab[stab.position == "edit"]
     rp0 = e[(e.hook == "resid_post") & (e.layer == 0)].set_index("component")
     assert rp0.loc[CONST, "constant"] and np.isnan(rp0.loc[CONST, "normalized"]) and pd.isna(rp0.loc[CONST, "rank"])
@@ -181,7 +182,7 @@ def test_a_planted_group_difference_is_found_by_the_contrast(tiny_lm, tmp_path):
 
     with tiny_lm.bridge.hooks(fwd_hooks=[("embed.hook_in", grab), ("blocks.1.hook_resid_post", plant)]):
         _, out = tiny_run(tmp_path, write_pairs(tmp_path / "p.jsonl", rows, cats=cats),
-                          "analysis.contrast=[loud,quiet]", "hooks.points=[resid_post]")
+                          "analysis.contrast=[loud,quiet]", "hooks.points=[resid_post]", lm=tiny_lm)
     con = pd.read_parquet(out / "contrast.parquet")
     e = con[(con.position == "edit")]
     best = e.nsmallest(1, "p_value").iloc[0]

@@ -1,0 +1,141 @@
+"""interp.compare: two tiny runs of different depth, compared per hook point and relative-depth bin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from interp import compare as C
+from tests.conftest import make_cfg
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    import tests.conftest as conftest
+    from interp.runner import run
+
+    root = tmp_path_factory.mktemp("compare")
+    p = conftest.pairs_file.__wrapped__(root)  # the pairs_file fixture's JSONL, written once per module
+    common = ("model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={p}",
+              "analysis.figures=false", "hooks=standard")
+    a = run(make_cfg(*common), root / "run_a")
+    b = run(make_cfg(*common, "model.seed=1", "model.config.num_hidden_layers=3"), root / "run_b")
+    return a, b
+
+
+def hand_share(stab: pd.DataFrame, hook: str, layers: list[int], alpha: float, position: str = "edit"):
+    d = stab[(stab["hook"] == hook) & (stab["layer"].isin(layers)) & (stab["position"] == position)]
+    stable = (d["q_value"] < alpha) & (d["t_stat"] < 0) & ~d["massive"].astype(bool)
+    return int(stable.sum()), len(d)
+
+
+def test_relative_depth_puts_first_and_last_layers_at_0_and_1_whatever_the_depth():
+    assert C.relative_depth([0, 1], 2).tolist() == [0.0, 1.0]
+    assert C.relative_depth([0, 1, 2], 3).tolist() == [0.0, 0.5, 1.0]
+    assert C.relative_depth([0], 1).tolist() == [0.0]
+
+
+def test_depth_bins_are_half_open_with_the_last_layer_in_the_last_bin():
+    assert C.depth_bin([0.0, 0.5, 1.0], 2).tolist() == [0, 1, 1]
+    assert C.depth_bin([0.0, 0.1, 0.29, 1 / 3, 1.0], 3).tolist() == [0, 0, 0, 1, 2]
+
+
+def test_stable_means_significant_smaller_than_control_and_not_massive():
+    df = pd.DataFrame({"q_value": [0.01, 0.01, 0.2, 0.01], "t_stat": [-3.0, 2.0, -3.0, -3.0],
+                       "massive": [False, False, False, True]})
+    assert C.stable_mask(df, 0.05).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.5])
+def test_bins_and_shares_match_counts_computed_by_hand_from_the_stability_tables(two_runs, tmp_path, alpha):
+    a, b = two_runs
+    s = C.compare(a, b, tmp_path / "cmp", alpha=alpha, bins=2, figures=False)
+    table = pd.read_parquet(tmp_path / "cmp" / C.COMPARE)
+    sa, sb = pd.read_parquet(a / "stability.parquet"), pd.read_parquet(b / "stability.parquet")
+    assert set(table["run"]) == {"run_a", "run_b"}
+    # run_a (2 layers): layer 0 -> bin 0, layer 1 -> bin 1; run_b (3 layers): 0 -> 0, 1 and 2 -> 1
+    for run, stab, layers_by_bin in (("run_a", sa, {0: [0], 1: [1]}), ("run_b", sb, {0: [0], 1: [1, 2]})):
+        for hook in ("resid_post", "attn_out", "mlp_out"):
+            for bin_, layers in layers_by_bin.items():
+                row = table[(table["run"] == run) & (table["hook"] == hook) & (table["bin"] == bin_)].iloc[0]
+                n_stable, n = hand_share(stab, hook, layers, alpha)
+                assert row["layers"] == ",".join(map(str, layers))
+                assert row["n_components"] == n == 64 * len(layers)
+                assert row["n_stable"] == n_stable
+                assert row["share_stable"] == pytest.approx(n_stable / n)
+                d = stab[(stab["hook"] == hook) & stab["layer"].isin(layers) & (stab["position"] == "edit")]
+                assert row["median_ratio"] == pytest.approx(float(d["ratio"].median()))
+                assert row["median_normalized"] == pytest.approx(float(d["normalized"].median()))
+    # totals in compare.json add the bins up
+    js = json.loads((tmp_path / "cmp" / C.COMPARE_JSON).read_text())
+    n_stable, n = hand_share(sb, "resid_post", [0, 1, 2], alpha)
+    assert js["totals"]["run_b"]["resid_post"] == {"n_components": n, "n_stable": n_stable,
+                                                   "share_stable": pytest.approx(n_stable / n)}
+    assert js["runs"]["run_b"]["n_layers"] == 3 and js["runs"]["run_a"]["n_layers"] == 2
+
+
+def test_a_layer_at_one_third_depth_falls_in_the_middle_of_three_bins(two_runs, tmp_path):
+    a, b = two_runs
+    C.compare(a, b, tmp_path / "cmp3", bins=3, figures=False)
+    table = pd.read_parquet(tmp_path / "cmp3" / C.COMPARE)
+    # run_b depths 0, 0.5, 1 -> bins 0, 1, 2; run_a depths 0, 1 -> bins 0, 2 (no bin 1)
+    assert sorted(table.loc[(table["run"] == "run_b") & (table["hook"] == "mlp_out"), "bin"]) == [0, 1, 2]
+    assert sorted(table.loc[(table["run"] == "run_a") & (table["hook"] == "mlp_out"), "bin"]) == [0, 2]
+    mid = table[(table["run"] == "run_b") & (table["hook"] == "mlp_out") & (table["bin"] == 1)].iloc[0]
+    assert mid["layers"] == "1"
+
+
+def test_divergence_is_averaged_over_the_layers_of_each_bin(two_runs, tmp_path):
+    a, b = two_runs
+    C.compare(a, b, tmp_path / "cmp", bins=2, figures=False)
+    div = pd.read_parquet(tmp_path / "cmp" / C.COMPARE_DIVERGENCE)
+    raw = pd.read_parquet(b / "divergence.parquet")
+    raw = raw[(raw["category"] == "all") & (raw["hook"] == "resid_post") & (raw["offset"] == 0)]
+    want = raw[raw["layer"].isin([1, 2])]["normalized"].mean()
+    got = div[(div["run"] == "run_b") & (div["hook"] == "resid_post") & (div["bin"] == 1) & (div["offset"] == 0)]
+    assert got["normalized"].iloc[0] == pytest.approx(want)
+
+
+def test_accuracy_side_by_side_is_the_share_of_grammar_pairs_with_positive_margin(two_runs, tmp_path):
+    a, b = two_runs
+    s = C.compare(a, b, tmp_path / "cmp", figures=False)
+    for run, d in (("run_a", a), ("run_b", b)):
+        pairs = pd.read_parquet(d / "pairs.parquet")
+        g = pairs[pairs["type"] == "grammar"]
+        assert s["runs"][run]["accuracy"]["all_grammar"]["n"] == len(g) == 4
+        assert s["runs"][run]["accuracy"]["all_grammar"]["accuracy"] == pytest.approx(float((g["margin"] > 0).mean()))
+        assert s["runs"][run]["accuracy"]["article"]["n"] == 2
+
+
+def test_the_command_line_writes_tables_json_and_html_figures_into_the_default_folder(two_runs):
+    a, b = two_runs
+    C.main([str(a), str(b), "--no-png", "--bins", "2"])
+    out = a / "compare_run_b"
+    for f in (C.COMPARE, C.COMPARE_DIVERGENCE, C.COMPARE_JSON, "figures/plotly.min.js",
+              "figures/compare_share_stable.html", "figures/compare_divergence.html",
+              "figures/compare_accuracy.html"):
+        assert (out / f).exists(), f
+    html = (out / "figures" / "compare_share_stable.html").read_text()
+    assert '<script src="plotly.min.js"></script>' in html
+
+
+def test_a_run_without_controls_has_no_stable_share_but_still_medians(tmp_path, pairs_file):
+    from interp.runner import run
+
+    common = ("model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={pairs_file}",
+              "analysis.figures=false")
+    a = run(make_cfg(*common, "analysis.controls.n=0"), tmp_path / "nc")
+    b = run(make_cfg(*common), tmp_path / "wc")
+    C.compare(a, b, tmp_path / "cmp", bins=2, figures=False)
+    table = pd.read_parquet(tmp_path / "cmp" / C.COMPARE)
+    nc = table[table["run"] == "nc"]
+    assert nc["share_stable"].isna().all() and nc["median_normalized"].notna().all()
+    assert table[table["run"] == "wc"]["share_stable"].notna().all()
+
+
+def test_an_incomplete_run_dir_is_refused_with_a_message(tmp_path, two_runs):
+    with pytest.raises(SystemExit, match="not a complete run directory"):
+        C.compare(tmp_path, two_runs[1], tmp_path / "x", figures=False)
