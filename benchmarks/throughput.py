@@ -15,7 +15,9 @@ of every pair, exactly the rows ``interp.run`` feeds the model), it times:
 Timings are interleaved batch by batch (bare, bridge without hooks, analysis), so a change in
 machine load affects all alike. It prints one JSON line (last line: peak memory): model, device, dtype, batch size, tokens per
 sentence, pairs, sentences per pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their
-``ratio``, and peak RSS (and peak GPU memory on a GPU). With ``memory_check=true`` it runs the
+``ratio``, and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
+product rate and reports the time a perfect run would need (2 x parameters FLOP per computed token
+slot, padding included) as a fraction of the bare and analysis times. With ``memory_check=true`` it runs the
 analysis at ``memory_pairs`` (1,000 and 10,000) and prints both peaks and their ratio.
 """
 
@@ -119,6 +121,16 @@ def time_analysis(cfg, lm, kept, groups, batches, n_controls) -> tuple[float, fl
     return loop, timed(stats.table, lm.device)
 
 
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """Measured bf16 matrix-product rate (TFLOP/s) of this GPU, the roofline's numerator."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    t = timed(lambda: [a @ b for _ in range(reps)], device)
+    return 2 * n ** 3 * reps / t / 1e12
+
+
 def measure(cfg: DictConfig) -> dict:
     lm = get_model(cfg)
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
@@ -149,6 +161,15 @@ def measure(cfg: DictConfig) -> dict:
     }
     if lm.device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(lm.device) / 2 ** 20, 1)
+        # roofline: every sentence token costs 2 x (parameters) FLOP in matrix products
+        tflops = matmul_tflops(lm.device)
+        padded = sum(b.seq_len * b.tokens.shape[0] for b in batches)  # token slots actually computed
+        emb_in, emb_out = lm.hf_model.get_input_embeddings().weight, lm.hf_model.get_output_embeddings().weight
+        matmul_params = lm.info["n_params"] - (0 if emb_in is emb_out else emb_in.numel())  # a lookup is no product
+        roof_s = padded * 2 * matmul_params / (tflops * 1e12)
+        out.update({"matmul_tflops": round(tflops, 1), "roofline_s": round(roof_s, 3),
+                    "bare_fraction_of_roofline": round(roof_s / bare, 4),
+                    "analysis_fraction_of_roofline": round(roof_s / loop, 4)})
     return out
 
 
