@@ -126,26 +126,59 @@ class Checkpoint:
                      {"config_hash": self.hash, "batches_done": batches_done, "failed": failed})
 
 
-def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept) -> list[dict]:
-    """Forward one batch; statistics are committed only if the whole batch succeeds."""
+_SIDE_STREAMS: dict[str, "torch.cuda.Stream"] = {}
+
+
+def side_stream(device: torch.device):
+    """A second CUDA stream for the statistics, so they overlap the next batch's forward pass
+    (``analysis.overlap``); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    key = str(device)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[key]
+
+
+def wait_for_statistics(device: torch.device) -> None:
+    """Before reading the running statistics on the host: let the side stream finish."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept, overlap: bool = False) -> list[dict]:
+    """Forward one batch; statistics are committed only if the whole batch succeeds.
+
+    With ``overlap`` on a GPU, reducing the batch's activations into the statistics is queued on a
+    side stream and runs while the next batch's forward pass runs on the main one."""
     staged = stats.like()
     n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
     logits = forward(lm.bridge, batch, staged.hooks(batch), score_rows=n)
-    staged.consume()
     lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
     del logits
     if not torch.isfinite(lp).all():
         raise FloatingPointError("non-finite log-probability")
-    merged = stats.merge(staged)
+    side = side_stream(lm.device) if overlap else None
+    if side is None:
+        staged.consume()
+        merged = stats.merge(staged)
+    else:
+        side.wait_stream(torch.cuda.current_stream(lm.device))
+        for acts in staged._acts.values():
+            for a in acts:
+                a.record_stream(side)  # the activations live until the side stream is done with them
+        with torch.cuda.stream(side):
+            staged.consume()
+            merged = stats.merge(staged)
     stats.diff, stats.spread, stats.profile, stats.shapes = merged.diff, merged.spread, merged.profile, merged.shapes
     stats.details = merged.details
     return _pair_rows(batch, lp, kept)
 
 
-def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
+def _run_batch_safely(lm, stats, batch, kept, failed: list[dict], overlap: bool = False) -> list[dict]:
     """A failing batch is split until the failing pair is found; that pair is recorded, not fatal."""
     try:
-        return _run_batch(lm, stats, batch, kept)
+        return _run_batch(lm, stats, batch, kept, overlap)
     except (RuntimeError, FloatingPointError, IndexError) as err:
         if isinstance(err, RunConfigMismatch):
             raise
@@ -159,7 +192,7 @@ def _run_batch_safely(lm, stats, batch, kept, failed: list[dict]) -> list[dict]:
             return []
         h = batch.size // 2
         return [r for part in (batch.rows(0, h), batch.rows(h, batch.size))
-                for r in _run_batch_safely(lm, stats, part, kept, failed)]
+                for r in _run_batch_safely(lm, stats, part, kept, failed, overlap)]
 
 
 def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:
@@ -329,10 +362,12 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     pair_ids = [p.pair_id for p, _ in kept]
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
+    overlap = bool(acfg.get("overlap", True))
     for bi in range(start, len(batches)):
-        pair_rows += _run_batch_safely(lm, stats, batches[bi], kept, failed)
+        pair_rows += _run_batch_safely(lm, stats, batches[bi], kept, failed, overlap)
         bar.update(batches[bi].size)
         if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
+            wait_for_statistics(lm.device)
             details.append(stats.detail_tables(pair_ids))
             stats.details = []
             ckpt.save(bi + 1, pair_rows, failed, stats.state_dict(), details)
@@ -342,6 +377,7 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     timings["forward_s"] = time.time() - t
     if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
         raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")
+    wait_for_statistics(lm.device)
     details.append(stats.detail_tables(pair_ids))
 
     t = time.time()
