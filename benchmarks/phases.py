@@ -13,7 +13,6 @@ import json
 import time
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from benchmarks.throughput import _sync, bare_pass, new_stats, prepare

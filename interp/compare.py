@@ -24,7 +24,6 @@ PNG) into ``--out`` (default ``RUN_A/compare_<name of RUN_B>``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -52,7 +51,7 @@ def test_stable_means_significant_smaller_than_control_and_not_massive():
 @pytest.mark.parametrize("alpha", [0.05, 0.5])
 def test_bins_and_shares_match_counts_computed_by_hand_from_the_stability_tables(two_runs, tmp_path, alpha):
     a, b = two_runs
-    s = C.compare(a, b, tmp_path / "cmp", alpha=alpha, bins=2, figures=False)
+    C.compare(a, b, tmp_path / "cmp", alpha=alpha, bins=2, figures=False)
     table = pd.read_parquet(tmp_path / "cmp" / C.COMPARE)
     sa, sb = pd.read_parquet(a / "stability.parquet"), pd.read_parquet(b / "stability.parquet")
     assert set(table["run"]) == {"run_a", "run_b"}
