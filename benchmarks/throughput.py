@@ -33,11 +33,11 @@ import torch
 from omegaconf import DictConfig
 
 from interp.analysis import DiffStats
-from interp.controls import control_ids, make_pool
 from interp.engine import make_batches
 from interp.hooks import resolve
 from interp.pairs import load_pairs, validate_pairs
-from interp.runner import _run_batch, get_model
+from interp.runner import _run_batch, build_controls, get_model
+from interp.runner import new_stats as runner_stats
 
 
 def _sync(device: torch.device) -> None:
@@ -66,23 +66,15 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
         kept[i] = (p, kept[i][1])
     groups = sorted({p.category for p, _ in kept})
     n_controls = int(cfg.analysis.controls.n)
-    controls = None
-    if n_controls:
-        pool = make_pool(lm.tokenizer, cfg.analysis.controls.get("pool", "common"),
-                         int(cfg.analysis.controls.pool_size), cfg.analysis.controls.get("words"),
-                         [tp for _, tp in kept])
-        controls = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]},
-                                n_controls, int(cfg.seed), p.pair_id) for p, tp in kept]
+    controls = build_controls(cfg, lm.tokenizer, kept, list(range(len(kept))))
     batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
     return kept, groups, batches, n_controls
 
 
 def new_stats(cfg, lm, groups, n_controls) -> DiffStats:
-    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
-    return DiffStats(sites, groups, list(cfg.analysis.positions), lm.device, n_controls=n_controls,
-                     max_offset=int(cfg.analysis.max_offset), detail_pairs=0,
-                     chunk=int(cfg.analysis.get("chunk_layers", 8)))
+    """The run's statistics object for this benchmark's hooks (``n_controls`` follows the config)."""
+    return runner_stats(cfg, resolve(list(cfg.hooks.points), lm.info["n_layers"]), groups, lm.device)
 
 
 def bare_pass(lm, b) -> None:
@@ -158,7 +150,7 @@ def measure(cfg: DictConfig) -> dict:
         "threads": torch.get_num_threads(), "batch_size_pairs": int(cfg.batch_size),
         "sentences_per_pair": rows_per_pair, "tokens_per_sentence": round(tokens, 2),
         "padded_tokens_per_sentence": round(sum(b.seq_len * b.size for b in batches) / n, 2),
-        "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(new_stats(cfg, lm, groups, n_controls).sites),
+        "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(resolve(list(cfg.hooks.points), lm.info["n_layers"])),
         "bare_s": round(bare, 3), "bridge_s": round(bridge, 3), "analysis_s": round(loop, 3),
         "finalize_s": round(final, 3), "bridge_ratio": round(bare / bridge, 4),
         "bare_pairs_per_s": round(n / bare, 2), "analysis_pairs_per_s": round(n / loop, 2),

@@ -87,10 +87,14 @@ class DiffStats:
         self._acts: dict[str, list[Tensor | None]] = {}
         self._batch: Batch | None = None
 
+    def _empty(self) -> "DiffStats":
+        """An empty state with the same layout and settings."""
+        return DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
+                         self.max_offset, self.detail_pairs, self.detail_k, self.chunk)
+
     def like(self) -> "DiffStats":
         """An empty state with the same layout (a batch is staged in one, then merged)."""
-        out = DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
-                        self.max_offset, self.detail_pairs, self.detail_k, self.chunk)
+        out = self._empty()
         out.prior = self
         return out
 
@@ -273,8 +277,7 @@ class DiffStats:
                 (self.groups, self.positions, self.n_controls, self.max_offset, self.sites):
             raise ValueError("cannot merge statistics of runs with different groups, position modes, "
                              "control counts, offsets or hook sites")
-        out = DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
-                        self.max_offset, self.detail_pairs, self.detail_k, self.chunk)
+        out = self._empty()
         out.shapes = {**other.shapes, **self.shapes}
         out.details = self.details + other.details
         for kind in ("diff", "spread", "profile"):

@@ -331,15 +331,8 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     group_types = {p.category: p.type for p, _ in kept}
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
     acfg = cfg.analysis
-    n_controls = int(acfg.controls.n) if acfg.get("controls") else 0
     mine = shard_indices(len(kept), cfg.get("shard"))
-    controls = None
-    if n_controls:
-        pool = make_pool(lm.tokenizer, acfg.controls.get("pool", "common"), int(acfg.controls.pool_size),
-                         acfg.controls.get("words"), [tp for _, tp in kept])
-        controls = [control_ids(pool, kept[i][1].ids_a, kept[i][1].edit_pos, kept[i][1].token_a,
-                                {kept[i][1].ids_a[kept[i][1].edit_pos], kept[i][1].ids_b[kept[i][1].edit_pos]},
-                                n_controls, int(cfg.seed), kept[i][0].pair_id) for i in mine]
+    controls = build_controls(cfg, lm.tokenizer, kept, mine)
     stats = new_stats(cfg, sites, groups, lm.device)
     batches = make_batches([kept[i][1] for i in mine], [groups.index(kept[i][0].category) for i in mine],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
@@ -394,6 +387,23 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     }
     return finalize(run_dir, cfg, stats, pd.DataFrame(pair_rows), rejected_rows, failed,
                     [d[0] for d in details], [d[1] for d in details], facts, timings, t0)
+
+
+def build_controls(cfg: DictConfig, tokenizer, kept, indices: list[int]) -> list[list[list[int]]] | None:
+    """Control sentences (token ids) of the kept pairs at ``indices``; None without controls.
+    The pool is drawn from the whole pair set, so shards agree on it."""
+    acfg = cfg.analysis
+    n = int(acfg.controls.n) if acfg.get("controls") else 0
+    if not n:
+        return None
+    pool = make_pool(tokenizer, acfg.controls.get("pool", "common"), int(acfg.controls.pool_size),
+                     acfg.controls.get("words"), [tp for _, tp in kept])
+    out = []
+    for i in indices:
+        p, tp = kept[i]
+        own = {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}
+        out.append(control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, own, n, int(cfg.seed), p.pair_id))
+    return out
 
 
 def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:

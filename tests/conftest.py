@@ -72,3 +72,21 @@ def pairs_file(tmp_path) -> Path:
     p = tmp_path / "pairs.jsonl"
     p.write_text("".join(json.dumps({"a": a, "b": b, "category": c, "type": t}) + "\n" for a, b, c, t in rows))
     return p
+
+
+def bridge_vs_hf(lm, batch, atol: float):
+    """Run a batch through the bridge (caching every resid_post) and through the plain HF model;
+    assert the cached residual stream equals HF's hidden states at every real token (every layer
+    but the last, where HF applies the final norm). Returns (bridge logits, HF output)."""
+    import torch
+
+    L = lm.info["n_layers"]
+    names = [f"blocks.{l}.hook_resid_post" for l in range(L)]
+    logits, cache = lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
+                                             names_filter=lambda n: n in names)
+    with torch.no_grad():
+        hf = lm.hf_model(batch.tokens, attention_mask=batch.mask.long(), output_hidden_states=True)
+    m = batch.mask[..., None]
+    for l in range(L - 1):
+        torch.testing.assert_close(cache[names[l]] * m, hf.hidden_states[l + 1] * m, rtol=atol, atol=atol)
+    return logits, hf

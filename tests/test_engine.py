@@ -13,7 +13,7 @@ from interp.engine import forward, make_batches, sentence_logprobs
 from interp.hooks import HOOK_POINTS, resolve
 from interp.pairs import load_pairs, validate_pairs
 from interp.runner import run
-from tests.conftest import make_cfg
+from tests.conftest import bridge_vs_hf, make_cfg
 
 
 def _kept(lm, pairs_file):
@@ -45,15 +45,7 @@ def test_positions_before_the_edit_are_identical_in_both_sentences(tiny_lm, pair
 def test_resid_post_equals_hf_hidden_states_and_logprobs_equal_plain_hf(tiny_lm, pairs_file):
     kept = _kept(tiny_lm, pairs_file)
     batch = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 16)[0]
-    L = tiny_lm.info["n_layers"]
-    names = [f"blocks.{l}.hook_resid_post" for l in range(L)]
-    logits, cache = tiny_lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
-                                                  names_filter=lambda n: n in names)
-    with torch.no_grad():
-        hf = tiny_lm.hf_model(batch.tokens, attention_mask=batch.mask.long(), output_hidden_states=True)
-    m = batch.mask[..., None]
-    for l in range(L - 1):  # HF applies the final norm to hidden_states[L]
-        torch.testing.assert_close(cache[names[l]] * m, hf.hidden_states[l + 1] * m, rtol=1e-5, atol=1e-5)
+    logits, hf = bridge_vs_hf(tiny_lm, batch, atol=1e-5)
     ours = sentence_logprobs(logits, batch.tokens, batch.mask)
     lp = torch.log_softmax(hf.logits.double(), -1)
     for r in range(batch.tokens.shape[0]):

@@ -8,7 +8,7 @@ from interp.engine import make_batches, sentence_logprobs
 from interp.model import locate_package_file
 from interp.pairs import load_pairs, validate_pairs
 from interp.runner import run
-from tests.conftest import make_cfg
+from tests.conftest import bridge_vs_hf, make_cfg
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +27,7 @@ def test_bridge_activations_equal_hf_hidden_states_on_the_embedded_model(smol_lm
     cfg = make_cfg("pairs=grammar", "pairs.limit=2")
     kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, smol_lm.tokenizer)
     b = make_batches([tp for _, tp in kept[:6]], [0] * 6, smol_lm.bos_token_id, smol_lm.pad_token_id, 6)[0]
-    L = smol_lm.info["n_layers"]
-    names = [f"blocks.{l}.hook_resid_post" for l in range(L)]
-    logits, cache = smol_lm.bridge.run_with_cache(b.tokens, attention_mask=b.mask.long(),
-                                                  names_filter=lambda n: n in names)
-    with torch.no_grad():
-        hf = smol_lm.hf_model(b.tokens, attention_mask=b.mask.long(), output_hidden_states=True)
-    m = b.mask[..., None]
-    for l in range(L - 1):
-        torch.testing.assert_close(cache[names[l]] * m, hf.hidden_states[l + 1] * m, rtol=1e-4, atol=1e-4)
+    logits, hf = bridge_vs_hf(smol_lm, b, atol=1e-4)
     lp = sentence_logprobs(logits, b.tokens, b.mask)
     ref = sentence_logprobs(hf.logits, b.tokens, b.mask)
     torch.testing.assert_close(lp, ref, rtol=1e-5, atol=1e-3)
