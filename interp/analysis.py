@@ -24,6 +24,7 @@ import torch
 from scipy import stats as scipy_stats
 from torch import Tensor
 
+from . import fused
 from .engine import Batch
 from .hooks import HookSite
 from .stats import Moments, grouped_moments as group_moments
@@ -52,12 +53,15 @@ class DiffStats:
 
     The hooks only keep a reference to each activation during the forward pass; ``consume()``
     then reduces the layers of a hook point together, ``chunk`` layers at a time, so the number of
-    tensor operations per batch does not grow with the number of layers.
+    tensor operations per batch does not grow with the number of layers. With ``fused`` (on a GPU,
+    ``analysis.fused``) one Triton kernel per site turns the activations into per-pair values in a
+    single read (``interp.fused``); the per-group moments over pairs are then the same code as
+    the PyTorch path's.
     """
 
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
                  device: torch.device | str = "cpu", n_controls: int = 0, max_offset: int = 15,
-                 detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8):
+                 detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8, fused: bool = False):
         bad = [p for p in positions if p not in POSITION_MODES]
         if bad:
             raise ValueError(f"analysis.positions: {bad} not in {POSITION_MODES}")
@@ -78,6 +82,7 @@ class DiffStats:
         self.detail_pairs = int(detail_pairs) if int(detail_pairs) >= 0 else 2 ** 62  # < 0: every pair
         self.detail_k = int(detail_k)
         self.chunk = max(1, int(chunk))
+        self.fused = bool(fused)  # per-pair values from the fused kernel (interp.fused) instead of PyTorch ops
         self.diff: dict[str, Moments] = {}  # per point: [L, G, CH, M, C]
         self.profile: dict[str, Moments] = {}  # [L, G, O, C]
         self.spread: dict[str, Moments] = {}  # [L, C]
@@ -90,7 +95,7 @@ class DiffStats:
     def _empty(self) -> "DiffStats":
         """An empty state with the same layout and settings."""
         return DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
-                         self.max_offset, self.detail_pairs, self.detail_k, self.chunk)
+                         self.max_offset, self.detail_pairs, self.detail_k, self.chunk, self.fused)
 
     def like(self) -> "DiffStats":
         """An empty state with the same layout (a batch is staged in one, then merged)."""
@@ -141,9 +146,14 @@ class DiffStats:
             if missing:
                 raise RuntimeError(f"hooks did not fire for {missing[:3]}")
             self.shapes.setdefault(point, tuple(acts[point][0].shape[2:]))
+            fused = self.fused and point != "z"  # per-head norms (z_head) stay on the PyTorch path
             parts, head_parts = [], []
             for c0 in range(0, len(ss), self.chunk):
-                X = torch.stack([a.flatten(2) for a in acts[point][c0:c0 + self.chunk]])  # [S, VB, T, C]
+                chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
+                if fused:
+                    parts.append(self._reduce_fused(point, c0, chunk, batch))
+                    continue
+                X = torch.stack(chunk)  # [S, VB, T, C]
                 parts.append(self._reduce(point, c0, X, batch))
                 if point == "z":
                     head_parts.append(self._reduce("z_head", c0, X, batch, head_dim=self.shapes["z"][-1]))
@@ -156,32 +166,81 @@ class DiffStats:
                     state = getattr(self, kind)
                     state[pt] = state[pt].merge(cat) if pt in state else cat
 
+    def _mode_weights(self, batch: Batch) -> Tensor:
+        """[B, M]: 1 where the pair has a value at the position mode (``after`` needs a token)."""
+        n_after = batch.after_mask().sum(1)
+        return torch.stack([(n_after > 0).float() if m == "after" else torch.ones_like(n_after, dtype=torch.float32)
+                            for m in self.positions], 1)
+
+    def _group(self, vals: Tensor, ratio: Tensor | None, prof: Tensor, batch: Batch) -> tuple[Moments, Moments]:
+        """Per-group moments over the batch's pairs from per-pair values (both paths share this).
+
+        vals [B, S, CH, M, C] (channels diff, abs[, ctrl, delta]), ratio [B, S, 1, M, C] or None,
+        prof [B, S, O, C] (|a - b| at each offset from the edit). Returns diff [S, G, CH, M, C] and
+        profile [S, G, O, C] moments."""
+        G = len(self.groups)
+        w = self._mode_weights(batch)  # [B, M]
+        m_diff = group_moments(vals, w[:, None, None, :, None], batch.group, G)  # [G, S, CH, M, C]
+        if ratio is not None:  # the per-pair ratio is defined where the control moved the component
+            rw = (vals[:, :, 2:3] > 0).float() * w[:, None, None, :, None]
+            m_ratio = group_moments(ratio, rw, batch.group, G)
+            m_diff = Moments(*(torch.cat([getattr(m_diff, f), getattr(m_ratio, f)], 2) for f in ("n", "mean", "m2")))
+        m_diff = Moments(*(t.movedim(0, 1) for t in (m_diff.n, m_diff.mean, m_diff.m2)))
+        off_pos = batch.edit[:, None] + torch.arange(prof.shape[2], device=prof.device)[None, :]  # [B, O]
+        off_w = (off_pos <= batch.last[:, None]).float()
+        m_prof = group_moments(prof, off_w[:, None, :, None], batch.group, G)
+        m_prof = Moments(*(t.movedim(0, 1) for t in (m_prof.n, m_prof.mean, m_prof.m2)))  # [S, G, O, C]
+        return m_diff, m_prof
+
+    def _reduce_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch
+                      ) -> tuple[Moments, Moments, Moments]:
+        """``_reduce`` through the fused kernel (``interp.fused``): each activation is read once."""
+        vals, ratio, prof, spread, ref, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset)
+        if self.positions != list(fused.MODES):
+            idx = torch.tensor([fused.MODES.index(m) for m in self.positions], device=vals.device)
+            vals = vals.index_select(3, idx)
+            ratio = None if ratio is None else ratio.index_select(3, idx)
+        m_diff, m_prof = self._group(vals, ratio, prof, batch)
+        n = count.sum().double().expand_as(ref)
+        s1, s2 = spread.double().sum(1).unbind(1)  # [S, C] each
+        safe = n.clamp(min=1e-300)
+        m_spread = Moments(n.contiguous(), torch.where(n > 0, ref.double() + s1 / safe, 0.0),
+                           torch.where(n > 0, (s2 - s1 * s1 / safe).clamp(min=0), 0.0))
+        detail = batch.index < self.detail_pairs
+        if bool(detail.any()):  # host check: no device sync
+            B = batch.size
+            rows = detail.nonzero()[:, 0].to(vals.device)
+            a = torch.stack([x[rows] for x in acts]).float()
+            b = torch.stack([x[B + rows] for x in acts]).float()
+            if batch.b_index is not None:
+                b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
+            self._stage_detail(point, c0, batch, detail, a, a - b, m_spread)
+        return m_diff, m_spread, m_prof
+
     def _reduce(self, point: str, c0: int, X: Tensor, batch: Batch, head_dim: int | None = None
                 ) -> tuple[Moments, Moments | None, Moments]:
-        """Batch moments of ``S`` layers of one hook point at once; X: [S, V*B, T, C].
+        """Batch moments of ``S`` layers of one hook point at once; X: [S, V*B, T, C] (the PyTorch
+        path: the reference for the fused kernel, and the path on the CPU).
 
         With ``head_dim`` the units are heads: every change is the norm of the head's change vector
         (``diff`` and ``abs`` channels alike), and the spread is left to ``_spread``."""
         B, K, T = batch.size, self.n_controls, batch.seq_len
-        G = len(self.groups)
         dev = X.device
         ar = torch.arange(B, device=dev)
         after = batch.after_mask().to(torch.float32)  # [B, T]
         n_after = after.sum(1)
-        ones = torch.ones_like(n_after)
 
-        def at_modes(v: Tensor) -> tuple[Tensor, Tensor]:
-            """[S, B, T, C] per-token values -> [S, B, M, C] at each mode, and weights [B, M]."""
-            vals, ws = [], []
+        def at_modes(v: Tensor) -> Tensor:
+            """[S, B, T, C] per-token values -> [S, B, M, C] at each mode."""
+            vals = []
             for mode in self.positions:
                 if mode == "edit":
-                    vals.append(v[:, ar, batch.edit]), ws.append(ones)
+                    vals.append(v[:, ar, batch.edit])
                 elif mode == "last":
-                    vals.append(v[:, ar, batch.last]), ws.append(ones)
+                    vals.append(v[:, ar, batch.last])
                 else:  # after: mean over the tokens after the edit
                     vals.append(torch.einsum("sbtc,bt->sbc", v, after) / n_after.clamp(min=1)[:, None])
-                    ws.append((n_after > 0).float())
-            return torch.stack(vals, 2), torch.stack(ws, 1)
+            return torch.stack(vals, 2)
 
         if head_dim:
             def mag(v: Tensor) -> Tensor:
@@ -193,23 +252,18 @@ class DiffStats:
         b_al = b if batch.b_index is None else b[:, ar[:, None], batch.b_index]  # b on a's positions
         d = a - b_al  # [S, B, T, C]
         ad = mag(d)
-        signed, w = at_modes(ad if head_dim else d)
-        absval, _ = at_modes(ad)
-        chans, cw = [signed, absval], [w, w]
+        absval = at_modes(ad)
+        chans = [absval if head_dim else at_modes(d), absval]
+        ratio = None
         if K:
-            ctrl = sum(at_modes(mag(a - X[:, (2 + k) * B:(3 + k) * B].float()))[0] for k in range(K)) / K
-            chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), 0.0)]
-            cw += [w, w, w]
+            ctrl = sum(at_modes(mag(a - X[:, (2 + k) * B:(3 + k) * B].float())) for k in range(K)) / K
+            chans += [ctrl, absval - ctrl]
+            ratio = torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), 0.0)[:, :, None].movedim(1, 0)
         vals = torch.stack(chans, 2).movedim(1, 0)  # [B, S, CH, M, C]
-        wts = torch.stack(cw, 1)[:, None, :, :, None]  # [B, 1, CH, M, 1]: constant over components
-        if K:  # the per-pair ratio is defined where the control moved the component: own weights
-            rw = (ctrl.movedim(1, 0) > 0).float() * wts[:, :, -1]  # [B, S, M, C]
-            parts = [group_moments(vals[:, :, :-1], wts[:, :, :-1], batch.group, G),
-                     group_moments(vals[:, :, -1:], rw[:, :, None], batch.group, G)]
-            m_diff = Moments(*(torch.cat([getattr(p, f) for p in parts], 2) for f in ("n", "mean", "m2")))
-        else:
-            m_diff = group_moments(vals, wts, batch.group, G)  # [G, S, CH, M, C]
-        m_diff = Moments(*(t.movedim(0, 1) for t in (m_diff.n, m_diff.mean, m_diff.m2)))
+        offsets = torch.arange(self.max_offset + 1, device=dev)
+        off_pos = batch.edit[:, None] + offsets[None, :]  # [B, O]
+        prof = ad[:, ar[:, None], off_pos.clamp(max=T - 1)].movedim(1, 0)  # [B, S, O, C]
+        m_diff, m_prof = self._group(vals, ratio, prof, batch)
 
         m_spread = None
         if not head_dim:
@@ -217,41 +271,38 @@ class DiffStats:
             both = torch.cat([a, b], 1)  # [S, 2B, T, C]
             S, C = both.shape[0], both.shape[-1]
             m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
-
-        offsets = torch.arange(self.max_offset + 1, device=dev)
-        off_pos = batch.edit[:, None] + offsets[None, :]  # [B, O]
-        off_w = (off_pos <= batch.last[:, None]).float()
-        prof_vals = ad[:, ar[:, None], off_pos.clamp(max=T - 1)]  # [S, B, O, C]
-        m_prof = group_moments(prof_vals.movedim(1, 0), off_w[:, None, :, None], batch.group, G)
-        m_prof = Moments(*(t.movedim(0, 1) for t in (m_prof.n, m_prof.mean, m_prof.m2)))  # [S, G, O, C]
-
-        if not head_dim and bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
-            self._stage_detail(point, c0, batch, a, d, m_spread)
+            detail = batch.index < self.detail_pairs
+            if bool(detail.any()):  # host check: no device sync
+                sel = detail.to(dev)
+                self._stage_detail(point, c0, batch, detail, a[:, sel], d[:, sel], m_spread)
         return m_diff, m_spread, m_prof
 
-    def _stage_detail(self, point: str, c0: int, batch: Batch, a: Tensor, d: Tensor, tok: Moments) -> None:
-        """Per-pair drill-down: ||a-b|| and ||a|| at every position; the top-k most changed and most
-        stable components at the edit, normalized by the spread estimated from the pairs so far."""
-        S = a.shape[0]
-        detail = (batch.index < self.detail_pairs).to(a.device)
+    def _stage_detail(self, point: str, c0: int, batch: Batch, detail: Tensor, a: Tensor, d: Tensor,
+                      tok: Moments) -> None:
+        """Per-pair drill-down of the pairs ``detail`` (host bool [B]); a, d: [S, n_detail, T, C].
+        ||a-b|| and ||a|| at every position; the top-k most changed and most stable components at the
+        edit, normalized by the spread estimated from the pairs so far."""
+        S, nd = a.shape[0], a.shape[1]
+        sel = detail.to(a.device)
+        edit = batch.edit[sel]
         prior = self.prior.spread.get(point) if self.prior is not None else None
         if prior is not None:
             prior = Moments(prior.n[c0:c0 + S], prior.mean[c0:c0 + S], prior.m2[c0:c0 + S])
         est = (prior.merge(tok) if prior is not None else tok).std.float()[:, None]  # [S, 1, C]
         live = est > 0
-        e = d[:, torch.arange(batch.size, device=d.device), batch.edit].abs()  # [S, B, C]
+        e = d[:, torch.arange(nd, device=d.device), edit].abs()  # [S, nd, C]
         z = torch.where(live, e / est.clamp(min=1e-30), float("nan"))
         k = min(self.detail_k, int(live.sum(-1).min()))
         top = torch.where(live, z, float("-inf")).topk(k, -1)
         low = torch.where(live, z, float("inf")).topk(k, -1, largest=False)
         self.details.append({
-            "sites": self.point_sites[point][c0:c0 + S], "index": batch.index[detail.cpu()],
-            "edit": batch.edit[detail], "last": batch.last[detail],
-            "diff_norm": d[:, detail].norm(dim=-1), "a_norm": a[:, detail].norm(dim=-1),
-            "top_idx": top.indices[:, detail], "top_val": top.values[:, detail],
-            "top_abs": e[:, detail].gather(-1, top.indices[:, detail]),
-            "low_idx": low.indices[:, detail], "low_val": low.values[:, detail],
-            "low_abs": e[:, detail].gather(-1, low.indices[:, detail]),
+            "sites": self.point_sites[point][c0:c0 + S], "index": batch.index[detail],
+            "edit": edit, "last": batch.last[sel],
+            "diff_norm": d.norm(dim=-1), "a_norm": a.norm(dim=-1),
+            "top_idx": top.indices, "top_val": top.values,
+            "top_abs": e.gather(-1, top.indices),
+            "low_idx": low.indices, "low_val": low.values,
+            "low_abs": e.gather(-1, low.indices),
         })
 
     def all_sites(self) -> list[HookSite]:

@@ -26,6 +26,7 @@ from . import results as R
 from .analysis import DiffStats
 from .controls import control_ids, make_pool
 from .engine import Batch, forward, make_batches, sentence_logprobs
+from .fused import use_fused
 from .hooks import PATTERN, resolve
 from .model import LoadedModel, load_model, resolve_device, resolve_dtype
 from .pairs import Problem, load_pairs, validate_pairs
@@ -411,7 +412,8 @@ def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:
     return DiffStats(sites, groups, list(acfg.positions), device,
                      n_controls=int(acfg.controls.n) if acfg.get("controls") else 0,
                      max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
-                     detail_k=int(acfg.get("detail_k", 5)), chunk=int(acfg.get("chunk_layers", 8)))
+                     detail_k=int(acfg.get("detail_k", 5)), chunk=int(acfg.get("chunk_layers", 8)),
+                     fused=use_fused(acfg.get("fused", "auto"), device))
 
 
 def finalize(run_dir: Path, cfg: DictConfig, stats: DiffStats, pairs_df: pd.DataFrame, rejected_rows: list[dict],

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, open_dict
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not torch.cuda.is_available():  # the fused statistics kernel runs through Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

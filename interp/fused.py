@@ -1,0 +1,193 @@
+"""One fused GPU kernel that turns a hook site's activations into per-pair values, reading each
+activation once.
+
+For every pair ``i`` and component ``c`` of one hook site (activations ``X[V*B, T, C]``, rows
+variant-major as ``engine.Batch`` lays them out) the kernel walks the pair's tokens once and
+writes, in float32:
+
+- ``vals[i, ch, m, c]``: channel ``ch`` (``diff`` = a - b, ``abs`` = |a - b|, and with K controls
+  ``ctrl`` = mean_k |a - c_k|, ``delta`` = abs - ctrl, ``ratio`` = abs / ctrl, 0 where ctrl = 0)
+  at position mode ``m`` (edit, last, after = mean over the tokens after the edit span);
+- ``prof[i, o, c]``: |a - b| at offset ``o`` from the edit (0 past the last token);
+- ``spread[i, 0 | 1, c]``: the sum and the sum of squares of ``x - ref[c]`` over the pair's
+  distinct sentence tokens (a's tokens, and b's own tokens from the edit on: the shared prefix is
+  counted once), shifted by ``ref`` so that a component with a huge mean keeps its spread.
+
+This is exactly what ``DiffStats``'s PyTorch path computes with a dozen passes over float32
+copies (that path remains the reference, used on the CPU and tested against this kernel); the
+per-group moments over pairs are then taken from these per-pair values by the same code for
+both paths. The kernel runs on CUDA through Triton; with ``TRITON_INTERPRET=1`` set before
+import it runs on CPU tensors through Triton's interpreter (how the unit tests exercise it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU builds may lack it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+MODES = ("edit", "last", "after")
+
+
+def available(device: torch.device | str) -> bool:
+    """Whether the kernel can run on tensors of ``device`` (CUDA with Triton, or the interpreter)."""
+    if triton is None:
+        return False
+    kind = torch.device(device).type
+    return kind == "cuda" or (INTERPRET and kind == "cpu")
+
+
+def use_fused(setting, device: torch.device | str) -> bool:
+    """``analysis.fused``: ``auto`` (on a CUDA device with Triton), ``true`` (required: CUDA, or
+    the CPU under ``TRITON_INTERPRET=1``) or ``false`` (the PyTorch path)."""
+    if setting in (False, "false", "off", None):
+        return False
+    if setting in ("auto",):
+        return triton is not None and torch.device(device).type == "cuda"
+    if not available(device):
+        raise RuntimeError(f"analysis.fused=true needs Triton and a CUDA device (device {device}, "
+                           f"triton {'missing' if triton is None else 'present'}); use analysis.fused=auto")
+    return True
+
+
+if triton is not None:
+    @triton.jit
+    def _pair_values_kernel(X, stride_row, stride_t, EDIT, EDIT_END, LAST, LAST_B, BIDX, REF,
+                            VALS, stride_vals, RATIO, stride_ratio, PROF, stride_prof, SPREAD, B, T, C,
+                            K: tl.constexpr, O: tl.constexpr, HAS_BIDX: tl.constexpr,
+                            BLOCK: tl.constexpr):
+        i = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        cm = cols < C
+        zi = tl.zeros([BLOCK], tl.int32)
+        zero = tl.zeros([BLOCK], tl.float32)
+        e = tl.load(EDIT + i).to(tl.int32)
+        ee = tl.load(EDIT_END + i).to(tl.int32)
+        last = tl.load(LAST + i).to(tl.int32)
+        last_b = tl.load(LAST_B + i).to(tl.int32)
+        ref = tl.load(REF + cols, mask=cm, other=0.0)
+        i64 = i.to(tl.int64)
+        row_a = X + i64 * stride_row
+        row_b = X + (B + i64) * stride_row
+        prof = PROF + i64 * stride_prof
+        e_d = zero
+        e_a = zero
+        e_c = zero
+        l_d = zero
+        l_a = zero
+        l_c = zero
+        f_d = zero
+        f_a = zero
+        f_c = zero
+        s1 = zero
+        s2 = zero
+        for t in range(1, T):
+            tt = zi + t
+            in_a = tt <= last
+            xa = tl.load(row_a + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+            if HAS_BIDX:
+                tb = tl.load(BIDX + i64 * T + t).to(tl.int32)
+                xb = tl.load(row_b + tb * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+                in_b = (tt >= e) & (tt <= last_b)
+                xo = tl.load(row_b + t * stride_t + cols, mask=cm & in_b, other=0.0).to(tl.float32)
+            else:  # one-token edits: b's positions are a's
+                xb = tl.load(row_b + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+                in_b = (tt >= e) & in_a
+                xo = xb
+            d = xa - xb
+            ad = tl.abs(d)
+            c = zero
+            for k in tl.static_range(K):
+                row_c = X + ((2 + k) * B + i64) * stride_row
+                xc = tl.load(row_c + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+                c += tl.abs(xa - xc)
+            if K > 0:
+                c = c / K
+            ya = tl.where(in_a, xa - ref, 0.0)
+            yb = tl.where(in_b, xo - ref, 0.0)
+            s1 += ya + yb
+            s2 += ya * ya + yb * yb
+            at_e = tt == e
+            at_l = tt == last
+            e_d = tl.where(at_e, d, e_d)
+            e_a = tl.where(at_e, ad, e_a)
+            e_c = tl.where(at_e, c, e_c)
+            l_d = tl.where(at_l, d, l_d)
+            l_a = tl.where(at_l, ad, l_a)
+            l_c = tl.where(at_l, c, l_c)
+            aft = (tt > ee) & in_a
+            f_d += tl.where(aft, d, 0.0)
+            f_a += tl.where(aft, ad, 0.0)
+            f_c += tl.where(aft, c, 0.0)
+            o = tt - e
+            tl.store(prof + o * C + cols, tl.where(in_a, ad, 0.0), mask=cm & (o >= 0) & (o < O))
+        n_aft = tl.maximum(last - ee, 1).to(tl.float32)
+        f_d = f_d / n_aft
+        f_a = f_a / n_aft
+        f_c = f_c / n_aft
+        out = VALS + i64 * stride_vals
+        tl.store(out + 0 * C + cols, e_d, mask=cm)
+        tl.store(out + 1 * C + cols, l_d, mask=cm)
+        tl.store(out + 2 * C + cols, f_d, mask=cm)
+        tl.store(out + 3 * C + cols, e_a, mask=cm)
+        tl.store(out + 4 * C + cols, l_a, mask=cm)
+        tl.store(out + 5 * C + cols, f_a, mask=cm)
+        if K > 0:
+            tl.store(out + 6 * C + cols, e_c, mask=cm)
+            tl.store(out + 7 * C + cols, l_c, mask=cm)
+            tl.store(out + 8 * C + cols, f_c, mask=cm)
+            tl.store(out + 9 * C + cols, e_a - e_c, mask=cm)
+            tl.store(out + 10 * C + cols, l_a - l_c, mask=cm)
+            tl.store(out + 11 * C + cols, f_a - f_c, mask=cm)
+            ratio = RATIO + i64 * stride_ratio
+            tl.store(ratio + 0 * C + cols, tl.where(e_c > 0, e_a / tl.maximum(e_c, 1e-30), 0.0), mask=cm)
+            tl.store(ratio + 1 * C + cols, tl.where(l_c > 0, l_a / tl.maximum(l_c, 1e-30), 0.0), mask=cm)
+            tl.store(ratio + 2 * C + cols, tl.where(f_c > 0, f_a / tl.maximum(f_c, 1e-30), 0.0), mask=cm)
+        sp = SPREAD + i64 * 2 * C
+        tl.store(sp + cols, s1, mask=cm)
+        tl.store(sp + C + cols, s2, mask=cm)
+
+
+def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, block: int = 256
+                ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+    """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
+
+    Returns ``vals`` [B, S, CH, 3, C] (modes in ``MODES`` order; channels diff, abs, and with
+    controls ctrl, delta), ``ratio`` [B, S, 1, 3, C] (None without controls: its weights differ per
+    element, so it is kept apart), ``prof`` [B, S, O, C], the spread sums ``spread`` [S, B, 2, C]
+    around ``ref`` [S, C], and ``count`` [B]: the distinct tokens each pair gives the spread.
+    """
+    if triton is None:
+        raise RuntimeError("the fused statistics kernel needs Triton")
+    B, T = batch.size, batch.seq_len
+    S, C = len(acts), acts[0].shape[-1]
+    K, O = int(n_controls), int(max_offset) + 1
+    CH = 4 if K else 2
+    dev = acts[0].device
+    ar = torch.arange(B, device=dev)
+    last_b = batch.mask[B:2 * B].sum(1) - 1  # b's last real token (its own positions)
+    vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
+    ratio = torch.empty((B, S, 1, 3, C), dtype=torch.float32, device=dev) if K else None
+    prof = torch.zeros((B, S, O, C), dtype=torch.float32, device=dev)
+    spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
+    # the shift of the spread sums: a's activation at its last token, averaged over the batch
+    ref = torch.stack([x[ar, batch.last].float().mean(0) for x in acts])  # [S, C]
+    bidx = batch.b_index if batch.b_index is not None else batch.edit  # unused without b_index
+    grid = (B, triton.cdiv(C, block))
+    for s, x in enumerate(acts):
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        _pair_values_kernel[grid](
+            x, x.stride(0), x.stride(1), batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s],
+            vals[:, s], vals.stride(0), (ratio if K else vals)[:, s], (ratio if K else vals).stride(0), prof[:, s], prof.stride(0), spread[s], B, T, C,
+            K=K, O=O, HAS_BIDX=batch.b_index is not None, BLOCK=block)
+    count = batch.last + (last_b - batch.edit + 1).clamp(min=0)
+    return vals, ratio, prof, spread, ref, count

@@ -1,0 +1,155 @@
+"""The fused statistics kernel (``interp.fused``) against the PyTorch path it replaces.
+
+On the CPU the kernel runs through Triton's interpreter (conftest sets ``TRITON_INTERPRET=1``);
+tests/test_gpu.py repeats the comparison with the compiled kernel on a CUDA device. Batches are
+built by hand so that every corner is present: edits at the first and at the last token (no
+``after`` tokens), padding, several groups, controls, a "massive" component with a huge mean and
+a tiny spread, and span-aligned pairs whose sentences differ in length.
+"""
+
+import pytest
+import torch
+
+from interp import fused
+from interp.analysis import DiffStats
+from interp.engine import Batch
+from interp.hooks import resolve
+
+pytestmark = pytest.mark.skipif(not fused.available("cpu") and not torch.cuda.is_available(),
+                                reason="needs Triton (interpreter on the CPU, or CUDA)")
+
+
+def make_batch(B: int, T: int, K: int, span: bool, device, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    last = torch.randint(2, T, (B,), generator=g)
+    last[0] = T - 1  # one full-length row
+    edit = torch.stack([torch.randint(1, int(x) + 1, (1,), generator=g)[0] for x in last])
+    edit[1] = last[1]  # an edit at the last token: no "after" tokens
+    edit[2] = 1  # an edit at the first sentence token
+    V = 2 + K
+    mask = torch.zeros(V * B, T, dtype=torch.bool)
+    edit_end, b_index = None, None
+    last_b = last.clone()
+    if span:  # b's edit span is one token longer or shorter than a's (rows permitting)
+        edit_end = torch.minimum(edit + (torch.arange(B) % 2), last)
+        shift = torch.where(torch.arange(B) % 3 == 0, -1, 1)
+        last_b = (last + shift).clamp(1, T - 1)
+        shift = last_b - last
+        end_b = (edit_end + shift).clamp(min=edit)
+        t = torch.arange(T)[None, :]
+        b_index = torch.where(t > edit_end[:, None], t + shift[:, None], torch.minimum(t, end_b[:, None])).clamp(0, T - 1)
+    for v in range(V):
+        lv = last_b if v == 1 else last
+        mask[v * B:(v + 1) * B] = torch.arange(T)[None, :] <= lv[:, None]
+    tokens = torch.zeros(V * B, T, dtype=torch.long)
+    group = torch.arange(B) % 3
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return Batch(torch.arange(B), tokens.to(device), mask.to(device), edit.to(device), last.to(device),
+                 group.to(device), V, to(edit_end), to(b_index))
+
+
+def activations(batch: Batch, C: int, shape_tail=None, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Random activations with the structure a model gives: identical rows before the edit."""
+    g = torch.Generator().manual_seed(seed)
+    B, V, T = batch.size, batch.n_variants, batch.seq_len
+    x = torch.randn(V * B, T, C, generator=g)
+    x[:, :, 3] = 1000.0 + 1e-3 * x[:, :, 3]  # massive: huge mean, tiny spread
+    edit = batch.edit.cpu()
+    for v in range(1, V):
+        for i in range(B):
+            x[v * B + i, :edit[i]] = x[i, :edit[i]]  # the shared prefix
+    x = x * batch.mask.cpu()[..., None]
+    if shape_tail is not None:
+        x = x.reshape(V * B, T, *shape_tail)
+    return x.to(dtype).to(batch.tokens.device)
+
+
+def consume(stats: DiffStats, batch: Batch, acts: dict[str, torch.Tensor]) -> DiffStats:
+    staged = stats.like()
+    for name, fn in staged.hooks(batch):
+        fn(acts[name])
+    staged.consume()
+    return stats.merge(staged)
+
+
+def run_both(batches, sites, C, device, dtype=torch.float32, **kw) -> tuple[DiffStats, DiffStats]:
+    ref = DiffStats(sites, ["g0", "g1", "g2"], device=device, fused=False, chunk=2, **kw)
+    new = DiffStats(sites, ["g0", "g1", "g2"], device=device, fused=True, chunk=2, **kw)
+    for j, b in enumerate(batches):
+        acts = {s.name: activations(b, C, seed=10 * j + i, dtype=dtype) for i, s in enumerate(sites)}
+        ref = consume(ref, b, acts)
+        new = consume(new, b, acts)
+    return ref, new
+
+
+def assert_same_state(ref: DiffStats, new: DiffStats, rtol=1e-5, atol=1e-5):
+    for kind in ("diff", "spread", "profile"):
+        mine, theirs = getattr(ref, kind), getattr(new, kind)
+        assert mine.keys() == theirs.keys(), kind
+        for point in mine:
+            for f in ("n", "mean", "m2"):
+                torch.testing.assert_close(getattr(theirs[point], f), getattr(mine[point], f), rtol=rtol, atol=atol,
+                                           msg=lambda m: f"{kind}/{point}/{f}: {m}")
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("K", [0, 2])
+@pytest.mark.parametrize("span", [False, True])
+def test_fused_kernel_gives_the_pytorch_path_statistics(K, span):
+    dev = device()
+    sites = resolve(["resid_post", "mlp_out"], 3)
+    batches = [make_batch(7, 9, K, span, dev, seed=1), make_batch(5, 6, K, span, dev, seed=2)]
+    ref, new = run_both(batches, sites, 40, dev, n_controls=K, max_offset=4)
+    assert_same_state(ref, new)
+    # the edits placed at the last token have no "after" value: fewer pairs there than at the edit
+    n = ref.diff["resid_post"].n
+    assert (n[..., 1, 2, :] < n[..., 1, 0, :]).any()  # abs channel: after vs edit
+    # the massive component's spread survives the shift: std ~ 1e-3, not swamped by the 1e3 mean
+    sp = new.spread["resid_post"]
+    assert 5e-4 < float(sp.std[0, 3]) < 2e-3
+
+
+def test_fused_kernel_keeps_the_configured_position_modes_and_tables():
+    dev = device()
+    sites = resolve(["resid_post"], 2)
+    batches = [make_batch(6, 8, 3, False, dev, seed=3)]
+    ref, new = run_both(batches, sites, 24, dev, n_controls=3, positions=["last", "edit"])
+    assert_same_state(ref, new)
+    a, b = ref.table(), new.table()
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    cols = ["mean_abs_diff", "normalized", "ratio", "ratio_pair_mean", "p_value", "q_value"]
+    torch.testing.assert_close(torch.tensor(b[cols].to_numpy()), torch.tensor(a[cols].to_numpy()),
+                               rtol=1e-4, atol=1e-6, equal_nan=True)
+
+
+def test_fused_kernel_reads_bf16_activations_and_stages_the_same_details():
+    dev = device()
+    sites = resolve(["attn_out"], 2)
+    batches = [make_batch(6, 7, 1, True, dev, seed=4)]
+    ref, new = run_both(batches, sites, 32, dev, dtype=torch.bfloat16, n_controls=1, detail_pairs=4)
+    assert_same_state(ref, new, rtol=1e-4, atol=1e-4)
+    assert len(ref.details) == len(new.details) == 1
+    for key, val in ref.details[0].items():
+        if isinstance(val, torch.Tensor):
+            torch.testing.assert_close(new.details[0][key], val, rtol=1e-4, atol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_per_head_scores_stay_on_the_pytorch_path_and_agree():
+    dev = device()
+    sites = resolve(["z"], 2)
+    b = make_batch(5, 6, 0, False, dev, seed=5)
+    ref = DiffStats(sites, ["g0", "g1", "g2"], device=dev, fused=False)
+    new = DiffStats(sites, ["g0", "g1", "g2"], device=dev, fused=True)
+    acts = {s.name: activations(b, 32, shape_tail=(4, 8), seed=i) for i, s in enumerate(sites)}
+    ref, new = consume(ref, b, acts), consume(new, b, acts)
+    assert_same_state(ref, new)
+    assert "z_head" in new.diff and "z" in new.diff
+
+
+def test_use_fused_settings():
+    assert fused.use_fused("false", "cuda") is False
+    assert fused.use_fused("auto", "cpu") is False  # the interpreter is for tests, never chosen by auto
+    assert fused.use_fused("true", "cpu") is fused.available("cpu")
