@@ -4,7 +4,9 @@
 
 Prints one JSON line: seconds summed over batches for the bare forward, the forward with the
 analysis hooks (which only keep references), ``consume()`` (the statistics), the log-probabilities,
-the merge into the running state, and the per-pair rows.
+the merge into the running state, and the per-pair rows. With ``+profile=N`` it also runs the
+PyTorch profiler over ``consume()`` of N batches and prints the operations that
+took the most device time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import time
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from benchmarks.throughput import _sync, bare_pass, new_stats, prepare
@@ -39,15 +42,26 @@ def main(cfg: DictConfig) -> None:
         if i == 1:
             tot.clear()  # the first batch warms up
         phase("bare_forward", lambda: bare_pass(lm, b))
-        staged = stats.like()
         n = 2 * b.size
-        logits = phase("forward_with_hooks", lambda: forward(lm.bridge, b, staged.hooks(b), score_rows=n))
-        phase("consume", staged.consume)
+        logits = phase("forward_with_hooks", lambda: forward(lm.bridge, b, stats.hooks(b), score_rows=n))
         lp = phase("logprobs", lambda: sentence_logprobs(logits, b.tokens[:n], b.mask[:n]))
         del logits
-        merged = phase("merge", lambda: stats.merge(staged))
-        stats.diff, stats.spread, stats.profile = merged.diff, merged.spread, merged.profile
+        phase("consume", stats.consume)  # per-pair values and their sums, added into the state
         phase("pair_rows", lambda: _pair_rows(b, lp, kept))
+    n_prof = int(cfg.get("profile", 0))
+    if n_prof:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for b in batches[:n_prof]:
+                forward(lm.bridge, b, stats.hooks(b), score_rows=2 * b.size)
+                _sync(lm.device)
+                with torch.profiler.record_function("consume"):
+                    stats.consume()
+                _sync(lm.device)
+        key = "self_device_time_total" if lm.device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
     print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches) - 1,
                       **{k: round(v, 3) for k, v in tot.items()}}), flush=True)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from . import fused
 from .engine import Batch
 from .hooks import HookSite
-from .stats import Moments, grouped_moments as group_moments
+from .stats import Moments, Sums
 
 POSITION_MODES = ("edit", "last", "after")
 CHANNELS = ("diff", "abs", "ctrl", "delta", "ratio")
@@ -87,7 +87,7 @@ class DiffStats:
         self.profile: dict[str, Moments] = {}  # [L, G, O, C]
         self.spread: dict[str, Moments] = {}  # [L, C]
         self.shapes: dict[str, tuple[int, ...]] = {}  # component shape per point, e.g. (H, d_head)
-        self.prior: "DiffStats | None" = None  # running state, for the spread estimate of details
+        self._unshifted: dict[tuple[str, str], set[int]] = {}  # layers of a state still without a shift
         self.details: list[dict] = []  # staged per-pair drill-down tensors
         self._acts: dict[str, list[Tensor | None]] = {}
         self._batch: Batch | None = None
@@ -96,12 +96,6 @@ class DiffStats:
         """An empty state with the same layout and settings."""
         return DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
                          self.max_offset, self.detail_pairs, self.detail_k, self.chunk, self.fused)
-
-    def like(self) -> "DiffStats":
-        """An empty state with the same layout (a batch is staged in one, then merged)."""
-        out = self._empty()
-        out.prior = self
-        return out
 
     def _get(self, kind: str, site: HookSite) -> Moments | None:
         m = getattr(self, kind).get(site.point)
@@ -135,92 +129,110 @@ class DiffStats:
 
         return [(s.name, make(p, i)) for p, ss in self.point_sites.items() for i, s in enumerate(ss)]
 
+    def drop_batch(self) -> None:
+        """Forget the activations kept for a batch that will not be folded in (a failed batch)."""
+        self._acts, self._batch = {}, None
+
     def consume(self) -> None:
-        """Reduce the kept activations of the batch into the running state, then drop them."""
+        """Fold the kept activations of the batch into the running state, in place, then drop them.
+
+        Per hook point, ``chunk`` layers at a time: per-pair values (the fused kernel on a GPU, the
+        PyTorch ops otherwise), then their sums per group added into the float64 state."""
         batch, acts = self._batch, self._acts
         self._acts, self._batch = {}, None
         if batch is None:
             raise RuntimeError("consume() without hooks(batch) and a forward pass")
+        seg = fused.segments(batch, len(self.groups)) if self.fused else None
         for point, ss in self.point_sites.items():
             missing = [s.name for s, a in zip(ss, acts[point]) if a is None]
             if missing:
                 raise RuntimeError(f"hooks did not fire for {missing[:3]}")
             self.shapes.setdefault(point, tuple(acts[point][0].shape[2:]))
-            fused = self.fused and point != "z"  # per-head norms (z_head) stay on the PyTorch path
-            parts, head_parts = [], []
+            kernel = self.fused and point != "z"  # per-head norms (z_head) take the PyTorch path
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
-                if fused:
-                    parts.append(self._reduce_fused(point, c0, chunk, batch))
+                if kernel:
+                    self._fold(point, c0, *self._values_fused(chunk, batch), batch, seg)
                     continue
                 X = torch.stack(chunk)  # [S, VB, T, C]
-                parts.append(self._reduce(point, c0, X, batch))
+                self._fold(point, c0, *self._values(X, batch), batch, seg)
                 if point == "z":
-                    head_parts.append(self._reduce("z_head", c0, X, batch, head_dim=self.shapes["z"][-1]))
+                    self._fold("z_head", c0, *self._values(X, batch, head_dim=self.shapes["z"][-1]), batch, seg)
                 del X
-            for pt, ps in ((point, parts), ("z_head", head_parts)):
-                for kind, m in zip(("diff", "spread", "profile"), zip(*ps)):
-                    if m[0] is None:
-                        continue
-                    cat = Moments(*(torch.cat([getattr(x, f) for x in m]) for f in ("n", "mean", "m2")))
-                    state = getattr(self, kind)
-                    state[pt] = state[pt].merge(cat) if pt in state else cat
 
-    def _mode_weights(self, batch: Batch) -> Tensor:
-        """[B, M]: 1 where the pair has a value at the position mode (``after`` needs a token)."""
-        n_after = batch.after_mask().sum(1)
-        return torch.stack([(n_after > 0).float() if m == "after" else torch.ones_like(n_after, dtype=torch.float32)
-                            for m in self.positions], 1)
+    def _sums(self, kind: str, point: str, lo: int, hi: int, shape: tuple[int, ...], shift) -> Sums:
+        """The running sums of ``kind`` at ``point`` (full shape ``shape``), created on first use or
+        converted from loaded moments. ``shift()`` gives the layers ``lo:hi`` their shift while
+        they are still empty (a grouped state shares one shift over its groups)."""
+        state = getattr(self, kind)
+        cur = state.get(point)
+        grouped = kind != "spread"
+        if not isinstance(cur, Sums):
+            if cur is None:
+                cur = Sums.zeros(shape, torch.zeros((shape[0], 1, *shape[2:]) if grouped else shape,
+                                                    dtype=torch.float64, device=self.device))
+                self._unshifted[(kind, point)] = set(range(shape[0]))
+            else:  # loaded: about the mean over the groups
+                n = cur.n.sum(1, keepdim=True) if grouped else cur.n
+                mean = ((cur.n * cur.mean).sum(1, keepdim=True) / n.clamp(min=1e-300)) if grouped else cur.mean
+                cur = Sums.zeros(shape, mean.to(self.device)).merge(cur.to(self.device))
+            state[point] = cur
+        todo = self._unshifted.get((kind, point))
+        if todo and lo in todo:
+            cur.shift[lo:hi] = shift().to(torch.float64)
+            todo.difference_update(range(lo, hi))
+        return cur
 
-    def _group(self, vals: Tensor, ratio: Tensor | None, prof: Tensor, batch: Batch) -> tuple[Moments, Moments]:
-        """Per-group moments over the batch's pairs from per-pair values (both paths share this).
-
-        vals [B, S, CH, M, C] (channels diff, abs[, ctrl, delta]), ratio [B, S, 1, M, C] or None,
-        prof [B, S, O, C] (|a - b| at each offset from the edit). Returns diff [S, G, CH, M, C] and
-        profile [S, G, O, C] moments."""
+    def _fold(self, point: str, c0: int, vals: Tensor, prof: Tensor, spread: Moments | None, detail,
+              batch: Batch, seg) -> None:
+        """Add one chunk's per-pair values into the state: vals [B, S, CH, 3, C] (modes ``MODES``),
+        prof [B, S, O, C], both NaN where a pair has no value; spread: the batch's moments [S, C];
+        ``detail()``: (a, a - b) of the drill-down pairs, staged before the spread moves."""
+        S = vals.shape[1]
+        L = len(self.point_sites[point] if point in self.point_sites else self.derived[point])
         G = len(self.groups)
-        w = self._mode_weights(batch)  # [B, M]
-        m_diff = group_moments(vals, w[:, None, None, :, None], batch.group, G)  # [G, S, CH, M, C]
-        if ratio is not None:  # the per-pair ratio is defined where the control moved the component
-            rw = (vals[:, :, 2:3] > 0).float() * w[:, None, None, :, None]
-            m_ratio = group_moments(ratio, rw, batch.group, G)
-            m_diff = Moments(*(torch.cat([getattr(m_diff, f), getattr(m_ratio, f)], 2) for f in ("n", "mean", "m2")))
-        m_diff = Moments(*(t.movedim(0, 1) for t in (m_diff.n, m_diff.mean, m_diff.m2)))
-        off_pos = batch.edit[:, None] + torch.arange(prof.shape[2], device=prof.device)[None, :]  # [B, O]
-        off_w = (off_pos <= batch.last[:, None]).float()
-        m_prof = group_moments(prof, off_w[:, None, :, None], batch.group, G)
-        m_prof = Moments(*(t.movedim(0, 1) for t in (m_prof.n, m_prof.mean, m_prof.m2)))  # [S, G, O, C]
-        return m_diff, m_prof
-
-    def _reduce_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch
-                      ) -> tuple[Moments, Moments, Moments]:
-        """``_reduce`` through the fused kernel (``interp.fused``): each activation is read once."""
-        vals, ratio, prof, spread, ref, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset)
+        if detail is not None:
+            self._stage_detail(point, c0, batch, batch.index < self.detail_pairs, *detail(), spread)
         if self.positions != list(fused.MODES):
-            idx = torch.tensor([fused.MODES.index(m) for m in self.positions], device=vals.device)
-            vals = vals.index_select(3, idx)
-            ratio = None if ratio is None else ratio.index_select(3, idx)
-        m_diff, m_prof = self._group(vals, ratio, prof, batch)
+            vals = vals.index_select(3, torch.tensor([fused.MODES.index(m) for m in self.positions], device=vals.device))
+
+        def first(x: Tensor):  # the chunk's shift: the batch's mean value (0 where it has none)
+            return lambda: torch.nan_to_num(x.nanmean(0)).unsqueeze(1)
+
+        for kind, x in (("diff", vals), ("profile", prof)):
+            st = self._sums(kind, point, c0, c0 + S, (L, G, *x.shape[2:]), first(x))
+            if seg is not None:
+                fused.group_sums_(st, c0, x, seg)
+            else:
+                st.add_grouped_(c0, x, batch.group, G)
+        if spread is not None:
+            self._sums("spread", point, c0, c0 + S, (L, spread.n.shape[-1]), lambda: spread.mean).add_moments_(c0, spread)
+
+    def _values_fused(self, acts: list[Tensor], batch: Batch):
+        """``_values`` through the fused kernel (``interp.fused``): each activation is read once."""
+        vals, prof, spread, ref, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset)
         n = count.sum().double().expand_as(ref)
         s1, s2 = spread.double().sum(1).unbind(1)  # [S, C] each
         safe = n.clamp(min=1e-300)
         m_spread = Moments(n.contiguous(), torch.where(n > 0, ref.double() + s1 / safe, 0.0),
                            torch.where(n > 0, (s2 - s1 * s1 / safe).clamp(min=0), 0.0))
-        detail = batch.index < self.detail_pairs
-        if bool(detail.any()):  # host check: no device sync
-            B = batch.size
-            rows = detail.nonzero()[:, 0].to(vals.device)
-            a = torch.stack([x[rows] for x in acts]).float()
-            b = torch.stack([x[B + rows] for x in acts]).float()
-            if batch.b_index is not None:
-                b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
-            self._stage_detail(point, c0, batch, detail, a, a - b, m_spread)
-        return m_diff, m_spread, m_prof
+        detail = None
+        if bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
+            def detail():
+                B = batch.size
+                rows = (batch.index < self.detail_pairs).nonzero()[:, 0].to(vals.device)
+                a = torch.stack([x[rows] for x in acts]).float()
+                b = torch.stack([x[B + rows] for x in acts]).float()
+                if batch.b_index is not None:
+                    b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
+                return a, a - b
+        return vals, prof, m_spread, detail
 
-    def _reduce(self, point: str, c0: int, X: Tensor, batch: Batch, head_dim: int | None = None
-                ) -> tuple[Moments, Moments | None, Moments]:
-        """Batch moments of ``S`` layers of one hook point at once; X: [S, V*B, T, C] (the PyTorch
-        path: the reference for the fused kernel, and the path on the CPU).
+    def _values(self, X: Tensor, batch: Batch, head_dim: int | None = None):
+        """Per-pair values of ``S`` layers of one hook point, X: [S, V*B, T, C], with PyTorch ops:
+        the reference for the fused kernel, and the path on the CPU. Returns vals
+        [B, S, CH, 3, C] (channels ``channels``, modes ``fused.MODES``), prof [B, S, O, C] (NaN
+        where a pair has no value), the batch's spread moments [S, C] and the drill-down callback.
 
         With ``head_dim`` the units are heads: every change is the norm of the head's change vector
         (``diff`` and ``abs`` channels alike), and the spread is left to ``_spread``."""
@@ -229,18 +241,13 @@ class DiffStats:
         ar = torch.arange(B, device=dev)
         after = batch.after_mask().to(torch.float32)  # [B, T]
         n_after = after.sum(1)
+        has_after = (n_after > 0)[None, :, None]
 
         def at_modes(v: Tensor) -> Tensor:
-            """[S, B, T, C] per-token values -> [S, B, M, C] at each mode."""
-            vals = []
-            for mode in self.positions:
-                if mode == "edit":
-                    vals.append(v[:, ar, batch.edit])
-                elif mode == "last":
-                    vals.append(v[:, ar, batch.last])
-                else:  # after: mean over the tokens after the edit
-                    vals.append(torch.einsum("sbtc,bt->sbc", v, after) / n_after.clamp(min=1)[:, None])
-            return torch.stack(vals, 2)
+            """[S, B, T, C] per-token values -> [S, B, 3, C] at edit, last, after (NaN: none)."""
+            aft = torch.einsum("sbtc,bt->sbc", v, after) / n_after.clamp(min=1)[:, None]
+            return torch.stack([v[:, ar, batch.edit], v[:, ar, batch.last],
+                                torch.where(has_after, aft, float("nan"))], 2)
 
         if head_dim:
             def mag(v: Tensor) -> Tensor:
@@ -254,28 +261,24 @@ class DiffStats:
         ad = mag(d)
         absval = at_modes(ad)
         chans = [absval if head_dim else at_modes(d), absval]
-        ratio = None
         if K:
             ctrl = sum(at_modes(mag(a - X[:, (2 + k) * B:(3 + k) * B].float())) for k in range(K)) / K
-            chans += [ctrl, absval - ctrl]
-            ratio = torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), 0.0)[:, :, None].movedim(1, 0)
-        vals = torch.stack(chans, 2).movedim(1, 0)  # [B, S, CH, M, C]
-        offsets = torch.arange(self.max_offset + 1, device=dev)
-        off_pos = batch.edit[:, None] + offsets[None, :]  # [B, O]
-        prof = ad[:, ar[:, None], off_pos.clamp(max=T - 1)].movedim(1, 0)  # [B, S, O, C]
-        m_diff, m_prof = self._group(vals, ratio, prof, batch)
-
-        m_spread = None
-        if not head_dim:
-            distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once
-            both = torch.cat([a, b], 1)  # [S, 2B, T, C]
-            S, C = both.shape[0], both.shape[-1]
-            m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
-            detail = batch.index < self.detail_pairs
-            if bool(detail.any()):  # host check: no device sync
-                sel = detail.to(dev)
-                self._stage_detail(point, c0, batch, detail, a[:, sel], d[:, sel], m_spread)
-        return m_diff, m_spread, m_prof
+            chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), float("nan"))]
+        vals = torch.stack(chans, 2).movedim(1, 0)  # [B, S, CH, 3, C]
+        off_pos = batch.edit[:, None] + torch.arange(self.max_offset + 1, device=dev)[None, :]  # [B, O]
+        prof = ad[:, ar[:, None], off_pos.clamp(max=T - 1)]  # [S, B, O, C]
+        prof = torch.where((off_pos <= batch.last[:, None])[None, :, :, None], prof, float("nan")).movedim(1, 0)
+        if head_dim:
+            return vals, prof, None, None
+        distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once
+        both = torch.cat([a, b], 1)  # [S, 2B, T, C]
+        S, C = both.shape[0], both.shape[-1]
+        m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
+        detail = None
+        if bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
+            sel = (batch.index < self.detail_pairs).to(dev)
+            detail = lambda: (a[:, sel], d[:, sel])  # noqa: E731
+        return vals, prof, m_spread, detail
 
     def _stage_detail(self, point: str, c0: int, batch: Batch, detail: Tensor, a: Tensor, d: Tensor,
                       tok: Moments) -> None:
@@ -285,7 +288,7 @@ class DiffStats:
         S, nd = a.shape[0], a.shape[1]
         sel = detail.to(a.device)
         edit = batch.edit[sel]
-        prior = self.prior.spread.get(point) if self.prior is not None else None
+        prior = self.spread.get(point)  # the running spread, before this batch
         if prior is not None:
             prior = Moments(prior.n[c0:c0 + S], prior.mean[c0:c0 + S], prior.m2[c0:c0 + S])
         est = (prior.merge(tok) if prior is not None else tok).std.float()[:, None]  # [S, 1, C]
@@ -321,7 +324,7 @@ class DiffStats:
         for point in [*self.point_sites, *self.derived]:
             for kind in ("diff", "spread", "profile"):
                 if f"{kind}/{point}/n" in state:
-                    getattr(self, kind)[point] = Moments.from_state_dict(state, f"{kind}/{point}/").to(self.device)
+                    getattr(self, kind)[point] = Sums.from_state_dict(state, f"{kind}/{point}/").to(self.device)
 
     def merge(self, other: "DiffStats") -> "DiffStats":
         if (other.groups, other.positions, other.n_controls, other.max_offset, other.sites) != \

@@ -40,6 +40,7 @@ class Batch:
     n_variants: int = 2
     edit_end: Int[Tensor, "B"] | None = None  # None: one-token edits (= edit)
     b_index: Int[Tensor, "B T"] | None = None  # None: b's positions are a's
+    host_group: Int[Tensor, "B"] | None = None  # ``group`` on the host (no device sync to read it)
 
     def __post_init__(self):
         if self.edit_end is None:
@@ -67,7 +68,8 @@ class Batch:
         r = torch.cat([torch.arange(v * B + lo, v * B + hi) for v in range(self.n_variants)]).to(self.tokens.device)
         return Batch(self.index[lo:hi], self.tokens[r], self.mask[r], self.edit[lo:hi], self.last[lo:hi],
                      self.group[lo:hi], self.n_variants, self.edit_end[lo:hi],
-                     None if self.b_index is None else self.b_index[lo:hi])
+                     None if self.b_index is None else self.b_index[lo:hi],
+                     None if self.host_group is None else self.host_group[lo:hi])
 
     def sentence_mask(self) -> Bool[Tensor, "VB T"]:
         """Real tokens without BOS: the tokens a sentence's statistics are taken over."""
@@ -125,7 +127,7 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
             b_index = b_index.clamp(0, T - 1).to(device)
             edit_end = edit_end.to(device)
         batches.append(Batch(torch.tensor(idx), tokens.to(device), mask.to(device), edit.to(device),
-                             last.to(device), group.to(device), V, edit_end, b_index))
+                             last.to(device), group.to(device), V, edit_end, b_index, group))
     return batches
 
 

@@ -61,7 +61,7 @@ def use_fused(setting, device: torch.device | str) -> bool:
 if triton is not None:
     @triton.jit
     def _pair_values_kernel(X, stride_row, stride_t, EDIT, EDIT_END, LAST, LAST_B, BIDX, REF,
-                            VALS, stride_vals, RATIO, stride_ratio, PROF, stride_prof, SPREAD, B, T, C,
+                            VALS, stride_vals, PROF, stride_prof, SPREAD, B, T, C,
                             K: tl.constexpr, O: tl.constexpr, HAS_BIDX: tl.constexpr,
                             BLOCK: tl.constexpr):
         i = tl.program_id(0)
@@ -128,11 +128,13 @@ if triton is not None:
             f_a += tl.where(aft, ad, 0.0)
             f_c += tl.where(aft, c, 0.0)
             o = tt - e
-            tl.store(prof + o * C + cols, tl.where(in_a, ad, 0.0), mask=cm & (o >= 0) & (o < O))
+            tl.store(prof + o * C + cols, ad, mask=cm & in_a & (o >= 0) & (o < O))
+        nan = float("nan")
         n_aft = tl.maximum(last - ee, 1).to(tl.float32)
-        f_d = f_d / n_aft
-        f_a = f_a / n_aft
-        f_c = f_c / n_aft
+        has_aft = last > ee  # an edit at the last token has no "after" value
+        f_d = tl.where(has_aft, f_d / n_aft, nan)
+        f_a = tl.where(has_aft, f_a / n_aft, nan)
+        f_c = tl.where(has_aft, f_c / n_aft, nan)
         out = VALS + i64 * stride_vals
         tl.store(out + 0 * C + cols, e_d, mask=cm)
         tl.store(out + 1 * C + cols, l_d, mask=cm)
@@ -147,36 +149,35 @@ if triton is not None:
             tl.store(out + 9 * C + cols, e_a - e_c, mask=cm)
             tl.store(out + 10 * C + cols, l_a - l_c, mask=cm)
             tl.store(out + 11 * C + cols, f_a - f_c, mask=cm)
-            ratio = RATIO + i64 * stride_ratio
-            tl.store(ratio + 0 * C + cols, tl.where(e_c > 0, e_a / tl.maximum(e_c, 1e-30), 0.0), mask=cm)
-            tl.store(ratio + 1 * C + cols, tl.where(l_c > 0, l_a / tl.maximum(l_c, 1e-30), 0.0), mask=cm)
-            tl.store(ratio + 2 * C + cols, tl.where(f_c > 0, f_a / tl.maximum(f_c, 1e-30), 0.0), mask=cm)
+            tl.store(out + 12 * C + cols, tl.where(e_c > 0, e_a / tl.maximum(e_c, 1e-30), nan), mask=cm)
+            tl.store(out + 13 * C + cols, tl.where(l_c > 0, l_a / tl.maximum(l_c, 1e-30), nan), mask=cm)
+            tl.store(out + 14 * C + cols, tl.where(f_c > 0, f_a / tl.maximum(f_c, 1e-30), nan), mask=cm)
         sp = SPREAD + i64 * 2 * C
         tl.store(sp + cols, s1, mask=cm)
         tl.store(sp + C + cols, s2, mask=cm)
 
 
 def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, block: int = 256
-                ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
 
     Returns ``vals`` [B, S, CH, 3, C] (modes in ``MODES`` order; channels diff, abs, and with
-    controls ctrl, delta), ``ratio`` [B, S, 1, 3, C] (None without controls: its weights differ per
-    element, so it is kept apart), ``prof`` [B, S, O, C], the spread sums ``spread`` [S, B, 2, C]
-    around ``ref`` [S, C], and ``count`` [B]: the distinct tokens each pair gives the spread.
+    controls ctrl, delta, ratio), ``prof`` [B, S, O, C], both NaN where a pair has no value (no
+    token after the edit, a control that did not move the component, an offset past the last
+    token); the spread sums ``spread`` [S, B, 2, C] around ``ref`` [S, C]; and ``count`` [B]:
+    the distinct tokens each pair gives the spread.
     """
     if triton is None:
         raise RuntimeError("the fused statistics kernel needs Triton")
     B, T = batch.size, batch.seq_len
     S, C = len(acts), acts[0].shape[-1]
     K, O = int(n_controls), int(max_offset) + 1
-    CH = 4 if K else 2
+    CH = 5 if K else 2
     dev = acts[0].device
     ar = torch.arange(B, device=dev)
     last_b = batch.mask[B:2 * B].sum(1) - 1  # b's last real token (its own positions)
     vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
-    ratio = torch.empty((B, S, 1, 3, C), dtype=torch.float32, device=dev) if K else None
-    prof = torch.zeros((B, S, O, C), dtype=torch.float32, device=dev)
+    prof = torch.full((B, S, O, C), float("nan"), dtype=torch.float32, device=dev)
     spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
     # the shift of the spread sums: a's activation at its last token, averaged over the batch
     ref = torch.stack([x[ar, batch.last].float().mean(0) for x in acts])  # [S, C]
@@ -187,7 +188,70 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, blo
             x = x.contiguous()
         _pair_values_kernel[grid](
             x, x.stride(0), x.stride(1), batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s],
-            vals[:, s], vals.stride(0), (ratio if K else vals)[:, s], (ratio if K else vals).stride(0), prof[:, s], prof.stride(0), spread[s], B, T, C,
+            vals[:, s], vals.stride(0), prof[:, s], prof.stride(0), spread[s], B, T, C,
             K=K, O=O, HAS_BIDX=batch.b_index is not None, BLOCK=block)
     count = batch.last + (last_b - batch.edit + 1).clamp(min=0)
-    return vals, ratio, prof, spread, ref, count
+    return vals, prof, spread, ref, count
+
+
+if triton is not None:
+    @triton.jit
+    def _group_sums_kernel(X, stride_xb, stride_xs, PERM, SEG, n_seg, SHIFT, stride_shift,
+                           N, S1, S2, stride_l, stride_g, R, BLOCK: tl.constexpr):
+        s = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        cm = cols < R
+        s64 = s.to(tl.int64)
+        shift = tl.load(SHIFT + s64 * stride_shift + cols, mask=cm, other=0.0).to(tl.float64)
+        xs = X + s64 * stride_xs
+        for k in range(n_seg):
+            lo = tl.load(SEG + 3 * k)
+            hi = tl.load(SEG + 3 * k + 1)
+            g = tl.load(SEG + 3 * k + 2)
+            n = tl.zeros([BLOCK], tl.float64)
+            s1 = tl.zeros([BLOCK], tl.float64)
+            s2 = tl.zeros([BLOCK], tl.float64)
+            for j in range(lo, hi):
+                p = tl.load(PERM + j)
+                x = tl.load(xs + p * stride_xb + cols, mask=cm, other=0.0)
+                ok = x == x  # NaN: no value
+                y = tl.where(ok, x.to(tl.float64) - shift, 0.0)
+                n += ok.to(tl.float64)
+                s1 += y
+                s2 += y * y
+            off = s64 * stride_l + g * stride_g + cols
+            tl.store(N + off, tl.load(N + off, mask=cm, other=0.0) + n, mask=cm)
+            tl.store(S1 + off, tl.load(S1 + off, mask=cm, other=0.0) + s1, mask=cm)
+            tl.store(S2 + off, tl.load(S2 + off, mask=cm, other=0.0) + s2, mask=cm)
+
+
+def segments(batch, n_groups: int) -> tuple[Tensor, Tensor, int]:
+    """The batch's pairs ordered by group (``perm``) and one segment per group present
+    (``[lo, hi, group]`` rows into ``perm``), from the host copy of the groups: no device sync."""
+    g = batch.host_group if batch.host_group is not None else batch.group.cpu()
+    perm = torch.argsort(g, stable=True)
+    gs = g[perm]
+    cut = [0] + [i for i in range(1, len(gs)) if gs[i] != gs[i - 1]] + [len(gs)]
+    seg = torch.tensor([[cut[k], cut[k + 1], int(gs[cut[k]])] for k in range(len(cut) - 1)], dtype=torch.int64)
+    dev = batch.group.device
+    return perm.to(dev), seg.to(dev), len(cut) - 1
+
+
+def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024) -> None:
+    """``Sums.add_grouped_`` through Triton: fold per-pair values ``x`` [B, S, *R] (NaN = no value)
+    into layers ``lo:lo + S`` of a grouped state [L, G, *R], in place. Each program owns a block of
+    elements for every group, so the float64 sums are deterministic and need no atomics."""
+    perm, seg_t, n_seg = seg
+    B, S = x.shape[:2]
+    R = x[0, 0].numel()
+    x = x.reshape(B, S, R)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    G = sums.n.shape[1]
+    # views into the state (``view`` fails rather than copy: the kernel writes through them)
+    n, s1, s2 = (t[lo:lo + S].view(S, G, R) for t in (sums.n, sums.s1, sums.s2))
+    shift = sums.shift[lo:lo + S].view(S, R)
+    grid = (S, triton.cdiv(R, block))
+    _group_sums_kernel[grid](x, x.stride(0), x.stride(1), perm, seg_t, n_seg, shift, shift.stride(0),
+                             n, s1, s2, n.stride(0), n.stride(1), R, BLOCK=block)
+    sums.touched()

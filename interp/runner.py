@@ -147,32 +147,38 @@ def wait_for_statistics(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept, overlap: bool = False) -> list[dict]:
-    """Forward one batch; statistics are committed only if the whole batch succeeds.
+class StatisticsError(Exception):
+    """The statistics failed while being updated in place: the run stops (not retried per pair);
+    ``checkpoint_every`` keeps what was finished before."""
 
-    With ``overlap`` on a GPU, reducing the batch's activations into the statistics is queued on a
+
+def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept, overlap: bool = False) -> list[dict]:
+    """Forward one batch, then fold it into the statistics. Nothing is committed unless the forward
+    pass succeeds and every log-probability is finite (a failing batch is then split per pair).
+
+    With ``overlap`` on a GPU, folding the batch's activations into the statistics is queued on a
     side stream and runs while the next batch's forward pass runs on the main one."""
-    staged = stats.like()
     n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
-    logits = forward(lm.bridge, batch, staged.hooks(batch), score_rows=n)
+    logits = forward(lm.bridge, batch, stats.hooks(batch), score_rows=n)
     lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
     del logits
     if not torch.isfinite(lp).all():
+        stats.drop_batch()
         raise FloatingPointError("non-finite log-probability")
     side = side_stream(lm.device) if overlap else None
-    if side is None:
-        staged.consume()
-        merged = stats.merge(staged)
-    else:
-        side.wait_stream(torch.cuda.current_stream(lm.device))
-        for acts in staged._acts.values():
-            for a in acts:
-                a.record_stream(side)  # the activations live until the side stream is done with them
-        with torch.cuda.stream(side):
-            staged.consume()
-            merged = stats.merge(staged)
-    stats.diff, stats.spread, stats.profile, stats.shapes = merged.diff, merged.spread, merged.profile, merged.shapes
-    stats.details = merged.details
+    try:
+        if side is None:
+            stats.consume()
+        else:
+            side.wait_stream(torch.cuda.current_stream(lm.device))
+            for acts in stats._acts.values():
+                for a in acts:
+                    a.record_stream(side)  # the activations live until the side stream is done with them
+            with torch.cuda.stream(side):
+                stats.consume()
+    except Exception as err:
+        raise StatisticsError(f"updating the statistics failed on a batch of {batch.size} pairs: "
+                              f"{type(err).__name__}: {err}") from err
     return _pair_rows(batch, lp, kept)
 
 

@@ -131,3 +131,106 @@ def grouped_moments(x: Float[Tensor, "batch *shape"], w: Float[Tensor, "batch *w
     m2 = torch.where(n > 0, (s2 - s1 * s1 / safe).clamp(min=0), 0.0)
     shape = (n_groups,) + tuple(x.shape[1:])
     return Moments(n.reshape(shape).contiguous(), mean.reshape(shape), m2.reshape(shape))
+
+
+class Sums:
+    """Running power sums about a fixed shift, the accumulating form of ``Moments``.
+
+    ``n``, ``s1 = sum w (x - shift)`` and ``s2 = sum w (x - shift)^2`` in float64, where ``shift``
+    (broadcasting against ``n``; shared by the groups of a grouped state) is fixed when the state
+    is created. Adding a batch is then additions into the state: no per-batch merge of whole
+    states. ``n``, ``mean`` and ``m2`` read like a ``Moments`` (derived once and cached until the
+    next update), so readers need not know which form they hold; ``state_dict`` writes the
+    sums, and ``merge`` re-expresses the other state (sums or moments) about this shift, exactly::
+
+        d = mean_b - shift;  n += n_b;  s1 += n_b d;  s2 += m2_b + n_b d^2
+    """
+
+    def __init__(self, shift: Tensor, n: Tensor, s1: Tensor, s2: Tensor):
+        self.shift, self._n, self.s1, self.s2 = shift, n, s1, s2
+        self._cache: Moments | None = None
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...], shift: Tensor) -> "Sums":
+        z = lambda: torch.zeros(shape, dtype=torch.float64, device=shift.device)  # noqa: E731
+        return cls(shift.to(torch.float64), z(), z(), z())
+
+    def moments(self) -> Moments:
+        if self._cache is None:
+            n = self._n
+            safe = n.clamp(min=1e-300)
+            mean = torch.where(n > 0, self.shift + self.s1 / safe, 0.0)
+            m2 = torch.where(n > 0, (self.s2 - self.s1 * self.s1 / safe).clamp(min=0), 0.0)
+            self._cache = Moments(n, mean, m2)
+        return self._cache
+
+    @property
+    def n(self) -> Tensor:
+        return self._n
+
+    @property
+    def mean(self) -> Tensor:
+        return self.moments().mean
+
+    @property
+    def m2(self) -> Tensor:
+        return self.moments().m2
+
+    @property
+    def var(self) -> Tensor:
+        return self.moments().var
+
+    @property
+    def std(self) -> Tensor:
+        return self.moments().std
+
+    def touched(self) -> None:
+        """Call after changing the sums in place (the derived moments are recomputed)."""
+        self._cache = None
+
+    def add_moments_(self, lo: int, m: "Moments | Sums") -> None:
+        """Fold moments ``m`` into the slice ``[lo:lo + len(m)]`` of dim 0, in place."""
+        hi = lo + m.n.shape[0]
+        shift = self.shift.expand_as(self._n)[lo:hi]
+        d = torch.where(m.n > 0, m.mean - shift, 0.0)
+        self._n[lo:hi] += m.n
+        self.s1[lo:hi] += m.n * d
+        self.s2[lo:hi] += m.m2 + m.n * d * d
+        self.touched()
+
+    def add_grouped_(self, lo: int, x: Tensor, group: Tensor, n_groups: int) -> None:
+        """Fold per-pair values ``x`` [B, S, *R] (NaN = no value) into ``[lo:lo + S, group]`` of a
+        grouped state laid out [L, G, *R], in place (the PyTorch form of ``fused.group_sums_``)."""
+        B, S = x.shape[:2]
+        ok = torch.isfinite(x)
+        y = torch.where(ok, x.double() - self.shift[lo:lo + S].squeeze(1), 0.0)
+        onehot = torch.nn.functional.one_hot(group, n_groups).double().T  # [G, B]
+
+        def fold(v: Tensor) -> Tensor:  # [B, S, *R] -> [S, G, *R]
+            return (onehot @ v.reshape(B, -1)).reshape(n_groups, S, *x.shape[2:]).movedim(0, 1)
+
+        self._n[lo:lo + S] += fold(ok.double())
+        self.s1[lo:lo + S] += fold(y)
+        self.s2[lo:lo + S] += fold(y * y)
+        self.touched()
+
+    def merge(self, other: "Moments | Sums") -> "Sums":
+        """The two states together, expressed about this state's shift (exact in float64)."""
+        shift = self.shift.expand_as(self._n)
+        d = torch.where(other.n > 0, other.mean - shift, 0.0)
+        out = Sums(self.shift, self._n + other.n, self.s1 + other.n * d, self.s2 + other.m2 + other.n * d * d)
+        return out
+
+    def state_dict(self, prefix: str = "") -> dict[str, Tensor]:
+        """The sums themselves (so that a resumed run continues bit for bit)."""
+        return {f"{prefix}shift": self.shift, f"{prefix}n": self._n, f"{prefix}s1": self.s1, f"{prefix}s2": self.s2}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor], prefix: str = "") -> "Sums | Moments":
+        """Sums saved by ``state_dict``, or moments (``Moments.state_dict``) as they were saved."""
+        if f"{prefix}s1" not in state:
+            return Moments.from_state_dict(state, prefix)
+        return cls(*(state[f"{prefix}{k}"].to(torch.float64) for k in ("shift", "n", "s1", "s2")))
+
+    def to(self, device) -> "Sums":
+        return Sums(self.shift.to(device), self._n.to(device), self.s1.to(device), self.s2.to(device))

@@ -65,11 +65,10 @@ def activations(batch: Batch, C: int, shape_tail=None, seed: int = 0, dtype=torc
 
 
 def consume(stats: DiffStats, batch: Batch, acts: dict[str, torch.Tensor]) -> DiffStats:
-    staged = stats.like()
-    for name, fn in staged.hooks(batch):
+    for name, fn in stats.hooks(batch):
         fn(acts[name])
-    staged.consume()
-    return stats.merge(staged)
+    stats.consume()
+    return stats
 
 
 def run_both(batches, sites, C, device, dtype=torch.float32, **kw) -> tuple[DiffStats, DiffStats]:
@@ -82,7 +81,7 @@ def run_both(batches, sites, C, device, dtype=torch.float32, **kw) -> tuple[Diff
     return ref, new
 
 
-def assert_same_state(ref: DiffStats, new: DiffStats, rtol=1e-5, atol=1e-5):
+def assert_same_state(ref: DiffStats, new: DiffStats, rtol=1e-5, atol=1e-4):
     for kind in ("diff", "spread", "profile"):
         mine, theirs = getattr(ref, kind), getattr(new, kind)
         assert mine.keys() == theirs.keys(), kind
@@ -153,3 +152,26 @@ def test_use_fused_settings():
     assert fused.use_fused("false", "cuda") is False
     assert fused.use_fused("auto", "cpu") is False  # the interpreter is for tests, never chosen by auto
     assert fused.use_fused("true", "cpu") is fused.available("cpu")
+
+
+def test_group_sums_kernel_equals_the_pytorch_fold():
+    from interp.stats import Sums
+
+    dev = device()
+    B, S, R, G, L = 23, 2, 37, 4, 3
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(B, S, R, generator=g) * 3 + 100
+    x[torch.rand(B, S, R, generator=g) < 0.25] = float("nan")
+    group = torch.tensor([0, 3, 3, 1] * 5 + [3, 0, 0])  # group 2 absent
+    b = make_batch(B, 5, 0, False, dev)
+    b.group, b.host_group = group.to(dev), group
+    shift = torch.zeros(L, 1, R, dtype=torch.float64, device=dev)
+    shift[1:] = 100.0
+    ref, new = Sums.zeros((L, G, R), shift.clone()), Sums.zeros((L, G, R), shift.clone())
+    for part in (slice(0, 9), slice(9, B)):
+        x_, bb = x[part].to(dev), b.rows(part.start, part.stop)
+        ref.add_grouped_(1, x_, bb.group, G)
+        fused.group_sums_(new, 1, x_, fused.segments(bb, G), block=16)
+    for f in ("n", "s1", "s2"):
+        torch.testing.assert_close(getattr(new, f), getattr(ref, f), rtol=1e-12, atol=1e-9)
+    assert torch.all(new.n[:, 2] == 0) and torch.all(new.n[0] == 0)
