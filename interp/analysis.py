@@ -152,7 +152,7 @@ class DiffStats:
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
                 if kernel:
-                    self._fold(point, c0, *self._values_fused(chunk, batch), batch, seg)
+                    self._fold(point, c0, *self._values_fused(point, c0, chunk, batch), batch, seg)
                     continue
                 X = torch.stack(chunk)  # [S, VB, T, C]
                 self._fold(point, c0, *self._values(X, batch), batch, seg)
@@ -186,13 +186,16 @@ class DiffStats:
     def _fold(self, point: str, c0: int, vals: Tensor, prof: Tensor, spread: Moments | None, detail,
               batch: Batch, seg) -> None:
         """Add one chunk's per-pair values into the state: vals [B, S, CH, 3, C] (modes ``MODES``),
-        prof [B, S, O, C], both NaN where a pair has no value; spread: the batch's moments [S, C];
-        ``detail()``: (a, a - b) of the drill-down pairs, staged before the spread moves."""
+        prof [B, S, O, C], both NaN where a pair has no value; ``spread``: the batch's moments
+        [S, C] (None: already folded, or a derived point); ``detail()``: (a, a - b) of the
+        drill-down pairs, staged once the spread includes this batch."""
         S = vals.shape[1]
         L = len(self.point_sites[point] if point in self.point_sites else self.derived[point])
         G = len(self.groups)
+        if spread is not None:
+            self._sums("spread", point, c0, c0 + S, (L, spread.n.shape[-1]), lambda: spread.mean).add_moments_(c0, spread)
         if detail is not None:
-            self._stage_detail(point, c0, batch, batch.index < self.detail_pairs, *detail(), spread)
+            self._stage_detail(point, c0, batch, batch.index < self.detail_pairs, *detail())
         if self.positions != list(fused.MODES):
             vals = vals.index_select(3, torch.tensor([fused.MODES.index(m) for m in self.positions], device=vals.device))
 
@@ -205,28 +208,31 @@ class DiffStats:
                 fused.group_sums_(st, c0, x, seg)
             else:
                 st.add_grouped_(c0, x, batch.group, G)
-        if spread is not None:
-            self._sums("spread", point, c0, c0 + S, (L, spread.n.shape[-1]), lambda: spread.mean).add_moments_(c0, spread)
 
-    def _values_fused(self, acts: list[Tensor], batch: Batch):
-        """``_values`` through the fused kernel (``interp.fused``): each activation is read once."""
-        vals, prof, spread, ref, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset)
-        n = count.sum().double().expand_as(ref)
-        s1, s2 = spread.double().sum(1).unbind(1)  # [S, C] each
-        safe = n.clamp(min=1e-300)
-        m_spread = Moments(n.contiguous(), torch.where(n > 0, ref.double() + s1 / safe, 0.0),
-                           torch.where(n > 0, (s2 - s1 * s1 / safe).clamp(min=0), 0.0))
+    def _values_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch):
+        """``_values`` through the fused kernel (``interp.fused``): each activation is read once.
+        The spread is folded here: the kernel's per-pair sums are taken about the state's shift."""
+        B, S, C = batch.size, len(acts), acts[0].shape[-1]
+        ar = torch.arange(B, device=acts[0].device)
+
+        def first():  # a's activation at its last token, averaged over the batch (float32 values)
+            return torch.stack([x[ar, batch.last].float().mean(0) for x in acts])
+
+        st = self._sums("spread", point, c0, c0 + S, (len(self.point_sites[point]), C), first)
+        ref = st.shift[c0:c0 + S].float()
+        vals, prof, spread, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset, ref)
+        s1, s2 = spread.sum(1, dtype=torch.float64).unbind(1)  # [S, C] each
+        st.add_sums_(c0, count.sum().to(torch.float64), s1, s2, center=ref)
         detail = None
         if bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
             def detail():
-                B = batch.size
                 rows = (batch.index < self.detail_pairs).nonzero()[:, 0].to(vals.device)
                 a = torch.stack([x[rows] for x in acts]).float()
                 b = torch.stack([x[B + rows] for x in acts]).float()
                 if batch.b_index is not None:
                     b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
                 return a, a - b
-        return vals, prof, m_spread, detail
+        return vals, prof, None, detail
 
     def _values(self, X: Tensor, batch: Batch, head_dim: int | None = None):
         """Per-pair values of ``S`` layers of one hook point, X: [S, V*B, T, C], with PyTorch ops:
@@ -280,18 +286,14 @@ class DiffStats:
             detail = lambda: (a[:, sel], d[:, sel])  # noqa: E731
         return vals, prof, m_spread, detail
 
-    def _stage_detail(self, point: str, c0: int, batch: Batch, detail: Tensor, a: Tensor, d: Tensor,
-                      tok: Moments) -> None:
+    def _stage_detail(self, point: str, c0: int, batch: Batch, detail: Tensor, a: Tensor, d: Tensor) -> None:
         """Per-pair drill-down of the pairs ``detail`` (host bool [B]); a, d: [S, n_detail, T, C].
         ||a-b|| and ||a|| at every position; the top-k most changed and most stable components at the
-        edit, normalized by the spread estimated from the pairs so far."""
+        edit, normalized by the spread estimated from the pairs so far (this batch included)."""
         S, nd = a.shape[0], a.shape[1]
         sel = detail.to(a.device)
         edit = batch.edit[sel]
-        prior = self.spread.get(point)  # the running spread, before this batch
-        if prior is not None:
-            prior = Moments(prior.n[c0:c0 + S], prior.mean[c0:c0 + S], prior.m2[c0:c0 + S])
-        est = (prior.merge(tok) if prior is not None else tok).std.float()[:, None]  # [S, 1, C]
+        est = self.spread[point].std[c0:c0 + S].float()[:, None]  # [S, 1, C]: the running spread
         live = est > 0
         e = d[:, torch.arange(nd, device=d.device), edit].abs()  # [S, nd, C]
         z = torch.where(live, e / est.clamp(min=1e-30), float("nan"))

@@ -58,14 +58,21 @@ def use_fused(setting, device: torch.device | str) -> bool:
     return True
 
 
+MAX_SITES = 8  # sites per launch: their addresses travel as scalar arguments (no pointer table to copy)
+
 if triton is not None:
-    @triton.jit
-    def _pair_values_kernel(X, stride_row, stride_t, EDIT, EDIT_END, LAST, LAST_B, BIDX, REF,
-                            VALS, stride_vals, PROF, stride_prof, SPREAD, B, T, C,
-                            K: tl.constexpr, O: tl.constexpr, HAS_BIDX: tl.constexpr,
+    @triton.jit(do_not_specialize=["B", "T"])
+    def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
+                            EDIT, EDIT_END, LAST, LAST_B, BIDX, REF,
+                            VALS, stride_vb, stride_vs, PROF, stride_pb, stride_ps, SPREAD, B, T, C,
+                            K: tl.constexpr, O: tl.constexpr, HAS_BIDX: tl.constexpr, DT: tl.constexpr,
                             BLOCK: tl.constexpr):
         i = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        s = tl.program_id(2)
+        addr = tl.where(s == 0, X0, tl.where(s == 1, X1, tl.where(s == 2, X2, tl.where(s == 3, X3, tl.where(
+            s == 4, X4, tl.where(s == 5, X5, tl.where(s == 6, X6, X7)))))))
+        X = addr.to(tl.pointer_type(DT))
         cm = cols < C
         zi = tl.zeros([BLOCK], tl.int32)
         zero = tl.zeros([BLOCK], tl.float32)
@@ -73,11 +80,12 @@ if triton is not None:
         ee = tl.load(EDIT_END + i).to(tl.int32)
         last = tl.load(LAST + i).to(tl.int32)
         last_b = tl.load(LAST_B + i).to(tl.int32)
-        ref = tl.load(REF + cols, mask=cm, other=0.0)
+        s64 = s.to(tl.int64)
+        ref = tl.load(REF + s64 * C + cols, mask=cm, other=0.0)
         i64 = i.to(tl.int64)
         row_a = X + i64 * stride_row
         row_b = X + (B + i64) * stride_row
-        prof = PROF + i64 * stride_prof
+        prof = PROF + i64 * stride_pb + s64 * stride_ps
         e_d = zero
         e_a = zero
         e_c = zero
@@ -110,7 +118,7 @@ if triton is not None:
                 xc = tl.load(row_c + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
                 c += tl.abs(xa - xc)
             if K > 0:
-                c = c / K
+                c = tl.math.div_rn(c, zero + K)
             ya = tl.where(in_a, xa - ref, 0.0)
             yb = tl.where(in_b, xo - ref, 0.0)
             s1 += ya + yb
@@ -130,12 +138,12 @@ if triton is not None:
             o = tt - e
             tl.store(prof + o * C + cols, ad, mask=cm & in_a & (o >= 0) & (o < O))
         nan = float("nan")
-        n_aft = tl.maximum(last - ee, 1).to(tl.float32)
+        n_aft = zero + tl.maximum(last - ee, 1).to(tl.float32)
         has_aft = last > ee  # an edit at the last token has no "after" value
-        f_d = tl.where(has_aft, f_d / n_aft, nan)
-        f_a = tl.where(has_aft, f_a / n_aft, nan)
-        f_c = tl.where(has_aft, f_c / n_aft, nan)
-        out = VALS + i64 * stride_vals
+        f_d = tl.where(has_aft, tl.math.div_rn(f_d, n_aft), nan)
+        f_a = tl.where(has_aft, tl.math.div_rn(f_a, n_aft), nan)
+        f_c = tl.where(has_aft, tl.math.div_rn(f_c, n_aft), nan)
+        out = VALS + i64 * stride_vb + s64 * stride_vs
         tl.store(out + 0 * C + cols, e_d, mask=cm)
         tl.store(out + 1 * C + cols, l_d, mask=cm)
         tl.store(out + 2 * C + cols, f_d, mask=cm)
@@ -149,23 +157,26 @@ if triton is not None:
             tl.store(out + 9 * C + cols, e_a - e_c, mask=cm)
             tl.store(out + 10 * C + cols, l_a - l_c, mask=cm)
             tl.store(out + 11 * C + cols, f_a - f_c, mask=cm)
-            tl.store(out + 12 * C + cols, tl.where(e_c > 0, e_a / tl.maximum(e_c, 1e-30), nan), mask=cm)
-            tl.store(out + 13 * C + cols, tl.where(l_c > 0, l_a / tl.maximum(l_c, 1e-30), nan), mask=cm)
-            tl.store(out + 14 * C + cols, tl.where(f_c > 0, f_a / tl.maximum(f_c, 1e-30), nan), mask=cm)
-        sp = SPREAD + i64 * 2 * C
+            tl.store(out + 12 * C + cols, tl.where(e_c > 0, tl.math.div_rn(e_a, tl.maximum(e_c, 1e-30)), nan), mask=cm)
+            tl.store(out + 13 * C + cols, tl.where(l_c > 0, tl.math.div_rn(l_a, tl.maximum(l_c, 1e-30)), nan), mask=cm)
+            tl.store(out + 14 * C + cols, tl.where(f_c > 0, tl.math.div_rn(f_a, tl.maximum(f_c, 1e-30)), nan), mask=cm)
+        sp = SPREAD + (s64 * B + i64) * 2 * C
         tl.store(sp + cols, s1, mask=cm)
         tl.store(sp + C + cols, s2, mask=cm)
 
 
-def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, block: int = 256
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+_TL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref: Tensor, block: int = 256
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
 
     Returns ``vals`` [B, S, CH, 3, C] (modes in ``MODES`` order; channels diff, abs, and with
-    controls ctrl, delta, ratio), ``prof`` [B, S, O, C], both NaN where a pair has no value (no
+    controls ctrl, delta, ratio) and ``prof`` [B, S, O, C], both NaN where a pair has no value (no
     token after the edit, a control that did not move the component, an offset past the last
-    token); the spread sums ``spread`` [S, B, 2, C] around ``ref`` [S, C]; and ``count`` [B]:
-    the distinct tokens each pair gives the spread.
+    token); ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
+    distinct tokens (``ref`` [S, C]), and ``count`` [B]: how many tokens that is.
     """
     if triton is None:
         raise RuntimeError("the fused statistics kernel needs Triton")
@@ -174,28 +185,34 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, blo
     K, O = int(n_controls), int(max_offset) + 1
     CH = 5 if K else 2
     dev = acts[0].device
-    ar = torch.arange(B, device=dev)
     last_b = batch.mask[B:2 * B].sum(1) - 1  # b's last real token (its own positions)
     vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
     prof = torch.full((B, S, O, C), float("nan"), dtype=torch.float32, device=dev)
     spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
-    # the shift of the spread sums: a's activation at its last token, averaged over the batch
-    ref = torch.stack([x[ar, batch.last].float().mean(0) for x in acts])  # [S, C]
+    ref = ref.to(torch.float32).contiguous()
     bidx = batch.b_index if batch.b_index is not None else batch.edit  # unused without b_index
-    grid = (B, triton.cdiv(C, block))
-    for s, x in enumerate(acts):
-        if x.stride(-1) != 1:
-            x = x.contiguous()
+    x0 = acts[0]
+    if x0.dtype not in _TL_DTYPES:
+        raise TypeError(f"fused statistics: unsupported activation dtype {x0.dtype}")
+    acts = [x if x.stride() == x0.stride() and x.stride(-1) == 1 else x.contiguous() for x in acts]
+    stride_row, stride_t = acts[0].stride(0), acts[0].stride(1)
+    if any(x.stride()[:2] != (stride_row, stride_t) for x in acts):
+        raise ValueError("fused statistics: the sites' activations differ in layout")
+    dt = getattr(tl, _TL_DTYPES[x0.dtype])
+    for s0 in range(0, S, MAX_SITES):
+        part = acts[s0:s0 + MAX_SITES]
+        ptrs = [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part))
+        grid = (B, triton.cdiv(C, block), len(part))
         _pair_values_kernel[grid](
-            x, x.stride(0), x.stride(1), batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s],
-            vals[:, s], vals.stride(0), prof[:, s], prof.stride(0), spread[s], B, T, C,
-            K=K, O=O, HAS_BIDX=batch.b_index is not None, BLOCK=block)
+            *ptrs, stride_row, stride_t, batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s0:],
+            vals[:, s0:], vals.stride(0), vals.stride(1), prof[:, s0:], prof.stride(0), prof.stride(1),
+            spread[s0:], B, T, C, K=K, O=O, HAS_BIDX=batch.b_index is not None, DT=dt, BLOCK=block)
     count = batch.last + (last_b - batch.edit + 1).clamp(min=0)
-    return vals, prof, spread, ref, count
+    return vals, prof, spread, count
 
 
 if triton is not None:
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_seg"])
     def _group_sums_kernel(X, stride_xb, stride_xs, PERM, SEG, n_seg, SHIFT, stride_shift,
                            N, S1, S2, stride_l, stride_g, R, BLOCK: tl.constexpr):
         s = tl.program_id(0)
@@ -231,10 +248,11 @@ def segments(batch, n_groups: int) -> tuple[Tensor, Tensor, int]:
     g = batch.host_group if batch.host_group is not None else batch.group.cpu()
     perm = torch.argsort(g, stable=True)
     gs = g[perm]
-    cut = [0] + [i for i in range(1, len(gs)) if gs[i] != gs[i - 1]] + [len(gs)]
-    seg = torch.tensor([[cut[k], cut[k + 1], int(gs[cut[k]])] for k in range(len(cut) - 1)], dtype=torch.int64)
+    lo = torch.nonzero(torch.diff(gs, prepend=gs[:1] - 1))[:, 0]
+    hi = torch.cat([lo[1:], torch.tensor([len(gs)])])
+    seg = torch.stack([lo, hi, gs[lo]], 1).to(torch.int64).contiguous()
     dev = batch.group.device
-    return perm.to(dev), seg.to(dev), len(cut) - 1
+    return perm.to(dev), seg.to(dev), len(lo)
 
 
 def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024) -> None:

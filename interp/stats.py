@@ -198,6 +198,17 @@ class Sums:
         self.s2[lo:hi] += m.m2 + m.n * d * d
         self.touched()
 
+    def add_sums_(self, lo: int, n: Tensor, s1: Tensor, s2: Tensor, center: Tensor) -> None:
+        """Fold sums taken about ``center`` (count ``n``, broadcasting) into ``[lo:lo + len(s1)]``,
+        re-expressed about this state's shift (exact: nothing moves when ``center`` is the shift)."""
+        hi = lo + s1.shape[0]
+        delta = center.to(torch.float64) - self.shift.expand_as(self._n)[lo:hi]
+        s1, s2 = s1.to(torch.float64), s2.to(torch.float64)
+        self._n[lo:hi] += n
+        self.s1[lo:hi] += s1 + n * delta
+        self.s2[lo:hi] += s2 + 2 * delta * s1 + n * delta * delta
+        self.touched()
+
     def add_grouped_(self, lo: int, x: Tensor, group: Tensor, n_groups: int) -> None:
         """Fold per-pair values ``x`` [B, S, *R] (NaN = no value) into ``[lo:lo + S, group]`` of a
         grouped state laid out [L, G, *R], in place (the PyTorch form of ``fused.group_sums_``)."""
