@@ -10,7 +10,7 @@ of every pair, exactly the rows ``interp.run`` feeds the model), it times:
 1. ``bare``: the underlying Hugging Face model's forward pass, no hooks, logits discarded;
 2. ``analysis``: what ``interp.run`` does per batch: the bridge forward with temporary hooks at
    every layer of the configured hook points, the streaming statistics, and the per-pair
-   log-probabilities (``interp.runner._run_batch``), plus the final tables.
+   log-probabilities (``interp.runner.BatchPipeline``), plus the final tables.
 
 Timings are interleaved batch by batch (bare, bridge without hooks, analysis), so a change in
 machine load affects all alike; then bare and analysis are also timed as whole loops (``ratio_loop``),
@@ -36,7 +36,7 @@ from interp.analysis import DiffStats
 from interp.engine import make_batches
 from interp.hooks import resolve
 from interp.pairs import load_pairs, validate_pairs
-from interp.runner import _run_batch, build_controls, get_model
+from interp.runner import BatchPipeline, build_controls, get_model
 from interp.runner import new_stats as runner_stats
 
 
@@ -99,20 +99,20 @@ def time_interleaved(cfg, lm, kept, groups, batches, n_controls) -> dict:
     """Per batch: bare HF, bridge without hooks, full analysis, one after the other, so that a
     change in machine load hits all three alike. Returns total seconds of each and finalization."""
     stats = new_stats(cfg, lm, groups, n_controls)
-    overlap = bool(cfg.analysis.get("overlap", True))
+    pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)))
     tot = {"bare": 0.0, "bridge": 0.0, "analysis": 0.0}
     for b in batches:
         tot["bare"] += timed(lambda: bare_pass(lm, b), lm.device)
         tot["bridge"] += timed(lambda: bridge_pass(lm, b), lm.device)
-        tot["analysis"] += timed(lambda: _run_batch(lm, stats, b, kept, overlap), lm.device)
+        tot["analysis"] += timed(lambda: (pipe.submit(b), pipe.flush()), lm.device)
     tot["finalize"] = timed(stats.table, lm.device)
     return tot
 
 
 def time_analysis(cfg, lm, kept, groups, batches, n_controls) -> tuple[float, float]:
     stats = new_stats(cfg, lm, groups, n_controls)
-    overlap = bool(cfg.analysis.get("overlap", True))
-    loop = timed(lambda: [_run_batch(lm, stats, b, kept, overlap) for b in batches], lm.device)
+    pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)))
+    loop = timed(lambda: ([pipe.submit(b) for b in batches], pipe.flush()), lm.device)
     return loop, timed(stats.table, lm.device)
 
 

@@ -89,8 +89,7 @@ class DiffStats:
         self.shapes: dict[str, tuple[int, ...]] = {}  # component shape per point, e.g. (H, d_head)
         self._unshifted: dict[tuple[str, str], set[int]] = {}  # layers of a state still without a shift
         self.details: list[dict] = []  # staged per-pair drill-down tensors
-        self._acts: dict[str, list[Tensor | None]] = {}
-        self._batch: Batch | None = None
+        self._captured: tuple[Batch, dict] | None = None  # what hooks() filled, for consume()
 
     def _empty(self) -> "DiffStats":
         """An empty state with the same layout and settings."""
@@ -116,32 +115,42 @@ class DiffStats:
         return sp.mean.reshape(-1, dh).norm(dim=-1), var.sqrt()
 
     # ------------------------------------------------------------ streaming
-    def hooks(self, batch: Batch) -> list[tuple[str, callable]]:
-        """Temporary hooks that keep each activation of this batch until ``consume()``."""
-        self._batch = batch
-        self._acts = {p: [None] * len(ss) for p, ss in self.point_sites.items()}
+    def capture(self, batch: Batch) -> tuple[list[tuple[str, callable]], tuple[Batch, dict]]:
+        """Temporary hooks that keep a reference to each activation of this batch, and the capture
+        they fill, to be folded in later by ``consume(capture)``."""
+        acts: dict[str, list[Tensor | None]] = {p: [None] * len(ss) for p, ss in self.point_sites.items()}
 
         def make(point: str, i: int):
             def hook(act: Tensor, hook=None):
-                self._acts[point][i] = act.detach()
+                acts[point][i] = act.detach()
                 return None
             return hook
 
-        return [(s.name, make(p, i)) for p, ss in self.point_sites.items() for i, s in enumerate(ss)]
+        hooks = [(s.name, make(p, i)) for p, ss in self.point_sites.items() for i, s in enumerate(ss)]
+        return hooks, (batch, acts)
+
+    def hooks(self, batch: Batch) -> list[tuple[str, callable]]:
+        """``capture(batch)``, the capture kept here for the next ``consume()``."""
+        hooks, self._captured = self.capture(batch)
+        return hooks
 
     def drop_batch(self) -> None:
         """Forget the activations kept for a batch that will not be folded in (a failed batch)."""
-        self._acts, self._batch = {}, None
+        self._captured = None
 
-    def consume(self) -> None:
+    def consume(self, captured: tuple[Batch, dict] | None = None) -> None:
         """Fold the kept activations of the batch into the running state, in place, then drop them.
 
         Per hook point, ``chunk`` layers at a time: per-pair values (the fused kernel on a GPU, the
         PyTorch ops otherwise), then their sums per group added into the float64 state."""
-        batch, acts = self._batch, self._acts
-        self._acts, self._batch = {}, None
-        if batch is None:
+        if captured is None:
+            captured, self._captured = self._captured, None
+        if captured is None:
             raise RuntimeError("consume() without hooks(batch) and a forward pass")
+        batch, acts = captured
+        if batch.n_variants != 2 + self.n_controls:
+            raise ValueError(f"a batch of {batch.n_variants} sentences per pair, but the statistics expect "
+                             f"2 + {self.n_controls} controls")
         seg = fused.segments(batch, len(self.groups)) if self.fused else None
         for point, ss in self.point_sites.items():
             missing = [s.name for s, a in zip(ss, acts[point]) if a is None]

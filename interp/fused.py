@@ -252,7 +252,9 @@ def segments(batch, n_groups: int) -> tuple[Tensor, Tensor, int]:
     hi = torch.cat([lo[1:], torch.tensor([len(gs)])])
     seg = torch.stack([lo, hi, gs[lo]], 1).to(torch.int64).contiguous()
     dev = batch.group.device
-    return perm.to(dev), seg.to(dev), len(lo)
+    if dev.type == "cuda":  # pinned, asynchronous: the host does not wait for the streams
+        perm, seg = perm.pin_memory(), seg.pin_memory()
+    return perm.to(dev, non_blocking=True), seg.to(dev, non_blocking=True), len(lo)
 
 
 def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024) -> None:

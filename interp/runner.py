@@ -152,54 +152,100 @@ class StatisticsError(Exception):
     ``checkpoint_every`` keeps what was finished before."""
 
 
-def _run_batch(lm: LoadedModel, stats: DiffStats, batch: Batch, kept, overlap: bool = False) -> list[dict]:
-    """Forward one batch, then fold it into the statistics. Nothing is committed unless the forward
-    pass succeeds and every log-probability is finite (a failing batch is then split per pair).
+class BatchPipeline:
+    """Runs the batches of a run: forward pass, log-probabilities, statistics, pair rows.
 
-    With ``overlap`` on a GPU, folding the batch's activations into the statistics is queued on a
-    side stream and runs while the next batch's forward pass runs on the main one."""
-    n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
-    logits = forward(lm.bridge, batch, stats.hooks(batch), score_rows=n)
-    lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
-    del logits
-    if not torch.isfinite(lp).all():
-        stats.drop_batch()
-        raise FloatingPointError("non-finite log-probability")
-    side = side_stream(lm.device) if overlap else None
-    try:
-        if side is None:
-            stats.consume()
-        else:
-            side.wait_stream(torch.cuda.current_stream(lm.device))
-            for acts in stats._acts.values():
-                for a in acts:
-                    a.record_stream(side)  # the activations live until the side stream is done with them
-            with torch.cuda.stream(side):
-                stats.consume()
-    except Exception as err:
-        raise StatisticsError(f"updating the statistics failed on a batch of {batch.size} pairs: "
-                              f"{type(err).__name__}: {err}") from err
-    return _pair_rows(batch, lp, kept)
+    Nothing of a batch is committed unless its forward pass succeeds and every log-probability is
+    finite; a failing batch is split until the failing pair is found, which is recorded in
+    ``failed`` (not fatal). With ``overlap`` on a GPU the host stays one batch ahead: batch i's
+    forward pass is queued before batch i-1 is checked (its log-probabilities come back through a
+    pinned copy and an event, not a device-wide sync), and batch i-1's activations are folded into
+    the statistics on a side stream while batch i's forward pass runs. ``submit`` returns the pair
+    rows of the batches finished so far; ``flush`` finishes the one in flight.
+    """
 
+    def __init__(self, lm: LoadedModel, stats: DiffStats, kept, failed: list[dict], overlap: bool = False,
+                 pipelined: bool | None = None):
+        self.lm, self.stats, self.kept, self.failed = lm, stats, kept, failed
+        self.side = side_stream(lm.device) if overlap else None
+        self.pipelined = self.side is not None if pipelined is None else pipelined  # one batch in flight
+        self.pending = None
 
-def _run_batch_safely(lm, stats, batch, kept, failed: list[dict], overlap: bool = False) -> list[dict]:
-    """A failing batch is split until the failing pair is found; that pair is recorded, not fatal."""
-    try:
-        return _run_batch(lm, stats, batch, kept, overlap)
-    except (RuntimeError, FloatingPointError, IndexError) as err:
+    def submit(self, batch: Batch) -> list[dict]:
+        try:
+            launched = self._launch(batch)
+        except (RuntimeError, IndexError) as err:
+            return self.flush() + self._split(batch, err)
+        rows = self.flush()
+        if not self.pipelined:
+            return rows + self._finish(launched)
+        self.pending = launched
+        return rows
+
+    def flush(self) -> list[dict]:
+        """Finish the batch in flight (if any) and return its pair rows."""
+        if self.pending is None:
+            return []
+        launched, self.pending = self.pending, None
+        return self._finish(launched)
+
+    def _launch(self, batch: Batch):
+        hooks, captured = self.stats.capture(batch)
+        n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
+        logits = forward(self.lm.bridge, batch, hooks, score_rows=n)
+        lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
+        del logits
+        done = None
+        if lp.is_cuda:  # back to the host without waiting for work queued after this batch
+            host = torch.empty(lp.shape, dtype=lp.dtype, pin_memory=True)
+            host.copy_(lp, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            lp = host
+        return batch, captured, lp, done
+
+    def _finish(self, launched) -> list[dict]:
+        batch, captured, lp, done = launched
+        if done is not None:
+            done.synchronize()
+        if not torch.isfinite(lp).all():
+            return self._split(batch, FloatingPointError("non-finite log-probability"))
+        try:
+            if self.side is None:
+                self.stats.consume(captured)
+            else:
+                self.side.wait_event(done)
+                for acts in captured[1].values():
+                    for a in acts:
+                        a.record_stream(self.side)  # the activations live until the side stream is done with them
+                with torch.cuda.stream(self.side):
+                    self.stats.consume(captured)
+        except Exception as err:
+            raise StatisticsError(f"updating the statistics failed on a batch of {batch.size} pairs: "
+                                  f"{type(err).__name__}: {err}") from err
+        return _pair_rows(batch, lp, self.kept)
+
+    def _split(self, batch: Batch, err: Exception) -> list[dict]:
         if isinstance(err, RunConfigMismatch):
-            raise
+            raise err
         if batch.size == 1:
             i = int(batch.index[0])
-            p = kept[i][0]
-            failed.append({"pair_index": i, "pair_id": p.pair_id, "category": p.category, "a": p.a, "b": p.b,
-                           "source": p.source, "line": p.line, "reason": "forward_failed",
-                           "detail": f"{type(err).__name__}: {err}"[:500]})
+            p = self.kept[i][0]
+            self.failed.append({"pair_index": i, "pair_id": p.pair_id, "category": p.category, "a": p.a, "b": p.b,
+                                "source": p.source, "line": p.line, "reason": "forward_failed",
+                                "detail": f"{type(err).__name__}: {err}"[:500]})
             log.warning("pair %s failed: %s", p.pair_id, err)
             return []
         h = batch.size // 2
-        return [r for part in (batch.rows(0, h), batch.rows(h, batch.size))
-                for r in _run_batch_safely(lm, stats, part, kept, failed, overlap)]
+        rows = []
+        for part in (batch.rows(0, h), batch.rows(h, batch.size)):
+            try:
+                launched = self._launch(part)
+            except (RuntimeError, IndexError) as e:
+                rows += self._split(part, e)
+                continue
+            rows += self._finish(launched)
+        return rows
 
 
 def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:
@@ -362,17 +408,19 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     pair_ids = [p.pair_id for p, _ in kept]
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
-    overlap = bool(acfg.get("overlap", True))
+    pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.get("overlap", True)))
     for bi in range(start, len(batches)):
-        pair_rows += _run_batch_safely(lm, stats, batches[bi], kept, failed, overlap)
+        pair_rows += pipe.submit(batches[bi])
         bar.update(batches[bi].size)
         if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
+            pair_rows += pipe.flush()
             wait_for_statistics(lm.device)
             details.append(stats.detail_tables(pair_ids))
             stats.details = []
             ckpt.save(bi + 1, pair_rows, failed, stats.state_dict(), details)
         if crash_after and bi + 1 == crash_after:
             os._exit(17)
+    pair_rows += pipe.flush()
     bar.close()
     timings["forward_s"] = time.time() - t
     if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs

@@ -1,0 +1,88 @@
+"""The batch loop of a run (``runner.BatchPipeline``): one batch in flight changes nothing, and one
+bad pair (a forward pass that raises, a non-finite log-probability) costs that pair only."""
+
+import pandas as pd
+import pytest
+import torch
+
+import interp.runner as runner
+from interp.engine import make_batches
+from interp.hooks import resolve
+from interp.runner import BatchPipeline
+from tests.test_engine import _kept
+from tests.conftest import make_cfg
+
+
+def _setup(tiny_lm, pairs_file, drop: str | None = None):
+    kept = _kept(tiny_lm, pairs_file)
+    groups = sorted({p.category for p, _ in kept})
+    keep = [i for i, (p, _) in enumerate(kept) if p.pair_id != drop]
+    cfg = make_cfg("model=tiny", "device=cpu", "analysis.controls.n=2")
+    controls = runner.build_controls(cfg, tiny_lm.tokenizer, kept, keep)
+    batches = make_batches([kept[i][1] for i in keep], [groups.index(kept[i][0].category) for i in keep],
+                           tiny_lm.bos_token_id, tiny_lm.pad_token_id, 3, controls=controls)
+    for b in batches:  # batch positions -> kept indices
+        b.index = torch.tensor([keep[j] for j in b.index.tolist()])
+    stats = runner.new_stats(cfg, resolve(["resid_post", "mlp_out"], tiny_lm.info["n_layers"]), groups, "cpu")
+    return kept, batches, stats
+
+
+def _run(tiny_lm, kept, batches, stats, pipelined: bool):
+    failed: list[dict] = []
+    pipe = BatchPipeline(tiny_lm, stats, kept, failed, pipelined=pipelined)
+    rows = [r for b in batches for r in pipe.submit(b)] + pipe.flush()
+    return pd.DataFrame(rows).sort_values("pair_index").reset_index(drop=True), failed
+
+
+def _same_stats(a, b, tol=1e-9, rtol=1e-6):
+    ta, tb = a.table(), b.table()
+    assert len(ta) == len(tb) > 0
+    for col in ("n_pairs", "mean_diff", "std_abs_diff", "spread", "ratio_pair_mean", "t_stat"):
+        pd.testing.assert_series_equal(ta[col], tb[col], check_dtype=False, atol=tol, rtol=rtol, obj=col)
+
+
+def test_one_batch_in_flight_gives_the_same_rows_and_statistics(tiny_lm, pairs_file):
+    kept, batches, plain = _setup(tiny_lm, pairs_file)
+    rows_a, failed_a = _run(tiny_lm, kept, batches, plain, pipelined=False)
+    _, _, ahead = _setup(tiny_lm, pairs_file)
+    rows_b, failed_b = _run(tiny_lm, kept, batches, ahead, pipelined=True)
+    assert not failed_a and not failed_b and len(rows_a) == len(kept)
+    pd.testing.assert_frame_equal(rows_a, rows_b)
+    _same_stats(plain, ahead, tol=0)
+
+
+@pytest.mark.parametrize("how", ["raises", "nan"])
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_bad_pair_is_recorded_and_costs_only_itself(tiny_lm, pairs_file, monkeypatch, how, pipelined):
+    kept, batches, stats = _setup(tiny_lm, pairs_file)
+    bad = kept[4][0]
+    bad_ids = torch.tensor([tiny_lm.bos_token_id] + kept[4][1].ids_a)
+
+    def has_bad(tokens):  # rows of the batch that are the bad pair's sentence a
+        T = min(tokens.shape[1], len(bad_ids))
+        return (tokens[:, :T] == bad_ids[:T]).all(1) & (T == len(bad_ids))
+
+    real_forward, real_lp = runner.forward, runner.sentence_logprobs
+    if how == "raises":
+        def forward(bridge, batch, hooks=None, score_rows=None):
+            if has_bad(batch.tokens).any():
+                raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+            return real_forward(bridge, batch, hooks, score_rows)
+        monkeypatch.setattr(runner, "forward", forward)
+    else:
+        def sentence_logprobs(logits, tokens, mask):
+            lp = real_lp(logits, tokens, mask)
+            return torch.where(has_bad(tokens), float("nan"), lp)
+        monkeypatch.setattr(runner, "sentence_logprobs", sentence_logprobs)
+
+    rows, failed = _run(tiny_lm, kept, batches, stats, pipelined)
+    assert [f["pair_id"] for f in failed] == [bad.pair_id]
+    assert failed[0]["reason"] == "forward_failed"
+    assert set(rows["pair_id"]) == {p.pair_id for p, _ in kept} - {bad.pair_id}
+
+    monkeypatch.setattr(runner, "forward", real_forward)
+    monkeypatch.setattr(runner, "sentence_logprobs", real_lp)
+    kept2, batches2, without = _setup(tiny_lm, pairs_file, drop=bad.pair_id)
+    rows2, _ = _run(tiny_lm, kept2, batches2, without, pipelined=False)
+    pd.testing.assert_series_equal(rows["margin"], rows2["margin"], atol=1e-5, rtol=1e-5)
+    _same_stats(stats, without, tol=1e-5, rtol=1e-4)  # other batches, other padding: float noise only
