@@ -89,7 +89,8 @@ class Batch:
 def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int, pad_id: int,
                  batch_size: int, device: torch.device | str = "cpu",
                  controls: list[list[list[int]]] | None = None) -> list[Batch]:
-    """Sort pairs by length (stable) and cut them into padded batches.
+    """Sort pairs by length (stable) and cut them into padded batches of equal sizes, at most
+    ``batch_size`` pairs each.
 
     ``controls[i]`` optionally holds K token-id lists for pair ``i``: ``a`` with the edited token
     replaced; they become variants 2..K+1 of the batch.
@@ -98,9 +99,13 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(tokenized)), key=lambda i: (tokenized[i].n_tokens, i))
     n_controls = len(controls[0]) if controls else 0
+    # equal sizes (at most batch_size): no small last batch, so the batch of the longest sentences
+    # is as full as any other and peak memory does not depend on how the pair count divides
+    n_batches = -(-len(order) // batch_size)
+    cuts = [round(k * len(order) / n_batches) for k in range(n_batches + 1)] if order else [0]
     batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        idx = order[start:stop]
         B = len(idx)
         T = 1 + max(max(tokenized[i].n_tokens, tokenized[i].n_tokens_b) for i in idx)
         V = 2 + n_controls

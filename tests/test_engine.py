@@ -23,6 +23,20 @@ def _kept(lm, pairs_file):
     return kept
 
 
+@pytest.mark.parametrize("n,bs", [(10, 4), (12, 4), (1, 8), (17, 16)])
+def test_batches_hold_every_pair_once_sorted_by_length_in_equal_sizes(n, bs):
+    from interp.pairs.validate import TokenizedPair
+
+    lengths = [(7 * i) % 5 + 2 for i in range(n)]
+    tps = [TokenizedPair(list(range(1, k + 1)), list(range(2, k + 2)), 0, "a", "b") for k in lengths]
+    batches = make_batches(tps, [0] * n, 0, 0, bs)
+    sizes = [b.size for b in batches]
+    assert max(sizes) <= bs and max(sizes) - min(sizes) <= 1 and len(batches) == -(-n // bs)
+    order = [i for b in batches for i in b.index.tolist()]
+    assert sorted(order) == list(range(n))
+    assert [lengths[i] for i in order] == sorted(lengths)
+
+
 def test_positions_before_the_edit_are_identical_in_both_sentences(tiny_lm, pairs_file):
     kept = _kept(tiny_lm, pairs_file)
     batch = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 16)[0]
