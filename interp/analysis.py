@@ -13,7 +13,8 @@ dimension or a neuron), with ``d = act(a) - act(b)``:
 
 The normalized score ``mean |d| / spread`` makes components of different scales comparable; the
 rank orders components from the most stable (smallest normalized change) up. All state is
-``Moments`` and merges exactly across shards.
+float64 power sums about a fixed shift (``stats.Sums``), read as ``Moments``; it grows by
+in-place additions batch after batch and merges exactly across shards.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ class DiffStats:
     and over all sentences (a and b, not the controls) ``spread``: the component's own moments.
 
     The hooks only keep a reference to each activation during the forward pass; ``consume()``
-    then reduces the layers of a hook point together, ``chunk`` layers at a time, so the number of
-    tensor operations per batch does not grow with the number of layers. With ``fused`` (on a GPU,
-    ``analysis.fused``) one Triton kernel per site turns the activations into per-pair values in a
-    single read (``interp.fused``); the per-group moments over pairs are then the same code as
-    the PyTorch path's.
+    then works through the layers of a hook point ``chunk`` at a time: first the per-pair values
+    (each channel at each position mode, |a - b| at each offset, NaN where a pair has none; the
+    spread's sums), then their per-group sums, added into the state in place. With ``fused`` (on a
+    GPU, ``analysis.fused``) both steps are Triton kernels (``interp.fused``: one read of each
+    activation, no atomics); otherwise PyTorch ops, the reference the kernels are tested against.
     """
 
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
@@ -83,9 +84,9 @@ class DiffStats:
         self.detail_k = int(detail_k)
         self.chunk = max(1, int(chunk))
         self.fused = bool(fused)  # per-pair values from the fused kernel (interp.fused) instead of PyTorch ops
-        self.diff: dict[str, Moments] = {}  # per point: [L, G, CH, M, C]
-        self.profile: dict[str, Moments] = {}  # [L, G, O, C]
-        self.spread: dict[str, Moments] = {}  # [L, C]
+        self.diff: dict[str, Sums | Moments] = {}  # per point: [L, G, CH, M, C] (Moments only as loaded)
+        self.profile: dict[str, Sums | Moments] = {}  # [L, G, O, C]
+        self.spread: dict[str, Sums | Moments] = {}  # [L, C]
         self.shapes: dict[str, tuple[int, ...]] = {}  # component shape per point, e.g. (H, d_head)
         self._unshifted: dict[tuple[str, str], set[int]] = {}  # layers of a state still without a shift
         self.details: list[dict] = []  # staged per-pair drill-down tensors
@@ -208,12 +209,18 @@ class DiffStats:
         if self.positions != list(fused.MODES):
             vals = vals.index_select(3, torch.tensor([fused.MODES.index(m) for m in self.positions], device=vals.device))
 
-        def first(x: Tensor):  # the chunk's shift: the batch's mean value (0 where it has none)
-            return lambda: torch.nan_to_num(x.nanmean(0)).unsqueeze(1)
+        def first(x: Tensor, full: tuple[int, ...]):  # the chunk's shift: the batch's mean value (0 where none)
+            def shift():
+                m = torch.nan_to_num(x.nanmean(0))  # [S, *R]
+                out = torch.zeros((S, *full), dtype=m.dtype, device=m.device)
+                out[(slice(None), *(slice(0, k) for k in m.shape[1:]))] = m
+                return out.unsqueeze(1)
+            return shift
 
-        for kind, x in (("diff", vals), ("profile", prof)):
-            st = self._sums(kind, point, c0, c0 + S, (L, G, *x.shape[2:]), first(x))
-            if seg is not None:
+        O = self.max_offset + 1
+        for kind, x, full in (("diff", vals, vals.shape[2:]), ("profile", prof, (O, prof.shape[-1]))):
+            st = self._sums(kind, point, c0, c0 + S, (L, G, *full), first(x, tuple(full)))
+            if seg is not None and x.shape[2:] == st.n.shape[2:]:
                 fused.group_sums_(st, c0, x, seg)
             else:
                 st.add_grouped_(c0, x, batch.group, G)
@@ -260,7 +267,7 @@ class DiffStats:
 
         def at_modes(v: Tensor) -> Tensor:
             """[S, B, T, C] per-token values -> [S, B, 3, C] at edit, last, after (NaN: none)."""
-            aft = torch.einsum("sbtc,bt->sbc", v, after) / n_after.clamp(min=1)[:, None]
+            aft = (after[None, :, None, :] @ v).squeeze(2) / n_after.clamp(min=1)[:, None]  # [S, B, C]
             return torch.stack([v[:, ar, batch.edit], v[:, ar, batch.last],
                                 torch.where(has_after, aft, float("nan"))], 2)
 
@@ -279,10 +286,12 @@ class DiffStats:
         if K:
             ctrl = sum(at_modes(mag(a - X[:, (2 + k) * B:(3 + k) * B].float())) for k in range(K)) / K
             chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), float("nan"))]
-        vals = torch.stack(chans, 2).movedim(1, 0)  # [B, S, CH, 3, C]
-        off_pos = batch.edit[:, None] + torch.arange(self.max_offset + 1, device=dev)[None, :]  # [B, O]
+        vals = torch.stack(chans, 2).movedim(1, 0).contiguous()  # [B, S, CH, 3, C]
+        # offsets reachable in this batch (edit >= 1, so edit + o <= T - 1 needs o <= T - 2); the
+        # state's later offsets get nothing from it
+        off_pos = batch.edit[:, None] + torch.arange(min(self.max_offset + 1, T - 1), device=dev)[None, :]  # [B, O']
         prof = ad[:, ar[:, None], off_pos.clamp(max=T - 1)]  # [S, B, O, C]
-        prof = torch.where((off_pos <= batch.last[:, None])[None, :, :, None], prof, float("nan")).movedim(1, 0)
+        prof = torch.where((off_pos <= batch.last[:, None])[None, :, :, None], prof, float("nan")).movedim(1, 0).contiguous()
         if head_dim:
             return vals, prof, None, None
         distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once

@@ -211,18 +211,24 @@ class Sums:
 
     def add_grouped_(self, lo: int, x: Tensor, group: Tensor, n_groups: int) -> None:
         """Fold per-pair values ``x`` [B, S, *R] (NaN = no value) into ``[lo:lo + S, group]`` of a
-        grouped state laid out [L, G, *R], in place (the PyTorch form of ``fused.group_sums_``)."""
+        grouped state laid out [L, G, *R'], in place (the PyTorch form of ``fused.group_sums_``);
+        where ``R`` is smaller than ``R'`` the values go to the leading block (the first offsets).
+
+        The batch's sums are one-hot matrix products over the pairs, in float64 like the state (the
+        per-pair ratio is heavy-tailed: float32 sums of its squares would lose small variances)."""
         B, S = x.shape[:2]
-        ok = torch.isfinite(x)
-        y = torch.where(ok, x.double() - self.shift[lo:lo + S].squeeze(1), 0.0)
-        onehot = torch.nn.functional.one_hot(group, n_groups).double().T  # [G, B]
+        block = (slice(lo, lo + S), slice(None), *(slice(0, k) for k in x.shape[2:]))
+        y = x.reshape(B, -1).to(torch.float64, copy=True)
+        ok = y == y  # not NaN
+        y.sub_(self.shift[block].reshape(1, -1)).masked_fill_(~ok, 0.0)  # in place: few passes
+        onehot = torch.nn.functional.one_hot(group, n_groups).to(torch.float64).T  # [G, B]
 
-        def fold(v: Tensor) -> Tensor:  # [B, S, *R] -> [S, G, *R]
-            return (onehot @ v.reshape(B, -1)).reshape(n_groups, S, *x.shape[2:]).movedim(0, 1)
+        def fold(v: Tensor) -> Tensor:  # [B, N] -> [S, G, *R]
+            return (onehot @ v).view(n_groups, S, *x.shape[2:]).movedim(0, 1)
 
-        self._n[lo:lo + S] += fold(ok.double())
-        self.s1[lo:lo + S] += fold(y)
-        self.s2[lo:lo + S] += fold(y * y)
+        self._n[block] += fold(ok.to(torch.float64))
+        self.s1[block] += fold(y)
+        self.s2[block] += fold(y.mul_(y))
         self.touched()
 
     def merge(self, other: "Moments | Sums") -> "Sums":

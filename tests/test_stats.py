@@ -68,7 +68,7 @@ def grouped_state(L, G, R, shift):
 
 def test_sums_fold_grouped_values_with_missing_ones_into_per_group_moments():
     B, S, R, G = 60, 2, 5, 3
-    x = torch.randn(B, S, R) * 2 + 7
+    x = torch.randn(B, S, R, dtype=torch.float64) * 2 + 7  # float64 values: float64 sums
     x[torch.rand(B, S, R) < 0.2] = float("nan")  # no value there
     g = torch.randint(0, G, (B,))
     st = grouped_state(4, G, R, torch.zeros(4, 1, R, dtype=torch.float64))
