@@ -135,10 +135,6 @@ class DiffStats:
         hooks, self._captured = self.capture(batch)
         return hooks
 
-    def drop_batch(self) -> None:
-        """Forget the activations kept for a batch that will not be folded in (a failed batch)."""
-        self._captured = None
-
     def consume(self, captured: tuple[Batch, dict] | None = None) -> None:
         """Fold the kept activations of the batch into the running state, in place, then drop them.
 
