@@ -221,12 +221,12 @@ class Sums:
         y = x.reshape(B, -1).to(torch.float64, copy=True)
         ok = y == y  # not NaN
         y.sub_(self.shift[block].reshape(1, -1)).masked_fill_(~ok, 0.0)  # in place: few passes
-        onehot = torch.nn.functional.one_hot(group, n_groups).to(torch.float64).T  # [G, B]
+        onehot = torch.nn.functional.one_hot(group, n_groups).T  # [G, B]
 
         def fold(v: Tensor) -> Tensor:  # [B, N] -> [S, G, *R]
-            return (onehot @ v).view(n_groups, S, *x.shape[2:]).movedim(0, 1)
+            return (onehot.to(v.dtype) @ v).view(n_groups, S, *x.shape[2:]).movedim(0, 1)
 
-        self._n[block] += fold(ok.to(torch.float64))
+        self._n[block] += fold(ok.to(torch.float32))  # counts: exact in float32
         self.s1[block] += fold(y)
         self.s2[block] += fold(y.mul_(y))
         self.touched()
