@@ -290,10 +290,21 @@ class DiffStats:
         prof = torch.where((off_pos <= batch.last[:, None])[None, :, :, None], prof, float("nan")).movedim(1, 0).contiguous()
         if head_dim:
             return vals, prof, None, None
-        distinct = batch.distinct_mask()[:2 * B].reshape(-1)  # [2B*T]: the shared prefix counted once
-        both = torch.cat([a, b], 1)  # [S, 2B, T, C]
-        S, C = both.shape[0], both.shape[-1]
-        m_spread = Moments.of_batch(both.reshape(S, -1, C).movedim(1, 0), distinct[:, None, None])  # [S, C]
+        # spread: sums over a's tokens and b's own tokens from the edit on (the shared prefix counted
+        # once), about a's mean activation at its last token (a shift near the data: float32 sums)
+        distinct = batch.distinct_mask()[:2 * B].to(torch.float32)  # [2B, T]
+        shift = a[:, ar, batch.last].mean(1)  # [S, C]
+        n = distinct.sum()
+        s1 = torch.zeros_like(shift)
+        s2 = torch.zeros_like(shift)
+        for x, w in ((a, distinct[:B]), (b, distinct[B:])):
+            y = (x - shift[:, None, None, :]).flatten(1, 2)  # [S, B*T, C]
+            wv = w.reshape(1, 1, -1)
+            s1 += (wv @ y).squeeze(1)
+            s2 += (wv @ y.mul_(y)).squeeze(1)
+        s1, s2, nd = s1.double(), s2.double(), n.double()
+        m_spread = Moments(nd.expand_as(s1).contiguous(), shift.double() + s1 / nd.clamp(min=1),
+                           (s2 - s1 * s1 / nd.clamp(min=1)).clamp(min=0))  # [S, C]
         detail = None
         if bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
             sel = (batch.index < self.detail_pairs).to(dev)

@@ -223,8 +223,12 @@ class Sums:
         y.sub_(self.shift[block].reshape(1, -1)).masked_fill_(~ok, 0.0)  # in place: few passes
         onehot = torch.nn.functional.one_hot(group, n_groups).T  # [G, B]
 
-        def fold(v: Tensor) -> Tensor:  # [B, N] -> [S, G, *R]
-            return (onehot.to(v.dtype) @ v).view(n_groups, S, *x.shape[2:]).movedim(0, 1)
+        def fold(v: Tensor) -> Tensor:  # [B, N] -> [S, G, *R]: per-group sums over the pairs
+            if v.is_cuda:  # a one-hot product: deterministic on the GPU (index_add_ uses atomics there)
+                out = onehot.to(v.dtype) @ v
+            else:  # on the CPU index_add_ is sequential and much faster than a skinny matrix product
+                out = torch.zeros((n_groups, v.shape[1]), dtype=v.dtype).index_add_(0, group, v)
+            return out.view(n_groups, S, *x.shape[2:]).movedim(0, 1)
 
         self._n[block] += fold(ok.to(torch.float32))  # counts: exact in float32
         self.s1[block] += fold(y)
