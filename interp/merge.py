@@ -1,7 +1,8 @@
 """Merge shard run dirs into one run dir: ``python -m interp.merge SHARD_DIR... --out DIR``.
 
 Shards are runs of the same config that differ only in ``shard.index`` (``shard.count`` equal).
-Their statistics are exact monoids (count, mean, M2 per component; Chan et al. merge), so the merged
+Their statistics are exact monoids (float64 power sums about a shift per component; a merge
+re-expresses one state about the other's shift, equivalent to Chan et al.'s), so the merged
 tables equal those of a single-process run up to float rounding (the forward passes see other
 batch compositions, which changes activations only at the level of float32 rounding). Pairs are
 concatenated in the run-wide order; the drill-down tables are concatenated; the saved activations
