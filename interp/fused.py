@@ -1,23 +1,29 @@
-"""One fused GPU kernel that turns a hook site's activations into per-pair values, reading each
-activation once.
+"""The statistics of a batch on the GPU in two Triton kernels, reading each activation once.
 
-For every pair ``i`` and component ``c`` of one hook site (activations ``X[V*B, T, C]``, rows
-variant-major as ``engine.Batch`` lays them out) the kernel walks the pair's tokens once and
-writes, in float32:
+1. ``pair_values``: for every pair ``i`` and component ``c`` of up to eight hook sites per launch
+   (activations ``X[V*B, T, C]``, rows variant-major as ``engine.Batch`` lays them out) the kernel
+   walks the pair's tokens once and writes, in float32:
 
-- ``vals[i, ch, m, c]``: channel ``ch`` (``diff`` = a - b, ``abs`` = |a - b|, and with K controls
-  ``ctrl`` = mean_k |a - c_k|, ``delta`` = abs - ctrl, ``ratio`` = abs / ctrl, 0 where ctrl = 0)
-  at position mode ``m`` (edit, last, after = mean over the tokens after the edit span);
-- ``prof[i, o, c]``: |a - b| at offset ``o`` from the edit (0 past the last token);
-- ``spread[i, 0 | 1, c]``: the sum and the sum of squares of ``x - ref[c]`` over the pair's
-  distinct sentence tokens (a's tokens, and b's own tokens from the edit on: the shared prefix is
-  counted once), shifted by ``ref`` so that a component with a huge mean keeps its spread.
+   - ``vals[i, s, ch, m, c]``: channel ``ch`` (``diff`` = a - b, ``abs`` = |a - b|, and with K
+     controls ``ctrl`` = mean_k |a - c_k|, ``delta`` = abs - ctrl, ``ratio`` = abs / ctrl) at
+     position mode ``m`` (edit, last, after = mean over the tokens after the edit span);
+   - ``prof[i, s, o, c]``: |a - b| at offset ``o`` from the edit;
+   - NaN where the pair has no value (no token after the edit, a control that did not move the
+     component, an offset past the last token);
+   - ``spread[s, i, 0 | 1, c]``: the sum and the sum of squares of ``x - ref[s, c]`` over the
+     pair's distinct sentence tokens (a's tokens, and b's own tokens from the edit on: the shared
+     prefix counted once), about the running state's shift so that a component with a huge mean
+     keeps its spread.
 
-This is exactly what ``DiffStats``'s PyTorch path computes with a dozen passes over float32
-copies (that path remains the reference, used on the CPU and tested against this kernel); the
-per-group moments over pairs are then taken from these per-pair values by the same code for
-both paths. The kernel runs on CUDA through Triton; with ``TRITON_INTERPRET=1`` set before
-import it runs on CPU tensors through Triton's interpreter (how the unit tests exercise it).
+2. ``group_sums_``: the per-pair values folded into the running float64 sums per group
+   (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
+   over the batch's pairs ordered by group, so there are no atomics and the result is
+   deterministic.
+
+``DiffStats``'s PyTorch path computes the same with tensor operations; it remains the reference,
+runs on the CPU, and the tests compare the two. The kernels run on CUDA through Triton; with
+``TRITON_INTERPRET=1`` set before import they run on CPU tensors through Triton's interpreter (how
+the unit tests exercise them).
 """
 
 from __future__ import annotations
