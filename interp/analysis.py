@@ -30,7 +30,7 @@ from .engine import Batch
 from .hooks import HookSite
 from .stats import Moments, Sums
 
-POSITION_MODES = ("edit", "last", "after")
+POSITION_MODES = fused.MODES  # edit, last, after: the order of the per-pair values' mode axis
 CHANNELS = ("diff", "abs", "ctrl", "delta", "ratio")
 
 
@@ -161,9 +161,10 @@ class DiffStats:
                     self._fold(point, c0, *self._values_fused(point, c0, chunk, batch), batch, seg)
                     continue
                 X = torch.stack(chunk)  # [S, VB, T, C]
-                self._fold(point, c0, *self._values(X, batch), batch, seg)
+                self._fold(point, c0, *self._values(point, c0, X, batch), batch, seg)
                 if point == "z":
-                    self._fold("z_head", c0, *self._values(X, batch, head_dim=self.shapes["z"][-1]), batch, seg)
+                    self._fold("z_head", c0, *self._values("z_head", c0, X, batch, head_dim=self.shapes["z"][-1]),
+                               batch, seg)
                 del X
 
     def _sums(self, kind: str, point: str, lo: int, hi: int, shape: tuple[int, ...], shift) -> Sums:
@@ -189,21 +190,18 @@ class DiffStats:
             todo.difference_update(range(lo, hi))
         return cur
 
-    def _fold(self, point: str, c0: int, vals: Tensor, prof: Tensor, spread: Moments | None, detail,
-              batch: Batch, seg) -> None:
-        """Add one chunk's per-pair values into the state: vals [B, S, CH, 3, C] (modes ``MODES``),
-        prof [B, S, O, C], both NaN where a pair has no value; ``spread``: the batch's moments
-        [S, C] (None: already folded, or a derived point); ``detail()``: (a, a - b) of the
-        drill-down pairs, staged once the spread includes this batch."""
+    def _fold(self, point: str, c0: int, vals: Tensor, prof: Tensor, detail, batch: Batch, seg) -> None:
+        """Add one chunk's per-pair values into the state: vals [B, S, CH, 3, C] (modes ``POSITION_MODES``),
+        prof [B, S, O, C], both NaN where a pair has no value (the spread is already folded);
+        ``detail()``: (a, a - b) of the drill-down pairs, staged now that the spread includes
+        this batch."""
         S = vals.shape[1]
         L = len(self.point_sites[point] if point in self.point_sites else self.derived[point])
         G = len(self.groups)
-        if spread is not None:
-            self._sums("spread", point, c0, c0 + S, (L, spread.n.shape[-1]), lambda: spread.mean).add_moments_(c0, spread)
         if detail is not None:
             self._stage_detail(point, c0, batch, batch.index < self.detail_pairs, *detail())
-        if self.positions != list(fused.MODES):
-            vals = vals.index_select(3, torch.tensor([fused.MODES.index(m) for m in self.positions], device=vals.device))
+        if self.positions != list(POSITION_MODES):
+            vals = vals.index_select(3, torch.tensor([POSITION_MODES.index(m) for m in self.positions], device=vals.device))
 
         def first(x: Tensor, full: tuple[int, ...]):  # the chunk's shift: the batch's mean value (0 where none)
             def shift():
@@ -221,17 +219,20 @@ class DiffStats:
             else:
                 st.add_grouped_(c0, x, batch.group, G)
 
+    def _spread_state(self, point: str, c0: int, a_last: Tensor) -> Sums:
+        """The running spread sums of the layers ``c0:c0 + S``. ``a_last`` [S, B, C]: sentence a's
+        activation at its last token; its mean over the batch is the shift of layers not seen
+        before. Both paths add the batch's sums with ``Sums.add_sums_`` about a centre near the data."""
+        S, C = a_last.shape[0], a_last.shape[-1]
+        return self._sums("spread", point, c0, c0 + S, (len(self.point_sites[point]), C),
+                          lambda: a_last.float().mean(1))
+
     def _values_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch):
-        """``_values`` through the fused kernel (``interp.fused``): each activation is read once.
-        The spread is folded here: the kernel's per-pair sums are taken about the state's shift."""
-        B, S, C = batch.size, len(acts), acts[0].shape[-1]
+        """``_values`` through the fused kernel (``interp.fused``): each activation is read once."""
+        B = batch.size
         ar = torch.arange(B, device=acts[0].device)
-
-        def first():  # a's activation at its last token, averaged over the batch (float32 values)
-            return torch.stack([x[ar, batch.last].float().mean(0) for x in acts])
-
-        st = self._sums("spread", point, c0, c0 + S, (len(self.point_sites[point]), C), first)
-        ref = st.shift[c0:c0 + S].float()
+        st = self._spread_state(point, c0, torch.stack([x[ar, batch.last] for x in acts]))
+        ref = st.shift[c0:c0 + len(acts)].float()  # the state's own shift: no per-batch centre to compute
         vals, prof, spread, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset, ref)
         s1, s2 = spread.sum(1, dtype=torch.float64).unbind(1)  # [S, C] each
         st.add_sums_(c0, count.sum().to(torch.float64), s1, s2, center=ref)
@@ -244,13 +245,14 @@ class DiffStats:
                 if batch.b_index is not None:
                     b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
                 return a, a - b
-        return vals, prof, None, detail
+        return vals, prof, detail
 
-    def _values(self, X: Tensor, batch: Batch, head_dim: int | None = None):
+    def _values(self, point: str, c0: int, X: Tensor, batch: Batch, head_dim: int | None = None):
         """Per-pair values of ``S`` layers of one hook point, X: [S, V*B, T, C], with PyTorch ops:
         the reference for the fused kernel, and the path on the CPU. Returns vals
-        [B, S, CH, 3, C] (channels ``channels``, modes ``fused.MODES``), prof [B, S, O, C] (NaN
-        where a pair has no value), the batch's spread moments [S, C] and the drill-down callback.
+        [B, S, CH, 3, C] (channels ``channels``, modes ``POSITION_MODES``) and prof [B, S, O, C]
+        (NaN where a pair has no value), and the drill-down callback; the spread's sums are folded
+        into the state here, about its shift, as the kernel path does.
 
         With ``head_dim`` the units are heads: every change is the norm of the head's change vector
         (``diff`` and ``abs`` channels alike), and the spread is left to ``_spread``."""
@@ -289,27 +291,27 @@ class DiffStats:
         prof = ad[:, ar[:, None], off_pos.clamp(max=T - 1)]  # [S, B, O, C]
         prof = torch.where((off_pos <= batch.last[:, None])[None, :, :, None], prof, float("nan")).movedim(1, 0).contiguous()
         if head_dim:
-            return vals, prof, None, None
+            return vals, prof, None
         # spread: sums over a's tokens and b's own tokens from the edit on (the shared prefix counted
-        # once), about a's mean activation at its last token (a shift near the data: float32 sums)
+        # once), about the batch's mean of a at its last token (near the data: float32 sums; a centre
+        # that depends on the batch alone, so shards and a single pass sum the same numbers)
+        a_last = a[:, ar, batch.last]
+        st = self._spread_state(point, c0, a_last)
+        ref = a_last.mean(1)
         distinct = batch.distinct_mask()[:2 * B].to(torch.float32)  # [2B, T]
-        shift = a[:, ar, batch.last].mean(1)  # [S, C]
-        n = distinct.sum()
-        s1 = torch.zeros_like(shift)
-        s2 = torch.zeros_like(shift)
+        s1 = torch.zeros_like(ref)
+        s2 = torch.zeros_like(ref)
         for x, w in ((a, distinct[:B]), (b, distinct[B:])):
-            y = (x - shift[:, None, None, :]).flatten(1, 2)  # [S, B*T, C]
+            y = (x - ref[:, None, None, :]).flatten(1, 2)  # [S, B*T, C]
             wv = w.reshape(1, 1, -1)
             s1 += (wv @ y).squeeze(1)
             s2 += (wv @ y.mul_(y)).squeeze(1)
-        s1, s2, nd = s1.double(), s2.double(), n.double()
-        m_spread = Moments(nd.expand_as(s1).contiguous(), shift.double() + s1 / nd.clamp(min=1),
-                           (s2 - s1 * s1 / nd.clamp(min=1)).clamp(min=0))  # [S, C]
+        st.add_sums_(c0, distinct.sum().to(torch.float64), s1, s2, center=ref)
         detail = None
         if bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
             sel = (batch.index < self.detail_pairs).to(dev)
             detail = lambda: (a[:, sel], d[:, sel])  # noqa: E731
-        return vals, prof, m_spread, detail
+        return vals, prof, detail
 
     def _stage_detail(self, point: str, c0: int, batch: Batch, detail: Tensor, a: Tensor, d: Tensor) -> None:
         """Per-pair drill-down of the pairs ``detail`` (host bool [B]); a, d: [S, n_detail, T, C].

@@ -196,8 +196,9 @@ def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     b = make_batch(7, 9, K, span, dev, seed=1)
     stats = DiffStats(sites, ["g0", "g1", "g2"], device=dev, n_controls=K, max_offset=4)
     acts = [activations(b, C, seed=i) for i in range(3)]
-    v_ref, p_ref, sp_ref, _ = stats._values(torch.stack(acts), b)
-    ref = sp_ref.mean.float()
+    v_ref, p_ref, _ = stats._values("resid_post", 0, torch.stack(acts), b)
+    sp_ref = stats.spread["resid_post"]  # the PyTorch path folded this batch's spread into the state
+    ref = sp_ref.shift.float()
     v_new, p_new, spread, count = fused.pair_values(acts, b, K, 4, ref)
     for name, x, y in (("vals", v_new, v_ref), ("prof", p_new, p_ref)):
         assert torch.equal(torch.isnan(x), torch.isnan(y)), name
