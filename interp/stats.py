@@ -1,7 +1,8 @@
 """Streaming, mergeable moments: count, mean and sum of squared deviations (M2), per element.
 
-Statistics over a dataset are accumulated batch by batch and never need the data again. Each
-batch is reduced to its own (n, mean, M2) and folded into the running state with the parallel
+Statistics over a dataset are accumulated batch by batch and never need the data again. The
+running state is ``Sums``: float64 power sums about a fixed shift, to which each batch's sums are
+added. ``Moments`` (n, mean, M2) is how a state is read, and two states merge with the parallel
 update of Chan, Golub and LeVeque (1979)::
 
     n   = n_a + n_b
@@ -9,17 +10,13 @@ update of Chan, Golub and LeVeque (1979)::
     mean = mean_a + d * n_b / n
     M2  = M2_a + M2_b + d**2 * n_a * n_b / n
 
-The same formula merges two whole states, so statistics of shards run in separate processes
-merge into exactly the statistics of one pass (up to float rounding). State is float64 and lives on
-the device of the data: no host transfer per batch.
-
-Weights are 0/1 masks in practice (which pairs have tokens after the edit, which tokens are real),
-but any non-negative weights give the weighted moments.
+so statistics of shards run in separate processes merge into exactly the statistics of one pass
+(up to float rounding). State is float64 and lives on the device of the data: no host transfer
+per batch. A per-pair value that does not exist (NaN) is left out of the count.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,30 +26,11 @@ from torch import Tensor
 
 @dataclass
 class Moments:
-    """Per-element running moments of shape ``shape``; ``n`` may differ per element (weights)."""
+    """Per-element moments of shape ``shape``; ``n`` may differ per element (values left out)."""
 
     n: Float[Tensor, "*shape"]
     mean: Float[Tensor, "*shape"]
     m2: Float[Tensor, "*shape"]
-
-    @classmethod
-    def zeros(cls, shape: tuple[int, ...], device: torch.device | str = "cpu") -> "Moments":
-        z = lambda: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-        return cls(z(), z(), z())
-
-    @staticmethod
-    def of_batch(x: Float[Tensor, "batch *shape"], w: Float[Tensor, "batch *wshape"] | None = None
-                 ) -> "Moments":
-        """Moments of one batch along dim 0. ``w`` broadcasts against ``x`` (e.g. ``[batch, 1, ...]``).
-
-        Sums run in float32 (float64 for float64 data) on data shifted by the batch mean (so a "massive" component with a huge
-        mean and a tiny spread keeps its spread), then become float64 moments.
-        """
-        if w is None:
-            w = torch.ones(x.shape[:1], device=x.device)
-        group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        m = grouped_moments(x, w, group, 1)
-        return Moments(m.n[0], m.mean[0], m.m2[0])
 
     def merge(self, other: "Moments") -> "Moments":
         """Chan et al. parallel combination; exact for the count and, in float64, for mean and M2."""
@@ -62,11 +40,6 @@ class Moments:
         mean = torch.where(n > 0, self.mean + d * other.n / safe, 0.0)
         m2 = self.m2 + other.m2 + d * d * self.n * other.n / safe
         return Moments(n, mean, m2)
-
-    def update(self, x: Tensor, w: Tensor | None = None) -> None:
-        """Fold a batch (dim 0 = samples) into this state, in place."""
-        m = self.merge(Moments.of_batch(x, w))
-        self.n, self.mean, self.m2 = m.n, m.mean, m.m2
 
     @property
     def var(self) -> Tensor:
@@ -87,50 +60,6 @@ class Moments:
 
     def to(self, device) -> "Moments":
         return Moments(self.n.to(device), self.mean.to(device), self.m2.to(device))
-
-
-def grouped_moments(x: Float[Tensor, "batch *shape"], w: Float[Tensor, "batch *wshape"],
-                    group: Tensor, n_groups: int) -> Moments:
-    """Moments of ``x`` per group (``group[i]`` in 0..n_groups-1), weights ``w`` broadcasting to x.
-
-    Sums of the data shifted by its weighted batch mean, contracted over the batch with one-hot
-    group weights (matrix products): a few passes over the data whatever the number of groups, no
-    host synchronisation, and weights that are constant along trailing dimensions (a mask per pair
-    or per token) are never expanded to the data's size. Returns ``Moments`` [n_groups, *shape].
-    """
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32  # sums at least in float32
-    x = x.to(cdt)
-    w = w.to(cdt)
-    while w.ndim < x.ndim:
-        w = w.unsqueeze(-1)
-    B = x.shape[0]
-    # leading dims along which w varies (J) and trailing dims where it is constant (R)
-    k = x.ndim - 1
-    while k > 0 and w.shape[k] == 1:
-        k -= 1
-    J = math.prod(x.shape[1:k + 1])
-    R = math.prod(x.shape[k + 1:])
-    xj = x.reshape(B, J, R)
-    wj = w.expand(*x.shape[:k + 1], *w.shape[k + 1:]).reshape(B, J)
-    onehot = torch.nn.functional.one_hot(group, n_groups).to(cdt)  # [B, G]
-    wsum = wj.sum(0)  # [J]
-    ref = torch.einsum("bj,bjr->jr", wj, xj) / wsum.clamp(min=1e-30)[:, None]  # the shift
-    y = xj - ref
-    n = (onehot.T @ wj)[:, :, None].expand(n_groups, J, R)  # [G, J, R]
-    if R == 1:  # weights vary everywhere: weight the data, then one product over the batch
-        wy = (wj[:, :, None] * y).reshape(B, -1)
-        s1 = (onehot.T @ wy).reshape(n_groups, J, R)
-        s2 = (onehot.T @ (wy * y.reshape(B, -1))).reshape(n_groups, J, R)
-    else:  # per-(group, j) weights: a batched product over j, no expanded copy of the weights
-        gw = onehot[:, None, :] * wj[:, :, None]  # [B, J, G]
-        s1 = torch.einsum("bjg,bjr->gjr", gw, y)
-        s2 = torch.einsum("bjg,bjr->gjr", gw, y * y)
-    n, s1, s2 = n.double(), s1.double(), s2.double()
-    safe = n.clamp(min=1e-300)
-    mean = torch.where(n > 0, ref.double()[None] + s1 / safe, 0.0)
-    m2 = torch.where(n > 0, (s2 - s1 * s1 / safe).clamp(min=0), 0.0)
-    shape = (n_groups,) + tuple(x.shape[1:])
-    return Moments(n.reshape(shape).contiguous(), mean.reshape(shape), m2.reshape(shape))
 
 
 class Sums:
@@ -187,16 +116,6 @@ class Sums:
     def touched(self) -> None:
         """Call after changing the sums in place (the derived moments are recomputed)."""
         self._cache = None
-
-    def add_moments_(self, lo: int, m: "Moments | Sums") -> None:
-        """Fold moments ``m`` into the slice ``[lo:lo + len(m)]`` of dim 0, in place."""
-        hi = lo + m.n.shape[0]
-        shift = self.shift.expand_as(self._n)[lo:hi]
-        d = torch.where(m.n > 0, m.mean - shift, 0.0)
-        self._n[lo:hi] += m.n
-        self.s1[lo:hi] += m.n * d
-        self.s2[lo:hi] += m.m2 + m.n * d * d
-        self.touched()
 
     def add_sums_(self, lo: int, n: Tensor, s1: Tensor, s2: Tensor, center: Tensor) -> None:
         """Fold sums taken about ``center`` (count ``n``, broadcasting) into ``[lo:lo + len(s1)]``,

@@ -3,67 +3,71 @@ import torch
 
 from interp.analysis import reduce_groups
 from interp.stats import Moments, Sums
-from interp.stats import grouped_moments as group_moments
+
+
+def folded(x: torch.Tensor, shift=None, group=None, n_groups: int = 1, chunk: int | None = None) -> Sums:
+    """``x`` [N, *R] (NaN = no value) folded into a one-layer state [1, G, *R], ``chunk`` rows at a time."""
+    R = tuple(x.shape[1:])
+    shift = torch.zeros((1, 1, *R), dtype=torch.float64) if shift is None else torch.as_tensor(shift).expand(1, 1, *R)
+    st = Sums.zeros((1, n_groups, *R), shift.clone())
+    group = torch.zeros(len(x), dtype=torch.long) if group is None else group
+    step = chunk or len(x)
+    for i in range(0, len(x), step):
+        st.add_grouped_(0, x[i:i + step, None], group[i:i + step], n_groups)
+    return st
 
 
 def test_streamed_moments_equal_numpy_mean_and_sample_variance():
     x = torch.randn(500, 7, dtype=torch.float64) * 3 + 10
-    m = Moments.zeros((7,))
-    for chunk in x.split(37):
-        m.update(chunk)
-    np.testing.assert_allclose(m.mean.numpy(), x.numpy().mean(0), rtol=1e-12)
-    np.testing.assert_allclose(m.var.numpy(), x.numpy().var(0, ddof=1), rtol=1e-10)
+    m = folded(x, shift=9.0, chunk=37)
+    np.testing.assert_allclose(m.mean[0, 0].numpy(), x.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(m.var[0, 0].numpy(), x.numpy().var(0, ddof=1), rtol=1e-10)
     assert torch.all(m.n == 500)
 
 
-def test_merged_halves_equal_one_pass_with_weights():
+def test_merged_halves_equal_one_pass_with_missing_values():
     x = torch.randn(300, 4, 5, dtype=torch.float64)
-    w = (torch.rand(300, 4) > 0.3).double()
-    one = Moments.of_batch(x, w)
-    a, b = Moments.of_batch(x[:123], w[:123]), Moments.of_batch(x[123:], w[123:])
+    keep = torch.rand(300, 4) > 0.3
+    x = torch.where(keep[:, :, None], x, float("nan"))  # whole rows of values missing
+    one = folded(x)
+    a, b = folded(x[:123], shift=0.5), folded(x[123:], shift=-0.25)  # about other shifts
     both = a.merge(b)
-    for t1, t2 in zip((one.n, one.mean, one.m2), (both.n, both.mean, both.m2)):
-        torch.testing.assert_close(t1, t2, rtol=1e-12, atol=1e-12)
-    # weighted moments equal the moments of the selected rows
-    sel = x[:, 1][w[:, 1] > 0]
-    np.testing.assert_allclose(one.mean[1].numpy(), sel.numpy().mean(0), rtol=1e-12)
-    np.testing.assert_allclose(one.var[1].numpy(), sel.numpy().var(0, ddof=1), rtol=1e-10)
+    for f in ("n", "mean", "m2"):
+        torch.testing.assert_close(getattr(both, f), getattr(one, f), rtol=1e-12, atol=1e-12)
+    # the moments of the values present equal those of the selected rows
+    sel = x[:, 1][keep[:, 1]]
+    np.testing.assert_allclose(one.mean[0, 0, 1].numpy(), sel.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(one.var[0, 0, 1].numpy(), sel.numpy().var(0, ddof=1), rtol=1e-10)
 
 
 def test_merge_is_exact_for_a_nearly_constant_massive_component():
-    # a "massive" dimension: huge mean, tiny spread; naive sum of squares would lose it in float32
-    x = 5000.0 + 1e-3 * torch.randn(1000, 1, dtype=torch.float64)
-    m = Moments.zeros((1,))
-    for chunk in x.split(64):
-        m.update(chunk.float())
-    np.testing.assert_allclose(m.std.numpy(), x.float().double().numpy().std(0, ddof=1), rtol=1e-3)
+    # a "massive" dimension: huge mean, tiny spread; naive sums of squares would lose it in float32
+    x = (5000.0 + 1e-3 * torch.randn(1000, 1, dtype=torch.float64)).float()
+    total = folded(x[:64], shift=float(x[:64].double().mean()))
+    for chunk in x[64:].split(64):  # each chunk summarised about its own mean, then merged
+        total = total.merge(folded(chunk, shift=float(chunk.double().mean())))
+    np.testing.assert_allclose(total.std[0, 0].numpy(), x.double().numpy().std(0, ddof=1), rtol=1e-3)
 
 
 def test_group_moments_equal_per_group_moments_and_reduce_to_the_whole():
     x = torch.randn(200, 3, dtype=torch.float64)
     g = torch.randint(0, 4, (200,))
-    w = torch.ones(200)
-    gm = group_moments(x, w, g, 4)
+    gm = folded(x, group=g, n_groups=4)
     for k in range(4):
         sel = x[g == k].numpy()
-        np.testing.assert_allclose(gm.mean[k].numpy(), sel.mean(0), rtol=1e-12)
-        np.testing.assert_allclose((gm.m2[k] / (gm.n[k] - 1)).numpy(), sel.var(0, ddof=1), rtol=1e-10)
-    whole = reduce_groups(gm)
+        np.testing.assert_allclose(gm.mean[0, k].numpy(), sel.mean(0), rtol=1e-12)
+        np.testing.assert_allclose((gm.m2[0, k] / (gm.n[0, k] - 1)).numpy(), sel.var(0, ddof=1), rtol=1e-10)
+    whole = reduce_groups(Moments(gm.n[0], gm.mean[0], gm.m2[0]))
     np.testing.assert_allclose(whole.var.numpy(), x.numpy().var(0, ddof=1), rtol=1e-10)
 
 
 def test_empty_state_merges_as_identity_and_has_nan_variance():
-    m = Moments.zeros((3,))
+    m = Sums.zeros((1, 1, 3), torch.zeros(1, 1, 3, dtype=torch.float64))
     assert torch.isnan(m.var).all()
-    x = torch.randn(10, 3, dtype=torch.float64)
-    b = Moments.of_batch(x)
+    b = folded(torch.randn(10, 3, dtype=torch.float64))
     merged = m.merge(b)
     torch.testing.assert_close(merged.mean, b.mean)
     torch.testing.assert_close(merged.m2, b.m2)
-
-
-def grouped_state(L, G, R, shift):
-    return Sums.zeros((L, G, R), shift)
 
 
 def test_sums_fold_grouped_values_with_missing_ones_into_per_group_moments():
@@ -71,7 +75,7 @@ def test_sums_fold_grouped_values_with_missing_ones_into_per_group_moments():
     x = torch.randn(B, S, R, dtype=torch.float64) * 2 + 7  # float64 values: float64 sums
     x[torch.rand(B, S, R) < 0.2] = float("nan")  # no value there
     g = torch.randint(0, G, (B,))
-    st = grouped_state(4, G, R, torch.zeros(4, 1, R, dtype=torch.float64))
+    st = Sums.zeros((4, G, R), torch.zeros(4, 1, R, dtype=torch.float64))
     st.shift[1:3] = 7.0
     st.add_grouped_(1, x[:25], g[:25], G)  # two batches into layers 1..2
     st.add_grouped_(1, x[25:], g[25:], G)
@@ -86,27 +90,28 @@ def test_sums_fold_grouped_values_with_missing_ones_into_per_group_moments():
                 np.testing.assert_allclose(float(st.var[1 + s, k, r]), v.var(ddof=1), rtol=1e-8)
 
 
-def test_sums_merge_and_moments_round_trip_exactly():
+def test_sums_merge_state_dict_and_recentred_sums_are_exact():
     x = torch.randn(400, 6, dtype=torch.float64) * 3 + 50
-    a, b = Moments.of_batch(x[:150]), Moments.of_batch(x[150:])
-    sa = Sums.zeros((6,), torch.full((6,), 40.0, dtype=torch.float64)).merge(a)  # about a poor shift
-    both = sa.merge(Sums.zeros((6,), b.mean).merge(b))
-    one = Moments.of_batch(x)
+    one = folded(x)
+    both = folded(x[:150], shift=40.0).merge(folded(x[150:], shift=55.0))  # about poor, differing shifts
     for f in ("n", "mean", "m2"):
         torch.testing.assert_close(getattr(both, f), getattr(one, f), rtol=1e-11, atol=1e-9)
     back = Sums.from_state_dict(both.state_dict("s/"), "s/")
     torch.testing.assert_close(back.m2, one.m2, rtol=1e-11, atol=1e-9)
-    # folding moments into a slice in place: the same as merging
+    # sums taken about another centre, folded into a slice in place: the same as one pass
     st = Sums.zeros((2, 6), torch.zeros(2, 6, dtype=torch.float64))
-    st.add_moments_(1, Moments(a.n[None], a.mean[None], a.m2[None]))
-    st.add_moments_(1, Moments(b.n[None], b.mean[None], b.m2[None]))
-    torch.testing.assert_close(st.m2[1], one.m2, rtol=1e-11, atol=1e-9)
+    for part, centre in ((x[:150], 48.0), (x[150:], 52.5)):
+        y = part - centre
+        st.add_sums_(1, torch.tensor(float(len(part)), dtype=torch.float64), y.sum(0)[None], (y * y).sum(0)[None],
+                     center=torch.full((1, 6), centre, dtype=torch.float64))
+    torch.testing.assert_close(st.m2[1], one.m2[0, 0], rtol=1e-11, atol=1e-9)
+    torch.testing.assert_close(st.mean[1], one.mean[0, 0], rtol=1e-12, atol=1e-12)
     assert torch.all(st.n[0] == 0)
 
 
 def test_sums_keep_the_spread_of_a_massive_component():
     x = 5000.0 + 1e-3 * torch.randn(1000, 1, 1)
-    st = grouped_state(1, 1, 1, torch.full((1, 1, 1), 5000.0, dtype=torch.float64))
+    st = Sums.zeros((1, 1, 1), torch.full((1, 1, 1), 5000.0, dtype=torch.float64))
     for chunk in x.split(64):
         st.add_grouped_(0, chunk, torch.zeros(len(chunk), dtype=torch.long), 1)
     np.testing.assert_allclose(float(st.std[0, 0, 0]), x.double().numpy().std(ddof=1), rtol=1e-3)
