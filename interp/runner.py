@@ -172,13 +172,13 @@ class BatchPipeline:
         self.pending = None
 
     def submit(self, batch: Batch) -> list[dict]:
+        if not self.pipelined:
+            return self._now(batch)
         try:
             launched = self._launch(batch)
         except (RuntimeError, IndexError) as err:
             return self.flush() + self._split(batch, err)
         rows = self.flush()
-        if not self.pipelined:
-            return rows + self._finish(launched)
         self.pending = launched
         return rows
 
@@ -187,6 +187,14 @@ class BatchPipeline:
         if self.pending is None:
             return []
         launched, self.pending = self.pending, None
+        return self._finish(launched)
+
+    def _now(self, batch: Batch) -> list[dict]:
+        """Run one batch to the end (a failing one is split)."""
+        try:
+            launched = self._launch(batch)
+        except (RuntimeError, IndexError) as err:
+            return self._split(batch, err)
         return self._finish(launched)
 
     def _launch(self, batch: Batch):
@@ -237,15 +245,7 @@ class BatchPipeline:
             log.warning("pair %s failed: %s", p.pair_id, err)
             return []
         h = batch.size // 2
-        rows = []
-        for part in (batch.rows(0, h), batch.rows(h, batch.size)):
-            try:
-                launched = self._launch(part)
-            except (RuntimeError, IndexError) as e:
-                rows += self._split(part, e)
-                continue
-            rows += self._finish(launched)
-        return rows
+        return self._now(batch.rows(0, h)) + self._now(batch.rows(h, batch.size))
 
 
 def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:
