@@ -15,7 +15,6 @@ import json
 import time
 
 import hydra
-import torch
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
