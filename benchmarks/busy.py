@@ -1,30 +1,51 @@
-"""How busy the GPU is during a bare forward pass and during the analysis, per batch.
+"""How busy the GPU is during a forward pass, and on what: matrix products or everything else.
 
-    python -m benchmarks.busy model=llama3_8b_shape device=cuda n_pairs=512 batch_size=128
+    python -m benchmarks.busy model=llama3_8b_shape device=cuda n_pairs=512 batch_size=128 [analysis.compile=true]
 
-For a few batches it measures the wall time of (1) the bare Hugging Face forward pass and (2) the
-forward pass with the analysis hooks followed by ``consume()``, each synchronised, and the time
-the GPU spent in kernels during each (PyTorch profiler, device time summed over kernels). A busy
-fraction well below 1 means the host (Python, kernel launches) bounds the step, not the GPU.
-Prints one JSON line.
+For a few batches it measures, for the bare Hugging Face forward pass (sdpa attention and eager
+attention), the bridge's forward pass and the analysis step as a run does it (forward with the
+hooks of the chosen backend, then ``consume()``), each synchronised: the wall time, the time the GPU
+spent in kernels (PyTorch profiler, device time summed over kernels), and how that kernel time
+splits into matrix products (cuBLAS/CUTLASS GEMM kernels), attention kernels and the rest
+(normalisation, rotary, activation, copies, the statistics). ``gemm_tflops`` is the model's matrix
+FLOP (2 x parameters per computed token slot) over the GEMM kernels' time: how close the products
+themselves run to the chip's rate. A busy fraction well below 1 means the host (Python, kernel
+launches) bounds the step, not the GPU. Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import hydra
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.throughput import _sync, bare_pass, new_stats, prepare
+from benchmarks.throughput import _sync, bare_model, bare_pass, new_stats, prepare, warm_batches
 from interp.engine import forward
-from interp.runner import get_model
+from interp.hooks import resolve
+from interp.runner import analysis_model, get_model
+
+GEMM = re.compile(r"gemm|nvjet|xmma|cutlass|cublas|sm90_", re.I)
+ATTENTION = re.compile(r"flash|fmha|attention|softmax|sdpa", re.I)
 
 
-def _kernel_seconds(prof) -> float:
-    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+def kernel_split(prof) -> dict[str, float]:
+    """Seconds of GPU kernel time: total, GEMM, attention, other."""
+    out = {"kernel": 0.0, "gemm": 0.0, "attention": 0.0}
+    for e in prof.key_averages():
+        t = e.self_device_time_total / 1e6
+        if t <= 0 or e.device_type.name != "CUDA":
+            continue
+        out["kernel"] += t
+        if GEMM.search(e.key):
+            out["gemm"] += t
+        elif ATTENTION.search(e.key):
+            out["attention"] += t
+    out["other"] = out["kernel"] - out["gemm"] - out["attention"]
+    return out
 
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
@@ -34,25 +55,35 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit("benchmarks.busy needs a CUDA device")
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
     stats = new_stats(cfg, lm, groups, n_controls)
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])])
 
     def analysis(b):
-        forward(lm.bridge, b, stats.hooks(b), score_rows=2 * b.size)
+        forward(model, b, stats.hooks(b), score_rows=2 * b.size)
         stats.consume()
 
-    out = {"model": lm.info["name"], "batch_size_pairs": int(cfg.batch_size), "batches": len(batches) - 1}
-    for name, step in (("bare", lambda b: bare_pass(lm, b)), ("analysis", analysis)):
-        step(batches[0])  # warm-up
+    emb_in, emb_out = lm.hf_model.get_input_embeddings().weight, lm.hf_model.get_output_embeddings().weight
+    matmul_params = lm.info["n_params"] - (0 if emb_in is emb_out else emb_in.numel())
+    timed_batches = batches[1:]
+    flop = sum(2 * matmul_params * b.seq_len * b.tokens.shape[0] for b in timed_batches)
+    steps = {"bare": bare_model(lm, "sdpa"), "bare_eager": bare_model(lm, "eager"), "bridge": lm.bridge}
+    out = {"model": lm.info["name"], "batch_size_pairs": int(cfg.batch_size), "batches": len(timed_batches),
+           "analysis_forward": facts}
+    for name, step in [*((k, (lambda m: lambda b: bare_pass(m, b))(m)) for k, m in steps.items()),
+                       ("analysis", analysis)]:
+        for b in warm_batches(batches, 1, facts["compiled"]):
+            step(b)  # warm-up (and compilation)
         _sync(lm.device)
         wall = 0.0
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for b in batches[1:]:
+            for b in timed_batches:
                 t = time.perf_counter()
                 step(b)
                 _sync(lm.device)
                 wall += time.perf_counter() - t
-        busy = _kernel_seconds(prof)
-        out.update({f"{name}_wall_s": round(wall, 3), f"{name}_kernel_s": round(busy, 3),
-                    f"{name}_busy_fraction": round(busy / wall, 3)})
+        k = kernel_split(prof)
+        out.update({f"{name}_wall_s": round(wall, 3), f"{name}_busy_fraction": round(k["kernel"] / wall, 3),
+                    **{f"{name}_{part}_s": round(v, 3) for part, v in k.items()},
+                    f"{name}_gemm_tflops": round(flop / k["gemm"] / 1e12, 1) if k["gemm"] else None})
     print(json.dumps(out), flush=True)
 
 

@@ -2,8 +2,8 @@
 
     python -m benchmarks.phases model=llama3_8b_shape device=cuda n_pairs=1024 batch_size=128
 
-Prints one JSON line: seconds summed over batches for the bare forward, the forward with the
-analysis hooks (which only keep references), ``consume()`` (the statistics), the log-probabilities,
+Prints one JSON line: seconds summed over batches for the bare Hugging Face forward (sdpa), the forward with the
+analysis hooks (on the model a run would choose: ``analysis.backend``) (which only keep references), ``consume()`` (the statistics), the log-probabilities,
 the merge into the running state, and the per-pair rows. With ``+profile=N`` it also runs the
 PyTorch profiler over ``consume()`` of N batches and prints the operations that
 took the most device time.
@@ -18,9 +18,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.throughput import _sync, bare_pass, new_stats, prepare
+from benchmarks.throughput import _sync, bare_model, bare_pass, new_stats, prepare
 from interp.engine import forward, sentence_logprobs
-from interp.runner import _pair_rows, get_model
+from interp.hooks import resolve
+from interp.runner import _pair_rows, analysis_model, get_model
 
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
@@ -28,6 +29,8 @@ def main(cfg: DictConfig) -> None:
     lm = get_model(cfg)
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
     stats = new_stats(cfg, lm, groups, n_controls)
+    bare = bare_model(lm)
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])])
     tot: dict[str, float] = {}
 
     def phase(name, fn):
@@ -41,9 +44,9 @@ def main(cfg: DictConfig) -> None:
     for i, b in enumerate(batches):
         if i == 1:
             tot.clear()  # the first batch warms up
-        phase("bare_forward", lambda: bare_pass(lm, b))
+        phase("bare_forward", lambda: bare_pass(bare, b))
         n = 2 * b.size
-        logits = phase("forward_with_hooks", lambda: forward(lm.bridge, b, stats.hooks(b), score_rows=n))
+        logits = phase("forward_with_hooks", lambda: forward(model, b, stats.hooks(b), score_rows=n))
         lp = phase("logprobs", lambda: sentence_logprobs(logits, b.tokens[:n], b.mask[:n]))
         del logits
         phase("consume", stats.consume)  # per-pair values and their sums, added into the state
@@ -55,14 +58,14 @@ def main(cfg: DictConfig) -> None:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.type == "cuda" else [])
         with profile(activities=acts) as prof:
             for b in batches[:n_prof]:
-                forward(lm.bridge, b, stats.hooks(b), score_rows=2 * b.size)
+                forward(model, b, stats.hooks(b), score_rows=2 * b.size)
                 _sync(lm.device)
                 with torch.profiler.record_function("consume"):
                     stats.consume()
                 _sync(lm.device)
         key = "self_device_time_total" if lm.device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
-    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches) - 1,
+    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches) - 1, "analysis_forward": facts,
                       **{k: round(v, 3) for k, v in tot.items()}}), flush=True)
 
 

@@ -7,18 +7,28 @@
 In one process and on the same padded batches (sentence a, sentence b and the control sentences
 of every pair, exactly the rows ``interp.run`` feeds the model), it times:
 
-1. ``bare``: the underlying Hugging Face model's forward pass, no hooks, logits discarded;
-2. ``analysis``: what ``interp.run`` does per batch: the bridge forward with temporary hooks at
-   every layer of the configured hook points, the streaming statistics, and the per-pair
+1. ``bare``: the Hugging Face model as loaded (its own module tree, untouched by the bridge, which
+   replaces the modules of the model it wraps; ``interp.plain`` keeps a second tree sharing the
+   weights), no hooks, logits discarded, with Hugging Face's default attention kernel (``sdpa``);
+   ``bare_eager`` the same with eager attention;
+2. ``bridge``: the TransformerBridge forward pass, no hooks; ``hf_in_bridge``: the Hugging Face
+   model object after the bridge replaced its modules (what earlier versions of this benchmark
+   called bare);
+3. ``analysis``: what ``interp.run`` does per batch: the forward pass the run would choose
+   (``analysis.backend``: plain hooks on the Hugging Face modules, or the bridge) with temporary
+   hooks at every layer of the configured hook points, the streaming statistics, and the per-pair
    log-probabilities (``interp.runner.BatchPipeline``), plus the final tables.
 
-Timings are interleaved batch by batch (bare, bridge without hooks, analysis), so a change in
-machine load affects all alike; then bare and analysis are also timed as whole loops (``ratio_loop``),
-as a run goes, where the statistics of one batch can overlap the next forward pass on a GPU. It prints one JSON line (last line: peak memory): model, device, dtype, batch size, tokens per
-sentence, pairs, sentences per pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their
-``ratio``, and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
+Timings are interleaved batch by batch, so a change in machine load affects all alike; then bare
+and analysis are also timed as whole loops (``ratio_loop``), as a run goes, where the statistics of
+one batch can overlap the next forward pass on a GPU. With ``analysis.compile=true`` the analysis
+runs a ``torch.compile``d tree (warmed up on batches of every distinct length first, compile time
+reported apart) and ``bare_compiled`` times that tree without hooks. It prints one JSON line (last
+line: peak memory): model, device, dtype, batch size, tokens per sentence, pairs, sentences per
+pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their ``ratio`` (and against eager
+attention), and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
 product rate and reports the time a perfect run would need (2 x parameters FLOP per computed token
-slot, padding included) as a fraction of the bare and analysis times. With ``memory_check=true`` it runs the
+slot, padding included) as a fraction of each variant's time. With ``memory_check=true`` it runs the
 analysis at ``memory_pairs`` (1,000 and 10,000) and prints both peaks and their ratio.
 """
 
@@ -36,7 +46,7 @@ from interp.analysis import DiffStats
 from interp.engine import make_batches
 from interp.hooks import resolve
 from interp.pairs import load_pairs, validate_pairs
-from interp.runner import BatchPipeline, build_controls, get_model
+from interp.runner import BatchPipeline, analysis_model, build_controls, get_model
 from interp.runner import new_stats as runner_stats
 
 
@@ -77,14 +87,23 @@ def new_stats(cfg, lm, groups, n_controls) -> DiffStats:
     return runner_stats(cfg, resolve(list(cfg.hooks.points), lm.info["n_layers"]), groups, lm.device)
 
 
-def bare_pass(lm, b) -> None:
-    with torch.inference_mode():
-        lm.hf_model(input_ids=b.tokens, attention_mask=b.mask.long(), use_cache=False)
+def bare_model(lm, attn: str = "sdpa"):
+    """The Hugging Face model as loaded, with attention kernel ``attn``, no hooks: a module tree
+    of its own that shares the loaded weights (``interp.plain.twin``)."""
+    from interp.plain import PlainModel, twin
+
+    if lm.plain is None:
+        raise SystemExit(f"no plain Hugging Face module tree for this model: {lm.plain_reason}")
+    return PlainModel(twin(lm.plain.original_model), attn)
 
 
-def bridge_pass(lm, b) -> None:
+def bare_pass(model, b) -> None:
+    """One forward pass without hooks (``model``: a ``PlainModel``, the bridge, or an HF model)."""
     with torch.inference_mode():
-        lm.bridge(b.tokens, attention_mask=b.mask.long(), return_type="logits")
+        if hasattr(model, "hooks"):
+            model(b.tokens, attention_mask=b.mask.long())
+        else:
+            model(input_ids=b.tokens, attention_mask=b.mask.long(), use_cache=False)
 
 
 def timed(fn, device) -> float:
@@ -95,25 +114,45 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def time_interleaved(cfg, lm, kept, groups, batches, n_controls) -> dict:
-    """Per batch: bare HF, bridge without hooks, full analysis, one after the other, so that a
-    change in machine load hits all three alike. Returns total seconds of each and finalization."""
+def pipeline(cfg, lm, kept, groups, n_controls):
+    """The statistics and the batch loop of a run, on the model the run would choose."""
     stats = new_stats(cfg, lm, groups, n_controls)
-    pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)))
-    tot = {"bare": 0.0, "bridge": 0.0, "analysis": 0.0}
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in sites])
+    pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)), model=model)
+    return stats, pipe, facts
+
+
+def time_interleaved(cfg, lm, kept, groups, batches, n_controls, bare: dict) -> dict:
+    """Per batch: every model of ``bare`` (no hooks), then the full analysis, one after the other,
+    so that a change in machine load hits all alike. Returns total seconds of each and finalization."""
+    stats, pipe, _ = pipeline(cfg, lm, kept, groups, n_controls)
+    tot = dict.fromkeys([*bare, "analysis"], 0.0)
     for b in batches:
-        tot["bare"] += timed(lambda: bare_pass(lm, b), lm.device)
-        tot["bridge"] += timed(lambda: bridge_pass(lm, b), lm.device)
+        for name, model in bare.items():
+            tot[name] += timed(lambda: bare_pass(model, b), lm.device)
         tot["analysis"] += timed(lambda: (pipe.submit(b), pipe.flush()), lm.device)
     tot["finalize"] = timed(stats.table, lm.device)
     return tot
 
 
 def time_analysis(cfg, lm, kept, groups, batches, n_controls) -> tuple[float, float]:
-    stats = new_stats(cfg, lm, groups, n_controls)
-    pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)))
+    stats, pipe, _ = pipeline(cfg, lm, kept, groups, n_controls)
     loop = timed(lambda: ([pipe.submit(b) for b in batches], pipe.flush()), lm.device)
     return loop, timed(stats.table, lm.device)
+
+
+def warm_batches(batches, n: int, compiled: bool):
+    """The first ``n`` batches; with a compiled model one batch of every distinct length, so that
+    no compilation falls into the timed passes."""
+    if not compiled:
+        return batches[:n]
+    seen, out = set(), []
+    for b in batches:
+        if b.seq_len not in seen:
+            seen.add(b.seq_len)
+            out.append(b)
+    return out
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
@@ -129,21 +168,29 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
 def measure(cfg: DictConfig) -> dict:
     lm = get_model(cfg)
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
-    w = int(cfg.warmup_batches)
-    if w:
-        time_interleaved(cfg, lm, kept, groups, batches[:w], n_controls)
+    bare = {"bare": bare_model(lm, "sdpa"), "bare_eager": bare_model(lm, "eager"), "bridge": lm.bridge,
+            "hf_in_bridge": lm.hf_model}
+    facts = pipeline(cfg, lm, kept, groups, n_controls)[2]  # compiles the tree if asked
+    if facts["compiled"]:
+        bare["bare_compiled"] = lm.plain
+    t = time.perf_counter()
+    warm = warm_batches(batches, int(cfg.warmup_batches), facts["compiled"])
+    if warm:
+        time_interleaved(cfg, lm, kept, groups, warm, n_controls, bare)
+    warmup_s = time.perf_counter() - t
     if lm.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(lm.device)
-    runs = [time_interleaved(cfg, lm, kept, groups, batches, n_controls) for _ in range(int(cfg.repeats))]
+    runs = [time_interleaved(cfg, lm, kept, groups, batches, n_controls, bare) for _ in range(int(cfg.repeats))]
     best = min(runs, key=lambda r: r["analysis"])
-    bare, loop, final, bridge = best["bare"], best["analysis"], best["finalize"], best["bridge"]
     # the same work as whole loops (no synchronisation between batches, as in a run): on a GPU the
     # statistics of one batch overlap the next forward pass (analysis.overlap)
-    bare_loop = min(timed(lambda: [bare_pass(lm, b) for b in batches], lm.device) for _ in range(int(cfg.repeats)))
+    bare_loop = min(timed(lambda: [bare_pass(bare["bare"], b) for b in batches], lm.device)
+                    for _ in range(int(cfg.repeats)))
     an_loop = min(time_analysis(cfg, lm, kept, groups, batches, n_controls)[0] for _ in range(int(cfg.repeats)))
     n = len(kept)
     rows_per_pair = 2 + n_controls
     tokens = sum(tp.n_tokens + 1 for _, tp in kept) / n
+    an = best["analysis"]
     out = {
         "model": lm.info["name"], "device": str(lm.device), "dtype": lm.info["dtype"],
         "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
@@ -151,11 +198,13 @@ def measure(cfg: DictConfig) -> dict:
         "sentences_per_pair": rows_per_pair, "tokens_per_sentence": round(tokens, 2),
         "padded_tokens_per_sentence": round(sum(b.seq_len * b.size for b in batches) / n, 2),
         "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(resolve(list(cfg.hooks.points), lm.info["n_layers"])),
-        "bare_s": round(bare, 3), "bridge_s": round(bridge, 3), "analysis_s": round(loop, 3),
-        "finalize_s": round(final, 3), "bridge_ratio": round(bare / bridge, 4),
-        "bare_pairs_per_s": round(n / bare, 2), "analysis_pairs_per_s": round(n / loop, 2),
-        "bare_sentences_per_s": round(n * rows_per_pair / bare, 1),
-        "ratio": round(bare / loop, 4),
+        "analysis_forward": facts, "warmup_s": round(warmup_s, 2),
+        **{f"{k}_s": round(best[k], 3) for k in bare}, "analysis_s": round(an, 3),
+        "finalize_s": round(best["finalize"], 3),
+        **{f"{k}_vs_bare": round(best["bare"] / best[k], 4) for k in bare if k != "bare"},
+        "bare_pairs_per_s": round(n / best["bare"], 2), "analysis_pairs_per_s": round(n / an, 2),
+        "bare_sentences_per_s": round(n * rows_per_pair / best["bare"], 1),
+        "ratio": round(best["bare"] / an, 4), "ratio_vs_eager": round(best["bare_eager"] / an, 4),
         "bare_loop_s": round(bare_loop, 3), "analysis_loop_s": round(an_loop, 3),
         "ratio_loop": round(bare_loop / an_loop, 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -169,8 +218,7 @@ def measure(cfg: DictConfig) -> dict:
         matmul_params = lm.info["n_params"] - (0 if emb_in is emb_out else emb_in.numel())  # a lookup is no product
         roof_s = padded * 2 * matmul_params / (tflops * 1e12)
         out.update({"matmul_tflops": round(tflops, 1), "roofline_s": round(roof_s, 3),
-                    "bare_fraction_of_roofline": round(roof_s / bare, 4),
-                    "analysis_fraction_of_roofline": round(roof_s / loop, 4),
+                    **{f"{k}_fraction_of_roofline": round(roof_s / best[k], 4) for k in [*bare, "analysis"]},
                     "analysis_loop_fraction_of_roofline": round(roof_s / an_loop, 4)})
     return out
 

@@ -9,6 +9,10 @@ Three sources, chosen by ``model.source`` in the Hydra config:
 - ``random``: the architecture of a ``LlamaConfig`` with seeded random weights (``tiny`` for tests,
   ``llama3_8b_shape`` for benchmarks). It borrows the tokenizer of another model config.
 
+Before the bridge boots, ``interp.plain`` builds a second, untouched module tree of the model that
+shares its weight tensors (``LoadedModel.plain``): the analysis runs it with plain PyTorch hooks and
+a fused attention kernel when no hook needs the bridge, and benchmarks time it as the bare model.
+
 Every model is booted with ``TransformerBridge.boot_transformers(..., hf_model=...)`` and
 ``enable_compatibility_mode(no_processing=...)``. By default no weight processing is applied, so
 hook activations are the model's own (``blocks.{l}.hook_resid_post`` equals HF's hidden states).
@@ -53,6 +57,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     info: dict = field(default_factory=dict)
+    plain: Any = None  # interp.plain.PlainModel: the untouched HF module tree (shared weights), or None
+    plain_reason: str | None = None  # why there is no plain module tree
 
     @property
     def cfg(self):
@@ -215,6 +221,7 @@ def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") ->
     with _quiet():
         hf_model = _build_hf_model(mcfg, dev, dt)
     hf_model.eval()
+    plain, plain_reason = _plain_twin(hf_model, mcfg)
     with _quiet():
         bridge = TransformerBridge.boot_transformers(mcfg.name, hf_model=hf_model, tokenizer=tokenizer)
         bridge.enable_compatibility_mode(
@@ -238,7 +245,26 @@ def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") ->
         "weights_processed": bool(mcfg.get("process_weights", False)),
     }
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=mcfg.name, bos_token_id=int(bos_id),
-                       pad_token_id=int(pad_id), device=dev, dtype=dt, info=info)
+                       pad_token_id=int(pad_id), device=dev, dtype=dt, info=info, plain=plain,
+                       plain_reason=plain_reason)
+
+
+def _plain_twin(hf_model, mcfg):
+    """The Hugging Face module tree as loaded, sharing its weights, built before the bridge
+    replaces the modules of ``hf_model`` (``interp.plain``); (None, reason) where that is not
+    possible or would not compute what the bridge's hooks see."""
+    from .plain import PlainModel, why_not
+
+    if mcfg.get("process_weights", False):
+        return None, "model.process_weights=true: the bridge's weights are no longer the model's own"
+    if getattr(hf_model, "hf_device_map", None):
+        return None, "the model is spread over devices (model.device_map)"
+    reason = why_not(hf_model)
+    if reason:
+        return None, reason
+    from .plain import twin
+
+    return PlainModel(twin(hf_model)), None
 
 
 def main(argv: list[str] | None = None) -> None:

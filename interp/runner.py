@@ -165,8 +165,9 @@ class BatchPipeline:
     """
 
     def __init__(self, lm: LoadedModel, stats: DiffStats, kept, failed: list[dict], overlap: bool = False,
-                 pipelined: bool | None = None):
+                 pipelined: bool | None = None, model=None):
         self.lm, self.stats, self.kept, self.failed = lm, stats, kept, failed
+        self.model = lm.bridge if model is None else model  # the bridge or an interp.plain.PlainModel
         self.side = side_stream(lm.device) if overlap else None
         self.pipelined = self.side is not None if pipelined is None else pipelined  # one batch in flight
         self.pending = None
@@ -200,7 +201,7 @@ class BatchPipeline:
     def _launch(self, batch: Batch):
         hooks, captured = self.stats.capture(batch)
         n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
-        logits = forward(self.lm.bridge, batch, hooks, score_rows=n)
+        logits = forward(self.model, batch, hooks, score_rows=n)
         lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
         del logits
         done = None
@@ -246,6 +247,47 @@ class BatchPipeline:
             return []
         h = batch.size // 2
         return self._now(batch.rows(0, h)) + self._now(batch.rows(h, batch.size))
+
+
+BACKENDS = ("auto", "bridge", "hf")
+
+
+def _caller_hooks(bridge) -> bool:
+    """Whether hooks are attached to the bridge's hook points (a caller planting structure)."""
+    from transformer_lens.hook_points import HookPoint
+
+    return any(isinstance(m, HookPoint) and (m._forward_hooks or m._forward_pre_hooks) for m in bridge.modules())
+
+
+def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
+    """The model the batch loop runs, and how: ``(model, facts)``.
+
+    ``analysis.backend``: ``bridge`` runs TransformerBridge (its eager attention; every hook);
+    ``hf`` runs the untouched Hugging Face module tree with plain PyTorch hooks (``interp.plain``),
+    attention kernel ``analysis.attn``, optionally ``torch.compile`` (``analysis.compile``), and
+    fails if a hook needs the bridge; ``auto`` picks ``hf`` when it can and the bridge otherwise
+    (also when the caller attached hooks to the bridge, which only the bridge would run)."""
+    from .plain import supported
+
+    backend = str(acfg.get("backend", "auto"))
+    if backend not in BACKENDS:
+        raise ValueError(f"analysis.backend={backend!r} is not one of {BACKENDS}")
+    why = lm.plain_reason
+    if why is None:
+        bad = [n for n in hook_names if not supported(n)]
+        if bad:
+            why = f"hook {bad[0]} needs the bridge"
+        elif backend == "auto" and _caller_hooks(lm.bridge):
+            why = "hooks are attached to the bridge"
+    if backend == "bridge" or (backend == "auto" and why):
+        return lm.bridge, {"backend": "bridge", "attention": "eager (TransformerBridge)", "compiled": False,
+                           **({"why_bridge": why} if backend == "auto" else {})}
+    if why:
+        raise ValueError(f"analysis.backend=hf is not possible here: {why}; use analysis.backend=bridge or auto")
+    lm.plain.set_attention(str(acfg.get("attn", "sdpa")))
+    if acfg.get("compile", False):
+        lm.plain.compile()
+    return lm.plain, {"backend": "hf", "attention": lm.plain.attn, "compiled": lm.plain.compiled}
 
 
 def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:
@@ -408,7 +450,8 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     pair_ids = [p.pair_id for p, _ in kept]
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
-    pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.get("overlap", True)))
+    model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites])
+    pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.get("overlap", True)), model=model)
     for bi in range(start, len(batches)):
         pair_rows += pipe.submit(batches[bi])
         bar.update(batches[bi].size)
@@ -436,7 +479,7 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
                               chunk=int(cfg.batch_size))
     timings["inspect_s"] = time.time() - t
     facts = {
-        "model": lm.info, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),
+        "model": lm.info, "forward": forward_facts, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),
         "unreadable_lines": len(problems), "rejected": len(rejected), "batches": len(batches),
         "resumed_from_batch": start, "inspect": inspect, "shard": OmegaConf.to_container(shard) if shard else None,
     }
@@ -532,6 +575,7 @@ def finalize(run_dir: Path, cfg: DictConfig, stats: DiffStats, pairs_df: pd.Data
         "config": OmegaConf.to_container(cfg, resolve=True),
         "config_hash": config_hash(cfg),
         "model": facts["model"],
+        "forward": facts.get("forward"),
         "versions": versions(),
         "hooks": [vars(s) for s in stats.sites],
         "positions": stats.positions,

@@ -76,10 +76,21 @@ def pairs_file(tmp_path) -> Path:
     return p
 
 
+def hf_reference(lm, attn: str = "eager"):
+    """The Hugging Face model as loaded (not the module tree the bridge rewired): a fresh twin of
+    the plain tree, sharing the weights, with attention kernel ``attn``."""
+    from interp.plain import twin
+
+    ref = twin(lm.plain.original_model)
+    ref.set_attn_implementation(attn)
+    return ref
+
+
 def bridge_vs_hf(lm, batch, atol: float):
-    """Run a batch through the bridge (caching every resid_post) and through the plain HF model;
-    assert the cached residual stream equals HF's hidden states at every real token (every layer
-    but the last, where HF applies the final norm). Returns (bridge logits, HF output)."""
+    """Run a batch through the bridge (caching every resid_post) and through the Hugging Face model
+    as loaded (eager attention, modules untouched by the bridge); assert the cached residual stream
+    equals HF's hidden states at every real token (every layer but the last, where HF applies the
+    final norm). Returns (bridge logits, HF output)."""
     import torch
 
     L = lm.info["n_layers"]
@@ -87,7 +98,7 @@ def bridge_vs_hf(lm, batch, atol: float):
     logits, cache = lm.bridge.run_with_cache(batch.tokens, attention_mask=batch.mask.long(),
                                              names_filter=lambda n: n in names)
     with torch.no_grad():
-        hf = lm.hf_model(batch.tokens, attention_mask=batch.mask.long(), output_hidden_states=True)
+        hf = hf_reference(lm)(batch.tokens, attention_mask=batch.mask.long(), output_hidden_states=True)
     m = batch.mask[..., None]
     for l in range(L - 1):
         torch.testing.assert_close(cache[names[l]] * m, hf.hidden_states[l + 1] * m, rtol=atol, atol=atol)

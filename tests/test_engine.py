@@ -13,7 +13,7 @@ from interp.engine import forward, make_batches, sentence_logprobs
 from interp.hooks import HOOK_POINTS, resolve
 from interp.pairs import load_pairs, validate_pairs
 from interp.runner import run
-from tests.conftest import bridge_vs_hf, make_cfg
+from tests.conftest import bridge_vs_hf, hf_reference, make_cfg
 
 
 def _kept(lm, pairs_file):
@@ -79,7 +79,7 @@ def test_scoring_only_the_pair_rows_gives_the_models_own_logits(tiny_lm, pairs_f
     n = 2 * b.size
     ours = forward(tiny_lm.bridge, b, score_rows=n)
     with torch.no_grad():
-        hf = tiny_lm.hf_model(b.tokens, attention_mask=b.mask.long()).logits
+        hf = hf_reference(tiny_lm)(b.tokens, attention_mask=b.mask.long()).logits
     assert ours.shape == (n, b.seq_len, tiny_lm.info["d_vocab"])
     m = b.mask[:n, :, None]
     torch.testing.assert_close(ours * m, hf[:n] * m, rtol=1e-5, atol=1e-5)

@@ -45,3 +45,42 @@ def test_bfloat16_on_cuda_keeps_the_edit_invariants(pairs_file, tmp_path):
             torch.testing.assert_close(t[j, 0, :e], t[j, 1, :e], rtol=0, atol=1e-3)
     s = pd.read_parquet(out / "stability.parquet")
     assert s["normalized"].notna().all() and (s["n_pairs"] == 8).any()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_plain_backend_on_cuda_keeps_the_prefix_invariant_and_agrees_with_the_bridge(pairs_file, tmp_path,
+                                                                                       compiled):
+    """bf16, sdpa (and torch.compile): before the edited token both sentences are the same tokens, so
+    every activation there is identical; the statistics agree with the bridge's to bf16 rounding."""
+    from interp.engine import forward, make_batches
+    from interp.pairs import load_pairs, validate_pairs
+    from interp.plain import PlainModel, twin
+    from interp.runner import get_model
+
+    cfg = _cfg(f"pairs.path={pairs_file}", "device=cuda", "dtype=bfloat16", "analysis.n_saved_pairs=0")
+    lm = get_model(cfg)
+    plain = PlainModel(twin(lm.plain.original_model), "sdpa")
+    if compiled:
+        plain.compile()
+    kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer)
+    names = [f"blocks.{layer}.hook_{p}" for layer in range(lm.info["n_layers"]) for p in ("resid_post", "mlp_out")]
+    for size in (8, 5, 3):  # several shapes (a compiled tree turns dynamic)
+        b = make_batches([tp for _, tp in kept], [0] * len(kept), lm.bos_token_id, lm.pad_token_id, size, lm.device)[0]
+        got = {}
+        forward(plain, b, [(n, (lambda n: lambda x, hook: got.__setitem__(n, x.clone()))(n)) for n in names])
+        for n in names:
+            for j in range(b.size):
+                e = int(b.edit[j])
+                assert torch.equal(got[n][j, :e], got[n][b.size + j, :e]), (n, j)
+    outs = {be: run(make_cfg(*cfg_overrides(cfg), f"analysis.backend={be}", f"analysis.compile={compiled}"),
+                    tmp_path / be) for be in ("bridge", "hf")}
+    a, b = (pd.read_parquet(outs[k] / "stability.parquet") for k in ("hf", "bridge"))
+    for col in ("mean_abs_diff", "spread"):
+        pd.testing.assert_series_equal(a[col], b[col], atol=0.05, rtol=0.05)
+
+
+def cfg_overrides(cfg) -> list[str]:
+    tok = os.environ.get("INTERP_TOKENIZER_DIR")
+    return (["model=tiny", "pairs=file", "hooks=all", "analysis.figures=false", "analysis.n_saved_pairs=0",
+             f"pairs.path={cfg.pairs.path}", "device=cuda", "dtype=bfloat16"]
+            + (["model.tokenizer.source=hf", f"+model.tokenizer.path={tok}"] if tok else []))

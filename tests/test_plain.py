@@ -1,0 +1,156 @@
+"""The plain forward pass (interp.plain): the Hugging Face module tree as loaded, sharing the
+weights, with PyTorch hooks at TransformerLens hook names, must see what the bridge sees."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from interp.engine import forward, make_batches
+from interp.hooks import HOOK_POINTS
+from interp.pairs import load_pairs, validate_pairs
+from interp.plain import PlainModel, UnsupportedHook, supported, twin
+from interp.runner import analysis_model, run
+from tests.conftest import make_cfg
+
+
+def _batch(lm, pairs_file, size=8):
+    kept, _ = validate_pairs(load_pairs(make_cfg("pairs=file", f"pairs.path={pairs_file}").pairs).pairs, lm.tokenizer)
+    return make_batches([tp for _, tp in kept], [0] * len(kept), lm.bos_token_id, lm.pad_token_id, size)[0]
+
+
+def _all_names(lm) -> list[str]:
+    L = lm.info["n_layers"]
+    return [hp.name(layer) for layer in range(L) for hp in HOOK_POINTS.values()] + ["ln_final.hook_out"]
+
+
+def _grab(model, batch, names, hooks=()):
+    got = {}
+
+    def keep(name):
+        def hook(x, hook):
+            assert hook.name == name
+            got[name] = x.clone()
+        return hook
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[*hooks, *((n, keep(n)) for n in names)]):
+        logits = model(batch.tokens, attention_mask=batch.mask.long(), return_type="logits")
+    return got, logits
+
+
+def test_the_plain_tree_shares_every_weight_and_is_untouched_by_the_bridge(tiny_lm):
+    plain = tiny_lm.plain.original_model
+    assert type(plain.model.layers[0]).__module__.startswith("transformers.")
+    assert type(tiny_lm.hf_model.model.layers[0]).__module__.startswith("transformer_lens.")
+    bridge_ptrs = {p.data_ptr() for p in tiny_lm.hf_model.parameters()}
+    assert all(p.data_ptr() in bridge_ptrs for p in plain.parameters())  # no copy of any weight
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight  # tied weights stay tied
+    assert not any(t.is_meta for t in [*plain.parameters(), *plain.buffers()])
+    assert tiny_lm.plain_reason is None and tiny_lm.hf_model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("attn, tol", [("eager", 0.0), ("sdpa", 1e-4)])  # eager: bit for bit
+def test_every_hook_point_equals_the_bridges_activation(tiny_lm, pairs_file, attn, tol):
+    b = _batch(tiny_lm, pairs_file)
+    names = _all_names(tiny_lm)
+    _, cache = tiny_lm.bridge.run_with_cache(b.tokens, attention_mask=b.mask.long(), names_filter=lambda n: n in names)
+    got, logits = _grab(PlainModel(twin(tiny_lm.plain.original_model), attn), b, names)
+    m = b.mask
+    for n in names:
+        assert got[n].shape == cache[n].shape, n
+        torch.testing.assert_close(got[n][m], cache[n][m], rtol=tol, atol=tol, msg=n)
+    torch.testing.assert_close(logits[m], cache["ln_final.hook_out"][m] @ tiny_lm.hf_model.lm_head.weight.T,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_hook_that_returns_a_tensor_replaces_the_activation_as_in_the_bridge(tiny_lm, pairs_file):
+    b = _batch(tiny_lm, pairs_file)
+    plain = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    edits = {
+        "blocks.0.hook_resid_pre": lambda x, hook: x * 0.5,
+        "blocks.0.hook_attn_out": lambda x, hook: x + 1.0,
+        "blocks.1.attn.hook_z": lambda z, hook: torch.cat([z[:, :, :1] * 0, z[:, :, 1:]], dim=2),
+        "blocks.1.mlp.hook_post": lambda x, hook: x.flip(-1),
+        "blocks.0.hook_mlp_out": lambda x, hook: -x,
+        "blocks.1.hook_resid_post": lambda x, hook: x * 2,
+    }
+    for name, fn in edits.items():
+        with torch.no_grad(), tiny_lm.bridge.hooks(fwd_hooks=[(name, fn)]):
+            want = tiny_lm.bridge(b.tokens, attention_mask=b.mask.long(), return_type="logits")
+        _, got = _grab(plain, b, [], hooks=[(name, fn)])
+        _, clean = _grab(plain, b, [])
+        assert not torch.allclose(got, clean), name  # the edit changed something
+        torch.testing.assert_close(got[b.mask], want[b.mask], rtol=0, atol=1e-5, msg=name)
+
+
+def test_what_the_plain_tree_cannot_do_is_refused_with_a_reason(tiny_lm, pairs_file):
+    b = _batch(tiny_lm, pairs_file)
+    plain = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    assert supported("blocks.0.hook_resid_post") and not supported("blocks.0.attn.hook_pattern")
+    with pytest.raises(UnsupportedHook, match="hook_pattern"):
+        _grab(plain, b, ["blocks.0.attn.hook_pattern"])
+    with pytest.raises(UnsupportedHook, match="read but not replaced"):
+        _grab(plain, b, [], hooks=[("blocks.0.hook_resid_mid", lambda x, hook: x * 2)])
+    with pytest.raises(ValueError, match="not one of"):
+        plain.set_attention("fast")
+    # a hook that fails leaves no hook behind
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in plain.original_model.modules())
+
+
+def test_the_backend_choice(tiny_lm, pairs_file):
+    acfg = make_cfg().analysis
+    names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
+    model, facts = analysis_model(tiny_lm, acfg, names)
+    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "sdpa", "compiled": False}
+    with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
+        model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
+    assert model is tiny_lm.bridge and facts["why_bridge"] == "hooks are attached to the bridge"
+    model, facts = analysis_model(tiny_lm, acfg, ["blocks.0.attn.hook_pattern"])
+    assert model is tiny_lm.bridge and "needs the bridge" in facts["why_bridge"]
+    hf = make_cfg("analysis.backend=hf").analysis
+    with pytest.raises(ValueError, match="analysis.backend=hf is not possible here: hook blocks.0.attn.hook_pattern"):
+        analysis_model(tiny_lm, hf, ["blocks.0.attn.hook_pattern"])
+    with pytest.raises(ValueError, match="analysis.backend='fast' is not one of"):
+        analysis_model(tiny_lm, make_cfg("analysis.backend=fast").analysis, names)
+
+
+def test_processed_weights_have_no_plain_tree():
+    from interp.model import load_model
+
+    lm = load_model(make_cfg("model=tiny", "model.process_weights=true").model, "cpu", "float32")
+    assert lm.plain is None and "process_weights" in lm.plain_reason
+    model, facts = analysis_model(lm, make_cfg().analysis, ["blocks.0.hook_resid_post"])
+    assert model is lm.bridge and "process_weights" in facts["why_bridge"]
+
+
+def test_a_run_on_the_plain_tree_with_eager_attention_equals_the_bridge_run(tiny_lm, pairs_file, tmp_path):
+    common = ["model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={pairs_file}", "hooks=all",
+              "batch_size=3", "analysis.figures=false", "analysis.n_saved_pairs=0"]
+    outs = {be: run(make_cfg(*common, f"analysis.backend={be}", "analysis.attn=eager"), tmp_path / be, lm=tiny_lm)
+            for be in ("bridge", "hf")}
+    outs["sdpa"] = run(make_cfg(*common, "analysis.backend=hf", "analysis.attn=sdpa"), tmp_path / "sdpa", lm=tiny_lm)
+    from interp import results as R
+
+    assert R.read_manifest(outs["hf"])["forward"] == {"backend": "hf", "attention": "eager", "compiled": False}
+    assert R.read_manifest(outs["bridge"])["forward"]["backend"] == "bridge"
+    for table in ("stability.parquet", "pairs.parquet"):
+        ref = pd.read_parquet(outs["bridge"] / table)
+        pd.testing.assert_frame_equal(pd.read_parquet(outs["hf"] / table), ref)  # bit for bit
+        sd = pd.read_parquet(outs["sdpa"] / table)  # another attention kernel: rounding, and ranks of near-ties
+        num = ref.select_dtypes("float").columns
+        pd.testing.assert_frame_equal(sd[num], ref[num], rtol=1e-3, atol=1e-5)
+
+
+def test_a_compiled_plain_tree_computes_the_same_activations(tiny_lm, pairs_file):
+    b = _batch(tiny_lm, pairs_file)
+    names = _all_names(tiny_lm)
+    ref, ref_logits = _grab(PlainModel(twin(tiny_lm.plain.original_model), "sdpa"), b, names)
+    compiled = PlainModel(twin(tiny_lm.plain.original_model), "sdpa")
+    compiled.compile()
+    for bb in (b, b.rows(0, 5), b):  # two shapes (the second compiles a dynamic graph), then reuse
+        got, logits = _grab(compiled, bb, names)
+    m = b.mask
+    for n in names:  # fused kernels round differently: fp32 rounding apart
+        torch.testing.assert_close(got[n][m], ref[n][m], rtol=1e-4, atol=1e-4, msg=n)
+    torch.testing.assert_close(logits[m], ref_logits[m], rtol=1e-4, atol=1e-4)
