@@ -8,7 +8,7 @@ hooks of the chosen backend, then ``consume()``), each synchronised: the wall ti
 spent in kernels (PyTorch profiler, device time summed over kernels), and how that kernel time
 splits into matrix products (cuBLAS/CUTLASS GEMM kernels), attention kernels and the rest
 (normalisation, rotary, activation, copies, the statistics). ``gemm_tflops`` is the model's matrix
-FLOP (2 x parameters per computed token slot) over the GEMM kernels' time: how close the products
+FLOP (``throughput.matmul_flop``) over the GEMM kernels' time: how close the products
 themselves run to the chip's rate. A busy fraction well below 1 means the host (Python, kernel
 launches) bounds the step, not the GPU. Prints one JSON line.
 """
@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.throughput import _sync, bare_model, bare_pass, new_stats, prepare, warm_batches
+from benchmarks.throughput import _sync, bare_model, bare_pass, matmul_flop, new_stats, prepare, warm_batches
 from interp.engine import forward
 from interp.hooks import resolve
 from interp.runner import analysis_model, get_model
@@ -61,10 +61,7 @@ def main(cfg: DictConfig) -> None:
         forward(model, b, stats.hooks(b), score_rows=2 * b.size)
         stats.consume()
 
-    emb_in, emb_out = lm.hf_model.get_input_embeddings().weight, lm.hf_model.get_output_embeddings().weight
-    matmul_params = lm.info["n_params"] - (0 if emb_in is emb_out else emb_in.numel())
     timed_batches = batches[1:]
-    flop = sum(2 * matmul_params * b.seq_len * b.tokens.shape[0] for b in timed_batches)
     steps = {"bare": bare_model(lm, "sdpa"), "bare_eager": bare_model(lm, "eager"), "bridge": lm.bridge}
     out = {"model": lm.info["name"], "batch_size_pairs": int(cfg.batch_size), "batches": len(timed_batches),
            "analysis_forward": facts}
@@ -81,6 +78,7 @@ def main(cfg: DictConfig) -> None:
                 _sync(lm.device)
                 wall += time.perf_counter() - t
         k = kernel_split(prof)
+        flop = matmul_flop(lm, timed_batches, scored_only=name == "analysis")
         out.update({f"{name}_wall_s": round(wall, 3), f"{name}_busy_fraction": round(k["kernel"] / wall, 3),
                     **{f"{name}_{part}_s": round(v, 3) for part, v in k.items()},
                     f"{name}_gemm_tflops": round(flop / k["gemm"] / 1e12, 1) if k["gemm"] else None})

@@ -35,12 +35,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import re
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
+
+
+def _compile_error_types() -> tuple[type[BaseException], ...]:
+    import torch._dynamo.exc as dx
+
+    types: list[type[BaseException]] = [dx.TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+        types.append(InductorError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+_COMPILE_ERRORS = _compile_error_types()
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
                    r"hook_mlp_out|attn\.hook_z|mlp\.hook_post)$")
@@ -94,6 +111,8 @@ class PlainModel:
         self.layers = model.model.layers
         self.n_heads = model.config.num_attention_heads
         self.compiled = False
+        self.compile_error: str | None = None  # why compilation was given up, if it was
+        self._eager: list[tuple[nn.Module, object]] = []  # (module, its own forward) while compiled
         self.set_attention(attn)
 
     def set_attention(self, attn: str) -> None:
@@ -112,11 +131,21 @@ class PlainModel:
         dynamic: one compilation serves every batch shape after the first two."""
         if self.compiled:
             return
-        for layer in self.layers:
-            for child in (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp):
-                child.forward = torch.compile(child.forward, **kwargs)
-        self.original_model.model.norm.forward = torch.compile(self.original_model.model.norm.forward, **kwargs)
+        children = [c for layer in self.layers
+                    for c in (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)]
+        for child in [*children, self.original_model.model.norm]:
+            self._eager.append((child, child.__dict__.get("forward")))
+            child.forward = torch.compile(child.forward, **kwargs)
         self.compiled = True
+
+    def uncompile(self) -> None:
+        """Back to the modules' own forward methods."""
+        for child, own in self._eager:
+            if own is None:
+                del child.forward
+            else:
+                child.forward = own
+        self._eager, self.compiled = [], False
 
     # ------------------------------------------------------------ hooks
     def _register(self, name: str, fn: Callable) -> torch.utils.hooks.RemovableHandle:
@@ -158,8 +187,19 @@ class PlainModel:
 
     def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None, return_type: str = "logits",
                  logits_to_keep: int = 0) -> Tensor | None:
-        out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
-                                  logits_to_keep=logits_to_keep)
+        """Logits of a forward pass. If compilation fails (no compiler, an unsupported operation),
+        that is no fault of the input: the tree goes back to eager modules for good, the reason is
+        kept in ``compile_error`` and logged, and the pass is run again."""
+        try:
+            out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
+                                      logits_to_keep=logits_to_keep)
+        except _COMPILE_ERRORS as err:
+            if not self.compiled:
+                raise
+            self.compile_error = f"{type(err).__name__}: {err}"[:500]
+            log.warning("torch.compile failed; the analysis continues with eager modules: %s", self.compile_error)
+            self.uncompile()
+            return self(tokens, attention_mask, return_type, logits_to_keep)
         return out.logits if return_type == "logits" else None
 
 

@@ -264,7 +264,8 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
 
     ``analysis.backend``: ``bridge`` runs TransformerBridge (its eager attention; every hook);
     ``hf`` runs the untouched Hugging Face module tree with plain PyTorch hooks (``interp.plain``),
-    attention kernel ``analysis.attn``, optionally ``torch.compile`` (``analysis.compile``), and
+    attention kernel ``analysis.attn``, ``torch.compile``d where ``analysis.compile`` says (``auto``:
+    on CUDA), and
     fails if a hook needs the bridge; ``auto`` picks ``hf`` when it can and the bridge otherwise
     (also when the caller attached hooks to the bridge, which only the bridge would run)."""
     from .plain import supported
@@ -285,8 +286,13 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
     if why:
         raise ValueError(f"analysis.backend=hf is not possible here: {why}; use analysis.backend=bridge or auto")
     lm.plain.set_attention(str(acfg.get("attn", "sdpa")))
-    if acfg.get("compile", False):
+    comp = acfg.get("compile", "auto")
+    if comp not in ("auto", True, False):
+        raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
+    if (lm.device.type == "cuda") if comp == "auto" else comp:
         lm.plain.compile()
+    else:
+        lm.plain.uncompile()
     return lm.plain, {"backend": "hf", "attention": lm.plain.attn, "compiled": lm.plain.compiled}
 
 
@@ -465,6 +471,8 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
             os._exit(17)
     pair_rows += pipe.flush()
     bar.close()
+    if model is lm.plain and lm.plain.compile_error:  # compilation was given up during the run
+        forward_facts.update(compiled=False, compile_error=lm.plain.compile_error)
     timings["forward_s"] = time.time() - t
     if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
         raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")

@@ -102,7 +102,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     acfg = make_cfg().analysis
     names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
     model, facts = analysis_model(tiny_lm, acfg, names)
-    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "sdpa", "compiled": False}
+    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "sdpa", "compiled": False}  # CPU
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
         model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
     assert model is tiny_lm.bridge and facts["why_bridge"] == "hooks are attached to the bridge"
@@ -154,3 +154,35 @@ def test_a_compiled_plain_tree_computes_the_same_activations(tiny_lm, pairs_file
     for n in names:  # fused kernels round differently: fp32 rounding apart
         torch.testing.assert_close(got[n][m], ref[n][m], rtol=1e-4, atol=1e-4, msg=n)
     torch.testing.assert_close(logits[m], ref_logits[m], rtol=1e-4, atol=1e-4)
+
+
+def test_a_compilation_that_fails_falls_back_to_eager_modules_without_losing_a_pair(tiny_lm, pairs_file, tmp_path):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    b = _batch(tiny_lm, pairs_file)
+    ref, ref_logits = _grab(PlainModel(twin(tiny_lm.plain.original_model), "sdpa"), b, ["blocks.1.hook_resid_post"])
+    plain = PlainModel(twin(tiny_lm.plain.original_model), "sdpa")
+    plain.compile(backend=broken_backend)
+    got, logits = _grab(plain, b, ["blocks.1.hook_resid_post"])
+    assert not plain.compiled and "no compiler here" in plain.compile_error
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)
+    assert all("forward" not in m.__dict__ for m in plain.original_model.modules())  # own forwards back
+
+    # in a run: every pair analysed, the manifest says what happened
+    import interp.plain as P
+
+    real = P.PlainModel.compile
+    P.PlainModel.compile = lambda self, **kw: real(self, backend=broken_backend)
+    try:
+        out = run(make_cfg("model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={pairs_file}",
+                           "analysis.figures=false", "analysis.n_saved_pairs=0", "analysis.compile=true"),
+                  tmp_path / "run", lm=tiny_lm)
+    finally:
+        P.PlainModel.compile = real
+    from interp import results as R
+
+    m = R.read_manifest(out)
+    assert m["counts"]["failed_in_forward"] == 0 and m["counts"]["kept"] == 8
+    assert m["forward"]["compiled"] is False and "no compiler here" in m["forward"]["compile_error"]
+    tiny_lm.plain.compile_error = None
