@@ -38,7 +38,14 @@ def make_cfg(*overrides: str) -> DictConfig:
 
 @pytest.fixture(scope="session")
 def tiny_cfg() -> DictConfig:
-    return make_cfg("model=tiny", "device=cpu", "dtype=float32")
+    return make_cfg("model=tiny", "device=cpu", "dtype=float32", *tokenizer_overrides())
+
+
+def tokenizer_overrides() -> list[str]:
+    """Where the embedded package is not installed (the GPU machine), the tiny model's tokenizer
+    comes from the folder named by ``INTERP_TOKENIZER_DIR``."""
+    tok = os.environ.get("INTERP_TOKENIZER_DIR")
+    return ["model.tokenizer.source=hf", f"+model.tokenizer.path={tok}"] if tok else []
 
 
 @pytest.fixture(scope="session")

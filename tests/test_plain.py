@@ -12,7 +12,7 @@ from interp.hooks import HOOK_POINTS
 from interp.pairs import load_pairs, validate_pairs
 from interp.plain import PlainModel, UnsupportedHook, supported, twin
 from interp.runner import analysis_model, run
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, tokenizer_overrides
 
 
 def _batch(lm, pairs_file, size=8):
@@ -118,7 +118,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
 def test_processed_weights_have_no_plain_tree():
     from interp.model import load_model
 
-    lm = load_model(make_cfg("model=tiny", "model.process_weights=true").model, "cpu", "float32")
+    lm = load_model(make_cfg("model=tiny", "model.process_weights=true", *tokenizer_overrides()).model, "cpu", "float32")
     assert lm.plain is None and "process_weights" in lm.plain_reason
     model, facts = analysis_model(lm, make_cfg().analysis, ["blocks.0.hook_resid_post"])
     assert model is lm.bridge and "process_weights" in facts["why_bridge"]
