@@ -160,7 +160,7 @@ class DiffStats:
                 if kernel:
                     self._fold(point, c0, *self._values_fused(point, c0, chunk, batch), batch, seg)
                     continue
-                X = torch.stack(chunk)  # [S, VB, T, C]
+                X = chunk[0][None] if len(chunk) == 1 else torch.stack(chunk)  # [S, VB, T, C]
                 self._fold(point, c0, *self._values(point, c0, X, batch), batch, seg)
                 if point == "z":
                     self._fold("z_head", c0, *self._values("z_head", c0, X, batch, head_dim=self.shapes["z"][-1]),
@@ -282,7 +282,10 @@ class DiffStats:
         absval = at_modes(ad)
         chans = [absval if head_dim else at_modes(d), absval]
         if K:
-            ctrl = sum(at_modes(mag(a - X[:, (2 + k) * B:(3 + k) * B].float())) for k in range(K)) / K
+            ctrl = mag(a - X[:, 2 * B:3 * B].float())
+            for k in range(1, K):  # the modes are linear in the per-token values: one at_modes for the mean
+                ctrl += mag(a - X[:, (2 + k) * B:(3 + k) * B].float())
+            ctrl = at_modes(ctrl) / K
             chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), float("nan"))]
         vals = torch.stack(chans, 2).movedim(1, 0).contiguous()  # [B, S, CH, 3, C]
         # offsets reachable in this batch (edit >= 1, so edit + o <= T - 1 needs o <= T - 2); the

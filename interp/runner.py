@@ -512,12 +512,20 @@ def build_controls(cfg: DictConfig, tokenizer, kept, indices: list[int]) -> list
     return out
 
 
+def chunk_layers(value, device) -> int:
+    """Layers of a hook point reduced together: ``auto`` = 8 on a GPU (fewer, larger launches), 1
+    on the CPU (stacking layers there only copies memory; per-layer ops are large enough)."""
+    if value == "auto":
+        return 8 if torch.device(device).type == "cuda" else 1
+    return int(value)
+
+
 def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:
     acfg = cfg.analysis
     return DiffStats(sites, groups, list(acfg.positions), device,
                      n_controls=int(acfg.controls.n) if acfg.get("controls") else 0,
                      max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
-                     detail_k=int(acfg.get("detail_k", 5)), chunk=int(acfg.get("chunk_layers", 8)),
+                     detail_k=int(acfg.get("detail_k", 5)), chunk=chunk_layers(acfg.get("chunk_layers", "auto"), device),
                      fused=use_fused(acfg.get("fused", "auto"), device))
 
 

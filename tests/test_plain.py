@@ -102,7 +102,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     acfg = make_cfg().analysis
     names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
     model, facts = analysis_model(tiny_lm, acfg, names)
-    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "sdpa", "compiled": False}  # CPU
+    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "eager", "compiled": False}  # CPU
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
         model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
     assert model is tiny_lm.bridge and facts["why_bridge"] == "hooks are attached to the bridge"
