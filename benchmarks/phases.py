@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.throughput import _sync, bare_model, bare_pass, new_stats, prepare
+from benchmarks.throughput import _sync, bare_model, bare_pass, new_stats, prepare, warm_batches
 from interp.engine import forward, sentence_logprobs
 from interp.hooks import resolve
 from interp.runner import _pair_rows, analysis_model, get_model
@@ -41,9 +41,10 @@ def main(cfg: DictConfig) -> None:
         tot[name] = tot.get(name, 0.0) + time.perf_counter() - t
         return out
 
-    for i, b in enumerate(batches):
-        if i == 1:
-            tot.clear()  # the first batch warms up
+    warm = warm_batches(batches, 1, facts["compiled"])  # with compilation: one batch of every length
+    for i, b in enumerate(warm + batches):
+        if i == len(warm):
+            tot.clear()  # warm-up done
         phase("bare_forward", lambda: bare_pass(bare, b))
         n = 2 * b.size
         logits = phase("forward_with_hooks", lambda: forward(model, b, stats.hooks(b), score_rows=n))
@@ -65,7 +66,7 @@ def main(cfg: DictConfig) -> None:
                 _sync(lm.device)
         key = "self_device_time_total" if lm.device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
-    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches) - 1, "analysis_forward": facts,
+    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches), "analysis_forward": facts,
                       **{k: round(v, 3) for k, v in tot.items()}}), flush=True)
 
 

@@ -50,6 +50,12 @@ def load_stats(run_dir: Path, cfg):
     return stats, json.loads(meta["group_types"])
 
 
+def _forward_facts(manifests: list[dict]):
+    """How the shards ran the model: one record if they agree, else every shard's (``mixed``)."""
+    facts = [m.get("forward") for m in manifests]
+    return facts[0] if all(f == facts[0] for f in facts) else {"mixed": facts}
+
+
 def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
     t0 = time.time()
     shards = [Path(s) for s in shards]
@@ -92,7 +98,7 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
             shutil.copyfile(first / name, out / name)
     m0 = next(m for m, i in zip(manifests, info) if int(i["index"]) == 0)
     facts = {
-        "model": m0["model"], "forward": m0.get("forward"), "group_types": group_types, "pairs_loaded": m0["counts"]["pairs_loaded"],
+        "model": m0["model"], "forward": _forward_facts(manifests), "group_types": group_types, "pairs_loaded": m0["counts"]["pairs_loaded"],
         "unreadable_lines": m0["counts"]["unreadable_lines"], "rejected": m0["counts"]["rejected"],
         "batches": sum(m["counts"]["batches"] for m in manifests), "resumed_from_batch": 0,
         "inspect": {"n_saved_pairs": m0["counts"].get("n_saved_pairs", 0)}, "shard": None,

@@ -11,7 +11,7 @@ Three sources, chosen by ``model.source`` in the Hydra config:
 
 Before the bridge boots, ``interp.plain`` builds a second, untouched module tree of the model that
 shares its weight tensors (``LoadedModel.plain``): the analysis runs it with plain PyTorch hooks and
-a fused attention kernel when no hook needs the bridge, and benchmarks time it as the bare model.
+its own attention kernel and ``torch.compile`` when no hook needs the bridge, and benchmarks time it as the bare model.
 
 Every model is booted with ``TransformerBridge.boot_transformers(..., hf_model=...)`` and
 ``enable_compatibility_mode(no_processing=...)``. By default no weight processing is applied, so

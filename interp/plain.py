@@ -8,8 +8,8 @@ kernels. Most hook points need none of it: the residual stream, the attention an
 MLP neurons and the per-head outputs are inputs or outputs of Hugging Face modules. ``PlainModel``
 is a second module tree of the same model class that *shares every weight tensor* with the loaded
 model (no copy: built on the meta device, then pointed at the loaded tensors before the bridge
-boots), untouched by the bridge, with an attention kernel of choice (``sdpa`` by default, as in
-Hugging Face) and optionally ``torch.compile``.
+boots), untouched by the bridge, with an attention kernel of choice (``eager``, the toolkit's
+default, or ``sdpa``...) and optionally ``torch.compile``.
 
 It offers the part of the bridge's interface that ``interp.engine.forward`` uses: a ``hooks``
 context manager taking ``(TransformerLens hook name, fn(act, hook))`` pairs and a call returning
@@ -29,6 +29,8 @@ logits. Which hook names map where (standard pre-norm decoders: Llama, Mistral, 
 A hook may return a tensor to replace the activation, except at ``resid_mid`` (the layer keeps its
 own reference to the residual, so a replaced norm input would not reach the residual stream).
 Attention patterns and scores are not available here: runs that ask for them use the bridge.
+While the tree is compiled, hooks inside the compiled attention and MLP (``attn.hook_z``,
+``mlp.hook_post``) are refused: compiled code would not run hooks added after it was traced.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ _COMPILE_ERRORS = _compile_error_types()
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
                    r"hook_mlp_out|attn\.hook_z|mlp\.hook_post)$")
+INNER = ("attn.hook_z", "mlp.hook_post")  # hooks on modules inside the compiled attention / MLP
 ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -79,6 +82,8 @@ def why_not(model: nn.Module) -> str | None:
         return f"model type {mt!r} is not one of {SUPPORTED_MODEL_TYPES}"
     if not hasattr(getattr(model, "model", None), "layers"):
         return "the model has no model.layers"
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        return "the model is quantized (a plain module tree would not know its packed weights)"
     return None
 
 
@@ -131,6 +136,7 @@ class PlainModel:
         dynamic: one compilation serves every batch shape after the first two."""
         if self.compiled:
             return
+        self.compile_error = None
         children = [c for layer in self.layers
                     for c in (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)]
         for child in [*children, self.original_model.model.norm]:
@@ -139,7 +145,8 @@ class PlainModel:
         self.compiled = True
 
     def uncompile(self) -> None:
-        """Back to the modules' own forward methods."""
+        """Back to the modules' own forward methods (and no compilation error on record)."""
+        self.compile_error = None
         for child, own in self._eager:
             if own is None:
                 del child.forward
@@ -155,8 +162,13 @@ class PlainModel:
         if m is None:
             raise UnsupportedHook(f"hook {name!r} is not available without the bridge "
                                   "(attention patterns and scores need its eager attention)")
-        layer = self.layers[int(m.group(1))]
+        if int(m.group(1)) >= len(self.layers):
+            raise UnsupportedHook(f"hook {name!r}: the model has {len(self.layers)} layers")
         kind = m.group(2)
+        if self.compiled and kind in INNER:
+            raise UnsupportedHook(f"hook {name!r} is inside the compiled attention or MLP; "
+                                  "use an uncompiled tree (analysis.compile=false) for it")
+        layer = self.layers[int(m.group(1))]
         if kind == "hook_resid_pre":
             return layer.register_forward_pre_hook(_pre_first(fn, name), with_kwargs=True)
         if kind == "hook_resid_mid":
@@ -189,18 +201,23 @@ class PlainModel:
                  logits_to_keep: int = 0) -> Tensor | None:
         """Logits of a forward pass. If compilation fails (no compiler, an unsupported operation),
         that is no fault of the input: the tree goes back to eager modules for good, the reason is
-        kept in ``compile_error`` and logged, and the pass is run again."""
+        kept in ``compile_error`` and logged, and the pass is run again (hooks fire again too)."""
+        self._check_return_type(return_type)
         try:
             out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                                       logits_to_keep=logits_to_keep)
         except _COMPILE_ERRORS as err:
             if not self.compiled:
                 raise
+            self.uncompile()
             self.compile_error = f"{type(err).__name__}: {err}"[:500]
             log.warning("torch.compile failed; the analysis continues with eager modules: %s", self.compile_error)
-            self.uncompile()
             return self(tokens, attention_mask, return_type, logits_to_keep)
         return out.logits if return_type == "logits" else None
+
+    def _check_return_type(self, return_type: str) -> None:
+        if return_type not in ("logits", None):
+            raise ValueError(f"return_type={return_type!r}: the plain forward pass returns logits or None")
 
 
 class _Hook:

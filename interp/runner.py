@@ -252,11 +252,22 @@ class BatchPipeline:
 BACKENDS = ("auto", "bridge", "hf")
 
 
-def _caller_hooks(bridge) -> bool:
-    """Whether hooks are attached to the bridge's hook points (a caller planting structure)."""
+def _caller_hooks(lm: LoadedModel) -> str | None:
+    """Where a caller attached hooks that only the bridge's forward pass would run, or None: on a
+    bridge hook point, on a module of the bridge or of the model object it rewired (hooks that
+    TransformerLens or transformers install themselves do not count), or global module hooks."""
+    from torch.nn.modules import module as nn_module
     from transformer_lens.hook_points import HookPoint
 
-    return any(isinstance(m, HookPoint) and (m._forward_hooks or m._forward_pre_hooks) for m in bridge.modules())
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return "global module hooks are registered"
+    own = ("transformer_lens", "transformers", "torch")
+    for tree in (lm.bridge, lm.hf_model):
+        for name, m in tree.named_modules():
+            for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]:
+                if isinstance(m, HookPoint) or not str(getattr(fn, "__module__", "")).startswith(own):
+                    return f"hooks are attached to the bridge ({name or type(m).__name__})"
+    return None
 
 
 def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
@@ -265,10 +276,10 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
     ``analysis.backend``: ``bridge`` runs TransformerBridge (its eager attention; every hook);
     ``hf`` runs the untouched Hugging Face module tree with plain PyTorch hooks (``interp.plain``),
     attention kernel ``analysis.attn``, ``torch.compile``d where ``analysis.compile`` says (``auto``:
-    on CUDA), and
-    fails if a hook needs the bridge; ``auto`` picks ``hf`` when it can and the bridge otherwise
-    (also when the caller attached hooks to the bridge, which only the bridge would run)."""
-    from .plain import supported
+    on CUDA; never with hooks inside the attention or MLP, ``z`` and ``mlp_post``), and fails if a
+    hook needs the bridge; ``auto`` picks ``hf`` when it can and the bridge otherwise (also when
+    the caller attached hooks to the bridge, which only the bridge would run)."""
+    from .plain import INNER, supported
 
     backend = str(acfg.get("backend", "auto"))
     if backend not in BACKENDS:
@@ -278,22 +289,30 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
         bad = [n for n in hook_names if not supported(n)]
         if bad:
             why = f"hook {bad[0]} needs the bridge"
-        elif backend == "auto" and _caller_hooks(lm.bridge):
-            why = "hooks are attached to the bridge"
+    caller = _caller_hooks(lm) if why is None else None
+    if backend == "auto" and caller:
+        why = caller
     if backend == "bridge" or (backend == "auto" and why):
         return lm.bridge, {"backend": "bridge", "attention": "eager (TransformerBridge)", "compiled": False,
                            **({"why_bridge": why} if backend == "auto" else {})}
     if why:
         raise ValueError(f"analysis.backend=hf is not possible here: {why}; use analysis.backend=bridge or auto")
-    lm.plain.set_attention(str(acfg.get("attn", "sdpa")))
+    facts: dict = {"backend": "hf"}
+    if caller:
+        log.warning("analysis.backend=hf: %s; they do not run in the plain forward pass", caller)
+        facts["ignored"] = caller
+    lm.plain.set_attention(str(acfg.get("attn", "eager")))
     comp = acfg.get("compile", "auto")
     if comp not in ("auto", True, False):
         raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
-    if (lm.device.type == "cuda") if comp == "auto" else comp:
-        lm.plain.compile()
-    else:
-        lm.plain.uncompile()
-    return lm.plain, {"backend": "hf", "attention": lm.plain.attn, "compiled": lm.plain.compiled}
+    inner = [n for n in hook_names if n.endswith(INNER)]
+    lm.plain.uncompile()
+    if ((lm.device.type == "cuda") if comp == "auto" else comp):
+        if inner:
+            facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
+        else:
+            lm.plain.compile()
+    return lm.plain, {**facts, "attention": lm.plain.attn, "compiled": lm.plain.compiled}
 
 
 def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.Tensor:

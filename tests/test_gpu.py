@@ -4,22 +4,19 @@ The tokenizer of the tiny model comes from the embedded model's cache, or from t
 ``INTERP_TOKENIZER_DIR`` where the embedded package is not installed (the GPU machine).
 """
 
-import os
 
 import pandas as pd
 import pytest
 import torch
 
 from interp.runner import run
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, tokenizer_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 def _cfg(*extra):
-    tok = os.environ.get("INTERP_TOKENIZER_DIR")
-    extra_tok = ["model.tokenizer.source=hf", f"+model.tokenizer.path={tok}"] if tok else []
-    return make_cfg("model=tiny", *extra_tok, "pairs=file", "hooks=all", "analysis.figures=false", *extra)
+    return make_cfg("model=tiny", *tokenizer_overrides(), "pairs=file", "hooks=all", "analysis.figures=false", *extra)
 
 
 def test_cuda_float32_statistics_equal_cpu_statistics(pairs_file, tmp_path):
@@ -80,7 +77,5 @@ def test_the_plain_backend_on_cuda_keeps_the_prefix_invariant_and_agrees_with_th
 
 
 def cfg_overrides(cfg) -> list[str]:
-    tok = os.environ.get("INTERP_TOKENIZER_DIR")
-    return (["model=tiny", "pairs=file", "hooks=all", "analysis.figures=false", "analysis.n_saved_pairs=0",
-             f"pairs.path={cfg.pairs.path}", "device=cuda", "dtype=bfloat16"]
-            + (["model.tokenizer.source=hf", f"+model.tokenizer.path={tok}"] if tok else []))
+    return ["model=tiny", "pairs=file", "hooks=all", "analysis.figures=false", "analysis.n_saved_pairs=0",
+            f"pairs.path={cfg.pairs.path}", "device=cuda", "dtype=bfloat16", *tokenizer_overrides()]

@@ -105,7 +105,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "eager", "compiled": False}  # CPU
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
         model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
-    assert model is tiny_lm.bridge and facts["why_bridge"] == "hooks are attached to the bridge"
+    assert model is tiny_lm.bridge and facts["why_bridge"].startswith("hooks are attached to the bridge")
     model, facts = analysis_model(tiny_lm, acfg, ["blocks.0.attn.hook_pattern"])
     assert model is tiny_lm.bridge and "needs the bridge" in facts["why_bridge"]
     hf = make_cfg("analysis.backend=hf").analysis
@@ -144,7 +144,7 @@ def test_a_run_on_the_plain_tree_with_eager_attention_equals_the_bridge_run(tiny
 
 def test_a_compiled_plain_tree_computes_the_same_activations(tiny_lm, pairs_file):
     b = _batch(tiny_lm, pairs_file)
-    names = _all_names(tiny_lm)
+    names = [n for n in _all_names(tiny_lm) if not n.endswith(("attn.hook_z", "mlp.hook_post"))]
     ref, ref_logits = _grab(PlainModel(twin(tiny_lm.plain.original_model), "sdpa"), b, names)
     compiled = PlainModel(twin(tiny_lm.plain.original_model), "sdpa")
     compiled.compile()
@@ -185,4 +185,54 @@ def test_a_compilation_that_fails_falls_back_to_eager_modules_without_losing_a_p
     m = R.read_manifest(out)
     assert m["counts"]["failed_in_forward"] == 0 and m["counts"]["kept"] == 8
     assert m["forward"]["compiled"] is False and "no compiler here" in m["forward"]["compile_error"]
-    tiny_lm.plain.compile_error = None
+    model, facts = analysis_model(tiny_lm, make_cfg("analysis.compile=false").analysis, ["blocks.0.hook_resid_post"])
+    assert tiny_lm.plain.compile_error is None and "compile_error" not in facts  # a later run starts clean
+
+
+def test_hooks_inside_compiled_code_are_refused_and_runs_that_need_them_are_not_compiled(tiny_lm, pairs_file):
+    b = _batch(tiny_lm, pairs_file)
+    compiled = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    compiled.compile()
+    _grab(compiled, b, ["blocks.0.hook_resid_post"])  # traced without inner hooks
+    for name in ("blocks.1.attn.hook_z", "blocks.1.mlp.hook_post"):
+        with pytest.raises(UnsupportedHook, match="inside the compiled"):
+            _grab(compiled, b, [name])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in compiled.original_model.modules())
+    acfg = make_cfg("analysis.compile=true").analysis
+    model, facts = analysis_model(tiny_lm, acfg, ["blocks.1.attn.hook_z", "blocks.0.hook_resid_post"])
+    assert facts["compiled"] is False and "blocks.1.attn.hook_z" in facts["compile_skipped"]
+    got, _ = _grab(model, b, ["blocks.1.attn.hook_z"])  # and the hook fires
+    assert got["blocks.1.attn.hook_z"].shape[-2:] == (4, 16)
+    with pytest.raises(UnsupportedHook, match="has 2 layers"):
+        _grab(model, b, ["blocks.7.hook_resid_post"])
+    with pytest.raises(ValueError, match="return_type"):
+        model(b.tokens, attention_mask=b.mask.long(), return_type="loss")
+
+
+def test_hooks_a_caller_put_on_the_rewired_model_send_the_run_to_the_bridge(tiny_lm):
+    acfg = make_cfg().analysis
+    h = tiny_lm.hf_model.model.layers[0].register_forward_hook(lambda m, a, o: None)
+    try:
+        model, facts = analysis_model(tiny_lm, acfg, ["blocks.0.hook_resid_post"])
+        assert model is tiny_lm.bridge and "hooks are attached to the bridge" in facts["why_bridge"]
+        model, facts = analysis_model(tiny_lm, make_cfg("analysis.backend=hf").analysis, ["blocks.0.hook_resid_post"])
+        assert model is tiny_lm.plain and "hooks are attached" in facts["ignored"]
+    finally:
+        h.remove()
+    # hooks TransformerLens installs itself (run_with_cache wires some for good) do not count
+    tiny_lm.bridge.run_with_cache(torch.tensor([[1, 2, 3]]))
+    assert analysis_model(tiny_lm, acfg, ["blocks.0.hook_resid_post"])[0] is tiny_lm.plain
+
+
+def test_the_first_input_as_a_keyword_is_hooked_too(tiny_lm):
+    plain = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    layer = plain.layers[0]
+    x = torch.randn(1, 3, tiny_lm.info["d_model"])
+    seen = {}
+    with plain.hooks([("blocks.0.hook_resid_pre", lambda a, hook: seen.setdefault("x", a) * 0)]):
+        pos = torch.zeros(1, 3, dtype=torch.long)
+        emb = plain.original_model.model.rotary_emb(x, pos)
+        out = layer(hidden_states=x, position_embeddings=emb, attention_mask=None)
+    assert torch.equal(seen["x"], x)
+    ref = layer(hidden_states=torch.zeros_like(x), position_embeddings=emb, attention_mask=None)
+    torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, ref[0] if isinstance(ref, tuple) else ref)
