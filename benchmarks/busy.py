@@ -55,7 +55,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit("benchmarks.busy needs a CUDA device")
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
     stats = new_stats(cfg, lm, groups, n_controls)
-    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])])
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])],
+                                  n_pairs=len(kept))
 
     def analysis(b):
         forward(model, b, stats.hooks(b), score_rows=2 * b.size)

@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> None:
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
     stats = new_stats(cfg, lm, groups, n_controls)
     bare = bare_model(lm)
-    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])])
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])],
+                                  n_pairs=len(kept))
     tot: dict[str, float] = {}
 
     def phase(name, fn):

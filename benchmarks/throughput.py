@@ -119,7 +119,7 @@ def pipeline(cfg, lm, kept, groups, n_controls):
     """The statistics and the batch loop of a run, on the model the run would choose."""
     stats = new_stats(cfg, lm, groups, n_controls)
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
-    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in sites])
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in sites], n_pairs=len(kept))
     pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)), model=model)
     return stats, pipe, facts
 

@@ -270,13 +270,15 @@ def _caller_hooks(lm: LoadedModel) -> str | None:
     return None
 
 
-def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
+def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 0):
     """The model the batch loop runs, and how: ``(model, facts)``.
 
     ``analysis.backend``: ``bridge`` runs TransformerBridge (its eager attention; every hook);
     ``hf`` runs the untouched Hugging Face module tree with plain PyTorch hooks (``interp.plain``),
     attention kernel ``analysis.attn``, ``torch.compile``d where ``analysis.compile`` says (``auto``:
-    on CUDA; never with hooks inside the attention or MLP, ``z`` and ``mlp_post``), and fails if a
+    on CUDA, and on the CPU for runs of at least ``analysis.compile_cpu_min_pairs`` pairs (``n_pairs``),
+    where the compiled pass's gain outweighs the compilation; never with hooks inside the attention or
+    MLP, ``z`` and ``mlp_post``), and fails if a
     hook needs the bridge; ``auto`` picks ``hf`` when it can and the bridge otherwise (also when
     the caller attached hooks to the bridge, which only the bridge would run)."""
     from .plain import INNER, supported
@@ -307,7 +309,8 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str]):
         raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
     inner = [n for n in hook_names if n.endswith(INNER)]
     lm.plain.uncompile()
-    if ((lm.device.type == "cuda") if comp == "auto" else comp):
+    big = n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
+    if ((lm.device.type == "cuda" or big) if comp == "auto" else comp):
         if inner:
             facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
         else:
@@ -475,7 +478,7 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
     pair_ids = [p.pair_id for p, _ in kept]
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
-    model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites])
+    model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites], n_pairs=len(mine))
     pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.get("overlap", True)), model=model)
     for bi in range(start, len(batches)):
         pair_rows += pipe.submit(batches[bi])

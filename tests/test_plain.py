@@ -108,6 +108,10 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     assert model is tiny_lm.bridge and facts["why_bridge"].startswith("hooks are attached to the bridge")
     model, facts = analysis_model(tiny_lm, acfg, ["blocks.0.attn.hook_pattern"])
     assert model is tiny_lm.bridge and "needs the bridge" in facts["why_bridge"]
+    _, facts = analysis_model(tiny_lm, acfg, names[:1], n_pairs=5000)  # a large CPU run compiles
+    assert facts["compiled"] is True and tiny_lm.plain.compiled
+    _, facts = analysis_model(tiny_lm, acfg, names[:1], n_pairs=4999)
+    assert facts["compiled"] is False and not tiny_lm.plain.compiled
     hf = make_cfg("analysis.backend=hf").analysis
     with pytest.raises(ValueError, match="analysis.backend=hf is not possible here: hook blocks.0.attn.hook_pattern"):
         analysis_model(tiny_lm, hf, ["blocks.0.attn.hook_pattern"])
