@@ -23,10 +23,9 @@ import hydra
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.throughput import _sync, bare_model, bare_pass, matmul_flop, new_stats, prepare, warm_batches
+from benchmarks.throughput import _sync, bare_model, bare_pass, matmul_flop, pipeline, prepare, warm_batches
 from interp.engine import forward
-from interp.hooks import resolve
-from interp.runner import analysis_model, get_model
+from interp.runner import get_model
 
 GEMM = re.compile(r"gemm|nvjet|xmma|cutlass|cublas|sm90_", re.I)
 ATTENTION = re.compile(r"flash|fmha|attention|softmax|sdpa", re.I)
@@ -54,9 +53,8 @@ def main(cfg: DictConfig) -> None:
     if lm.device.type != "cuda":
         raise SystemExit("benchmarks.busy needs a CUDA device")
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
-    stats = new_stats(cfg, lm, groups, n_controls)
-    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])],
-                                  n_pairs=len(kept))
+    stats, pipe, facts = pipeline(cfg, lm, kept, groups, n_controls)
+    model = pipe.model
 
     def analysis(b):
         forward(model, b, stats.hooks(b), score_rows=2 * b.size)

@@ -2,9 +2,10 @@
 
     python -m benchmarks.phases model=llama3_8b_shape device=cuda n_pairs=1024 batch_size=128
 
-Prints one JSON line: seconds summed over batches for the bare Hugging Face forward (sdpa), the forward with the
-analysis hooks (on the model a run would choose: ``analysis.backend``) (which only keep references), ``consume()`` (the statistics), the log-probabilities,
-the merge into the running state, and the per-pair rows. With ``+profile=N`` it also runs the
+Prints one JSON line: seconds summed over batches for the bare Hugging Face forward (sdpa), the
+forward with the analysis hooks (which only keep references) on the model a run would choose
+(``analysis.backend``), the log-probabilities, ``consume()`` (the statistics, added into the
+running state in place), and the per-pair rows. With ``+profile=N`` it also runs the
 PyTorch profiler over ``consume()`` of N batches and prints the operations that
 took the most device time.
 """
@@ -18,20 +19,18 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.throughput import _sync, bare_model, bare_pass, new_stats, prepare, warm_batches
+from benchmarks.throughput import _sync, bare_model, bare_pass, pipeline, prepare, warm_batches
 from interp.engine import forward, sentence_logprobs
-from interp.hooks import resolve
-from interp.runner import _pair_rows, analysis_model, get_model
+from interp.runner import _pair_rows, get_model
 
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     lm = get_model(cfg)
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
-    stats = new_stats(cfg, lm, groups, n_controls)
+    stats, pipe, facts = pipeline(cfg, lm, kept, groups, n_controls)
+    model = pipe.model
     bare = bare_model(lm)
-    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in resolve(list(cfg.hooks.points), lm.info["n_layers"])],
-                                  n_pairs=len(kept))
     tot: dict[str, float] = {}
 
     def phase(name, fn):
@@ -67,7 +66,8 @@ def main(cfg: DictConfig) -> None:
                 _sync(lm.device)
         key = "self_device_time_total" if lm.device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
-    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches), "analysis_forward": facts,
+    print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches),
+                      "analysis_forward": facts,
                       **{k: round(v, 3) for k, v in tot.items()}}), flush=True)
 
 

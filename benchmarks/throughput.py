@@ -118,8 +118,7 @@ def timed(fn, device) -> float:
 def pipeline(cfg, lm, kept, groups, n_controls):
     """The statistics and the batch loop of a run, on the model the run would choose."""
     stats = new_stats(cfg, lm, groups, n_controls)
-    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
-    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in sites], n_pairs=len(kept))
+    model, facts = analysis_model(lm, cfg.analysis, [s.name for s in stats.sites], n_pairs=len(kept))
     pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)), model=model)
     return stats, pipe, facts
 

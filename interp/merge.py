@@ -98,7 +98,8 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
             shutil.copyfile(first / name, out / name)
     m0 = next(m for m, i in zip(manifests, info) if int(i["index"]) == 0)
     facts = {
-        "model": m0["model"], "forward": _forward_facts(manifests), "group_types": group_types, "pairs_loaded": m0["counts"]["pairs_loaded"],
+        "model": m0["model"], "forward": _forward_facts(manifests), "group_types": group_types,
+        "pairs_loaded": m0["counts"]["pairs_loaded"],
         "unreadable_lines": m0["counts"]["unreadable_lines"], "rejected": m0["counts"]["rejected"],
         "batches": sum(m["counts"]["batches"] for m in manifests), "resumed_from_batch": 0,
         "inspect": {"n_saved_pairs": m0["counts"].get("n_saved_pairs", 0)}, "shard": None,

@@ -11,7 +11,8 @@ Three sources, chosen by ``model.source`` in the Hydra config:
 
 Before the bridge boots, ``interp.plain`` builds a second, untouched module tree of the model that
 shares its weight tensors (``LoadedModel.plain``): the analysis runs it with plain PyTorch hooks and
-its own attention kernel and ``torch.compile`` when no hook needs the bridge, and benchmarks time it as the bare model.
+its own attention kernel and ``torch.compile`` when no hook needs the bridge, and benchmarks time
+it as the bare model.
 
 Every model is booted with ``TransformerBridge.boot_transformers(..., hf_model=...)`` and
 ``enable_compatibility_mode(no_processing=...)``. By default no weight processing is applied, so
@@ -253,7 +254,7 @@ def _plain_twin(hf_model, mcfg):
     """The Hugging Face module tree as loaded, sharing its weights, built before the bridge
     replaces the modules of ``hf_model`` (``interp.plain``); (None, reason) where that is not
     possible or would not compute what the bridge's hooks see."""
-    from .plain import PlainModel, why_not
+    from .plain import PlainModel, twin, why_not
 
     if mcfg.get("process_weights", False):
         return None, "model.process_weights=true: the bridge's weights are no longer the model's own"
@@ -262,8 +263,6 @@ def _plain_twin(hf_model, mcfg):
     reason = why_not(hf_model)
     if reason:
         return None, reason
-    from .plain import twin
-
     return PlainModel(twin(hf_model)), None
 
 

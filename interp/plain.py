@@ -202,7 +202,8 @@ class PlainModel:
         """Logits of a forward pass. If compilation fails (no compiler, an unsupported operation),
         that is no fault of the input: the tree goes back to eager modules for good, the reason is
         kept in ``compile_error`` and logged, and the pass is run again (hooks fire again too)."""
-        self._check_return_type(return_type)
+        if return_type not in ("logits", None):
+            raise ValueError(f"return_type={return_type!r}: the plain forward pass returns logits or None")
         try:
             out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                                       logits_to_keep=logits_to_keep)
@@ -214,10 +215,6 @@ class PlainModel:
             log.warning("torch.compile failed; the analysis continues with eager modules: %s", self.compile_error)
             return self(tokens, attention_mask, return_type, logits_to_keep)
         return out.logits if return_type == "logits" else None
-
-    def _check_return_type(self, return_type: str) -> None:
-        if return_type not in ("logits", None):
-            raise ValueError(f"return_type={return_type!r}: the plain forward pass returns logits or None")
 
 
 class _Hook:

@@ -278,9 +278,9 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
     attention kernel ``analysis.attn``, ``torch.compile``d where ``analysis.compile`` says (``auto``:
     on CUDA, and on the CPU for runs of at least ``analysis.compile_cpu_min_pairs`` pairs (``n_pairs``),
     where the compiled pass's gain outweighs the compilation; never with hooks inside the attention or
-    MLP, ``z`` and ``mlp_post``), and fails if a
-    hook needs the bridge; ``auto`` picks ``hf`` when it can and the bridge otherwise (also when
-    the caller attached hooks to the bridge, which only the bridge would run)."""
+    MLP, ``z`` and ``mlp_post``), and fails if a hook needs the bridge; ``auto`` picks ``hf`` when it
+    can and the bridge otherwise (also when the caller attached hooks to the bridge, which only the
+    bridge would run)."""
     from .plain import INNER, supported
 
     backend = str(acfg.get("backend", "auto"))
@@ -308,13 +308,14 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
     if comp not in ("auto", True, False):
         raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
     inner = [n for n in hook_names if n.endswith(INNER)]
-    lm.plain.uncompile()
     big = n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
-    if ((lm.device.type == "cuda" or big) if comp == "auto" else comp):
-        if inner:
-            facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
-        else:
-            lm.plain.compile()
+    want = (lm.device.type == "cuda" or big) if comp == "auto" else comp
+    if want and inner:
+        facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
+    if want and not inner:
+        lm.plain.compile()  # kept as it is when already compiled
+    else:
+        lm.plain.uncompile()
     return lm.plain, {**facts, "attention": lm.plain.attn, "compiled": lm.plain.compiled}
 
 

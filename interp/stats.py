@@ -140,10 +140,10 @@ class Sums:
         y = x.reshape(B, -1).to(torch.float64, copy=True)
         ok = y == y  # not NaN
         y.sub_(self.shift[block].reshape(1, -1)).masked_fill_(~ok, 0.0)  # in place: few passes
-        onehot = torch.nn.functional.one_hot(group, n_groups).T  # [G, B]
+        onehot = torch.nn.functional.one_hot(group, n_groups).T if x.is_cuda else None  # [G, B]
 
         def fold(v: Tensor) -> Tensor:  # [B, N] -> [S, G, *R]: per-group sums over the pairs
-            if v.is_cuda:  # a one-hot product: deterministic on the GPU (index_add_ uses atomics there)
+            if onehot is not None:  # a one-hot product: deterministic on the GPU (index_add_ uses atomics there)
                 out = onehot.to(v.dtype) @ v
             else:  # on the CPU index_add_ is sequential and much faster than a skinny matrix product
                 out = torch.zeros((n_groups, v.shape[1]), dtype=v.dtype).index_add_(0, group, v)
