@@ -513,27 +513,31 @@ class DiffStats:
         return pd.DataFrame(rows)
 
     def detail_tables(self, pair_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Per-pair drill-down tables: change per site and position; top changed / stable components."""
+        """Per-pair drill-down tables: change per site and position; top changed / stable components.
+        Rows in the order site, pair, position (and site, pair, kind, order), built as whole arrays
+        per staged chunk: a checkpoint of thousands of pairs x sites takes no per-row Python."""
         prof, comp = [], []
         for d in self.details:
-            idx = d["index"].tolist()
+            ids = np.asarray(pair_ids, dtype=object)[d["index"].cpu().numpy()]  # [n]
             dn, an = d["diff_norm"].cpu().numpy(), d["a_norm"].cpu().numpy()  # [S, n, T]
             edit, last = d["edit"].cpu().numpy(), d["last"].cpu().numpy()
-            arrays = {f"{key}_{x}": d[f"{key}_{x}"].cpu().numpy() for key in ("top", "low") for x in ("idx", "val", "abs")}
-            for si, s in enumerate(d["sites"]):
-                for j, i in enumerate(idx):
-                    T = int(last[j]) + 1
-                    prof.append(pd.DataFrame({
-                        "pair_id": pair_ids[i], "hook": s.point, "layer": s.layer, "position": np.arange(1, T),
-                        "offset": np.arange(1, T) - int(edit[j]), "diff_norm": dn[si, j, 1:T],
-                        "a_norm": an[si, j, 1:T],
-                    }))
-                    for kind, key in (("most_changed", "top"), ("most_stable", "low")):
-                        ci, cv, ca = (arrays[f"{key}_{x}"][si, j] for x in ("idx", "val", "abs"))
-                        comp.append(pd.DataFrame({
-                            "pair_id": pair_ids[i], "hook": s.point, "layer": s.layer, "kind": kind,
-                            "order": np.arange(1, len(ci) + 1), "component": ci, "abs_diff": ca, "normalized": cv,
-                        }))
+            points = np.array([s.point for s in d["sites"]], dtype=object)
+            layers = np.array([s.layer for s in d["sites"]], dtype=np.int64)
+            S, n, T = dn.shape
+            t = np.arange(T)
+            si, j, pos = np.nonzero(np.broadcast_to((t >= 1) & (t <= last[:, None]), (S, n, T)))
+            prof.append(pd.DataFrame({
+                "pair_id": ids[j], "hook": points[si], "layer": layers[si], "position": pos.astype(np.int64),
+                "offset": (pos - edit[j]).astype(np.int64), "diff_norm": dn[si, j, pos], "a_norm": an[si, j, pos],
+            }))
+            # [S, n, kind, k]: kinds most_changed (top), most_stable (low)
+            arr = {x: np.stack([d[f"top_{x}"].cpu().numpy(), d[f"low_{x}"].cpu().numpy()], 2) for x in ("idx", "val", "abs")}
+            si, j, kind, order = (g.reshape(-1) for g in np.indices(arr["idx"].shape))
+            comp.append(pd.DataFrame({
+                "pair_id": ids[j], "hook": points[si], "layer": layers[si],
+                "kind": np.array(["most_changed", "most_stable"], dtype=object)[kind], "order": (order + 1).astype(np.int64),
+                "component": arr["idx"].reshape(-1), "abs_diff": arr["abs"].reshape(-1), "normalized": arr["val"].reshape(-1),
+            }))
         cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
         return cat(prof), cat(comp)
 
