@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.throughput import _sync, bare_model, bare_pass, matmul_flop, pipeline, prepare, warm_batches
-from interp.engine import forward
+from interp.engine import pair_logprobs
 from interp.runner import get_model
 
 GEMM = re.compile(r"gemm|nvjet|xmma|cutlass|cublas|sm90_", re.I)
@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> None:
     model = pipe.model
 
     def analysis(b):
-        forward(model, b, stats.hooks(b), score_rows=2 * b.size)
+        pair_logprobs(model, b, stats.hooks(b))
         stats.consume()
 
     timed_batches = batches[1:]

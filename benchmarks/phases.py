@@ -3,8 +3,9 @@
     python -m benchmarks.phases model=llama3_8b_shape device=cuda n_pairs=1024 batch_size=128
 
 Prints one JSON line: seconds summed over batches for the bare Hugging Face forward (sdpa), the
-forward with the analysis hooks (which only keep references) on the model a run would choose
-(``analysis.backend``), the log-probabilities, ``consume()`` (the statistics, added into the
+forward with the analysis hooks (which only keep references) and the a and b sentences'
+log-probabilities (``engine.pair_logprobs``) on the model a run would choose (``analysis.backend``),
+``consume()`` (the statistics, added into the
 running state in place), and the per-pair rows. With ``+profile=N`` it also runs the
 PyTorch profiler over ``consume()`` of N batches and prints the operations that
 took the most device time.
@@ -20,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from benchmarks.throughput import _sync, bare_model, bare_pass, pipeline, prepare, warm_batches
-from interp.engine import forward, sentence_logprobs
+from interp.engine import pair_logprobs
 from interp.runner import _pair_rows, get_model
 
 
@@ -46,10 +47,7 @@ def main(cfg: DictConfig) -> None:
         if i == len(warm):
             tot.clear()  # warm-up done
         phase("bare_forward", lambda: bare_pass(bare, b))
-        n = 2 * b.size
-        logits = phase("forward_with_hooks", lambda: forward(model, b, stats.hooks(b), score_rows=n))
-        lp = phase("logprobs", lambda: sentence_logprobs(logits, b.tokens[:n], b.mask[:n]))
-        del logits
+        lp = phase("forward_hooks_logprobs", lambda: pair_logprobs(model, b, stats.hooks(b)))
         phase("consume", stats.consume)  # per-pair values and their sums, added into the state
         phase("pair_rows", lambda: _pair_rows(b, lp, kept))
     n_prof = int(cfg.get("profile", 0))
@@ -59,7 +57,7 @@ def main(cfg: DictConfig) -> None:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.type == "cuda" else [])
         with profile(activities=acts) as prof:
             for b in batches[:n_prof]:
-                forward(model, b, stats.hooks(b), score_rows=2 * b.size)
+                pair_logprobs(model, b, stats.hooks(b))
                 _sync(lm.device)
                 with torch.profiler.record_function("consume"):
                     stats.consume()

@@ -158,13 +158,15 @@ def warm_batches(batches, n: int, compiled: bool):
 def matmul_flop(lm, batches, scored_only: bool = False) -> float:
     """Matrix-product FLOP of a forward pass over ``batches``: 2 x (weights used in products) per
     computed token slot, padding included (an embedding lookup is no product). With ``scored_only``
-    the unembedding counts only for the a and b rows, the only ones the analysis computes logits for."""
+    the unembedding counts only what the analysis computes: the predictions its log-probabilities
+    sum (``engine.Scored``) and the last position of every row (``logits_to_keep=1``)."""
     emb_in, emb_out = lm.hf_model.get_input_embeddings().weight, lm.hf_model.get_output_embeddings().weight
     body = lm.info["n_params"] - emb_in.numel() - (0 if emb_in is emb_out else emb_out.numel())
     flop = 0.0
     for b in batches:
         rows = b.tokens.shape[0]
-        flop += 2 * b.seq_len * (rows * body + (2 * b.size if scored_only else rows) * emb_out.numel())
+        unembedded = rows + b.scored_slots().n if scored_only else rows * b.seq_len
+        flop += 2 * (b.seq_len * rows * body + unembedded * emb_out.numel())
     return flop
 
 

@@ -41,10 +41,17 @@ class Batch:
     edit_end: Int[Tensor, "B"] | None = None  # None: one-token edits (= edit)
     b_index: Int[Tensor, "B T"] | None = None  # None: b's positions are a's
     host_group: Int[Tensor, "B"] | None = None  # ``group`` on the host (no device sync to read it)
+    scored: "Scored | None" = None  # the predictions the a and b log-probabilities sum (built on the host)
 
     def __post_init__(self):
         if self.edit_end is None:
             self.edit_end = self.edit
+
+    def scored_slots(self) -> "Scored":
+        """``scored``, built here (one host copy of the mask) when the batch was made without it."""
+        if self.scored is None:
+            self.scored = Scored.build(self.mask.cpu(), self.edit.cpu(), self.tokens.device)
+        return self.scored
 
     @property
     def size(self) -> int:
@@ -69,7 +76,7 @@ class Batch:
         return Batch(self.index[lo:hi], self.tokens[r], self.mask[r], self.edit[lo:hi], self.last[lo:hi],
                      self.group[lo:hi], self.n_variants, self.edit_end[lo:hi],
                      None if self.b_index is None else self.b_index[lo:hi],
-                     None if self.host_group is None else self.host_group[lo:hi])
+                     None if self.host_group is None else self.host_group[lo:hi])  # ``scored`` rebuilt on use
 
     def sentence_mask(self) -> Bool[Tensor, "VB T"]:
         """Real tokens without BOS: the tokens a sentence's statistics are taken over."""
@@ -84,6 +91,36 @@ class Batch:
         for v in range(1, self.n_variants):
             m[v * self.size:(v + 1) * self.size] &= ~before
         return m
+
+
+@dataclass
+class Scored:
+    """The next-token predictions that make up the log-probabilities of a batch's a and b sentences.
+
+    Position ``t`` of row ``r`` predicts token ``t + 1``. Sentence a needs every prediction of a real
+    token; sentence b only those from its edit on (``t >= edit - 1``): before the edit b's tokens
+    and their context are a's, so those predictions are a's and are counted for b from a's row
+    (``shared``). Built on the host when the batch is made, so scoring needs no device sync.
+    """
+    flat: Int[Tensor, "N"]  # r * T + t into the a and b rows' positions
+    owner: Int[Tensor, "N"]  # the row (0..2B-1) each prediction counts for
+    shared: Int[Tensor, "M"]  # indices into ``flat``: a's predictions inside the shared prefix
+    shared_owner: Int[Tensor, "M"]  # B + j: the b row that counts them too
+
+    @classmethod
+    def build(cls, mask: Bool[Tensor, "VB T"], edit: Int[Tensor, "B"], device) -> "Scored":
+        B, T = edit.shape[0], mask.shape[1]
+        t = torch.arange(T - 1)[None, :]
+        real = mask[:2 * B, 1:]  # slot t predicts a real token t + 1
+        need = torch.cat([real[:B], real[B:] & (t >= edit[:, None] - 1)])
+        r, pos = need.nonzero(as_tuple=True)
+        shared = ((r < B) & (pos < edit[r.clamp(max=B - 1)] - 1)).nonzero()[:, 0]
+        out = [r * T + pos, r, shared, r[shared] + B]
+        return cls(*(x.to(device, non_blocking=True) for x in out))
+
+    @property
+    def n(self) -> int:
+        return int(self.flat.shape[0])
 
 
 def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int, pad_id: int,
@@ -132,7 +169,8 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
             b_index = b_index.clamp(0, T - 1).to(device)
             edit_end = edit_end.to(device)
         batches.append(Batch(torch.tensor(idx), tokens.to(device), mask.to(device), edit.to(device),
-                             last.to(device), group.to(device), V, edit_end, b_index, group))
+                             last.to(device), group.to(device), V, edit_end, b_index, group,
+                             Scored.build(mask, edit, device)))
     return batches
 
 
@@ -161,6 +199,37 @@ def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = N
         with bridge.hooks(fwd_hooks=hooks + [("ln_final.hook_out", keep_final)]):
             bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits", logits_to_keep=1)
         return bridge.original_model.get_output_embeddings()(final["h"])
+
+
+def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None,
+                  chunk: int = 1024) -> Float[Tensor, "2B"]:
+    """One forward pass of the batch with temporary hooks; returns log P(sentence | BOS) of the a and
+    b sentences (rows ``0..2B-1``), float64, as ``sentence_logprobs`` of their full logits would.
+
+    Only the predictions in ``batch.scored_slots()`` are unembedded (``chunk`` at a time, from the
+    final normalized residual stream ``ln_final.hook_out``): the real tokens of a, and b from its edit
+    on, its shared prefix counted from a's row. Neither padding, nor the control rows, nor b's prefix
+    costs a vocabulary-sized product, and the margin log P(a) - log P(b) has no rounding noise from
+    the tokens the two sentences share.
+    """
+    sc = batch.scored_slots()
+    n = 2 * batch.size
+    kept: dict[str, Tensor] = {}
+
+    def keep_final(x: Tensor, hook=None) -> None:
+        kept["h"] = x[:n].flatten(0, 1).index_select(0, sc.flat)
+
+    with torch.inference_mode():
+        with model.hooks(fwd_hooks=list(fwd_hooks or []) + [("ln_final.hook_out", keep_final)]):
+            model(batch.tokens, attention_mask=batch.mask.long(), return_type="logits", logits_to_keep=1)
+        h, unembed = kept["h"], model.original_model.get_output_embeddings()
+        target = batch.tokens.flatten().index_select(0, sc.flat + 1)
+        lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)
+        for i in range(0, sc.n, chunk):
+            lg = unembed(h[i:i + chunk]).float()
+            lp[i:i + chunk] = lg.gather(-1, target[i:i + chunk, None])[:, 0] - lg.logsumexp(-1)
+        out = torch.zeros(n, dtype=torch.float64, device=h.device).index_add_(0, sc.owner, lp)
+        return out.index_add_(0, sc.shared_owner, lp.index_select(0, sc.shared))
 
 
 def sentence_logprobs(logits: Float[Tensor, "R T vocab"], tokens: Int[Tensor, "R T"],

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import results as R
 from .analysis import DiffStats
 from .controls import control_ids, make_pool
-from .engine import Batch, forward, make_batches, sentence_logprobs
+from .engine import Batch, make_batches, pair_logprobs
 from .fused import use_fused
 from .hooks import PATTERN, resolve
 from .model import LoadedModel, load_model, resolve_device, resolve_dtype
@@ -200,10 +200,7 @@ class BatchPipeline:
 
     def _launch(self, batch: Batch):
         hooks, captured = self.stats.capture(batch)
-        n = 2 * batch.size  # the a and b rows get logits; control rows only feed the hooks
-        logits = forward(self.model, batch, hooks, score_rows=n)
-        lp = sentence_logprobs(logits, batch.tokens[:n], batch.mask[:n])
-        del logits
+        lp = pair_logprobs(self.model, batch, hooks)  # a and b only; control rows only feed the hooks
         done = None
         if lp.is_cuda:  # back to the host without waiting for work queued after this batch
             host = torch.empty(lp.shape, dtype=lp.dtype, pin_memory=True)

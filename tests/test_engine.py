@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from interp.analysis import DiffStats
-from interp.engine import forward, make_batches, sentence_logprobs
+from interp.engine import Scored, forward, make_batches, pair_logprobs, sentence_logprobs
 from interp.hooks import HOOK_POINTS, resolve
 from interp.pairs import load_pairs, validate_pairs
 from interp.runner import run
@@ -85,6 +85,40 @@ def test_scoring_only_the_pair_rows_gives_the_models_own_logits(tiny_lm, pairs_f
     torch.testing.assert_close(ours * m, hf[:n] * m, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sentence_logprobs(ours, b.tokens[:n], b.mask[:n], chunk=3),
                                sentence_logprobs(hf[:n], b.tokens[:n], b.mask[:n]), rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["bridge", "plain"])
+def test_pair_logprobs_equal_the_full_logits_log_probabilities(tiny_lm, pairs_file, backend):
+    """Only a's predictions and b's from its edit on are unembedded; the sums equal log P(sentence)
+    from the reference model's full logits, for one-token edits (with control rows) and for a
+    span-aligned pair whose b is one token longer."""
+    from interp.controls import build_pool, control_ids
+    from interp.pairs.validate import check_pair
+    from tests.test_alignment import SPLIT
+
+    kept = _kept(tiny_lm, pairs_file)
+    tps = [tp for _, tp in kept] + [check_pair(tiny_lm.tokenizer, *SPLIT, alignment="span").tokens]
+    pool = build_pool(tiny_lm.tokenizer, 200)
+    ctrl = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, set(), 2, 0, str(i)) for i, tp in enumerate(tps)]
+    batches = make_batches(tps, [0] * len(tps), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 8, controls=ctrl)
+    model = tiny_lm.bridge if backend == "bridge" else tiny_lm.plain
+    ref_model = hf_reference(tiny_lm)
+    assert any(b.b_index is not None for b in batches)
+    for b in batches:
+        n = 2 * b.size
+        sc = b.scored
+        # b's own predictions start at its edit; every a prediction of a real token is there
+        assert sc.n < int(b.mask[:n, 1:].sum()) and sc.n == Scored.build(b.mask.cpu(), b.edit.cpu(), "cpu").n
+        ours = pair_logprobs(model, b)
+        with torch.no_grad():
+            hf = ref_model(b.tokens, attention_mask=b.mask.long()).logits
+        ref = sentence_logprobs(hf[:n], b.tokens[:n], b.mask[:n])
+        assert ours.dtype == torch.float64 and ours.shape == (n,)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-4)
+    # a batch made elsewhere (no host-built slots) builds them on first use
+    b = batches[0]
+    bare = type(b)(b.index, b.tokens, b.mask, b.edit, b.last, b.group, b.n_variants, b.edit_end, b.b_index)
+    torch.testing.assert_close(pair_logprobs(model, bare), pair_logprobs(model, b), rtol=0, atol=0)
 
 
 def test_pad_tokens_never_enter_a_statistic(tiny_cfg, pairs_file, tmp_path):

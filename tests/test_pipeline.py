@@ -62,26 +62,21 @@ def test_a_bad_pair_is_recorded_and_costs_only_itself(tiny_lm, pairs_file, monke
         T = min(tokens.shape[1], len(bad_ids))
         return (tokens[:, :T] == bad_ids[:T]).all(1) & (T == len(bad_ids))
 
-    real_forward, real_lp = runner.forward, runner.sentence_logprobs
-    if how == "raises":
-        def forward(bridge, batch, hooks=None, score_rows=None):
-            if has_bad(batch.tokens).any():
-                raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
-            return real_forward(bridge, batch, hooks, score_rows)
-        monkeypatch.setattr(runner, "forward", forward)
-    else:
-        def sentence_logprobs(logits, tokens, mask):
-            lp = real_lp(logits, tokens, mask)
-            return torch.where(has_bad(tokens), float("nan"), lp)
-        monkeypatch.setattr(runner, "sentence_logprobs", sentence_logprobs)
+    real_lp = runner.pair_logprobs
+
+    def pair_logprobs(model, batch, hooks=None):
+        if how == "raises" and has_bad(batch.tokens).any():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        lp = real_lp(model, batch, hooks)
+        return torch.where(has_bad(batch.tokens[:len(lp)]), float("nan"), lp) if how != "raises" else lp
+    monkeypatch.setattr(runner, "pair_logprobs", pair_logprobs)
 
     rows, failed = _run(tiny_lm, kept, batches, stats, pipelined)
     assert [f["pair_id"] for f in failed] == [bad.pair_id]
     assert failed[0]["reason"] == "forward_failed"
     assert set(rows["pair_id"]) == {p.pair_id for p, _ in kept} - {bad.pair_id}
 
-    monkeypatch.setattr(runner, "forward", real_forward)
-    monkeypatch.setattr(runner, "sentence_logprobs", real_lp)
+    monkeypatch.setattr(runner, "pair_logprobs", real_lp)
     kept2, batches2, without = _setup(tiny_lm, pairs_file, drop=bad.pair_id)
     rows2, _ = _run(tiny_lm, kept2, batches2, without, pipelined=False)
     pd.testing.assert_series_equal(rows["margin"], rows2["margin"], atol=1e-5, rtol=1e-5)
