@@ -81,7 +81,7 @@ def main(cfg: DictConfig) -> None:
         if name == "bare":
             out["top_kernels"] = [(e.key[:60], round(e.self_device_time_total / 1e6, 3)) for e in
                                   sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]]
-        flop = matmul_flop(lm, timed_batches, scored_only=name == "analysis")
+        flop = matmul_flop(lm, timed_batches, name == "analysis", facts["backend"] == "bridge")
         out.update({f"{name}_wall_s": round(wall, 3), f"{name}_busy_fraction": round(k["kernel"] / wall, 3),
                     **{f"{name}_{part}_s": round(v, 3) for part, v in k.items()},
                     f"{name}_gemm_tflops": round(flop / k["gemm"] / 1e12, 1) if k["gemm"] else None})

@@ -28,8 +28,8 @@ line: peak memory): model, device, dtype, batch size, tokens per sentence, pairs
 pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their ``ratio`` (and against eager
 attention), and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
 product rate and reports the time a perfect run would need (``matmul_flop``: 2 x parameters FLOP per
-computed token slot, padding included; for the analysis, whose unembedding runs on the a and b
-rows only, its own smaller count) as a fraction of each variant's time. With ``memory_check=true`` it runs the
+computed token slot, padding included; for the analysis, which unembeds only the predictions its
+log-probabilities sum, its own smaller count) as a fraction of each variant's time. With ``memory_check=true`` it runs the
 analysis at ``memory_pairs`` (1,000 and 10,000) and prints both peaks and their ratio.
 """
 
@@ -155,17 +155,18 @@ def warm_batches(batches, n: int, compiled: bool):
     return out
 
 
-def matmul_flop(lm, batches, scored_only: bool = False) -> float:
+def matmul_flop(lm, batches, scored_only: bool = False, last_position: bool = False) -> float:
     """Matrix-product FLOP of a forward pass over ``batches``: 2 x (weights used in products) per
     computed token slot, padding included (an embedding lookup is no product). With ``scored_only``
     the unembedding counts only what the analysis computes: the predictions its log-probabilities
-    sum (``engine.Scored``) and the last position of every row (``logits_to_keep=1``)."""
+    sum (``engine.Scored``), plus with ``last_position`` the last position of every row (the
+    bridge's own logits, ``logits_to_keep=1``; the plain tree runs its decoder alone)."""
     emb_in, emb_out = lm.hf_model.get_input_embeddings().weight, lm.hf_model.get_output_embeddings().weight
     body = lm.info["n_params"] - emb_in.numel() - (0 if emb_in is emb_out else emb_out.numel())
     flop = 0.0
     for b in batches:
         rows = b.tokens.shape[0]
-        unembedded = rows + b.scored_slots().n if scored_only else rows * b.seq_len
+        unembedded = rows * last_position + b.scored_slots().n if scored_only else rows * b.seq_len
         flop += 2 * (b.seq_len * rows * body + unembedded * emb_out.numel())
     return flop
 
@@ -228,7 +229,8 @@ def measure(cfg: DictConfig) -> dict:
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(lm.device) / 2 ** 20, 1)
         # roofline: every sentence token costs 2 x (parameters) FLOP in matrix products
         rate = matmul_tflops(lm.device) * 1e12
-        roof_s, roof_an = matmul_flop(lm, batches) / rate, matmul_flop(lm, batches, scored_only=True) / rate
+        roof_s, roof_an = (matmul_flop(lm, batches) / rate,
+                             matmul_flop(lm, batches, True, facts["backend"] == "bridge") / rate)
         out.update({"matmul_tflops": round(rate / 1e12, 1), "roofline_s": round(roof_s, 3),
                     "analysis_roofline_s": round(roof_an, 3),
                     **{f"{k}_fraction_of_roofline": round(roof_s / best[k], 4) for k in bare},

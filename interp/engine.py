@@ -221,7 +221,9 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
 
     with torch.inference_mode():
         with model.hooks(fwd_hooks=list(fwd_hooks or []) + [("ln_final.hook_out", keep_final)]):
-            model(batch.tokens, attention_mask=batch.mask.long(), return_type="logits", logits_to_keep=1)
+            # no logits from the pass itself: the plain tree runs its decoder alone; the bridge runs
+            # the Hugging Face model, which computes the last position's only
+            model(batch.tokens, attention_mask=batch.mask.long(), return_type=None, logits_to_keep=1)
         h, unembed = kept["h"], model.original_model.get_output_embeddings()
         target = batch.tokens.flatten().index_select(0, sc.flat + 1)
         lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)

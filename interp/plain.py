@@ -205,6 +205,9 @@ class PlainModel:
         if return_type not in ("logits", None):
             raise ValueError(f"return_type={return_type!r}: the plain forward pass returns logits or None")
         try:
+            if return_type is None:  # the decoder alone (its final norm included): no unembedding at all
+                self.original_model.get_decoder()(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
+                return None
             out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                                       logits_to_keep=logits_to_keep)
         except _COMPILE_ERRORS as err:
@@ -214,7 +217,7 @@ class PlainModel:
             self.compile_error = f"{type(err).__name__}: {err}"[:500]
             log.warning("torch.compile failed; the analysis continues with eager modules: %s", self.compile_error)
             return self(tokens, attention_mask, return_type, logits_to_keep)
-        return out.logits if return_type == "logits" else None
+        return out.logits
 
 
 class _Hook:

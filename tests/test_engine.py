@@ -104,6 +104,9 @@ def test_pair_logprobs_equal_the_full_logits_log_probabilities(tiny_lm, pairs_fi
     model = tiny_lm.bridge if backend == "bridge" else tiny_lm.plain
     ref_model = hf_reference(tiny_lm)
     assert any(b.b_index is not None for b in batches)
+    shapes = []  # inputs of the unembedding: the packed predictions only, never the model's own call
+    handle = model.original_model.get_output_embeddings().register_forward_hook(
+        lambda mod, args, out: shapes.append(tuple(args[0].shape)))
     for b in batches:
         n = 2 * b.size
         sc = b.scored
@@ -115,6 +118,9 @@ def test_pair_logprobs_equal_the_full_logits_log_probabilities(tiny_lm, pairs_fi
         ref = sentence_logprobs(hf[:n], b.tokens[:n], b.mask[:n])
         assert ours.dtype == torch.float64 and ours.shape == (n,)
         torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-4)
+    handle.remove()
+    if backend == "plain":  # the decoder alone: no logits for the last position of every row
+        assert shapes == [(b.scored.n, tiny_lm.info["d_model"]) for b in batches]
     # a batch made elsewhere (no host-built slots) builds them on first use
     b = batches[0]
     bare = type(b)(b.index, b.tokens, b.mask, b.edit, b.last, b.group, b.n_variants, b.edit_end, b.b_index)
