@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import host_malloc
 from . import results as R
 from .analysis import DiffStats
 from .controls import control_ids, make_pool
@@ -278,17 +277,9 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
     where the compiled pass's gain outweighs the compilation; never with hooks inside the attention or
     MLP, ``z`` and ``mlp_post``), and fails if a hook needs the bridge; ``auto`` picks ``hf`` when it
     can and the bridge otherwise (also when the caller attached hooks to the bridge, which only the
-    bridge would run). On the CPU it first sets up host allocation (``analysis.malloc``,
-    ``interp.host_malloc``), recorded as ``facts["host_malloc"]``."""
+    bridge would run)."""
     from .plain import INNER, supported
 
-    model, facts = _choose_model(lm, acfg, hook_names, n_pairs, INNER, supported)
-    if lm.device.type == "cpu":
-        facts["host_malloc"] = host_malloc.apply(acfg.get("malloc", "tuned"))
-    return model, facts
-
-
-def _choose_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int, INNER, supported):
     backend = str(acfg.get("backend", "auto"))
     if backend not in BACKENDS:
         raise ValueError(f"analysis.backend={backend!r} is not one of {BACKENDS}")

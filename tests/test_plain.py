@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from interp import host_malloc
 from interp.engine import forward, make_batches
 from interp.hooks import HOOK_POINTS
 from interp.pairs import load_pairs, validate_pairs
@@ -103,8 +102,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     acfg = make_cfg().analysis
     names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
     model, facts = analysis_model(tiny_lm, acfg, names)
-    assert facts.pop("host_malloc") in ("tuned", host_malloc.apply("tuned"))  # CPU: interp.host_malloc
-    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "eager", "compiled": False}
+    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "eager", "compiled": False}  # CPU
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
         model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
     assert model is tiny_lm.bridge and facts["why_bridge"].startswith("hooks are attached to the bridge")
@@ -138,10 +136,7 @@ def test_a_run_on_the_plain_tree_with_eager_attention_equals_the_bridge_run(tiny
     outs["sdpa"] = run(make_cfg(*common, "analysis.backend=hf", "analysis.attn=sdpa"), tmp_path / "sdpa", lm=tiny_lm)
     from interp import results as R
 
-    host = R.read_manifest(outs["hf"])["forward"]["host_malloc"]
-    assert host == "tuned" or host.startswith("default (")  # interp.host_malloc, on the CPU
-    fwd = R.read_manifest(outs["hf"])["forward"]
-    assert {k: v for k, v in fwd.items() if k != "host_malloc"} == {"backend": "hf", "attention": "eager", "compiled": False}
+    assert R.read_manifest(outs["hf"])["forward"] == {"backend": "hf", "attention": "eager", "compiled": False}
     assert R.read_manifest(outs["bridge"])["forward"]["backend"] == "bridge"
     for table in ("stability.parquet", "pairs.parquet"):
         ref = pd.read_parquet(outs["bridge"] / table)
