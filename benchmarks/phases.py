@@ -6,7 +6,8 @@ Prints one JSON line: seconds summed over batches for the bare Hugging Face forw
 forward with the analysis hooks (which only keep references) and the a and b sentences'
 log-probabilities (``engine.pair_logprobs``) on the model a run would choose (``analysis.backend``),
 ``consume()`` (the statistics, added into the
-running state in place), and the per-pair rows. With ``+profile=N`` it also runs the
+running state in place), and the per-pair rows, and the minor page faults per batch of each phase
+(fresh memory touched: freed memory that the allocator gave back and faults in again). With ``+profile=N`` it also runs the
 PyTorch profiler over ``consume()`` of N batches and prints the operations that
 took the most device time.
 """
@@ -14,6 +15,7 @@ took the most device time.
 from __future__ import annotations
 
 import json
+import resource
 import time
 
 import hydra
@@ -33,19 +35,23 @@ def main(cfg: DictConfig) -> None:
     model = pipe.model
     bare = bare_model(lm)
     tot: dict[str, float] = {}
+    faults: dict[str, int] = {}
 
     def phase(name, fn):
         _sync(lm.device)
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = time.perf_counter()
         out = fn()
         _sync(lm.device)
         tot[name] = tot.get(name, 0.0) + time.perf_counter() - t
+        faults[name] = faults.get(name, 0) + resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         return out
 
     warm = warm_batches(batches, 1, facts["compiled"])  # with compilation: one batch of every length
     for i, b in enumerate(warm + batches):
         if i == len(warm):
             tot.clear()  # warm-up done
+            faults.clear()
         phase("bare_forward", lambda: bare_pass(bare, b))
         lp = phase("forward_hooks_logprobs", lambda: pair_logprobs(model, b, stats.hooks(b)))
         phase("consume", stats.consume)  # per-pair values and their sums, added into the state
@@ -66,7 +72,8 @@ def main(cfg: DictConfig) -> None:
         print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
     print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches),
                       "analysis_forward": facts,
-                      **{k: round(v, 3) for k, v in tot.items()}}), flush=True)
+                      **{k: round(v, 3) for k, v in tot.items()},
+                      "page_faults_per_batch": {k: round(v / len(batches)) for k, v in faults.items()}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ runs a ``torch.compile``d tree (warmed up on batches of every distinct length fi
 reported apart) and ``bare_compiled`` times that tree without hooks. It prints one JSON line (last
 line: peak memory): model, device, dtype, batch size, tokens per sentence, pairs, sentences per
 pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their ``ratio`` (and against eager
-attention), and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
+attention), the minor page faults per batch of both loops, and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
 product rate and reports the time a perfect run would need (``matmul_flop``: 2 x parameters FLOP per
 computed token slot, padding included; for the analysis, which unembeds only the predictions its
 log-probabilities sum, its own smaller count) as a fraction of each variant's time. With ``memory_check=true`` it runs the
@@ -115,6 +115,12 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (fresh memory touched: pages the allocator gave
+    back to the system and faults in again)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def pipeline(cfg, lm, kept, groups, n_controls):
     """The statistics and the batch loop of a run, on the model the run would choose."""
     stats = new_stats(cfg, lm, groups, n_controls)
@@ -200,9 +206,13 @@ def measure(cfg: DictConfig) -> dict:
     best = min(runs, key=lambda r: r["analysis"])
     # the same work as whole loops (no synchronisation between batches, as in a run): on a GPU the
     # statistics of one batch overlap the next forward pass (analysis.overlap)
+    f0 = minor_faults()
     bare_loop = min(timed(lambda: [bare_pass(bare["bare"], b) for b in batches], lm.device)
                     for _ in range(int(cfg.repeats)))
+    f1 = minor_faults()
     an_loop = min(time_analysis(cfg, lm, kept, groups, batches, n_controls)[0] for _ in range(int(cfg.repeats)))
+    f2 = minor_faults()
+    per_batch = int(cfg.repeats) * len(batches)
     n = len(kept)
     rows_per_pair = 2 + n_controls
     tokens = sum(tp.n_tokens + 1 for _, tp in kept) / n
@@ -223,6 +233,8 @@ def measure(cfg: DictConfig) -> dict:
         "ratio": round(best["bare"] / an, 4), "ratio_vs_eager": round(best["bare_eager"] / an, 4),
         "bare_loop_s": round(bare_loop, 3), "analysis_loop_s": round(an_loop, 3),
         "ratio_loop": round(bare_loop / an_loop, 4),
+        "bare_loop_page_faults_per_batch": round((f1 - f0) / per_batch),
+        "analysis_loop_page_faults_per_batch": round((f2 - f1) / per_batch),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     if lm.device.type == "cuda":
