@@ -30,7 +30,8 @@ attention), the minor page faults per batch of both loops, and peak RSS (and pea
 product rate and reports the time a perfect run would need (``matmul_flop``: 2 x parameters FLOP per
 computed token slot, padding included; for the analysis, which unembeds only the predictions its
 log-probabilities sum, its own smaller count) as a fraction of each variant's time. With ``memory_check=true`` it runs the
-analysis at ``memory_pairs`` (1,000 and 10,000) and prints both peaks and their ratio.
+analysis at ``memory_pairs`` (1,000 and 10,000), both with the compilation setting ``analysis.compile``
+gives the larger run, and prints both peaks and their ratio.
 """
 
 from __future__ import annotations
@@ -256,15 +257,22 @@ def memory_check(cfg: DictConfig) -> dict:
     import subprocess
     import sys
 
+    from interp.model import resolve_device
+    from interp.runner import compile_wanted
+
+    # one forward configuration for every size: analysis.compile=auto would compile the larger run
+    # only (on the CPU from compile_cpu_min_pairs), and the compiler's memory is no growth with pairs
+    compiled = compile_wanted(cfg.analysis, resolve_device(str(cfg.device)), max(int(n) for n in cfg.memory_pairs))
     peaks = {}
     for n in cfg.memory_pairs:
         code = ("import json,sys; from benchmarks.throughput import _one_memory; "
                 f"print(json.dumps(_one_memory(sys.argv[1:], {int(n)})))")
-        overrides = [o for o in sys.argv[1:] if not o.startswith(("memory_check", "n_pairs"))]
+        overrides = [o for o in sys.argv[1:] if not o.startswith(("memory_check", "n_pairs", "analysis.compile="))]
+        overrides.append(f"analysis.compile={str(compiled).lower()}")
         r = subprocess.run([sys.executable, "-c", code, *overrides], capture_output=True, text=True, check=True)
         peaks[int(n)] = json.loads(r.stdout.strip().splitlines()[-1])
     a, b = (peaks[int(n)] for n in cfg.memory_pairs)
-    out = {"memory_check": True, "model": a["model"], "device": a["device"], "pairs": list(peaks),
+    out = {"memory_check": True, "model": a["model"], "device": a["device"], "compiled": compiled, "pairs": list(peaks),
            "peak_rss_mb": [p["peak_rss_mb"] for p in peaks.values()],
            "rss_ratio": round(b["peak_rss_mb"] / a["peak_rss_mb"], 4)}
     if "peak_gpu_mb" in a:

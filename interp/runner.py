@@ -267,6 +267,15 @@ def _caller_hooks(lm: LoadedModel) -> str | None:
     return None
 
 
+def compile_wanted(acfg, device: torch.device, n_pairs: int) -> bool:
+    """``analysis.compile`` resolved: ``auto`` compiles on CUDA, and on the CPU for runs of at least
+    ``analysis.compile_cpu_min_pairs`` pairs."""
+    comp = acfg.get("compile", "auto")
+    if comp != "auto":
+        return bool(comp)
+    return device.type == "cuda" or n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
+
+
 def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 0):
     """The model the batch loop runs, and how: ``(model, facts)``.
 
@@ -305,8 +314,7 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
     if comp not in ("auto", True, False):
         raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
     inner = [n for n in hook_names if n.endswith(INNER)]
-    big = n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
-    want = (lm.device.type == "cuda" or big) if comp == "auto" else comp
+    want = compile_wanted(acfg, lm.device, n_pairs)
     if want and inner:
         facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
     if want and not inner:
