@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from . import results as R
 from .hooks import HookSite
-from .runner import finalize, new_stats
+from .runner import combine_forward, finalize, new_stats
 
 IGNORED = ("shard", "hydra", "progress", "checkpoint_every")
 
@@ -48,12 +48,6 @@ def load_stats(run_dir: Path, cfg):
     stats.load_state_dict(state)
     stats.shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
     return stats, json.loads(meta["group_types"])
-
-
-def _forward_facts(manifests: list[dict]):
-    """How the shards ran the model: one record if they agree, else every shard's (``mixed``)."""
-    facts = [m.get("forward") for m in manifests]
-    return facts[0] if all(f == facts[0] for f in facts) else {"mixed": facts}
 
 
 def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
@@ -98,7 +92,7 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
             shutil.copyfile(first / name, out / name)
     m0 = next(m for m, i in zip(manifests, info) if int(i["index"]) == 0)
     facts = {
-        "model": m0["model"], "forward": _forward_facts(manifests), "group_types": group_types,
+        "model": m0["model"], "forward": combine_forward([m.get("forward") for m in manifests]), "group_types": group_types,
         "pairs_loaded": m0["counts"]["pairs_loaded"],
         "unreadable_lines": m0["counts"]["unreadable_lines"], "rejected": m0["counts"]["rejected"],
         "batches": sum(m["counts"]["batches"] for m in manifests), "resumed_from_batch": 0,

@@ -115,16 +115,24 @@ class Checkpoint:
         state = load_file(str(self.dir / "stats.safetensors")) if done else {}
         details = [(pd.read_parquet(self.dir / "pair_profile.parquet"),
                     pd.read_parquet(self.dir / "pair_components.parquet"))] if done else []
-        return done, rows, meta.get("failed", []), state, details
+        return done, rows, meta.get("failed", []), state, details, meta.get("forward_parts", [])
 
-    def save(self, batches_done: int, rows: list[dict], failed: list[dict], state: dict, details) -> None:
+    def save(self, batches_done: int, rows: list[dict], failed: list[dict], state: dict, details,
+             forward_parts: list[dict]) -> None:
         R.write_parquet(self.dir / "pairs.parquet", pd.DataFrame(rows))
         R.write_safetensors(self.dir / "stats.safetensors", state)
         R.write_parquet(self.dir / "pair_profile.parquet", pd.concat([d[0] for d in details], ignore_index=True))
         R.write_parquet(self.dir / "pair_components.parquet", pd.concat([d[1] for d in details], ignore_index=True))
         # progress.json last: it names what the other two files hold
         R.write_json(self.dir / "progress.json",
-                     {"config_hash": self.hash, "batches_done": batches_done, "failed": failed})
+                     {"config_hash": self.hash, "batches_done": batches_done, "failed": failed,
+                      "forward_parts": forward_parts})
+
+
+def combine_forward(parts: list[dict]) -> dict:
+    """How the model ran over several parts (the parts of a resumed run, or shards): one record if
+    they agree, else every part's (``mixed``)."""
+    return parts[0] if all(f == parts[0] for f in parts) else {"mixed": parts}
 
 
 _SIDE_STREAMS: dict[str, "torch.cuda.Stream"] = {}
@@ -470,9 +478,9 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
 
     ckpt = Checkpoint(run_dir, config_hash(cfg))
     resumed = ckpt.load()
-    start, pair_rows, failed, details = 0, [], [], []
-    if resumed:
-        start, pair_rows, failed, state, details = resumed
+    start, pair_rows, failed, details, earlier = 0, [], [], [], []
+    if resumed:  # earlier: how the model ran in the parts before (a resumed run may run differently)
+        start, pair_rows, failed, state, details, earlier = resumed
         stats.load_state_dict(state)
         log.info("resuming %s at batch %d of %d", run_dir, start, len(batches))
     every = int(cfg.get("checkpoint_every", 20))
@@ -494,13 +502,14 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
             wait_for_statistics(lm.device)
             details.append(stats.detail_tables(pair_ids))
             stats.details = []
-            ckpt.save(bi + 1, pair_rows, failed, stats.state_dict(), details)
+            ckpt.save(bi + 1, pair_rows, failed, stats.state_dict(), details, earlier + [forward_facts])
         if crash_after and bi + 1 == crash_after:
             os._exit(17)
     pair_rows += pipe.flush()
     bar.close()
     if model is lm.plain and lm.plain.compile_error:  # compilation was given up during the run
         forward_facts.update(compiled=False, compile_error=lm.plain.compile_error)
+    forward_facts = combine_forward(earlier + [forward_facts])
     timings["forward_s"] = time.time() - t
     if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
         raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")

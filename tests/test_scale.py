@@ -78,6 +78,11 @@ def test_a_crashed_run_resumes_from_its_last_finished_batch_and_ends_with_the_sa
     assert not R.is_complete(tmp_path / "r") and not (tmp_path / "r" / "manifest.json").exists()
     progress = json.loads((tmp_path / "r" / "checkpoint" / "progress.json").read_text())
     assert progress["batches_done"] == 3  # checkpointed after every batch; 4 batches in all
+    (ran,) = progress["forward_parts"]  # how the model ran in the part before the crash
+    assert ran["backend"] == "hf"
+    planted = {**ran, "attention": "planted: the earlier part ran otherwise"}
+    progress["forward_parts"] = [planted]
+    (tmp_path / "r" / "checkpoint" / "progress.json").write_text(json.dumps(progress))
     assert not list((tmp_path / "r").glob("*.partial")) and not list((tmp_path / "r" / "checkpoint").glob("*.partial"))
     refused = _cli(args[:-4] + ["batch_size=4", "checkpoint_every=1", "analysis.png=false",
                                 f"hydra.run.dir={tmp_path / 'r'}"])
@@ -85,9 +90,11 @@ def test_a_crashed_run_resumes_from_its_last_finished_batch_and_ends_with_the_sa
     resumed = _cli(args + [f"hydra.run.dir={tmp_path / 'r'}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert R.read_manifest(tmp_path / "r")["counts"]["resumed_from_batch"] == 3
+    assert R.read_manifest(tmp_path / "r")["forward"] == {"mixed": [planted, ran]}  # both parts on record
     assert not (tmp_path / "r" / "checkpoint").exists()
     whole = _cli(args + [f"hydra.run.dir={tmp_path / 'w'}"])
     assert whole.returncode == 0
+    assert R.read_manifest(tmp_path / "w")["forward"] == ran  # one part: one record
     _same_tables(tmp_path / "w", tmp_path / "r")
 
 
