@@ -1,7 +1,7 @@
 """The matrix products of one decoder layer at a batch's token count: separate vs fused.
 
-    python -m benchmarks.gemm_shapes model=llama3_8b_shape device=cuda tokens=5760
-    python -m benchmarks.gemm_shapes device=cpu tokens=1440            # embedded model, fp32
+    python -m benchmarks.gemm_shapes model=llama3_8b_shape device=cuda +tokens=5760
+    python -m benchmarks.gemm_shapes device=cpu +tokens=1440           # embedded model, fp32
 
 Reads the layer shapes from the model config (``conf/model``; no weights are loaded) and times, on
 random matrices in the run's dtype, ``tokens`` x hidden inputs through: q, k, v and o projections and
@@ -20,22 +20,10 @@ import time
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from benchmarks.throughput import matmul_tflops, per_call
 from interp.model import resolve_device, resolve_dtype
-
-
-def _time(fn, device, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / reps
 
 
 def shapes(mc) -> dict[str, tuple[int, int]]:
@@ -49,13 +37,12 @@ def shapes(mc) -> dict[str, tuple[int, int]]:
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    device = torch.device(resolve_device(str(cfg.device)))
+    device = resolve_device(str(cfg.device))
     dtype = resolve_dtype(str(cfg.dtype), device)
     mc = cfg.model.get("config")
     if mc is None:  # the embedded model: SmolLM2-135M's layer
-        mc = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3}
-        from omegaconf import OmegaConf
-        mc = OmegaConf.create(mc)
+        mc = OmegaConf.create({"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                               "num_key_value_heads": 3})
     n = int(cfg.get("tokens", 5760))
     reps = int(cfg.get("reps", 20 if device.type == "cuda" else 5))
     x = {k: torch.randn(n, k, device=device, dtype=dtype) for k in {i for i, _ in shapes(mc).values()}}
@@ -63,15 +50,13 @@ def main(cfg: DictConfig) -> None:
     secs = {}
     for name, (i, o) in shapes(mc).items():
         w = torch.randn(o, i, device=device, dtype=dtype)
-        secs[name] = _time(lambda: torch.nn.functional.linear(x[i], w), device, reps)
+        secs[name] = per_call(lambda: torch.nn.functional.linear(x[i], w), device, reps)
         out[f"{name}_ms"] = round(secs[name] * 1e3, 3)
         out[f"{name}_tflops"] = round(2 * n * i * o / secs[name] / 1e12, 3)
         del w
     sep = sum(secs[k] for k in ("q", "k", "v", "o", "gate", "up", "down"))
     fus = sum(secs[k] for k in ("qkv", "o", "gate_up", "down"))
-    m = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(m, m, device=device, dtype=dtype) for _ in range(2))
-    rate = 2 * m ** 3 / _time(lambda: a @ b, device, reps) / 1e12
+    rate = matmul_tflops(device, 8192 if device.type == "cuda" else 2048, reps, dtype)
     flop = 2 * n * sum(i * o for k, (i, o) in shapes(mc).items() if k in ("q", "k", "v", "o", "gate", "up", "down"))
     out.update({"layer_separate_ms": round(sep * 1e3, 3), "layer_fused_ms": round(fus * 1e3, 3),
                 "fused_speedup": round(sep / fus, 4), "square_tflops": round(rate, 3),

@@ -15,14 +15,13 @@ took the most device time.
 from __future__ import annotations
 
 import json
-import resource
 import time
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.throughput import _sync, bare_model, bare_pass, pipeline, prepare, warm_batches
+from benchmarks.throughput import _sync, bare_model, bare_pass, minor_faults, pipeline, prepare, warm_batches
 from interp.engine import pair_logprobs
 from interp.runner import _pair_rows, get_model
 
@@ -39,12 +38,12 @@ def main(cfg: DictConfig) -> None:
 
     def phase(name, fn):
         _sync(lm.device)
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        f0 = minor_faults()
         t = time.perf_counter()
         out = fn()
         _sync(lm.device)
         tot[name] = tot.get(name, 0.0) + time.perf_counter() - t
-        faults[name] = faults.get(name, 0) + resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        faults[name] = faults.get(name, 0) + minor_faults() - f0
         return out
 
     warm = warm_batches(batches, 1, facts["compiled"])  # with compilation: one batch of every length

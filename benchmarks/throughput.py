@@ -178,14 +178,18 @@ def matmul_flop(lm, batches, scored_only: bool = False, last_position: bool = Fa
     return flop
 
 
-def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
-    """Measured bf16 matrix-product rate (TFLOP/s) of this GPU, the roofline's numerator."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    t = timed(lambda: [a @ b for _ in range(reps)], device)
-    return 2 * n ** 3 * reps / t / 1e12
+def per_call(fn, device, reps: int, warmup: int = 3) -> float:
+    """Seconds per call of ``fn`` over ``reps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return timed(lambda: [fn() for _ in range(reps)], device) / reps
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10, dtype=torch.bfloat16) -> float:
+    """Measured n^3 matrix-product rate (TFLOP/s) of this device in ``dtype``, the roofline's numerator."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / per_call(lambda: a @ b, device, reps) / 1e12
 
 
 def measure(cfg: DictConfig) -> dict:

@@ -177,28 +177,12 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
 HookFn = Callable[[Tensor, object], Tensor | None]
 
 
-def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None,
-            score_rows: int | None = None) -> Float[Tensor, "R T vocab"]:
-    """One forward pass of the batch with temporary hooks; returns the logits.
-
-    With ``score_rows=n`` only the first ``n`` rows (the ``a`` and ``b`` sentences) get logits: the
-    model is asked for the last position only (``logits_to_keep=1``) and the unembedding is applied
-    to those rows of the final normalized residual stream (``ln_final.hook_out``). The numbers are
-    the model's own; the control rows' vocabulary-sized logits are never computed.
-    """
-    hooks = list(fwd_hooks or [])
+def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None) -> Float[Tensor, "R T vocab"]:
+    """One forward pass of the batch with temporary hooks; returns the logits of every row and
+    position (``pair_logprobs`` computes the a and b log-probabilities without them)."""
     with torch.inference_mode():
-        if score_rows is None:
-            with bridge.hooks(fwd_hooks=hooks):
-                return bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits")
-        final: dict[str, Tensor] = {}
-
-        def keep_final(x: Tensor, hook=None) -> None:
-            final["h"] = x[:score_rows]
-
-        with bridge.hooks(fwd_hooks=hooks + [("ln_final.hook_out", keep_final)]):
-            bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits", logits_to_keep=1)
-        return bridge.original_model.get_output_embeddings()(final["h"])
+        with bridge.hooks(fwd_hooks=list(fwd_hooks or [])):
+            return bridge(batch.tokens, attention_mask=batch.mask.long(), return_type="logits")
 
 
 def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None,

@@ -199,14 +199,15 @@ class PlainModel:
 
     def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None, return_type: str = "logits",
                  logits_to_keep: int = 0) -> Tensor | None:
-        """Logits of a forward pass. If compilation fails (no compiler, an unsupported operation),
+        """Logits of a forward pass (``return_type=None``: the decoder alone, its final norm included,
+        and no unembedding; hooks fire all the same). If compilation fails (no compiler, an unsupported operation),
         that is no fault of the input: the tree goes back to eager modules for good, the reason is
         kept in ``compile_error`` and logged, and the pass is run again (hooks fire again too)."""
         if return_type not in ("logits", None):
             raise ValueError(f"return_type={return_type!r}: the plain forward pass returns logits or None")
         try:
-            if return_type is None:  # the decoder alone (its final norm included): no unembedding at all
-                self.original_model.get_decoder()(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
+            if return_type is None:
+                self.original_model.model(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
                 return None
             out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                                       logits_to_keep=logits_to_keep)

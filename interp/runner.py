@@ -279,8 +279,10 @@ def compile_wanted(acfg, device: torch.device, n_pairs: int) -> bool:
     """``analysis.compile`` resolved: ``auto`` compiles on CUDA, and on the CPU for runs of at least
     ``analysis.compile_cpu_min_pairs`` pairs."""
     comp = acfg.get("compile", "auto")
+    if comp not in ("auto", True, False):
+        raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
     if comp != "auto":
-        return bool(comp)
+        return comp
     return device.type == "cuda" or n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
 
 
@@ -318,11 +320,8 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
         log.warning("analysis.backend=hf: %s; they do not run in the plain forward pass", caller)
         facts["ignored"] = caller
     lm.plain.set_attention(str(acfg.get("attn", "eager")))
-    comp = acfg.get("compile", "auto")
-    if comp not in ("auto", True, False):
-        raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
-    inner = [n for n in hook_names if n.endswith(INNER)]
     want = compile_wanted(acfg, lm.device, n_pairs)
+    inner = [n for n in hook_names if n.endswith(INNER)]
     if want and inner:
         facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
     if want and not inner:

@@ -68,25 +68,6 @@ def test_resid_post_equals_hf_hidden_states_and_logprobs_equal_plain_hf(tiny_lm,
         assert ours[r].item() == pytest.approx(ref, abs=1e-3)
 
 
-def test_scoring_only_the_pair_rows_gives_the_models_own_logits(tiny_lm, pairs_file):
-    kept = _kept(tiny_lm, pairs_file)
-    from interp.controls import build_pool, control_ids
-
-    pool = build_pool(tiny_lm.tokenizer, 200)
-    ctrl = [control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, set(), 2, 0, p.pair_id) for p, tp in kept]
-    b = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 8,
-                     controls=ctrl)[0]
-    n = 2 * b.size
-    ours = forward(tiny_lm.bridge, b, score_rows=n)
-    with torch.no_grad():
-        hf = hf_reference(tiny_lm)(b.tokens, attention_mask=b.mask.long()).logits
-    assert ours.shape == (n, b.seq_len, tiny_lm.info["d_vocab"])
-    m = b.mask[:n, :, None]
-    torch.testing.assert_close(ours * m, hf[:n] * m, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sentence_logprobs(ours, b.tokens[:n], b.mask[:n], chunk=3),
-                               sentence_logprobs(hf[:n], b.tokens[:n], b.mask[:n]), rtol=1e-6, atol=1e-4)
-
-
 @pytest.mark.parametrize("backend", ["bridge", "plain"])
 def test_pair_logprobs_equal_the_full_logits_log_probabilities(tiny_lm, pairs_file, backend):
     """Only a's predictions and b's from its edit on are unembedded; the sums equal log P(sentence)

@@ -117,6 +117,8 @@ def test_the_backend_choice(tiny_lm, pairs_file):
         analysis_model(tiny_lm, hf, ["blocks.0.attn.hook_pattern"])
     with pytest.raises(ValueError, match="analysis.backend='fast' is not one of"):
         analysis_model(tiny_lm, make_cfg("analysis.backend=fast").analysis, names)
+    with pytest.raises(ValueError, match="analysis.compile='sometimes' is not one of auto, true, false"):
+        analysis_model(tiny_lm, make_cfg("analysis.compile=sometimes").analysis, names)
 
 
 def test_processed_weights_have_no_plain_tree():
