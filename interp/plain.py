@@ -44,6 +44,8 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from interp import attention
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
                    r"hook_mlp_out|attn\.hook_z|mlp\.hook_post)$")
 INNER = ("attn.hook_z", "mlp.hook_post")  # hooks on modules inside the compiled attention / MLP
-ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class UnsupportedHook(ValueError):
@@ -124,6 +126,8 @@ class PlainModel:
         if attn not in ATTENTION_KERNELS:
             raise ValueError(f"attention kernel {attn!r} is not one of {ATTENTION_KERNELS}")
         m = self.original_model
+        if attn == attention.NAME:
+            attention.register()
         if hasattr(m, "set_attn_implementation"):
             m.set_attn_implementation(attn)  # checks that the kernel is installed and supported
         else:

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import attention
 from . import results as R
 from .analysis import DiffStats
 from .controls import control_ids, make_pool
@@ -291,7 +292,8 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
 
     ``analysis.backend``: ``bridge`` runs TransformerBridge (its eager attention; every hook);
     ``hf`` runs the untouched Hugging Face module tree with plain PyTorch hooks (``interp.plain``),
-    attention kernel ``analysis.attn``, ``torch.compile``d where ``analysis.compile`` says (``auto``:
+    attention kernel ``analysis.attn`` (``auto``: ``interp.attention``'s kernel on CUDA, eager
+    elsewhere), ``torch.compile``d where ``analysis.compile`` says (``auto``:
     on CUDA, and on the CPU for runs of at least ``analysis.compile_cpu_min_pairs`` pairs (``n_pairs``),
     where the compiled pass's gain outweighs the compilation; never with hooks inside the attention or
     MLP, ``z`` and ``mlp_post``), and fails if a hook needs the bridge; ``auto`` picks ``hf`` when it
@@ -319,7 +321,7 @@ def analysis_model(lm: LoadedModel, acfg, hook_names: list[str], n_pairs: int = 
     if caller:
         log.warning("analysis.backend=hf: %s; they do not run in the plain forward pass", caller)
         facts["ignored"] = caller
-    lm.plain.set_attention(str(acfg.get("attn", "eager")))
+    lm.plain.set_attention(attention.resolve(acfg.get("attn", "auto"), lm.device))
     want = compile_wanted(acfg, lm.device, n_pairs)
     inner = [n for n in hook_names if n.endswith(INNER)]
     if want and inner:

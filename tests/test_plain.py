@@ -3,10 +3,12 @@ weights, with PyTorch hooks at TransformerLens hook names, must see what the bri
 
 from __future__ import annotations
 
+import contextlib
 import pandas as pd
 import pytest
 import torch
 
+from interp import attention, fused
 from interp.engine import forward, make_batches
 from interp.hooks import HOOK_POINTS
 from interp.pairs import load_pairs, validate_pairs
@@ -119,6 +121,16 @@ def test_the_backend_choice(tiny_lm, pairs_file):
         analysis_model(tiny_lm, make_cfg("analysis.backend=fast").analysis, names)
     with pytest.raises(ValueError, match="analysis.compile='sometimes' is not one of auto, true, false"):
         analysis_model(tiny_lm, make_cfg("analysis.compile=sometimes").analysis, names)
+    with pytest.raises(ValueError, match="attention kernel 'fast' is not one of"):
+        analysis_model(tiny_lm, make_cfg("analysis.attn=fast").analysis, names)
+    assert analysis_model(tiny_lm, make_cfg("analysis.attn=short").analysis, names[:1])[1]["attention"] == "short"
+    tiny_lm.plain.set_attention("eager")
+
+
+def test_attention_auto_is_the_short_kernel_on_cuda_and_eager_elsewhere():
+    assert attention.resolve("auto", "cpu") == "eager"  # also under the interpreter: it is for tests
+    assert attention.resolve("auto", "cuda") == ("short" if fused.triton is not None else "eager")
+    assert attention.resolve("sdpa", "cuda") == "sdpa" and attention.resolve("eager", "cuda") == "eager"
 
 
 def test_processed_weights_have_no_plain_tree():
@@ -160,6 +172,82 @@ def test_a_compiled_plain_tree_computes_the_same_activations(tiny_lm, pairs_file
     for n in names:  # fused kernels round differently: fp32 rounding apart
         torch.testing.assert_close(got[n][m], ref[n][m], rtol=1e-4, atol=1e-4, msg=n)
     torch.testing.assert_close(logits[m], ref_logits[m], rtol=1e-4, atol=1e-4)
+
+
+_INTERPRETER = pytest.mark.skipif(not fused.available("cpu"), reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
+
+
+@_INTERPRETER
+def test_a_tree_with_short_attention_computes_eager_attentions_activations(tiny_lm, pairs_file):
+    """``short``: the Triton kernel (here through Triton's interpreter), uncompiled and compiled."""
+    b = _batch(tiny_lm, pairs_file)
+    names = [n for n in _all_names(tiny_lm) if not n.endswith(("attn.hook_z", "mlp.hook_post"))]
+    ref, ref_logits = _grab(PlainModel(twin(tiny_lm.plain.original_model), "eager"), b, names)
+    short = PlainModel(twin(tiny_lm.plain.original_model), "short")
+    assert short.attn == "short"
+    calls = []
+    with _spy_kernel(calls):
+        for compiled in (False, True):
+            if compiled:
+                short.compile()
+            for bb in (b, b.rows(0, 5), b):  # two shapes (the second a dynamic graph when compiled), then reuse
+                got, logits = _grab(short, bb, names)
+            assert short.compile_error is None
+            m = b.mask
+            for n in names:  # float32 summation order apart
+                torch.testing.assert_close(got[n][m], ref[n][m], rtol=1e-4, atol=1e-4, msg=n)
+            torch.testing.assert_close(logits[m], ref_logits[m], rtol=1e-4, atol=1e-4)
+    assert len(calls) >= 2 * 3 * tiny_lm.info["n_layers"]  # the kernel ran: every layer, every pass
+
+
+@contextlib.contextmanager
+def _spy_kernel(calls: list):
+    """Count launches of the attention kernel (the custom operation's body runs them)."""
+    import interp.attention as att
+
+    kernel = att._short_attention_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return kernel[grid]
+    att._short_attention_kernel = Spy()
+    try:
+        yield
+    finally:
+        att._short_attention_kernel = kernel
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device, dtype, tol", [  # the CPU: Triton's interpreter, which mishandles bfloat16
+    pytest.param("cpu", torch.float32, 1e-5, marks=_INTERPRETER),
+    pytest.param("cpu", torch.float16, 2e-3, marks=_INTERPRETER),
+    pytest.param("cuda", torch.float32, 1e-5, marks=[_CUDA, pytest.mark.gpu]),
+    pytest.param("cuda", torch.bfloat16, 2e-2, marks=[_CUDA, pytest.mark.gpu])])
+def test_short_attention_is_eager_attention_with_grouped_heads_and_padding(device, dtype, tol):
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from benchmarks.attention import _Module, causal_mask
+    from interp.attention import SHORT_MAX_KEYS, short_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    mod = _Module(groups=3).to(device)
+    for t, masked in ((1, True), (7, True), (9, False), (17, True), (SHORT_MAX_KEYS + 3, True)):
+        q, k, v = (torch.randn(8, h, t, 16, generator=g).to(device, dtype) for h in (6, 2, 2))
+        _, mask = causal_mask(8, t, min(2, t - 1), dtype, device)
+        mask = mask if masked else None  # None: nothing masked (as Hugging Face passes it)
+        want = eager_attention_forward(mod, q.float(), k.float(), v.float(), None if mask is None else mask.float(),
+                                       scaling=0.25)[0]
+        got, weights = short_attention_forward(mod, q, k, v, mask, scaling=0.25)
+        assert got.shape == want.shape == (8, t, 6, 16) and got.dtype == dtype and got.is_contiguous()
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol, msg=f"{t} tokens")
+        assert got.device == q.device
+        if t > SHORT_MAX_KEYS:  # long sentences: eager attention itself (it returns its weights)
+            assert weights is not None and torch.equal(got, eager_attention_forward(mod, q, k, v, mask, scaling=0.25)[0])
+        else:
+            assert weights is None
 
 
 def test_a_compilation_that_fails_falls_back_to_eager_modules_without_losing_a_pair(tiny_lm, pairs_file, tmp_path):

@@ -1,0 +1,153 @@
+"""Attention for short sentences: one Triton program per (sentence, key-value head).
+
+Minimal pairs are short: 9 tokens on average with BOS. Eager attention computes the scores and the
+weighted values as batched matrix products of ``[T, d_head] x [d_head, T]`` for every row and head;
+at 9 tokens these are tiny matrices, and a batched product runs one mostly empty tile per matrix
+(on an H200 at a batch of 640 sentences, compiled eager attention takes 0.38 ms per layer, 11% of
+the layer's matrix products, about ten times what reading q, k and v costs; fused kernels such as
+cuDNN's flash attention work on tiles of 128 query rows and are slower still, see
+``benchmarks/README.md``).
+
+Here one program takes a sentence and a key-value head: it reads that head's keys and values once,
+and the queries of the ``G`` query heads that share them (grouped-query attention) as one block of
+``G x T`` rows, computes the scores with one small matrix product, adds the mask, takes the softmax
+in float32, and writes the weighted values in the layout Hugging Face's attention functions return
+(``[B, T, H, D]``). The whole layer's attention is one launch of ``B x Hkv`` programs.
+
+Numerics: products accumulate in float32 (as the matrix products do); the scores stay in float32
+through the scale, mask and softmax (eager rounds them to the model's dtype first); the weights are
+rounded to the model's dtype before the weighted sum, as in eager attention. In float32 models the
+result equals eager attention up to summation order.
+
+The kernel runs on CUDA (and on CPU tensors under ``TRITON_INTERPRET=1``, how the tests run it).
+Anything else (the CPU, sentences longer than ``SHORT_MAX_KEYS``, a head size that is not a power of
+two, dropout in training) takes Hugging Face's eager attention. ``PlainModel`` registers it as the
+attention implementation ``short``; under ``torch.compile`` it is one opaque operation
+(``torch.ops.interp.short_attention``) between the compiled projections.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from interp import fused
+
+NAME = "short"
+SHORT_MAX_KEYS = 64  # longer sentences: eager attention (a program's blocks grow with T^2)
+
+if fused.triton is not None:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _short_attention_kernel(Q, sq_b, sq_h, sq_t, K, sk_b, sk_h, sk_t, V, sv_b, sv_h, sv_t,
+                                MASK, sm_b, sm_t, sm_s, O, so_b, so_t, so_h, T, S, G, scale,
+                                HAS_MASK: tl.constexpr, BT: tl.constexpr, BG: tl.constexpr,
+                                BS: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        hk = tl.program_id(1)
+        m = tl.arange(0, BG * BT)            # query rows of the block: (group member, position)
+        gi = m // BT
+        t = m % BT
+        s = tl.arange(0, BS)
+        d = tl.arange(0, D)
+        h = hk * G + gi                      # the query head
+        row_ok = (gi < G) & (t < T)
+        q = tl.load(Q + b * sq_b + h[:, None] * sq_h + t[:, None] * sq_t + d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        k = tl.load(K + b * sk_b + hk * sk_h + s[:, None] * sk_t + d[None, :], mask=(s < S)[:, None], other=0.0)
+        if IEEE:
+            x = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            x = tl.dot(q, tl.trans(k))
+        x = x * scale
+        if HAS_MASK:
+            x += tl.load(MASK + b * sm_b + t[:, None] * sm_t + s[None, :] * sm_s,
+                         mask=row_ok[:, None] & (s < S)[None, :], other=0.0).to(tl.float32)
+        x = tl.where((s < S)[None, :], x, float("-inf"))
+        x = x - tl.max(x, 1)[:, None]
+        p = tl.exp(x)
+        p = p / tl.sum(p, 1)[:, None]
+        v = tl.load(V + b * sv_b + hk * sv_h + s[:, None] * sv_t + d[None, :], mask=(s < S)[:, None], other=0.0)
+        if IEEE:
+            out = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            out = tl.dot(p.to(v.dtype), v)
+        tl.store(O + b * so_b + t[:, None] * so_t + h[:, None] * so_h + d[None, :],
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _block(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@torch.library.custom_op("interp::short_attention", mutates_args=())
+def short_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """softmax(q k^T * scale + mask) v for query [B, H, T, D], key/value [B, Hkv, S, D] and an
+    additive mask broadcasting to [B, 1, T, S]; returns [B, T, H, D] (contiguous)."""
+    B, H, T, D = query.shape
+    Hkv, S = key.shape[1], key.shape[2]
+    G = H // Hkv
+    out = torch.empty((B, T, H, D), dtype=query.dtype, device=query.device)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
+    if mask is not None:
+        mask = mask[:, :, :, :S].expand(B, 1, T, S)
+    m_args = (mask, mask.stride(0), mask.stride(2), mask.stride(3)) if mask is not None else (q, 0, 0, 0)
+    BT = triton.next_power_of_2(T)
+    BG = triton.next_power_of_2(G)
+    while BG * BT < 16:
+        BT *= 2
+    _short_attention_kernel[(B, Hkv)](
+        q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
+        v, v.stride(0), v.stride(1), v.stride(2), *m_args, out, out.stride(0), out.stride(1), out.stride(2),
+        T, S, G, float(scale), HAS_MASK=mask is not None, BT=BT, BG=BG, BS=_block(S), D=D,
+        IEEE=query.dtype == torch.float32)
+    return out
+
+
+@short_attention.register_fake
+def _(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    B, H, T, D = query.shape
+    return query.new_empty((B, T, H, D))
+
+
+def kernel_applies(query: Tensor, key: Tensor, training: bool) -> bool:
+    """Whether ``short_attention`` takes this call (else eager attention does)."""
+    D = query.shape[-1]
+    return (fused.available(query.device) and not training and key.shape[2] <= SHORT_MAX_KEYS
+            and D >= 16 and D & (D - 1) == 0 and query.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and query.shape[1] % key.shape[1] == 0)
+
+
+def short_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                            attention_mask: Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
+    """Hugging Face attention-function signature: query [B, H, T, D], key/value [B, Hkv, S, D],
+    an additive mask [B, 1, T, S] (or None: nothing masked); returns ([B, T, H, D], None), or
+    eager attention's result where the kernel does not apply."""
+    if not kernel_applies(query, key, module.training and bool(dropout)):
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    return torch.ops.interp.short_attention(query, key, value, attention_mask, float(scaling)), None
+
+
+def resolve(setting, device: torch.device | str) -> str:
+    """``analysis.attn``: ``auto`` is ``short`` on CUDA with Triton (the fastest kernel for
+    minimal pairs, measured in ``benchmarks/README.md``) and ``eager`` elsewhere; any other value
+    names a kernel (``PlainModel.set_attention`` checks it)."""
+    setting = str(setting)
+    if setting != "auto":
+        return setting
+    return NAME if fused.triton is not None and torch.device(device).type == "cuda" else "eager"
+
+
+def register() -> None:
+    """Make ``short`` a Hugging Face attention implementation (with eager's additive mask)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if NAME not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(NAME, short_attention_forward)
+    if NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)
