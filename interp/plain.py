@@ -8,8 +8,8 @@ kernels. Most hook points need none of it: the residual stream, the attention an
 MLP neurons and the per-head outputs are inputs or outputs of Hugging Face modules. ``PlainModel``
 is a second module tree of the same model class that *shares every weight tensor* with the loaded
 model (no copy: built on the meta device, then pointed at the loaded tensors before the bridge
-boots), untouched by the bridge, with an attention kernel of choice (``eager``, the toolkit's
-default, or ``sdpa``...) and optionally ``torch.compile``.
+boots), untouched by the bridge, with an attention kernel of choice (``eager``; ``short``, the
+short-sentence Triton kernel of ``interp.attention``; ``sdpa``...) and optionally ``torch.compile``.
 
 It offers the part of the bridge's interface that ``interp.engine.forward`` uses: a ``hooks``
 context manager taking ``(TransformerLens hook name, fn(act, hook))`` pairs and a call returning
