@@ -19,6 +19,8 @@ in-place additions batch after batch and merges exactly across shards.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pandas as pd
 import torch
@@ -91,6 +93,9 @@ class DiffStats:
         self._unshifted: dict[tuple[str, str], set[int]] = {}  # layers of a state still without a shift
         self.details: list[dict] = []  # staged per-pair drill-down tensors
         self._captured: tuple[Batch, dict] | None = None  # what hooks() filled, for consume()
+        # on the CPU the hooks copy each activation into buffers kept from batch to batch (``_Arena``)
+        self.arena = torch.device(device).type == "cpu"
+        self._arena = _Arena()
 
     def _empty(self) -> "DiffStats":
         """An empty state with the same layout and settings."""
@@ -119,11 +124,12 @@ class DiffStats:
     def capture(self, batch: Batch) -> tuple[list[tuple[str, callable]], tuple[Batch, dict]]:
         """Temporary hooks that keep a reference to each activation of this batch, and the capture
         they fill, to be folded in later by ``consume(capture)``."""
-        acts: dict[str, list[Tensor | None]] = {p: [None] * len(ss) for p, ss in self.point_sites.items()}
+        acts = _Captured({p: [None] * len(ss) for p, ss in self.point_sites.items()})
+        keep = self._arena.claim(acts) if self.arena else None
 
         def make(point: str, i: int):
             def hook(act: Tensor, hook=None):
-                acts[point][i] = act.detach()
+                acts[point][i] = act.detach() if keep is None or act.device.type != "cpu" else keep((point, i), act)
                 return None
             return hook
 
@@ -145,6 +151,12 @@ class DiffStats:
         if captured is None:
             raise RuntimeError("consume() without hooks(batch) and a forward pass")
         batch, acts = captured
+        try:
+            self._consume(batch, acts)
+        finally:
+            self._arena.release(acts)
+
+    def _consume(self, batch: Batch, acts: dict) -> None:
         if batch.n_variants != 2 + self.n_controls:
             raise ValueError(f"a batch of {batch.n_variants} sentences per pair, but the statistics expect "
                              f"2 + {self.n_controls} controls")
@@ -558,3 +570,49 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     out[order] = np.clip(ranked, 0, 1)
     q[ok] = out
     return q
+
+
+class _Captured(dict):
+    """The activations of one batch by hook point (a dict that a weak reference can point to)."""
+
+
+class _Arena:
+    """Buffers for a batch's hooked activations on the CPU, reused from batch to batch.
+
+    Keeping references to the model's own activation tensors until ``consume()`` pins about 90 x
+    3 MB per batch of the embedded model; glibc serves such tensors with fresh memory maps and
+    gives them back when they are freed, so every batch faulted the memory in again (about twice
+    the page faults of a bare forward pass, and the model's temporaries, such as the MLP's
+    ``silu`` output, ran several times slower for it: ``benchmarks/README.md``). A hook instead
+    copies the activation into a buffer of its own that lives from batch to batch, and the model's
+    tensor is freed as in a forward pass without hooks. Each capture claims a set of buffers until
+    its ``consume()`` releases it (or the capture is dropped, as for a failed batch); a capture made
+    while another is still unconsumed gets a second set, so no buffer is overwritten before its
+    statistics are taken."""
+
+    def __init__(self):
+        self.sets: list[list] = []  # [weak reference to the owning capture or None, {slot: buffer}]
+
+    def claim(self, owner: _Captured):
+        for entry in self.sets:
+            if entry[0] is None or entry[0]() is None:
+                break
+        else:
+            entry = [None, {}]
+            self.sets.append(entry)
+        entry[0] = weakref.ref(owner)
+        bufs: dict = entry[1]
+
+        def keep(slot, act: Tensor) -> Tensor:
+            n = act.numel()
+            buf = bufs.get(slot)
+            if buf is None or buf.numel() < n or buf.dtype != act.dtype:
+                buf = torch.empty(n + n // 4, dtype=act.dtype)  # room for a somewhat longer batch
+                bufs[slot] = buf
+            return buf[:n].view(act.shape).copy_(act)
+        return keep
+
+    def release(self, owner) -> None:
+        for entry in self.sets:
+            if entry[0] is not None and entry[0]() is owner:
+                entry[0] = None

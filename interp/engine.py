@@ -186,12 +186,14 @@ def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = N
 
 
 def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None,
-                  chunk: int = 1024) -> Float[Tensor, "2B"]:
+                  chunk: int | None = None) -> Float[Tensor, "2B"]:
     """One forward pass of the batch with temporary hooks; returns log P(sentence | BOS) of the a and
     b sentences (rows ``0..2B-1``), float64, as ``sentence_logprobs`` of their full logits would.
 
     Only the predictions in ``batch.scored_slots()`` are unembedded (``chunk`` at a time, from the
-    final normalized residual stream ``ln_final.hook_out``): the real tokens of a, and b from its edit
+    final normalized residual stream ``ln_final.hook_out``; by default 1,024 on a GPU and on the CPU
+    as many as keep a chunk's logits within 16 MB, which the allocator then reuses instead of
+    mapping fresh memory for every batch): the real tokens of a, and b from its edit
     on, its shared prefix counted from a's row. Neither padding, nor the control rows, nor b's prefix
     costs a vocabulary-sized product, and the margin log P(a) - log P(b) has no rounding noise from
     the tokens the two sentences share.
@@ -211,9 +213,13 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
         h, unembed = kept["h"], model.original_model.get_output_embeddings()
         target = batch.tokens.flatten().index_select(0, sc.flat + 1)
         lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)
+        if chunk is None:
+            chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
         for i in range(0, sc.n, chunk):
             lg = unembed(h[i:i + chunk]).float()
-            lp[i:i + chunk] = lg.gather(-1, target[i:i + chunk, None])[:, 0] - lg.logsumexp(-1)
+            tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
+            top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
+            lp[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
         out = torch.zeros(n, dtype=torch.float64, device=h.device).index_add_(0, sc.owner, lp)
         return out.index_add_(0, sc.shared_owner, lp.index_select(0, sc.shared))
 

@@ -81,3 +81,39 @@ def test_a_bad_pair_is_recorded_and_costs_only_itself(tiny_lm, pairs_file, monke
     rows2, _ = _run(tiny_lm, kept2, batches2, without, pipelined=False)
     pd.testing.assert_series_equal(rows["margin"], rows2["margin"], atol=1e-5, rtol=1e-5)
     _same_stats(stats, without, tol=1e-5, rtol=1e-4)  # other batches, other padding: float noise only
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_the_cpu_arena_changes_no_statistic_and_never_overwrites_an_unconsumed_batch(tiny_lm, pairs_file, pipelined):
+    """On the CPU the hooks copy activations into buffers reused from batch to batch; with one
+    batch in flight two captures are alive at once and must not share buffers."""
+    kept, batches, arena = _setup(tiny_lm, pairs_file)
+    _, _, refs = _setup(tiny_lm, pairs_file)
+    assert arena.arena and len(batches) >= 3
+    refs.arena = False  # the hooks keep references to the model's own tensors
+    rows_a, _ = _run(tiny_lm, kept, batches, arena, pipelined)
+    rows_r, _ = _run(tiny_lm, kept, batches, refs, pipelined)
+    pd.testing.assert_frame_equal(rows_a, rows_r)
+    _same_stats(arena, refs, tol=0)
+    assert len(arena._arena.sets) == (2 if pipelined else 1) and not refs._arena.sets
+    assert all(owner is None for owner, _ in arena._arena.sets)  # every capture consumed and released
+
+
+def test_a_capture_that_is_never_consumed_gives_its_buffers_back(tiny_lm, pairs_file):
+    import gc
+
+    from interp.engine import pair_logprobs
+
+    kept, batches, stats = _setup(tiny_lm, pairs_file)
+    hooks, captured = stats.capture(batches[0])
+    pair_logprobs(tiny_lm.plain, batches[0], hooks)
+    bufs = stats._arena.sets[0][1]
+    act = captured[1]["resid_post"][0]
+    assert any(act.data_ptr() == b.data_ptr() for b in bufs.values())  # a view of an arena buffer
+    del hooks, captured, act  # a failed batch: dropped without consume()
+    gc.collect()
+    hooks, captured = stats.capture(batches[1])
+    assert len(stats._arena.sets) == 1  # the dropped capture's set is claimed again
+    pair_logprobs(tiny_lm.plain, batches[1], hooks)
+    stats.consume(captured)
+    assert stats._arena.sets[0][0] is None
