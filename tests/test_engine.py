@@ -93,7 +93,9 @@ def test_pair_logprobs_equal_the_full_logits_log_probabilities(tiny_lm, pairs_fi
         sc = b.scored
         # b's own predictions start at its edit; every a prediction of a real token is there
         assert sc.n < int(b.mask[:n, 1:].sum()) and sc.n == Scored.build(b.mask.cpu(), b.edit.cpu(), "cpu").n
-        ours = pair_logprobs(model, b)
+        ours = pair_logprobs(model, b, chunk=4096)
+        chunked = pair_logprobs(model, b, chunk=7)  # the unembedding 7 predictions at a time: the same sums
+        torch.testing.assert_close(chunked, ours, rtol=1e-12, atol=1e-9)
         with torch.no_grad():
             hf = ref_model(b.tokens, attention_mask=b.mask.long()).logits
         ref = sentence_logprobs(hf[:n], b.tokens[:n], b.mask[:n])
@@ -101,7 +103,9 @@ def test_pair_logprobs_equal_the_full_logits_log_probabilities(tiny_lm, pairs_fi
         torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-4)
     handle.remove()
     if backend == "plain":  # the decoder alone: no logits for the last position of every row
-        assert shapes == [(b.scored.n, tiny_lm.info["d_model"]) for b in batches]
+        d = tiny_lm.info["d_model"]
+        assert shapes == [x for b in batches for x in [(b.scored.n, d)] + [(min(7, b.scored.n - i), d)
+                                                                           for i in range(0, b.scored.n, 7)]]
     # a batch made elsewhere (no host-built slots) builds them on first use
     b = batches[0]
     bare = type(b)(b.index, b.tokens, b.mask, b.edit, b.last, b.group, b.n_variants, b.edit_end, b.b_index)
