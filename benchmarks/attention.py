@@ -4,8 +4,10 @@
     python -m benchmarks.attention device=cpu +rows=160 +tokens=9        # embedded model, fp32
 
 Reads the head layout from the model config (no weights are loaded) and times one layer's attention
-on random q, k, v in the run's dtype, ``rows`` sentences of ``tokens`` tokens (the last sentences
-left-padded by a few tokens, as a sorted batch is), with Hugging Face's causal additive mask:
+on random q, k, v in the run's dtype, ``rows`` sentences of ``tokens`` tokens with Hugging Face's causal
+additive mask, the last quarter of the sentences with their first keys masked too (the mask path
+for every key, as left padding would give; the toolkit pads on the right, where causality alone hides
+the padding):
 Hugging Face's ``eager`` and ``sdpa`` functions and ``interp.attention``'s ``short`` (the Triton
 kernel on CUDA; eager attention on the CPU), each uncompiled and under ``torch.compile`` (as the
 compiled tree runs them). Prints one JSON line:
@@ -40,7 +42,7 @@ class _Module(nn.Module):
 
 
 def causal_mask(rows: int, t: int, pad: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks [rows, 1, t, t], causal, the last quarter of the rows left-padded by ``pad``: boolean
+    """Masks [rows, 1, t, t], causal, the last quarter of the rows with their first ``pad`` keys masked: boolean
     (True = attend, as Hugging Face gives ``sdpa``) and additive (as it gives ``eager``)."""
     keep = torch.ones(t, t, dtype=torch.bool, device=device).tril()[None].repeat(rows, 1, 1)
     keep[rows - rows // 4:, :, :pad] = False

@@ -156,6 +156,14 @@ class DiffStats:
         finally:
             self._arena.release(acts)
 
+    def release(self, captured: tuple[Batch, dict]) -> None:
+        """Give a capture's activation buffers back without taking its statistics (a failed batch)."""
+        self._arena.release(captured[1])
+
+    def drop_buffers(self) -> None:
+        """Free the activation buffers (after the last batch; later captures make new ones)."""
+        self._arena = _Arena()
+
     def _consume(self, batch: Batch, acts: dict) -> None:
         if batch.n_variants != 2 + self.n_controls:
             raise ValueError(f"a batch of {batch.n_variants} sentences per pair, but the statistics expect "
@@ -586,9 +594,10 @@ class _Arena:
     ``silu`` output, ran several times slower for it: ``benchmarks/README.md``). A hook instead
     copies the activation into a buffer of its own that lives from batch to batch, and the model's
     tensor is freed as in a forward pass without hooks. Each capture claims a set of buffers until
-    its ``consume()`` releases it (or the capture is dropped, as for a failed batch); a capture made
-    while another is still unconsumed gets a second set, so no buffer is overwritten before its
-    statistics are taken."""
+    its ``consume()`` (or ``release()``, for a failed batch) gives it back, or the capture is
+    dropped; a capture made while another is still unconsumed gets a second set, so no buffer is
+    overwritten before its statistics are taken. Buffers are normal tensors made outside inference
+    mode and filled without autograd, whatever mode the forward pass runs in."""
 
     def __init__(self):
         self.sets: list[list] = []  # [weak reference to the owning capture or None, {slot: buffer}]
@@ -607,9 +616,11 @@ class _Arena:
             n = act.numel()
             buf = bufs.get(slot)
             if buf is None or buf.numel() < n or buf.dtype != act.dtype:
-                buf = torch.empty(n + n // 4, dtype=act.dtype)  # room for a somewhat longer batch
+                with torch.inference_mode(False):  # a normal tensor, writable in and out of inference mode
+                    buf = torch.empty(n + n // 4, dtype=act.dtype)  # room for a somewhat longer batch
                 bufs[slot] = buf
-            return buf[:n].view(act.shape).copy_(act)
+            with torch.no_grad():
+                return buf[:n].view(act.shape).copy_(act.detach())
         return keep
 
     def release(self, owner) -> None:

@@ -3,7 +3,7 @@
 Minimal pairs are short: 9 tokens on average with BOS. Eager attention computes the scores and the
 weighted values as batched matrix products of ``[T, d_head] x [d_head, T]`` for every row and head;
 at 9 tokens these are tiny matrices, and a batched product runs one mostly empty tile per matrix
-(on an H200 at a batch of 640 sentences, compiled eager attention takes 0.38 ms per layer, 11% of
+(on an H200 at a batch of 640 sentences, compiled eager attention takes 0.37 ms per layer, 10.5% of
 the layer's matrix products, about ten times what reading q, k and v costs; fused kernels such as
 cuDNN's flash attention work on tiles of 128 query rows and are slower still, see
 ``benchmarks/README.md``).
@@ -20,18 +20,23 @@ rounded to the model's dtype before the weighted sum, as in eager attention. In 
 result equals eager attention up to summation order.
 
 The kernel runs on CUDA (and on CPU tensors under ``TRITON_INTERPRET=1``, how the tests run it).
-Anything else (the CPU, sentences longer than ``SHORT_MAX_KEYS``, a head size that is not a power of
-two, dropout in training) takes Hugging Face's eager attention. ``PlainModel`` registers it as the
+Anything else (the CPU, sentences longer than ``SHORT_MAX_KEYS``, blocks larger than ``MAX_BLOCK``,
+a head size that is not a power of two, gradients, a mask of another shape: ``kernel_applies``)
+takes Hugging Face's eager attention. ``PlainModel`` registers it as the
 attention implementation ``short``; under ``torch.compile`` it is one opaque operation
 (``torch.ops.interp.short_attention``) between the compiled projections.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
 from interp import fused
+
+log = logging.getLogger(__name__)
 
 NAME = "short"
 SHORT_MAX_KEYS = 64  # longer sentences: eager attention (a program's blocks grow with T^2)
@@ -79,7 +84,7 @@ if fused.triton is not None:
 
 
 def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, 1 << max(0, n - 1).bit_length())
 
 
 @torch.library.custom_op("interp::short_attention", mutates_args=())
@@ -94,16 +99,22 @@ def short_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | No
     if mask is not None:
         mask = mask[:, :, :, :S].expand(B, 1, T, S)
     m_args = (mask, mask.stride(0), mask.stride(2), mask.stride(3)) if mask is not None else (q, 0, 0, 0)
-    BT = triton.next_power_of_2(T)
-    BG = triton.next_power_of_2(G)
-    while BG * BT < 16:
-        BT *= 2
+    BG, BT = _row_blocks(G, T)
     _short_attention_kernel[(B, Hkv)](
         q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
         v, v.stride(0), v.stride(1), v.stride(2), *m_args, out, out.stride(0), out.stride(1), out.stride(2),
         T, S, G, float(scale), HAS_MASK=mask is not None, BT=BT, BG=BG, BS=_block(S), D=D,
-        IEEE=query.dtype == torch.float32)
+        IEEE=query.dtype == torch.float32, num_warps=4 if BG * BT * D <= 8192 else 8)
     return out
+
+
+def _row_blocks(G: int, T: int) -> tuple[int, int]:
+    """A program's query rows: ``BG`` group members x ``BT`` positions, powers of two, at least 16
+    rows (the smallest matrix product Triton takes)."""
+    BG, BT = 1 << max(0, G - 1).bit_length(), 1 << max(0, T - 1).bit_length()
+    while BG * BT < 16:
+        BT *= 2
+    return BG, BT
 
 
 @short_attention.register_fake
@@ -112,12 +123,28 @@ def _(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: flo
     return query.new_empty((B, T, H, D))
 
 
-def kernel_applies(query: Tensor, key: Tensor, training: bool) -> bool:
-    """Whether ``short_attention`` takes this call (else eager attention does)."""
-    D = query.shape[-1]
-    return (fused.available(query.device) and not training and key.shape[2] <= SHORT_MAX_KEYS
-            and D >= 16 and D & (D - 1) == 0 and query.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and query.shape[1] % key.shape[1] == 0)
+MAX_BLOCK = 128 * 128  # query rows x head size of one program: the largest measured (4 heads x 32 tokens x 128)
+
+
+def kernel_applies(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, training: bool) -> bool:
+    """Whether ``short_attention`` takes this call (else eager attention does): a device it runs on,
+    inference (it has no backward), keys up to ``SHORT_MAX_KEYS``, a power-of-two head size, one
+    dtype for q, k and v, whole groups of query heads per key-value head, a block of query rows
+    and head size up to ``MAX_BLOCK`` (larger blocks would spill registers: not measured), and no
+    mask or an additive one shared by the heads (``[B or 1, 1, T, >= S]``)."""
+    B, H, T, D = query.shape
+    Hkv, S = key.shape[1], key.shape[2]
+    if not fused.available(query.device) or training or query.requires_grad or S > SHORT_MAX_KEYS:
+        return False
+    if D < 16 or D & (D - 1) or query.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if key.dtype != query.dtype or value.dtype != query.dtype or H % Hkv or tuple(value.shape) != tuple(key.shape):
+        return False
+    BG, BT = _row_blocks(H // Hkv, T)
+    if BG * BT * D > MAX_BLOCK:
+        return False
+    return mask is None or (mask.dim() == 4 and mask.is_floating_point() and mask.shape[0] in (1, B)
+                            and mask.shape[1] == 1 and mask.shape[2] == T and mask.shape[3] >= S)
 
 
 def short_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -125,7 +152,7 @@ def short_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value
     """Hugging Face attention-function signature: query [B, H, T, D], key/value [B, Hkv, S, D],
     an additive mask [B, 1, T, S] (or None: nothing masked); returns ([B, T, H, D], None), or
     eager attention's result where the kernel does not apply."""
-    if not kernel_applies(query, key, module.training and bool(dropout)):
+    if not kernel_applies(query, key, value, attention_mask, module.training and bool(dropout)):
         from transformers.models.llama.modeling_llama import eager_attention_forward
 
         return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
@@ -137,9 +164,13 @@ def resolve(setting, device: torch.device | str) -> str:
     minimal pairs, measured in ``benchmarks/README.md``) and ``eager`` elsewhere; any other value
     names a kernel (``PlainModel.set_attention`` checks it)."""
     setting = str(setting)
+    here = fused.triton is not None and torch.device(device).type == "cuda"
+    if setting == NAME and not here and not fused.available(device):
+        log.warning("analysis.attn=short needs CUDA and Triton (device %s): eager attention instead", device)
+        return "eager"
     if setting != "auto":
         return setting
-    return NAME if fused.triton is not None and torch.device(device).type == "cuda" else "eager"
+    return NAME if here else "eager"
 
 
 def register() -> None:

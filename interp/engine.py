@@ -27,6 +27,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .pairs.validate import TokenizedPair
+from .plain import PlainModel
 
 
 @dataclass
@@ -215,8 +216,12 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
         lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)
         if chunk is None:
             chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
+        own = isinstance(model, PlainModel)  # the bridge's unembedding hands its output to hook points
         for i in range(0, sc.n, chunk):
-            lg = unembed(h[i:i + chunk]).float()
+            raw = unembed(h[i:i + chunk])
+            lg = raw.float()
+            if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
+                lg = lg.clone()
             tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
             top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
             lp[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])

@@ -209,7 +209,11 @@ class BatchPipeline:
 
     def _launch(self, batch: Batch):
         hooks, captured = self.stats.capture(batch)
-        lp = pair_logprobs(self.model, batch, hooks)  # a and b only; control rows only feed the hooks
+        try:
+            lp = pair_logprobs(self.model, batch, hooks)  # a and b only; control rows only feed the hooks
+        except BaseException:
+            self.stats.release(captured)  # its buffers are free for the split halves
+            raise
         done = None
         if lp.is_cuda:  # back to the host without waiting for work queued after this batch
             host = torch.empty(lp.shape, dtype=lp.dtype, pin_memory=True)
@@ -224,6 +228,7 @@ class BatchPipeline:
         if done is not None:
             done.synchronize()
         if not torch.isfinite(lp).all():
+            self.stats.release(captured)
             return self._split(batch, FloatingPointError("non-finite log-probability"))
         try:
             if self.side is None:
@@ -507,6 +512,7 @@ def run(cfg: DictConfig, out_dir: str | Path, lm: LoadedModel | None = None) -> 
         if crash_after and bi + 1 == crash_after:
             os._exit(17)
     pair_rows += pipe.flush()
+    stats.drop_buffers()  # the CPU activation buffers: not needed for the results
     bar.close()
     if model is lm.plain and lm.plain.compile_error:  # compilation was given up during the run
         forward_facts.update(compiled=False, compile_error=lm.plain.compile_error)

@@ -72,6 +72,8 @@ def test_a_bad_pair_is_recorded_and_costs_only_itself(tiny_lm, pairs_file, monke
     monkeypatch.setattr(runner, "pair_logprobs", pair_logprobs)
 
     rows, failed = _run(tiny_lm, kept, batches, stats, pipelined)
+    # the failed batch gave its activation buffers back before it was split: no extra set
+    assert len(stats._arena.sets) == (2 if pipelined else 1) and all(o is None for o, _ in stats._arena.sets)
     assert [f["pair_id"] for f in failed] == [bad.pair_id]
     assert failed[0]["reason"] == "forward_failed"
     assert set(rows["pair_id"]) == {p.pair_id for p, _ in kept} - {bad.pair_id}
@@ -117,3 +119,19 @@ def test_a_capture_that_is_never_consumed_gives_its_buffers_back(tiny_lm, pairs_
     pair_logprobs(tiny_lm.plain, batches[1], hooks)
     stats.consume(captured)
     assert stats._arena.sets[0][0] is None
+
+
+@pytest.mark.parametrize("mode", ["inference", "no_grad", "grad"])
+def test_arena_buffers_work_whatever_mode_the_forward_pass_runs_in(tiny_lm, pairs_file, mode):
+    """A buffer made during an inference-mode pass is written again in a plain no_grad pass and the
+    reverse; the kept activations never carry autograd history."""
+    kept, batches, stats = _setup(tiny_lm, pairs_file)
+    ctx = {"inference": torch.inference_mode, "no_grad": torch.no_grad, "grad": torch.enable_grad}
+    for first, then in ((mode, "no_grad"), ("inference", mode)):
+        for m in (first, then):
+            hooks, captured = stats.capture(batches[0])
+            with ctx[m](), tiny_lm.plain.hooks(hooks):
+                tiny_lm.plain(batches[0].tokens, attention_mask=batches[0].mask.long(), return_type=None)
+            act = captured[1]["resid_post"][0]
+            assert not act.requires_grad and not act.is_inference() and act.grad_fn is None
+            stats.consume(captured)

@@ -127,10 +127,30 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     tiny_lm.plain.set_attention("eager")
 
 
-def test_attention_auto_is_the_short_kernel_on_cuda_and_eager_elsewhere():
+def test_attention_auto_is_the_short_kernel_on_cuda_and_eager_elsewhere(monkeypatch):
     assert attention.resolve("auto", "cpu") == "eager"  # also under the interpreter: it is for tests
     assert attention.resolve("auto", "cuda") == ("short" if fused.triton is not None else "eager")
     assert attention.resolve("sdpa", "cuda") == "sdpa" and attention.resolve("eager", "cuda") == "eager"
+    monkeypatch.setattr(fused, "available", lambda device: False)  # a CPU without Triton's interpreter
+    assert attention.resolve("short", "cpu") == "eager"  # asked for where it cannot run: said, not pretended
+
+
+def test_short_attention_leaves_what_it_does_not_cover_to_eager_attention():
+    from interp.attention import kernel_applies
+
+    q, k = torch.zeros(2, 8, 9, 128), torch.zeros(2, 2, 9, 128)
+    mask = torch.zeros(2, 1, 9, 9)
+    applies = fused.available("cpu")
+    assert kernel_applies(q, k, k, mask, False) == applies and kernel_applies(q, k, k, None, False) == applies
+    assert not kernel_applies(q, k, k, mask, training=True)
+    assert not kernel_applies(q.requires_grad_(), k, k, mask, False)  # the kernel has no backward
+    q = q.detach()
+    assert not kernel_applies(q, k, k, torch.zeros(2, 8, 9, 9), False)  # a mask per head
+    assert not kernel_applies(q, k, k, torch.zeros(2, 1, 9, 9, dtype=torch.bool), False)
+    assert not kernel_applies(q, k.half(), k, mask, False)  # q, k and v in one dtype
+    assert not kernel_applies(q[..., :96], k[..., :96], k[..., :96], mask, False)  # head size 96
+    long_q, long_k = torch.zeros(2, 8, 33, 128), torch.zeros(2, 2, 33, 128)  # 4 heads x 64 rows x 128: too big
+    assert not kernel_applies(long_q, long_k, long_k, torch.zeros(2, 1, 33, 33), False)
 
 
 def test_processed_weights_have_no_plain_tree():
