@@ -22,13 +22,12 @@ import json
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from benchmarks.gemm_shapes import shapes
+from benchmarks.gemm_shapes import SEPARATE, layer_products_s, layer_setup
 from benchmarks.throughput import per_call
 from interp.attention import short_attention_forward
-from interp.model import resolve_device, resolve_dtype
 
 
 class _Module(nn.Module):
@@ -56,12 +55,7 @@ def main(cfg: DictConfig) -> None:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    device = resolve_device(str(cfg.device))
-    dtype = resolve_dtype(str(cfg.dtype), device)
-    mc = cfg.model.get("config")
-    if mc is None:  # the embedded model: SmolLM2-135M's layer
-        mc = OmegaConf.create({"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
-                               "num_key_value_heads": 3})
+    device, dtype, mc = layer_setup(cfg)
     h, hkv = int(mc.num_attention_heads), int(mc.num_key_value_heads)
     d = int(mc.get("head_dim") or int(mc.hidden_size) // h)
     rows, t = int(cfg.get("rows", 640)), int(cfg.get("tokens", 9))
@@ -90,12 +84,8 @@ def main(cfg: DictConfig) -> None:
                 out[f"{key}_max_abs_diff"] = float((call().float() - ref).abs().max())
         for name in ("sdpa", "short"):
             out[f"{name}_compiled_speedup_vs_eager_compiled"] = round(ms["eager_compiled"] / ms[f"{name}_compiled"], 3)
-        x = {i: torch.randn(rows * t, i, device=device, dtype=dtype) for i in {i for i, _ in shapes(mc).values()}}
-        gemm = 0.0
-        for name, (i, o) in shapes(mc).items():
-            if name in ("q", "k", "v", "o", "gate", "up", "down"):
-                w = torch.randn(o, i, device=device, dtype=dtype)
-                gemm += per_call(lambda: torch.nn.functional.linear(x[i], w), device, reps)
+        secs = layer_products_s(mc, rows * t, device, dtype, reps)
+        gemm = sum(secs[k] for k in SEPARATE)
         out["layer_products_ms"] = round(gemm * 1e3, 4)
         out["eager_compiled_vs_products"] = round(ms["eager_compiled"] / 1e3 / gemm, 4)
         out["short_compiled_vs_products"] = round(ms["short_compiled"] / 1e3 / gemm, 4)
