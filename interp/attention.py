@@ -83,8 +83,9 @@ if fused.triton is not None:
                  out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
-def _block(n: int) -> int:
-    return max(16, 1 << max(0, n - 1).bit_length())
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 @torch.library.custom_op("interp::short_attention", mutates_args=())
@@ -103,7 +104,7 @@ def short_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | No
     _short_attention_kernel[(B, Hkv)](
         q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
         v, v.stride(0), v.stride(1), v.stride(2), *m_args, out, out.stride(0), out.stride(1), out.stride(2),
-        T, S, G, float(scale), HAS_MASK=mask is not None, BT=BT, BG=BG, BS=_block(S), D=D,
+        T, S, G, float(scale), HAS_MASK=mask is not None, BT=BT, BG=BG, BS=max(16, _pow2(S)), D=D,
         IEEE=query.dtype == torch.float32)  # Triton's default 4 warps: what was measured up to MAX_BLOCK
     return out
 
@@ -111,7 +112,7 @@ def short_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | No
 def _row_blocks(G: int, T: int) -> tuple[int, int]:
     """A program's query rows: ``BG`` group members x ``BT`` positions, powers of two, at least 16
     rows (the smallest matrix product Triton takes)."""
-    BG, BT = 1 << max(0, G - 1).bit_length(), 1 << max(0, T - 1).bit_length()
+    BG, BT = _pow2(G), _pow2(T)
     while BG * BT < 16:
         BT *= 2
     return BG, BT
@@ -164,13 +165,12 @@ def resolve(setting, device: torch.device | str) -> str:
     minimal pairs, measured in ``benchmarks/README.md``) and ``eager`` elsewhere; any other value
     names a kernel (``PlainModel.set_attention`` checks it)."""
     setting = str(setting)
-    here = fused.triton is not None and torch.device(device).type == "cuda"
-    if setting == NAME and not here and not fused.available(device):
+    if setting == NAME and not fused.available(device):
         log.warning("analysis.attn=short needs CUDA and Triton (device %s): eager attention instead", device)
         return "eager"
     if setting != "auto":
         return setting
-    return NAME if here else "eager"
+    return NAME if fused.triton is not None and torch.device(device).type == "cuda" else "eager"
 
 
 def register() -> None:
