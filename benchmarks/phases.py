@@ -8,8 +8,9 @@ log-probabilities (``engine.pair_logprobs``) on the model a run would choose (``
 ``consume()`` (the statistics, added into the
 running state in place), and the per-pair rows, and the minor page faults per batch of each phase
 (fresh memory touched: freed memory that the allocator gave back and faults in again). With ``+profile=N`` it also runs the
-PyTorch profiler over ``consume()`` of N batches and prints the operations that
-took the most device time.
+PyTorch profiler over N batches and prints the operations of ``consume()`` that took the most time:
+on a GPU the device time (a table), on the CPU the host time per batch of the operations run inside
+``consume()`` alone, the forward passes left out (a JSON line, ``python`` = the Python between them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,23 @@ from omegaconf import DictConfig
 from benchmarks.throughput import _sync, bare_model, bare_pass, minor_faults, pipeline, prepare, warm_batches
 from interp.engine import pair_logprobs
 from interp.runner import _pair_rows, get_model
+
+
+def consume_ops(prof, n_batches: int, top: int = 25) -> list[tuple[str, int, float]]:
+    """(operation, calls, self CPU ms) per batch of the operations under the profiler's
+    ``consume`` ranges, largest first; ``python`` is the range's own time (the Python between them)."""
+    tot: dict[str, list] = {}
+    for e in prof.events():
+        p = e.cpu_parent
+        while p is not None and p.name != "consume":
+            p = p.cpu_parent
+        name = "python" if e.name == "consume" else e.name if p is not None else None
+        if name is not None:
+            t = tot.setdefault(name, [0, 0.0])
+            t[0] += 1
+            t[1] += e.self_cpu_time_total / 1e3
+    rows = sorted(tot.items(), key=lambda kv: -kv[1][1])[:top]
+    return [(k, round(c / n_batches), round(ms / n_batches, 2)) for k, (c, ms) in rows]
 
 
 @hydra.main(config_path="../conf", config_name="benchmark", version_base="1.3")
@@ -67,8 +85,11 @@ def main(cfg: DictConfig) -> None:
                 with torch.profiler.record_function("consume"):
                     stats.consume()
                 _sync(lm.device)
-        key = "self_device_time_total" if lm.device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
+        if lm.device.type == "cuda":
+            print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30,
+                                            max_name_column_width=60), flush=True)
+        else:  # the host's time in the operations that consume() ran (the forward passes left out)
+            print(json.dumps({"consume_ops_per_batch_ms": consume_ops(prof, n_prof)}), flush=True)
     print(json.dumps({"model": lm.info["name"], "device": str(lm.device), "batches": len(batches),
                       "analysis_forward": facts,
                       **{k: round(v, 3) for k, v in tot.items()},
