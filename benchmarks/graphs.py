@@ -32,7 +32,6 @@ import traceback
 import hydra
 import torch
 from omegaconf import DictConfig
-
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.busy import kernel_split
@@ -86,18 +85,16 @@ def main(cfg: DictConfig) -> None:
     kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
     stats, pipe, facts = pipeline(cfg, lm, kept, groups, n_controls)
     model = pipe.model
-    if cfg.get("uncompiled", False):
-        model.uncompile()
-        out_facts = {**facts, "compiled": False}
-    else:
-        out_facts = facts
     if not isinstance(model, PlainModel):
         raise SystemExit(f"the analysis runs the bridge here ({facts}); graphs are measured on the plain tree")
+    if cfg.get("uncompiled", False):
+        model.uncompile()
+        facts = {**facts, "compiled": False}
     shapes = [(b.size, b.seq_len) for b in batches]
     b = batches[max(range(len(batches)), key=lambda i: shapes.count(shapes[i]))]
     tokens, mask = b.tokens.clone(), b.mask.long()
     reps = int(cfg.get("reps", 10))
-    out = {"model": lm.info["name"], "analysis_forward": out_facts, "rows": int(tokens.shape[0]),
+    out = {"model": lm.info["name"], "analysis_forward": facts, "rows": int(tokens.shape[0]),
            "tokens": int(tokens.shape[1]), "batches_of_this_shape": shapes.count((b.size, b.seq_len)),
            "reps": reps}
 
