@@ -51,16 +51,19 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from omegaconf import DictConfig
 
+from interp.cli import fail
+from interp.config import conf_dir, one_line
 from interp.pairs.files import read_pair_file
 from interp.pairs.records import PAIR_TYPES
 from interp.pairs.validate import check_pair
@@ -483,6 +486,24 @@ class _Run:
         return True
 
 
+def check(cfg: DictConfig) -> tuple[str, list[tuple[str, str, str, list]]]:
+    """Check the environment and the config before anything is written or loaded; return the API key
+    and the categories. Raises ``GenerateError`` with one line that says what to change."""
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    if not api_key:
+        raise GenerateError(
+            f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=... (the key of the API at base_url) "
+            "and run again. The key is read from the environment only, never from the config.")
+    specs = _category_specs(cfg)
+    _positive_int(cfg, "n_pairs")
+    _positive_int(cfg, "pairs_per_request")
+    _positive_int(cfg, "max_requests", allow_none=True)
+    _positive_int(cfg, "patience", allow_none=True)
+    _positive_int(cfg, "recent_in_prompt", allow_none=True, minimum=0)
+    _positive_int(cfg, "max_retries", minimum=0)
+    return api_key, specs
+
+
 def generate(cfg: DictConfig, tokenizer=None) -> dict:
     """Generate pairs as ``cfg`` says, write ``pairs.jsonl``, ``rejected.jsonl``, ``report.json``.
 
@@ -490,18 +511,12 @@ def generate(cfg: DictConfig, tokenizer=None) -> dict:
     Returns the report (also written to ``report.json``).
     """
     t0 = time.monotonic()
-    api_key = os.environ.get(API_KEY_ENV, "").strip()
-    if not api_key:
-        raise GenerateError(
-            f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=... (the key of the API at base_url) "
-            "and run again. The key is read from the environment only, never from the config.")
-    specs = _category_specs(cfg)
+    api_key, specs = check(cfg)
     n_pairs = _positive_int(cfg, "n_pairs")
     per_request = _positive_int(cfg, "pairs_per_request")
     max_requests = _positive_int(cfg, "max_requests", allow_none=True)
     patience = _positive_int(cfg, "patience", allow_none=True)
     recent = _positive_int(cfg, "recent_in_prompt", allow_none=True, minimum=0) or 0
-    _positive_int(cfg, "max_retries", minimum=0)
     out_dir = _resolve_out_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
@@ -599,15 +614,73 @@ def generate(cfg: DictConfig, tokenizer=None) -> dict:
     return report
 
 
-@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+# ---------------------------------------------------------------- the command
+
+NAME = "interp.generate"
+
+
+def _fail(err: BaseException) -> NoReturn:
+    """One line on stderr, exit code 2; the API key, should a message hold it, is scrubbed."""
+    fail(NAME, Redactor(os.environ.get(API_KEY_ENV, "").strip())(str(err)))
+
+
+def _help() -> str:
+    conf = conf_dir()
+    options = (conf / "generate.yaml").read_text(encoding="utf-8").split("\nhydra:")[0].rstrip()
+    models = ", ".join(sorted(p.stem for p in (conf / "model").glob("*.yaml")))
+    return (f"usage: python -m {NAME} [KEY=VALUE ...]   (console script: interp-generate)\n\n"
+            f"{__doc__.strip()}\n\nTarget models (model=NAME): {models}\n\n"
+            f"Options (KEY=VALUE on the command line; the defaults, from {conf / 'generate.yaml'}):\n\n"
+            f"{options}\n\nHydra's own flags: --hydra-help, --cfg job (print the composed config).\n")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The config the command line asks for, composed without starting Hydra (no run dir)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose(config_name="generate", overrides=overrides)
+    except Exception as err:  # Hydra's errors: an unknown key or group option, a bad value
+        raise GenerateError(one_line(err)) from err
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Remove a Hydra run dir that holds nothing but Hydra's own files (the job stopped at once)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "generate.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="generate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     try:
         report = generate(cfg)
     except GenerateError as err:
-        log.error("%s", err)
-        sys.exit(2)
+        _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        _fail(err)
     if report["stop_reason"] == "api_error":
         sys.exit(1)
+
+
+def main() -> None:
+    """The command: ``--help``; the config and the key checked before Hydra starts (a mistake is one
+    line on stderr and exit code 2, no run dir); then Hydra runs ``generate``."""
+    argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print(_help(), end="", flush=True)
+        return
+    if not any(a.startswith("-") for a in argv):  # Hydra's own flags (--cfg, -m, ...): Hydra answers
+        try:
+            check(_compose([a for a in argv if not a.lstrip("+~").startswith("hydra")]))
+        except GenerateError as err:
+            _fail(err)
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ and attention patterns come from shard 0, which saves them for the run's first p
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -22,8 +21,11 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from . import results as R
+from .cli import Parser, fail, user_errors
 from .hooks import HookSite
-from .runner import combine_forward, finalize, new_stats
+from .run.assemble import assemble
+from .run.checkpoint import combine_forward
+from .run.pipeline import new_stats
 
 IGNORED = ("shard", "hydra", "progress", "checkpoint_every")
 
@@ -100,18 +102,26 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
         "merged_from": [str(s.resolve()) for s in shards],
     }
     timings = {"shard_forward_s": [m["timings"].get("forward_s") for m in manifests]}
-    return finalize(out, cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0)
+    assemble(cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0).save(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m interp.merge", description=__doc__.splitlines()[0])
-    ap.add_argument("shards", nargs="+", help="shard run dirs (index 0..count-1)")
-    ap.add_argument("--out", required=True, help="the merged run dir")
+    ap = Parser("interp.merge", __doc__)
+    ap.add_argument("shards", nargs="+", metavar="SHARD_DIR",
+                    help="complete shard run dirs of one config, shard.index 0..count-1")
+    ap.add_argument("--out", required=True, metavar="DIR", help="the merged run dir (created)")
     args = ap.parse_args(argv)
-    try:
-        merge_runs(args.shards, args.out)
-    except MergeError as err:
-        raise SystemExit(f"merge failed: {err}") from None
+    for s in args.shards:
+        if not Path(s).is_dir():
+            fail("interp.merge", f"{s}: no such directory")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        fail("interp.merge", f"--out {args.out}: exists and is not a directory")
+    with user_errors("interp.merge", MergeError):
+        out = merge_runs(args.shards, args.out)
+    from .result import load_run
+
+    print(load_run(out).summary(), flush=True)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
     plain: Any = None  # interp.plain.PlainModel: the untouched HF module tree (shared weights), or None
     plain_reason: str | None = None  # why there is no plain module tree
+    model_config: Any = None  # the ``model`` config it was loaded from (None: a model the caller built)
 
     @property
     def cfg(self):
@@ -209,8 +210,6 @@ def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
 
 def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
     """Load the model described by a ``model`` config group entry and boot a bridge around it."""
-    from transformer_lens.model_bridge import TransformerBridge
-
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
@@ -223,19 +222,62 @@ def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") ->
         hf_model = _build_hf_model(mcfg, dev, dt)
     hf_model.eval()
     plain, plain_reason = _plain_twin(hf_model, mcfg)
+    lm = _boot(hf_model, tokenizer, mcfg.name, mcfg.source, mcfg.get("bos_token"),
+               bool(mcfg.get("process_weights", False)), plain, plain_reason, dev, dt)
+    lm.model_config = mcfg
+    return lm
+
+
+def wrap_model(model, tokenizer, bos_token: str | None = None, name: str | None = None) -> LoadedModel:
+    """A model a caller already holds, ready for the analysis: a Hugging Face causal LM (with its
+    tokenizer) or a TransformerBridge. A Hugging Face model is left untouched: the bridge and the
+    plain forward pass run on module trees that share its weights. A bridge is used as it is (its
+    own weight processing, if any, stays; the plain forward pass is not available for it)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if tokenizer is None:
+        raise TypeError("the model's tokenizer is needed: pass (model, tokenizer)")
+    if isinstance(model, TransformerBridge):
+        dev = next(model.original_model.parameters()).device
+        dt = next(model.original_model.parameters()).dtype
+        return _finish(model, model.original_model, tokenizer, name or _model_name(model.original_model),
+                       "python", bos_token, False, None,
+                       "a TransformerBridge was given (its modules are rewired); the bridge runs the analysis",
+                       dev, dt)
+    from .plain import twin
+
+    model.eval()
+    plain, plain_reason = _plain_twin(model, {})
+    own = twin(model)  # the bridge rewires the tree it wraps: give it a twin, not the caller's model
+    return _boot(own, tokenizer, name or _model_name(model), "python", bos_token, False, plain, plain_reason)
+
+
+def _model_name(hf_model) -> str:
+    return str(getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__)
+
+
+def _boot(hf_model, tokenizer, name: str, source: str, bos: str | None, process_weights: bool, plain,
+          plain_reason: str | None, dev: torch.device | None = None, dt: torch.dtype | None = None) -> LoadedModel:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    p = next(hf_model.parameters())
+    dev, dt = dev or p.device, dt or p.dtype
     with _quiet():
-        bridge = TransformerBridge.boot_transformers(mcfg.name, hf_model=hf_model, tokenizer=tokenizer)
-        bridge.enable_compatibility_mode(
-            disable_warnings=True, no_processing=not mcfg.get("process_weights", False))
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     bridge.eval()
-    bos = mcfg.get("bos_token")
+    return _finish(bridge, hf_model, tokenizer, name, source, bos, process_weights, plain, plain_reason, dev, dt)
+
+
+def _finish(bridge, hf_model, tokenizer, name: str, source: str, bos: str | None, process_weights: bool, plain,
+            plain_reason: str | None, dev: torch.device, dt: torch.dtype) -> LoadedModel:
     bos_id = tokenizer.convert_tokens_to_ids(bos) if bos else tokenizer.bos_token_id
     if bos_id is None:
         bos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     c = hf_model.config
     info = {
-        "name": mcfg.name, "source": mcfg.source, "architecture": type(hf_model).__name__,
+        "name": name, "source": source, "architecture": type(hf_model).__name__,
         "n_layers": c.num_hidden_layers, "d_model": c.hidden_size, "n_heads": c.num_attention_heads,
         "n_kv_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
         "d_head": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
@@ -243,10 +285,10 @@ def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") ->
         "n_params": sum(p.numel() for p in hf_model.parameters()),
         "device": str(dev), "dtype": str(dt).replace("torch.", ""),
         "bos_token_id": int(bos_id), "bos_token": tokenizer.convert_ids_to_tokens(int(bos_id)),
-        "weights_processed": bool(mcfg.get("process_weights", False)),
+        "weights_processed": process_weights,
     }
-    return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=mcfg.name, bos_token_id=int(bos_id),
-                       pad_token_id=int(pad_id), device=dev, dtype=dt, info=info, plain=plain,
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, bos_token_id=int(bos_id),
+                       pad_token_id=int(pad_id), device=torch.device(dev), dtype=dt, info=info, plain=plain,
                        plain_reason=plain_reason)
 
 
@@ -254,7 +296,7 @@ def _plain_twin(hf_model, mcfg):
     """The Hugging Face module tree as loaded, sharing its weights, built before the bridge
     replaces the modules of ``hf_model`` (``interp.plain``); (None, reason) where that is not
     possible or would not compute what the bridge's hooks see."""
-    from .plain import PlainModel, twin, why_not
+    from .backends.hf import PlainModel, twin, why_not
 
     if mcfg.get("process_weights", False):
         return None, "model.process_weights=true: the bridge's weights are no longer the model's own"
@@ -268,15 +310,21 @@ def _plain_twin(hf_model, mcfg):
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m interp.model --prepare``: convert and cache the embedded model (used by setup)."""
-    import sys
-
     from omegaconf import OmegaConf
 
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["--prepare"]:
-        raise SystemExit("usage: python -m interp.model --prepare")
-    conf = Path(__file__).resolve().parents[1] / "conf" / "model" / "smollm2_135m.yaml"
-    print(f"embedded model ready: {_gguf_cached_dir(OmegaConf.load(conf))}")
+    from .cli import Parser, fail, user_errors
+    from .config import ConfigError, conf_dir
+
+    ap = Parser("interp.model", "Prepare the embedded model (SmolLM2-135M-Instruct, model=smollm2_135m):\n"
+                "dequantize its GGUF once into the cache folder (INTERP_CACHE_DIR, default ~/.cache/interp),\n"
+                "so that later loads take a second. scripts/setup.sh runs it.")
+    ap.add_argument("--prepare", action="store_true", help="convert the embedded GGUF now (a no-op when cached)")
+    args = ap.parse_args(argv)
+    if not args.prepare:
+        fail("interp.model", "nothing to do: pass --prepare (see --help)")
+    with user_errors("interp.model", ModelLoadError, ConfigError):
+        mcfg = OmegaConf.load(conf_dir() / "model" / "smollm2_135m.yaml")
+        print(f"embedded model ready: {_gguf_cached_dir(mcfg)}")
 
 
 if __name__ == "__main__":

@@ -12,27 +12,39 @@ across several in one process with ``model.device_map=auto`` (hub or local weigh
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .merge import merge_runs
+from .cli import FAILURE, USAGE_ERROR, Parser, fail, positive_int
+from .merge import MergeError, merge_runs
+
+
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a shard's log (interp.run's one-line error, when it refused),
+    without its ``PROG: error:`` prefix."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return re.sub(r"^\S+: error: ", "", lines[-1]) if lines else "(empty log)"
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(prog="python -m interp.shards", description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, required=True, help="number of shards (processes)")
-    ap.add_argument("--out", required=True, help="folder for shard_i/ and merged/")
-    ap.add_argument("--devices", default=None, help="comma-separated GPU ids, one per shard")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides for interp.run (after --)")
+    ap = Parser("interp.shards", __doc__)
+    ap.add_argument("--n", type=positive_int, required=True, metavar="N", help="number of shards (processes)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="folder for shard_i/, shard_i.log and merged/")
+    ap.add_argument("--devices", default=None, metavar="IDS",
+                    help="comma-separated GPU ids, one per shard (default: GPU i for shard i when CUDA has n GPUs)")
+    ap.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides for interp.run (after --)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    devices = args.devices.split(",") if args.devices else None
+    if out.exists() and not out.is_dir():
+        fail("interp.shards", f"--out {out}: exists and is not a directory")
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    if devices is not None and len(devices) < args.n:
+        fail("interp.shards", f"--devices names {len(devices)} GPU(s) for {args.n} shards")
     if devices is None:
         try:
             import torch
@@ -41,8 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
                 devices = [str(i) for i in range(args.n)]
         except ImportError:
             pass
-    if devices is not None and len(devices) < args.n:
-        raise SystemExit(f"--devices names {len(devices)} GPUs for {args.n} shards")
+    out.mkdir(parents=True, exist_ok=True)
     procs = []
     t0 = time.time()
     for i in range(args.n):
@@ -56,12 +67,18 @@ def main(argv: list[str] | None = None) -> Path:
     failed = []
     for i, (p, log) in enumerate(procs):
         if p.wait() != 0:
-            failed.append(i)
+            failed.append((i, p.returncode))
         log.close()
     wall = time.time() - t0
     if failed:
-        raise SystemExit(f"shard(s) {failed} failed; see {', '.join(str(out / f'shard_{i}.log') for i in failed)}")
-    merged = merge_runs([out / f"shard_{i}" for i in range(args.n)], out / "merged")
+        logs = [out / f"shard_{i}.log" for i, _ in failed]
+        if all(code == USAGE_ERROR for _, code in failed):  # interp.run refused the overrides: say why
+            fail("interp.shards", f"interp.run refused the overrides: {_last_line(logs[0])} (log: {logs[0]})")
+        fail("interp.shards", f"shard(s) {[i for i, _ in failed]} failed; see {', '.join(map(str, logs))}", FAILURE)
+    try:
+        merged = merge_runs([out / f"shard_{i}" for i in range(args.n)], out / "merged")
+    except MergeError as err:
+        fail("interp.shards", f"merging the shards failed: {err}", FAILURE)
     manifest = json.loads((merged / "manifest.json").read_text())
     forward = [json.loads((out / f"shard_{i}" / "manifest.json").read_text())["timings"]["forward_s"]
                for i in range(args.n)]
