@@ -1,8 +1,43 @@
-"""interp: minimal-pair activation analysis of Llama-family models with TransformerLens.
+"""interp: minimal-pair activation analysis of language models with TransformerLens.
 
 Feed a model two sentences that differ in one token, record activations at chosen hook points, and
 measure how much each component changes, against null baselines, with the model's own
-error-detection signal and causal checks. See README.md.
+error-detection signal and causal checks. The public API:
+
+- ``load_model(spec="smollm2_135m", device="auto", dtype="auto", **overrides)``: a model config
+  option, a local directory of weights or a hub name, loaded and booted as a TransformerBridge.
+- ``analyze(model, pairs, hooks="resid_post", **options) -> Result``: the whole analysis in memory.
+- ``Result``: ``.pairs``, ``.stability``, ``.divergence``, ``.contrast``, ``.rejected`` (DataFrames),
+  ``.manifest``, ``.summary()``, ``.save(dir)``; ``load_run(dir) -> Result``.
+- ``figures``: the figure library (plotly figures of a Result or a DataFrame).
+
+The commands (``python -m interp.run``, ``interp.patch``, ``interp.view``...) are layers on it.
+See README.md.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .result import Result, load_run
+
 __version__ = "0.1.0"
+__all__ = ["load_model", "analyze", "load_run", "Result", "figures", "ConfigError", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import figures
+    from .api import analyze, load_model
+    from .config import ConfigError
+
+_LAZY = {"load_model": ("api", "load_model"), "analyze": ("api", "analyze"), "ConfigError": ("config", "ConfigError")}
+
+
+def __getattr__(name: str) -> Any:
+    """The API's heavier parts (torch, transformers, Hydra, plotly) load on first use."""
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    if name == "figures":
+        return importlib.import_module(".figures", __name__)
+    raise AttributeError(f"module 'interp' has no attribute {name!r}")

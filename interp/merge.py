@@ -79,6 +79,8 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
         stats = stats.merge(other)
 
     out = Path(out)
+    if R.is_complete(out):
+        raise MergeError(f"--out {out} already holds a complete run; merge into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     pairs = pd.concat([R.read_table(s, R.PAIRS) for s in shards], ignore_index=True)
     first = next(s for s, i in zip(shards, info) if int(i["index"]) == 0)

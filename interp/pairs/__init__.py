@@ -19,7 +19,7 @@ from .validate import TokenizedPair, check_pair
 BANK_DIR = Path(__file__).parent / "bank"
 
 __all__ = ["Pair", "Problem", "PairFileError", "TokenizedPair", "PairSet", "load_pairs",
-           "validate_pairs", "bank_categories", "BANK_DIR", "PAIR_TYPES"]
+           "validate_pairs", "records_to_pairs", "select_pairs", "bank_categories", "BANK_DIR", "PAIR_TYPES"]
 
 
 @dataclass
@@ -87,7 +87,13 @@ def select(pairs: list[Pair], types=None, categories=None, limit=None, seed: int
 
 
 def load_pairs(pcfg) -> PairSet:
-    ps = _source_pairs(pcfg)
+    """The pairs of the configured source, filtered and sampled as ``pcfg`` says, ids made unique."""
+    return select_pairs(_source_pairs(pcfg), pcfg)
+
+
+def select_pairs(ps: PairSet, pcfg) -> PairSet:
+    """``select`` by ``pcfg.types``, ``categories``, ``limit`` and ``seed``; then pair ids made
+    unique within the run (a repeated id gets ``~1``, ``~2``...)."""
     ps.pairs = select(ps.pairs, pcfg.get("types"), pcfg.get("categories"), pcfg.get("limit"),
                       int(pcfg.get("seed", 0)))
     seen: dict[str, int] = {}
@@ -97,6 +103,25 @@ def load_pairs(pcfg) -> PairSet:
             p.pair_id = f"{p.pair_id}~{seen[p.pair_id]}"
         else:
             seen[p.pair_id] = 0
+    return ps
+
+
+def records_to_pairs(records: list, source: str, strict: bool = False,
+                     default_category: str = "pairs") -> PairSet:
+    """Pairs from Python objects: ``(a, b)`` (or ``(a, b, category)``, ``(a, b, category, type)``)
+    tuples, or dicts with the fields a pair file has. Item ``i`` counts as line ``i + 1`` of
+    ``source``; problems are kept like a file's (``strict``: the first raises ``PairFileError``)."""
+    from .files import collect, pair_from_record
+
+    ps = PairSet([])
+    take = collect(ps.pairs, ps.problems, strict)
+    for i, item in enumerate(records, start=1):
+        if isinstance(item, (tuple, list)):
+            if not 2 <= len(item) <= 4:
+                take(Problem(source, i, "bad_tuple", f"expected (a, b[, category[, type]]), got {len(item)} items"))
+                continue
+            item = dict(zip(("a", "b", "category", "type"), item))
+        take(pair_from_record(item, source, i, default_category))
     return ps
 
 

@@ -282,21 +282,16 @@ def format_blimp_summary(tables: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def write_blimp_report(run_dir: str | Path, pairs_df: pd.DataFrame, rejected_rows: list[dict], pcfg,
-                       notes: dict) -> list[str]:
-    """Write ``blimp_paradigms.parquet`` and ``blimp_phenomena.parquet``, add a ``blimp`` entry to
-    ``notes`` (the manifest's notes) and return the lines for the printed summary."""
-    from .. import results as R
-
+def blimp_tables(pairs_df: pd.DataFrame, rejected_rows: list[dict], pcfg) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The run's BLiMP report: ``{"blimp_paradigms": ..., "blimp_phenomena": ...}`` (saved as
+    parquet files of those names) and the manifest's ``notes["blimp"]`` entry."""
     folder = Path(pcfg.get("path")) if pcfg.get("path") else default_blimp_dir()
     summary_path = Path(pcfg.get("models_summary") or folder / SUMMARY_FILE)
     uids = set(pairs_df["category"]) | {r.get("category") for r in rejected_rows if r.get("category")}
     tables = blimp_report(pairs_df, rejected_rows, summary_path if summary_path.is_file() else None,
                           info=paradigm_info(folder, sorted(uids)))
-    for name, df in tables.items():
-        R.write_parquet(Path(run_dir) / f"{name}.parquet", df)
     overall = tables[PHENOMENA_TABLE].iloc[-1]
-    notes["blimp"] = {
+    note = {
         "tables": [f"{name}.parquet" for name in tables],
         "accuracy_scope": ACCURACY_SCOPE,
         "published": str(summary_path) if summary_path.is_file() else "models_summary.jsonl not found",
@@ -308,4 +303,4 @@ def write_blimp_report(run_dir: str | Path, pairs_df: pd.DataFrame, rejected_row
                     "accuracy": None if pd.isna(overall["accuracy"]) else float(overall["accuracy"]),
                     "gpt2_published": None if pd.isna(overall["gpt2"]) else float(overall["gpt2"])},
     }
-    return format_blimp_summary(tables)
+    return tables, note

@@ -20,10 +20,11 @@ from pathlib import Path
 from .records import PAIR_TYPES, Pair, PairFileError, Problem
 
 FIELD_NAMES = (("a", "b"), ("good", "bad"), ("sentence_good", "sentence_bad"))
+SUFFIXES = (".jsonl", ".json", ".csv")  # what read_pair_file reads (.json: one object per line)
 MAX_CHARS = 2000  # a "sentence" longer than this is a mistake, not a minimal pair
 
 
-def _pair_from_record(rec: dict, source: str, line: int, default_category: str) -> Pair | Problem:
+def pair_from_record(rec: dict, source: str, line: int, default_category: str) -> Pair | Problem:
     if not isinstance(rec, dict):
         return Problem(source, line, "not_an_object", f"expected a JSON object, got {type(rec).__name__}")
     for fa, fb in FIELD_NAMES:
@@ -54,6 +55,41 @@ def _pair_from_record(rec: dict, source: str, line: int, default_category: str) 
                 source=source, line=line, meta=meta)
 
 
+def collect(pairs: list[Pair], problems: list[Problem], strict: bool):
+    """A function that files each read item: a pair (its id defaults to ``category-LINE``) or a
+    problem (``strict``: raised as ``PairFileError`` instead)."""
+    def take(item: Pair | Problem) -> None:
+        if isinstance(item, Problem):
+            if strict:
+                raise PairFileError(str(item))
+            problems.append(item)
+        else:
+            if not item.pair_id:
+                item.pair_id = f"{item.category}-{item.line:05d}"
+            pairs.append(item)
+    return take
+
+
+def check_pair_file(path: str | Path) -> None:
+    """Refuse, before any model loads, a pairs file that cannot be read: missing, a folder, not
+    readable, or of a type this reader does not know. Raises ``ConfigError`` (one line)."""
+    from ..config import ConfigError
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"pairs.path={path}: no such file")
+    if not p.is_file():
+        raise ConfigError(f"pairs.path={path}: not a file")
+    if p.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"pairs.path={path}: unknown file type {p.suffix or '(none)'!r}; "
+                          f"pairs files are {', '.join(SUFFIXES)}")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise ConfigError(f"pairs.path={path}: cannot be read ({err.strerror or err})") from None
+
+
 def _lines(path: Path) -> list[tuple[int, str | None]]:
     """(line number, text) per line; text None where the bytes are not UTF-8."""
     out = []
@@ -76,16 +112,7 @@ def read_pair_file(path: str | Path, strict: bool = False,
     pairs: list[Pair] = []
     problems: list[Problem] = []
 
-    def take(item: Pair | Problem) -> None:
-        if isinstance(item, Problem):
-            if strict:
-                raise PairFileError(str(item))
-            problems.append(item)
-        else:
-            if not item.pair_id:
-                item.pair_id = f"{item.category}-{item.line:05d}"
-            pairs.append(item)
-
+    take = collect(pairs, problems, strict)
     lines = _lines(path)
     if path.suffix.lower() == ".csv":
         header_line = next(((i, t) for i, t in lines if t is not None and t.strip()), None)
@@ -100,7 +127,7 @@ def read_pair_file(path: str | Path, strict: bool = False,
             if not text.strip():
                 continue
             row = next(csv.DictReader(io.StringIO(header_line[1] + "\n" + text)))
-            take(_pair_from_record({k: v for k, v in row.items() if k is not None}, source, i, category))
+            take(pair_from_record({k: v for k, v in row.items() if k is not None}, source, i, category))
         return pairs, problems
 
     for i, text in lines:
@@ -114,5 +141,5 @@ def read_pair_file(path: str | Path, strict: bool = False,
         except json.JSONDecodeError as err:
             take(Problem(source, i, "bad_json", err.msg))
             continue
-        take(_pair_from_record(rec, source, i, category))
+        take(pair_from_record(rec, source, i, category))
     return pairs, problems

@@ -1,0 +1,245 @@
+"""``Result``: an analysis in memory (tables as DataFrames, the manifest), and its run directory.
+
+``interp.analyze`` returns a ``Result``; nothing is written until ``Result.save(dir)``, which writes
+the run directory every command and the viewer read (``README.md``: the output contract).
+``load_run(dir)`` reads one back; tables are read when first used, so opening a large run is cheap.
+
+    >>> r = interp.analyze(model, [("She is good at math.", "She is good of math.")])
+    >>> r.stability.nsmallest(5, "rank")
+    >>> r.save("outputs/runs/mine")              # python -m interp.view shows it
+    >>> interp.load_run("outputs/runs/mine").pairs
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from . import results as R
+from .rules import STABLE_DEFINITION, stable_mask, summarize
+
+# table name -> file; the order is the order ``save`` writes them in
+TABLES = {
+    "pairs": R.PAIRS,
+    "stability": R.STABILITY,
+    "stability_by_category": R.STABILITY_BY_CATEGORY,
+    "contrast": R.CONTRAST,
+    "divergence": R.DIVERGENCE,
+    "pair_profile": R.PAIR_PROFILE,
+    "pair_components": R.PAIR_COMPONENTS,
+}
+BLIMP_TABLES = ("blimp_paradigms", "blimp_phenomena")
+TENSOR_FILES = (R.STATS, R.ACTIVATIONS, R.PATTERNS)
+
+Table = pd.DataFrame | Callable[[], pd.DataFrame | None] | None
+
+
+class RunDirError(ValueError):
+    """A folder is not a complete run directory; the message says why."""
+
+
+class Result:
+    """One analysis: its tables (``pairs``, ``stability``, ``stability_by_category``, ``contrast``,
+    ``divergence``, ``pair_profile``, ``pair_components``, ``rejected``; the run dir's columns),
+    ``manifest`` (dict), ``config`` (the resolved config, a dict) and ``run_dir`` (where it was
+    saved or loaded from, else None). A table a run did not produce is None."""
+
+    def __init__(self, manifest: dict, tables: dict[str, Table], rejected_rows: list[dict] | None = None,
+                 tensors: dict[str, tuple[dict, dict]] | None = None, run_dir: Path | None = None,
+                 extra_tables: dict[str, Table] | None = None):
+        self.manifest = manifest
+        self._tables: dict[str, Table] = dict(tables)
+        self._extra: dict[str, Table] = dict(extra_tables or {})
+        self._rejected_rows = rejected_rows
+        self._tensors = tensors or {}  # file name -> (tensors, metadata); from a run dir: copied
+        self.run_dir = Path(run_dir) if run_dir else None
+
+    # ------------------------------------------------------------ tables
+
+    def _get(self, store: dict[str, Table], name: str) -> pd.DataFrame | None:
+        v = store.get(name)
+        if callable(v):
+            v = store[name] = v()
+        return v
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        """A table by name: one of ``TABLES``, ``rejected``, or an extra table (BLiMP reports)."""
+        if name == "rejected":
+            return self.rejected
+        if name in TABLES:
+            return self._get(self._tables, name)
+        if name in self._extra:
+            return self._get(self._extra, name)
+        raise KeyError(f"no table {name!r}; tables: {', '.join([*TABLES, 'rejected', *self._extra])}")
+
+    pairs = property(lambda self: self.table("pairs"), doc="one row per kept pair (pairs.parquet)")
+    stability = property(lambda self: self.table("stability"), doc="one row per component (stability.parquet)")
+    stability_by_category = property(lambda self: self.table("stability_by_category"))
+    contrast = property(lambda self: self.table("contrast"))
+    divergence = property(lambda self: self.table("divergence"))
+    pair_profile = property(lambda self: self.table("pair_profile"))
+    pair_components = property(lambda self: self.table("pair_components"))
+
+    @property
+    def rejected(self) -> pd.DataFrame:
+        """Every unused pair or line with its reason (rejected.jsonl)."""
+        return pd.DataFrame(self.rejected_rows)
+
+    @property
+    def rejected_rows(self) -> list[dict]:
+        if self._rejected_rows is None:
+            path = self.run_dir / R.REJECTED if self.run_dir else None
+            self._rejected_rows = R.read_jsonl(path) if path and path.exists() else []
+        return self._rejected_rows
+
+    @property
+    def extra_tables(self) -> list[str]:
+        return list(self._extra)
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["config"]
+
+    def stable(self, position: str | None = None, alpha: float | None = None) -> pd.DataFrame:
+        """Rows of ``stability`` that are stable beyond the control baseline (``interp.rules``)."""
+        stab = self.stability
+        if position is not None:
+            stab = stab[stab["position"] == position]
+        return stab[stable_mask(stab, self.alpha if alpha is None else alpha)]
+
+    @property
+    def alpha(self) -> float:
+        return float(self.config["analysis"]["alpha"])
+
+    def accuracy(self) -> pd.DataFrame:
+        """Per category: pairs, mean margin, error-detection accuracy (grammar categories)."""
+        return summarize(self.pairs)
+
+    # ------------------------------------------------------------ text
+
+    def summary(self) -> str:
+        """What ``python -m interp.run`` prints at the end: counts, accuracy, the most stable components."""
+        m = self.manifest
+        c = m["counts"]
+        lines = [f"\npairs: {c['kept']} kept, {c['rejected']} rejected, {c['unreadable_lines']} unreadable lines"
+                 + (f", {c['failed_in_forward']} failed" if c["failed_in_forward"] else "")]
+        if c["rejected_by_reason"]:
+            lines.append("  rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(c["rejected_by_reason"].items())))
+        lines.append("error detection (share of pairs with log P(a) > log P(b)):")
+        for r in self.accuracy().itertuples():
+            acc = f"{r.accuracy:6.1%}" if r.type == "grammar" and pd.notna(r.accuracy) else "   n/a"
+            lines.append(f"  {r.category:<24} {r.type:<9} n={r.n_pairs:<5} accuracy={acc}  "
+                         f"mean margin={r.mean_margin:+.3f}")
+        stab = self.stability
+        top_k = int(m["config"]["analysis"]["top_k"])
+        if stab is not None and not stab.empty:
+            pos = m["positions"][0]
+            d = stab[stab["position"] == pos]
+            if "q_value" in d:
+                alpha = self.alpha
+                sig = d[stable_mask(d, alpha)]
+                lines.append(f"stable beyond the control baseline at '{pos}' (q < {alpha}, not massive): "
+                             f"{len(sig)} of {d['q_value'].notna().sum()} components")
+                for r in sig.nsmallest(min(top_k, 10), "rank_calibrated").itertuples():
+                    lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} edit/control={r.ratio:.3f}  "
+                                 f"normalized={r.normalized:.4f}  q={r.q_value:.2g}")
+            else:
+                lines.append(f"most stable components at '{pos}' (normalized |a-b| = mean |a-b| / spread; "
+                             "no control baseline):")
+                for r in d.nsmallest(min(top_k, 10), "normalized").itertuples():
+                    lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} normalized={r.normalized:.4f}  "
+                                 f"mean|a-b|={r.mean_abs_diff:.4g}")
+        lines.append(f"run dir: {self.run_dir}" if self.run_dir else "not saved (Result.save(dir) writes a run dir)")
+        if "blimp_paradigms" in self._extra:
+            from .pairs.blimp import format_blimp_summary
+            lines += format_blimp_summary({n: self.table(n) for n in BLIMP_TABLES})
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        c = self.manifest.get("counts", {})
+        where = f" at {self.run_dir}" if self.run_dir else ""
+        return (f"<interp.Result{where}: {c.get('kept')} pairs kept, {c.get('rejected')} rejected, "
+                f"hooks {sorted({h['point'] for h in self.manifest.get('hooks', [])})}>")
+
+    # ------------------------------------------------------------ writing
+
+    def save(self, run_dir: str | Path, figures: bool | None = None, png: bool | None = None) -> Path:
+        """Write the run directory (every table, the statistics, saved activations, figures, and
+        ``manifest.json`` last). ``figures``/``png`` default to the run's ``analysis.figures`` and
+        ``analysis.png``. A folder that already holds another complete run is refused."""
+        t0 = time.time()
+        out = Path(run_dir)
+        if R.is_complete(out) and (self.run_dir is None or out.resolve() != self.run_dir.resolve()):
+            raise FileExistsError(f"{out} already holds a complete run; save to a new folder")
+        out.mkdir(parents=True, exist_ok=True)
+        for name, file in TABLES.items():
+            df = self.table(name)
+            if df is not None:
+                R.write_parquet(out / file, df)
+        R.write_jsonl(out / R.REJECTED, self.rejected_rows)
+        self._write_tensors(out)
+        for name in self._extra:
+            R.write_parquet(out / f"{name}.parquet", self.table(name))
+        acfg = self.config["analysis"]
+        timings = dict(self.manifest.get("timings", {}))
+        timings["write_s"] = time.time() - t0
+        figure_info = {}
+        if acfg.get("figures", True) if figures is None else figures:
+            t = time.time()
+            from .figures import write_run_figures
+
+            figure_info = write_run_figures(out, self.stability, self.pairs, top_k=int(acfg["top_k"]),
+                                            png=bool(acfg.get("png", True) if png is None else png))
+            timings["figures_s"] = time.time() - t
+        if "total_s" in timings:  # the analysis's own time, plus writing
+            timings["total_s"] += time.time() - t0
+        manifest = {**self.manifest, "run_dir": str(out.resolve()), "figures": figure_info, "timings": timings}
+        R.write_json(out / R.MANIFEST, manifest)
+        self.manifest, self.run_dir = manifest, out
+        return out
+
+    def _write_tensors(self, out: Path) -> None:
+        for file in TENSOR_FILES:
+            if file in self._tensors:
+                tensors, meta = self._tensors[file]
+                if callable(tensors):
+                    tensors = tensors()
+                R.write_safetensors(out / file, tensors, meta)
+            elif self.run_dir is not None and (self.run_dir / file).exists() and \
+                    (self.run_dir / file).resolve() != (out / file).resolve():
+                shutil.copyfile(self.run_dir / file, out / file)
+
+
+def load_run(run_dir: str | Path) -> Result:
+    """The ``Result`` of a run directory written by ``python -m interp.run`` or ``Result.save``."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise RunDirError(f"{run}: no such directory")
+    if not (run / R.MANIFEST).is_file():
+        raise RunDirError(f"{run}: not a run directory (no {R.MANIFEST})")
+    try:
+        manifest = json.loads((run / R.MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{run / R.MANIFEST}: unreadable ({err})") from err
+    if manifest.get("status") != "complete":
+        raise RunDirError(f"{run}: the run is not complete (status {manifest.get('status')!r})")
+
+    def reader(file: str) -> Callable[[], pd.DataFrame | None]:
+        return lambda: pd.read_parquet(run / file) if (run / file).exists() else None
+
+    extra = {n: reader(f"{n}.parquet") for n in BLIMP_TABLES if (run / f"{n}.parquet").exists()}
+    return Result(manifest, {name: reader(file) for name, file in TABLES.items()}, None, None, run, extra)
+
+
+def result_table_names() -> list[str]:
+    """Every table name a Result can hold."""
+    return [*TABLES, "rejected", *BLIMP_TABLES]
+
+
+__all__ = ["Result", "load_run", "RunDirError", "STABLE_DEFINITION", "result_table_names"]
+

@@ -1,0 +1,73 @@
+"""Running an analysis from a config: ``run(cfg, out_dir)`` and the command ``python -m interp.run``.
+
+``run`` loads the configured model and pairs, runs ``pipeline.execute`` with checkpoints in
+``out_dir`` (so the same command resumes an interrupted run) and saves the ``Result`` there. The
+command (``cli.main``) is a thin Hydra layer over it: it checks the whole config before any model
+loads and turns a user's mistake into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from .checkpoint import Checkpoint, RunConfigMismatch
+from .manifest import config_hash
+from .pipeline import NoPairsError, execute
+
+__all__ = ["run", "run_result", "main", "RunConfigMismatch", "NoPairsError", "get_model"]
+
+
+def get_model(cfg: DictConfig):
+    """The model of ``cfg.model`` on ``cfg.device`` / ``cfg.dtype`` (the last two are kept loaded)."""
+    from ..api import cached_model
+
+    return cached_model(cfg.model, cfg.device, cfg.dtype)
+
+
+def run(cfg: DictConfig, out_dir: str | Path, lm=None) -> Path:
+    """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return it.
+    (``run_result`` is the same, returning the ``Result``.)"""
+    return run_result(cfg, out_dir, lm).run_dir
+
+
+def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
+    """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return the Result.
+
+    ``lm`` overrides the model of ``cfg.model`` (a model already loaded, perhaps with hooks of the
+    caller's attached: tests plant structure this way). A run dir holding a checkpoint of the same
+    config resumes from it; one of another config is refused (``RunConfigMismatch``)."""
+    from .. import results as R
+    from ..pairs import load_pairs
+
+    t0 = time.time()
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpoint(run_dir, config_hash(cfg))
+    ckpt.check()  # a checkpoint of another config is refused before anything loads
+    timings: dict[str, float] = {}
+    import torch
+
+    torch.manual_seed(int(cfg.seed))
+    lm = lm or get_model(cfg)
+    timings["load_model_s"] = time.time() - t0
+    t = time.time()
+    pair_set = load_pairs(cfg.pairs)
+    timings["pairs_s"] = time.time() - t
+    try:
+        result = execute(cfg, lm, pair_set, ckpt, timings, t0)
+    except NoPairsError as err:
+        R.write_jsonl(run_dir / R.REJECTED, err.rejected_rows)
+        raise NoPairsError(f"{err}; see {run_dir / R.REJECTED}", err.rejected_rows) from None
+    result.save(run_dir)
+    ckpt.remove()
+    return result
+
+
+def main() -> None:
+    """``python -m interp.run``: see ``interp.run.cli``."""
+    from .cli import main as cli_main
+
+    cli_main()

@@ -1,0 +1,81 @@
+"""From a finished analysis's running statistics and pair rows to its ``Result``.
+
+The tables (stability overall and per category, contrast, divergence, the per-pair drill-down),
+the BLiMP report where the pairs are BLiMP's, the statistics' saved state and the manifest. Tables
+are computed when first used. Runs (``pipeline.execute``) and merges of shards (``interp.merge``)
+both end here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from .. import results as R
+from ..result import Result
+from ..rules import summarize
+from .manifest import build_manifest
+
+
+def contrast_sides(spec, types: dict[str, str], groups: list[str]):
+    """``analysis.contrast`` -> ((name, categories), (name, categories)), or a note why it is skipped."""
+    if not spec:
+        return None
+    if len(spec) != 2:
+        raise ValueError(f"analysis.contrast needs two groups, got {list(spec)}")
+    out = []
+    for side in spec:
+        cats = [c for c in groups if types[c] == side] if side in ("grammar", "semantic") else \
+            ([side] if side in groups else [])
+        if not cats:
+            return f"skipped: no kept pairs of {side!r} in this run"
+        out.append((str(side), cats))
+    if set(out[0][1]) & set(out[1][1]):
+        raise ValueError(f"analysis.contrast: {spec[0]} and {spec[1]} overlap")
+    return out
+
+
+def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list[dict], failed: list[dict],
+             profiles: list[pd.DataFrame], components: list[pd.DataFrame], facts: dict, timings: dict,
+             t0: float, tensor_files: dict | None = None) -> Result:
+    """The Result of an analysis (see the module docstring)."""
+    acfg = cfg.analysis
+    groups = stats.groups
+    pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
+    mcfg = acfg.get("massive", {})
+    table_kw = {"massive_factor": float(mcfg.get("factor", 20)), "massive_cv": float(mcfg.get("max_cv", 0.25))}
+    tables: dict = {"pairs": pairs_df, "stability": lambda: stats.table(**table_kw)}
+    if len(groups) > 1:
+        tables["stability_by_category"] = lambda: pd.concat(
+            [stats.table(group=g, **table_kw).assign(category=g) for g in groups], ignore_index=True)
+    notes: dict = {}
+    sides = contrast_sides(acfg.get("contrast"), facts["group_types"], groups)
+    if isinstance(sides, str):
+        notes["contrast"] = sides
+    elif sides:
+        tables["contrast"] = lambda: stats.contrast(sides[0][1], sides[1][1], (sides[0][0], sides[1][0]))
+    tables["divergence"] = lambda: stats.divergence()
+    profiles = [p for p in profiles if not p.empty]
+    if profiles:
+        tables["pair_profile"] = pd.concat(profiles, ignore_index=True)
+        tables["pair_components"] = pd.concat([c for c in components if not c.empty], ignore_index=True)
+    all_rejected = rejected_rows + failed
+
+    extra = {}
+    if cfg.pairs.source == "blimp":  # per-paradigm/phenomenon tables and the manifest's notes["blimp"]
+        from ..pairs.blimp import blimp_tables
+        extra, notes["blimp"] = blimp_tables(pairs_df, all_rejected, cfg.pairs)
+
+    stats_meta = {"groups": json.dumps(groups), "group_types": json.dumps(facts["group_types"]),
+                  "positions": json.dumps(stats.positions), "n_controls": str(stats.n_controls),
+                  "max_offset": str(stats.max_offset),
+                  "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()}),
+                  "sites": json.dumps([vars(x) for x in stats.sites])}
+    files = {R.STATS: (stats.state_dict, stats_meta), **(tensor_files or {})}
+    timings["total_s"] = time.time() - t0
+    manifest = build_manifest(cfg, stats, facts, len(pairs_df), all_rejected, len(failed), notes,
+                              summarize(pairs_df).to_dict("records"), timings)
+    return Result(manifest, tables, all_rejected, files, None, extra)

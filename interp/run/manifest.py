@@ -1,0 +1,86 @@
+"""The manifest: what a run directory's ``manifest.json`` says about the run that made it.
+
+Status, the resolved config and its hash, the model, how the forward pass ran, package versions,
+hooks, groups, counts (loaded, kept, rejected by reason, failed), the control baseline, notes,
+what is excluded from the statistics, accuracy per category, figures and timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import sys
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+CONTROL_TEST = "one-sided paired t-test over pairs of |a-b| - mean_k |a-c_k|; BH q-values over all rows"
+EXCLUDED = {
+    "bos": "the BOS position is excluded from every statistic",
+    "padding": "pad positions are masked out of every statistic and log-probability",
+    "shared_prefix": "in the component spread, the prefix shared by both sentences is counted once",
+}
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of what determines a run's numbers (not progress bars or output placement)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("progress", "hydra", "checkpoint_every"):
+        c.pop(k, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("interp", "torch", "transformers", "transformer-lens", "numpy", "pandas", "hydra-core"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def rejected_by_reason(rows: list[dict]) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for r in rows:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    return reasons
+
+
+def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_rows: list[dict], n_failed: int,
+                   notes: dict, accuracy: list[dict], timings: dict) -> dict:
+    """The manifest of a finished analysis; ``run_dir`` and ``figures`` are filled in when it is saved."""
+    acfg = cfg.analysis
+    n_controls = stats.n_controls
+    return {
+        "status": "complete",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_dir": None,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": config_hash(cfg),
+        "model": facts["model"],
+        "forward": facts.get("forward"),
+        "versions": versions(),
+        "hooks": [vars(s) for s in stats.sites],
+        "positions": stats.positions,
+        "groups": stats.groups,
+        "group_types": facts["group_types"],
+        "shard": facts.get("shard"),
+        "merged_from": facts.get("merged_from"),
+        "counts": {
+            "pairs_loaded": facts["pairs_loaded"], "unreadable_lines": facts["unreadable_lines"],
+            "kept": n_kept, "rejected": facts["rejected"], "failed_in_forward": n_failed,
+            "rejected_by_reason": rejected_by_reason(rejected_rows), "batches": facts["batches"],
+            "resumed_from_batch": facts["resumed_from_batch"], **facts["inspect"],
+        },
+        "controls": {"n": n_controls, "seed": int(cfg.seed),
+                     "pool": (("words" if acfg.controls.get("words") else acfg.controls.get("pool", "common"))
+                              if n_controls else None),
+                     "test": CONTROL_TEST},
+        "notes": notes,
+        "excluded": dict(EXCLUDED),
+        "accuracy": accuracy,
+        "figures": {},
+        "timings": timings,
+    }

@@ -1,0 +1,323 @@
+"""The analysis pipeline: validated pairs -> batches -> one forward pass per batch with hooks ->
+running statistics and pair rows -> a ``Result``.
+
+``execute(cfg, lm, pair_set, checkpoint)`` does the work and returns a ``Result`` in memory; it never
+holds more than one batch of activations (two with ``analysis.overlap`` on a GPU). With a
+``Checkpoint`` it saves progress every ``checkpoint_every`` batches and resumes from the last one.
+Writing the run directory is ``Result.save``; ``interp.run.run`` and ``interp.analyze`` wrap this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..backends import select as analysis_model
+from ..controls import control_ids, make_pool
+from ..engine import Batch, make_batches, pair_logprobs
+from ..hooks import resolve
+from ..kernels import use_fused
+from ..model import LoadedModel
+from ..pairs import PairSet, Problem, validate_pairs
+from ..result import Result
+from ..stats import DiffStats
+from ..rules import correct
+from .assemble import assemble
+from .checkpoint import Checkpoint, combine_forward
+from .inspect import capture_inspection
+
+log = logging.getLogger(__name__)
+
+
+class NoPairsError(ValueError):
+    """No pair passed validation; ``rejected_rows`` says why each was refused."""
+
+    def __init__(self, message: str, rejected_rows: list[dict]):
+        super().__init__(message)
+        self.rejected_rows = rejected_rows
+
+
+def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
+    B = batch.size
+    lp_a, lp_b = lp[:B].cpu().tolist(), lp[B:2 * B].cpu().tolist()
+    rows = []
+    for j, i in enumerate(batch.index.tolist()):
+        p, tp = kept[i]
+        margin = lp_a[j] - lp_b[j]
+        rows.append({
+            "pair_index": i, "pair_id": p.pair_id, "category": p.category, "type": p.type, "a": p.a, "b": p.b,
+            "source": p.source, "line": p.line, "n_tokens": tp.n_tokens, "n_tokens_b": tp.n_tokens_b,
+            "edit_pos": tp.edit_pos, "edit_end_a": tp.edit_end_a, "edit_end_b": tp.edit_end_b,
+            "token_a": tp.token_a, "token_b": tp.token_b,
+            "token_id_a": tp.ids_a[tp.edit_pos], "token_id_b": tp.ids_b[tp.edit_pos],
+            "logprob_a": lp_a[j], "logprob_b": lp_b[j], "margin": margin,
+            "correct": correct(margin, p.type),
+        })
+        rows[-1].update({f"meta_{k}": v for k, v in p.meta.items()})
+    return rows
+
+
+_SIDE_STREAMS: dict[str, "torch.cuda.Stream"] = {}
+
+
+def side_stream(device: torch.device):
+    """A second CUDA stream for the statistics, so they overlap the next batch's forward pass
+    (``analysis.overlap``); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    key = str(device)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[key]
+
+
+def wait_for_statistics(device: torch.device) -> None:
+    """Before reading the running statistics on the host: let the side stream finish."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StatisticsError(Exception):
+    """The statistics failed while being updated in place: the run stops (not retried per pair);
+    ``checkpoint_every`` keeps what was finished before."""
+
+
+class BatchPipeline:
+    """Runs the batches of a run: forward pass, log-probabilities, statistics, pair rows.
+
+    Nothing of a batch is committed unless its forward pass succeeds and every log-probability is
+    finite; a failing batch is split until the failing pair is found, which is recorded in
+    ``failed`` (not fatal). With ``overlap`` on a GPU the host stays one batch ahead: batch i's
+    forward pass is queued before batch i-1 is checked (its log-probabilities come back through a
+    pinned copy and an event, not a device-wide sync), and batch i-1's activations are folded into
+    the statistics on a side stream while batch i's forward pass runs. ``submit`` returns the pair
+    rows of the batches finished so far; ``flush`` finishes the one in flight.
+    """
+
+    def __init__(self, lm: LoadedModel, stats: DiffStats, kept, failed: list[dict], overlap: bool = False,
+                 pipelined: bool | None = None, model=None):
+        self.lm, self.stats, self.kept, self.failed = lm, stats, kept, failed
+        self.model = lm.bridge if model is None else model  # the bridge or an interp.plain.PlainModel
+        self.side = side_stream(lm.device) if overlap else None
+        self.pipelined = self.side is not None if pipelined is None else pipelined  # one batch in flight
+        self.pending = None
+
+    def submit(self, batch: Batch) -> list[dict]:
+        if not self.pipelined:
+            return self._now(batch)
+        try:
+            launched = self._launch(batch)
+        except (RuntimeError, IndexError) as err:
+            return self.flush() + self._split(batch, err)
+        rows = self.flush()
+        self.pending = launched
+        return rows
+
+    def flush(self) -> list[dict]:
+        """Finish the batch in flight (if any) and return its pair rows."""
+        if self.pending is None:
+            return []
+        launched, self.pending = self.pending, None
+        return self._finish(launched)
+
+    def _now(self, batch: Batch) -> list[dict]:
+        """Run one batch to the end (a failing one is split)."""
+        try:
+            launched = self._launch(batch)
+        except (RuntimeError, IndexError) as err:
+            return self._split(batch, err)
+        return self._finish(launched)
+
+    def _launch(self, batch: Batch):
+        hooks, captured = self.stats.capture(batch)
+        try:
+            lp = pair_logprobs(self.model, batch, hooks)  # a and b only; control rows only feed the hooks
+        except BaseException:
+            self.stats.release(captured)  # its buffers are free for the split halves
+            raise
+        done = None
+        if lp.is_cuda:  # back to the host without waiting for work queued after this batch
+            host = torch.empty(lp.shape, dtype=lp.dtype, pin_memory=True)
+            host.copy_(lp, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            lp = host
+        return batch, captured, lp, done
+
+    def _finish(self, launched) -> list[dict]:
+        batch, captured, lp, done = launched
+        if done is not None:
+            done.synchronize()
+        if not torch.isfinite(lp).all():
+            self.stats.release(captured)
+            return self._split(batch, FloatingPointError("non-finite log-probability"))
+        try:
+            if self.side is None:
+                self.stats.consume(captured)
+            else:
+                self.side.wait_event(done)
+                for acts in captured[1].values():
+                    for a in acts:
+                        a.record_stream(self.side)  # the activations live until the side stream is done with them
+                with torch.cuda.stream(self.side):
+                    self.stats.consume(captured)
+        except Exception as err:
+            raise StatisticsError(f"updating the statistics failed on a batch of {batch.size} pairs: "
+                                  f"{type(err).__name__}: {err}") from err
+        return _pair_rows(batch, lp, self.kept)
+
+    def _split(self, batch: Batch, err: Exception) -> list[dict]:
+        if isinstance(err, RunConfigMismatch):
+            raise err
+        if batch.size == 1:
+            i = int(batch.index[0])
+            p = self.kept[i][0]
+            self.failed.append({"pair_index": i, "pair_id": p.pair_id, "category": p.category, "a": p.a, "b": p.b,
+                                "source": p.source, "line": p.line, "reason": "forward_failed",
+                                "detail": f"{type(err).__name__}: {err}"[:500]})
+            log.warning("pair %s failed: %s", p.pair_id, err)
+            return []
+        h = batch.size // 2
+        return self._now(batch.rows(0, h)) + self._now(batch.rows(h, batch.size))
+
+
+def shard_indices(n: int, shard) -> list[int]:
+    """Kept-pair indices of one shard: every ``count``-th pair from ``index`` (deterministic)."""
+    index, count = (int(shard.index), int(shard.count)) if shard else (0, 1)
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"shard.index={index} shard.count={count}: need 0 <= index < count")
+    return list(range(index, n, count))
+
+
+def build_controls(cfg: DictConfig, tokenizer, kept, indices: list[int]) -> list[list[list[int]]] | None:
+    """Control sentences (token ids) of the kept pairs at ``indices``; None without controls.
+    The pool is drawn from the whole pair set, so shards agree on it."""
+    acfg = cfg.analysis
+    n = int(acfg.controls.n) if acfg.get("controls") else 0
+    if not n:
+        return None
+    pool = make_pool(tokenizer, acfg.controls.get("pool", "common"), int(acfg.controls.pool_size),
+                     acfg.controls.get("words"), [tp for _, tp in kept])
+    out = []
+    for i in indices:
+        p, tp = kept[i]
+        own = {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}
+        out.append(control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, own, n, int(cfg.seed), p.pair_id))
+    return out
+
+
+def chunk_layers(value, device) -> int:
+    """Layers of a hook point reduced together: ``auto`` = 8 on a GPU (fewer, larger launches), 1
+    on the CPU (stacking layers there only copies memory; per-layer ops are large enough)."""
+    if value == "auto":
+        return 8 if torch.device(device).type == "cuda" else 1
+    return int(value)
+
+
+def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:
+    acfg = cfg.analysis
+    return DiffStats(sites, groups, list(acfg.positions), device,
+                     n_controls=int(acfg.controls.n) if acfg.get("controls") else 0,
+                     max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
+                     detail_k=int(acfg.get("detail_k", 5)), chunk=chunk_layers(acfg.get("chunk_layers", "auto"), device),
+                     fused=use_fused(acfg.get("fused", "auto"), device))
+
+
+
+
+def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Checkpoint | None = None,
+            timings: dict[str, float] | None = None, t0: float | None = None) -> Result:
+    """Analyse the pairs of ``pair_set`` with the model ``lm`` as ``cfg`` says; return the Result.
+
+    With ``shard.count > 1`` only every ``count``-th kept pair from ``shard.index`` is analysed (a
+    complete Result of its own; ``python -m interp.merge`` combines shards). ``checkpoint``: save
+    progress there every ``checkpoint_every`` batches and resume from what it holds."""
+    t0 = time.time() if t0 is None else t0
+    timings = {} if timings is None else timings
+    torch.manual_seed(int(cfg.seed))
+
+    t = time.time()
+    kept, rejected = validate_pairs(pair_set.pairs, lm.tokenizer, max_tokens=int(cfg.max_tokens),
+                                    alignment=str(cfg.pairs.get("alignment") or "strict"),
+                                    max_edit_tokens=int(cfg.pairs.get("max_edit_tokens", 4)))
+    problems: list[Problem] = list(pair_set.problems)
+    timings["pairs_s"] = timings.get("pairs_s", 0.0) + time.time() - t
+    rejected_rows = [dict(vars(p)) for p in problems + rejected]
+    if not kept:
+        raise NoPairsError(f"no pair passed validation ({len(rejected)} rejected, {len(problems)} unreadable "
+                           "lines)", rejected_rows)
+
+    # groups, types and controls are fixed from the whole pair set, so shards agree on them
+    groups = sorted({p.category for p, _ in kept})
+    group_types = {p.category: p.type for p, _ in kept}
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
+    acfg = cfg.analysis
+    mine = shard_indices(len(kept), cfg.get("shard"))
+    controls = build_controls(cfg, lm.tokenizer, kept, mine)
+    stats = new_stats(cfg, sites, groups, lm.device)
+    batches = make_batches([kept[i][1] for i in mine], [groups.index(kept[i][0].category) for i in mine],
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
+    for b in batches:  # batch positions -> run-wide kept indices
+        b.index = torch.tensor([mine[j] for j in b.index.tolist()])
+
+    resumed = checkpoint.load() if checkpoint else None
+    start, pair_rows, failed, details, earlier = 0, [], [], [], []
+    if resumed:  # earlier: how the model ran in the parts before (a resumed run may run differently)
+        start, pair_rows, failed, state, details, earlier = resumed
+        stats.load_state_dict(state)
+        log.info("resuming %s at batch %d of %d", checkpoint.dir.parent, start, len(batches))
+    every = int(cfg.checkpoint_every) if checkpoint else 0
+    crash_after = int(os.environ.get("INTERP_CRASH_AFTER_BATCH", "0"))  # tests: simulate a kill
+
+    t = time.time()
+    from tqdm.auto import tqdm
+
+    pair_ids = [p.pair_id for p, _ in kept]
+    bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
+               disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
+    model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites], n_pairs=len(mine))
+    pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.overlap), model=model)
+    for bi in range(start, len(batches)):
+        pair_rows += pipe.submit(batches[bi])
+        bar.update(batches[bi].size)
+        if every and (bi + 1) % every == 0 and bi + 1 < len(batches):
+            pair_rows += pipe.flush()
+            wait_for_statistics(lm.device)
+            details.append(stats.detail_tables(pair_ids))
+            stats.details = []
+            checkpoint.save(bi + 1, pair_rows, failed, stats.state_dict(), details, earlier + [forward_facts])
+        if crash_after and bi + 1 == crash_after:
+            os._exit(17)
+    pair_rows += pipe.flush()
+    stats.drop_buffers()  # the CPU activation buffers: not needed for the results
+    bar.close()
+    if model is lm.plain and lm.plain.compile_error:  # compilation was given up during the run
+        forward_facts.update(compiled=False, compile_error=lm.plain.compile_error)
+    forward_facts = combine_forward(earlier + [forward_facts])
+    timings["forward_s"] = time.time() - t
+    if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
+        raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")
+    wait_for_statistics(lm.device)
+    details.append(stats.detail_tables(pair_ids))
+
+    t = time.time()
+    shard = cfg.get("shard")
+    is_first = not shard or int(shard.index) == 0
+    inspection = capture_inspection(lm, kept, sites, int(acfg.n_saved_pairs) if is_first else 0,
+                                    list(cfg.hooks.get("pattern_pairs") or []) if is_first else None,
+                                    chunk=int(cfg.batch_size))
+    timings["inspect_s"] = time.time() - t
+    facts = {
+        "model": lm.info, "forward": forward_facts, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),
+        "unreadable_lines": len(problems), "rejected": len(rejected), "batches": len(batches),
+        "resumed_from_batch": start, "inspect": {"n_saved_pairs": inspection.n_pairs},
+        "shard": OmegaConf.to_container(shard) if shard else None,
+    }
+    return assemble(cfg, stats, pd.DataFrame(pair_rows), rejected_rows, failed, [d[0] for d in details],
+                    [d[1] for d in details], facts, timings, t0, inspection.files())
