@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import results as R
+from . import rules
 
 COMPARE = "compare.parquet"
 COMPARE_DIVERGENCE = "compare_divergence.parquet"
@@ -49,11 +50,11 @@ def depth_bin(rel, bins: int):
 
 
 def stable_mask(stab: pd.DataFrame, alpha: float) -> pd.Series:
-    """q < alpha, t < 0 and not massive (NaN q-values count as not stable)."""
+    """``interp.rules.stable_mask`` as 1.0 / 0.0 (NaN q-values count as not stable); NaN for every row
+    of a run without controls (no q-values: unknown, not "none stable")."""
     if "q_value" not in stab.columns:
         return pd.Series(np.nan, index=stab.index)
-    massive = stab["massive"].fillna(False).astype(bool) if "massive" in stab.columns else False
-    return ((stab["q_value"] < alpha) & (stab["t_stat"] < 0) & ~massive).astype(float)
+    return rules.stable_mask(stab, alpha).astype(float)
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -74,10 +75,10 @@ def load_run(run_dir: str | Path) -> dict:
 def accuracy(pairs: pd.DataFrame) -> dict:
     """Error-detection accuracy per grammar category and over all grammar pairs (with n)."""
     g = pairs[pairs["type"] == "grammar"]
-    out = {c: {"n": int(len(d)), "accuracy": float((d["margin"] > 0).mean())}
+    out = {c: {"n": int(len(d)), "accuracy": rules.accuracy(d["margin"])}
            for c, d in g.groupby("category", sort=True)}
     if len(g):
-        out["all_grammar"] = {"n": int(len(g)), "accuracy": float((g["margin"] > 0).mean())}
+        out["all_grammar"] = {"n": int(len(g)), "accuracy": rules.accuracy(g["margin"])}
     return out
 
 
@@ -153,7 +154,7 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
             for hook, g in t.groupby("hook", sort=True)}
     summary = {
         "position": position, "alpha": alpha, "bins": bins,
-        "stable_definition": f"q_value < {alpha} and t_stat < 0 and not massive",
+        "stable_definition": rules.STABLE_DEFINITION.format(alpha=alpha),
         "runs": {r["name"]: {"dir": str(r["dir"]), "model": r["model"], "n_layers": r["n_layers"],
                              "n_pairs": int(len(r["pairs"])), "controls": r["controls"],
                              "accuracy": accuracy(r["pairs"])} for r in (A, B)},
@@ -180,84 +181,47 @@ def _clean(obj):
 
 def write_figures(out: Path, table: pd.DataFrame, div: pd.DataFrame, summary: dict, name_a: str, name_b: str,
                   png: bool = True) -> dict:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from .figures import save_html, save_pngs, write_plotlyjs
+    """The comparison's figures (``interp.figures.compare``) into ``out/figures`` as HTML and PNG."""
+    from .figures import export
+    from .figures.compare import compare_figures
 
     fdir = out / "figures"
     fdir.mkdir(parents=True, exist_ok=True)
-    write_plotlyjs(fdir)
-    hooks = sorted(table["hook"].unique())
-    bins = int(summary["bins"])
-    figs = {}
-    for metric, title in (("share_stable", "share of components stable (q<%g, t<0, not massive)" % summary["alpha"]),
-                          ("median_ratio", "median ratio |a-b| / |a-control|"),
-                          ("median_normalized", "median normalized change |a-b| / spread")):
-        fig = make_subplots(rows=1, cols=len(hooks), subplot_titles=hooks, shared_yaxes=True)
-        for i, hook in enumerate(hooks, start=1):
-            for name, color in ((name_a, "#1f77b4"), (name_b, "#d62728")):
-                g = table[(table["hook"] == hook) & (table["run"] == name)]
-                fig.add_trace(go.Scatter(x=(g["bin"] + 0.5) / bins, y=g[metric], mode="lines+markers", name=name,
-                                         line={"color": color}, showlegend=(i == 1),
-                                         hovertemplate=name + "<br>layers %{text}<br>%{y:.3f}<extra></extra>",
-                                         text=g["layers"]), row=1, col=i)
-            fig.update_xaxes(title_text="relative depth", range=[0, 1], row=1, col=i)
-        fig.update_yaxes(title_text=metric, row=1, col=1)
-        fig.update_layout(title=f"{title}, position {summary['position']}", height=420,
-                          width=max(700, 330 * len(hooks)))
-        figs[f"compare_{metric}"] = fig
-    if not div.empty:
-        dhooks = sorted(div["hook"].unique())
-        titles = [f"{n} - {h}" for h in dhooks for n in (name_a, name_b)]
-        fig = make_subplots(rows=len(dhooks), cols=2, subplot_titles=titles, shared_xaxes=True)
-        for r, hook in enumerate(dhooks, start=1):
-            for c, name in enumerate((name_a, name_b), start=1):
-                g = div[(div["hook"] == hook) & (div["run"] == name) & (div["n_pairs"] >= 10)]
-                if g.empty:
-                    continue
-                p = g.pivot_table(index="bin", columns="offset", values="normalized")
-                fig.add_trace(go.Heatmap(z=p.to_numpy(), x=p.columns, y=(p.index + 0.5) / bins,
-                                         coloraxis="coloraxis"), row=r, col=c)
-                fig.update_yaxes(title_text="relative depth", row=r, col=c)
-        fig.update_xaxes(title_text="offset from edit", row=len(dhooks))
-        fig.update_layout(title="divergence profile (all pairs): mean normalized |a-b| per depth bin and offset (offsets with >= 10 pairs)",
-                          coloraxis={"colorscale": "Magma"}, height=300 * len(dhooks) + 120, width=1000)
-        figs["compare_divergence"] = fig
-    acc_rows = []
-    for name in (name_a, name_b):
-        for cat, v in summary["runs"][name]["accuracy"].items():
-            acc_rows.append((name, cat, v["accuracy"], v["n"]))
-    if acc_rows:
-        fig = go.Figure()
-        for name in (name_a, name_b):
-            rows = [r for r in acc_rows if r[0] == name]
-            fig.add_trace(go.Bar(x=[r[1] for r in rows], y=[r[2] for r in rows], name=name,
-                                 text=[f"n={r[3]}" for r in rows]))
-        fig.add_hline(y=0.5, line_dash="dot")
-        fig.update_layout(title="error-detection accuracy (grammar pairs: share with log P(a) > log P(b))",
-                          barmode="group", yaxis={"range": [0, 1]}, height=450, width=1000)
-        figs["compare_accuracy"] = fig
-    written = {"html": [save_html(f, fdir, n) for n, f in figs.items()]}
+    export.write_plotlyjs(fdir)
+    figs = compare_figures(table, div, summary, name_a, name_b)
+    written = {"html": [export.save_html(f, fdir, n) for n, f in figs.items()]}
     if png:
-        pngs = save_pngs(figs, fdir)
+        pngs = export.save_pngs(figs, fdir)
         written["png" if "error" not in pngs else "png_error"] = (
             list(pngs.values()) if "error" not in pngs else pngs["error"])
     return written
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m interp.compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_a")
-    ap.add_argument("run_b")
-    ap.add_argument("--out", default=None, help="output folder (default RUN_A/compare_<name of RUN_B>)")
-    ap.add_argument("--position", default="edit", help="edit | last | after")
-    ap.add_argument("--alpha", type=float, default=0.05)
-    ap.add_argument("--bins", type=int, default=10, help="relative-depth bins")
-    ap.add_argument("--no-figures", action="store_true")
-    ap.add_argument("--no-png", action="store_true")
+    ap = argparse.ArgumentParser(
+        prog="python -m interp.compare",
+        description="Compare two run directories (possibly of different models) per hook point and relative-depth "
+                    "bin: share of stable components, median ratio and normalized change, divergence profile, "
+                    "error-detection accuracy. Writes compare.parquet, compare_divergence.parquet, compare.json "
+                    "and figures into --out.")
+    ap.add_argument("run_a", help="first run directory (holding manifest.json)")
+    ap.add_argument("run_b", help="second run directory")
+    ap.add_argument("--out", default=None, help="output folder [RUN_A/compare_<name of RUN_B>]")
+    ap.add_argument("--position", default="edit", help="token position mode compared: edit | last | after [edit]")
+    ap.add_argument("--alpha", type=float, default=0.05,
+                    help="FDR level of the stable rule (%s) [0.05]" % rules.STABLE_DEFINITION.replace("%", "%%"))
+    ap.add_argument("--bins", type=int, default=10, help="number of relative-depth bins [10]")
+    ap.add_argument("--no-figures", action="store_true", help="tables and compare.json only")
+    ap.add_argument("--no-png", action="store_true", help="HTML figures only (no kaleido)")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    s = compare(a.run_a, a.run_b, a.out, a.position, a.alpha, a.bins, figures=not a.no_figures, png=not a.no_png)
+    try:
+        s = compare(a.run_a, a.run_b, a.out, a.position, a.alpha, a.bins, figures=not a.no_figures,
+                    png=not a.no_png)
+    except SystemExit as err:  # a run dir or position that does not fit: one line, exit status 2
+        if not isinstance(err.code, str):
+            raise
+        print(f"python -m interp.compare: error: {err.code}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"compare -> {s['out']}")
     for name, r in s["runs"].items():
         acc = r["accuracy"].get("all_grammar", {})

@@ -470,7 +470,7 @@ def patch(cfg: DictConfig) -> dict:
     figure_info: dict = {}
     if cfg.figures.enabled:
         t = time.time()
-        from .figures_causal import write_causal_figures
+        from .figures.causal import write_causal_figures
 
         figure_info = write_causal_figures(out_dir, result.get("ablation"), result.get("patching"),
                                            n_pair_figures=int(cfg.figures.n_pairs), png=bool(cfg.figures.png),

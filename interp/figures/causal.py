@@ -1,4 +1,4 @@
-"""Plotly figures of the causal tests (``interp.patch``), written under ``RUN/causal/figures/``.
+"""Figures of the causal tests (``interp.patch``: ``RUN/causal/``), for the run dir and the viewer.
 
 - ``effect_vs_k``: margin change and accuracy change against k for the stable, least stable and
   random selections (random: mean over seeds, error bars = standard deviation across seeds, faint
@@ -7,23 +7,25 @@
   the position is the offset from the edit) or layer x head (``hook_z``), denoising and noising
   side by side.
 
-HTML works offline (``plotly.min.js`` beside it, as in ``interp.figures``); PNG when kaleido works.
-``python -m interp.figures_causal RUN_DIR [--no-png]`` rewrites them from the tables.
+- ``ablation`` and ``patching_panels``: the viewer's interactive variants (one selection of mode,
+  where and category; one figure per patched hook kind and metric).
+
+``write_causal_figures`` writes the first two under ``RUN/causal/figures/`` (HTML that works
+offline, PNG when kaleido works); ``python -m interp.figures --causal RUN_DIR`` rewrites them.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from . import results as R
-from .figures import write_figures, write_plotlyjs
+from .. import results as R
+from .common import esc, styled
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +133,97 @@ def write_causal_figures(causal_dir: str | Path, ablation: pd.DataFrame | None =
     fdir = causal_dir / R.FIGURES
     if not figs:
         return {"html": []}
+    from .export import write_figures, write_plotlyjs
+
     fdir.mkdir(parents=True, exist_ok=True)
     write_plotlyjs(fdir)
     return write_figures(figs, fdir, png)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m interp.figures_causal RUN_DIR [--no-png]``: rewrite the causal figures of a run."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        raise SystemExit("usage: python -m interp.figures_causal RUN_DIR [--no-png]")
-    out = write_causal_figures(Path(args[0]) / "causal", png="--no-png" not in args)
-    for k, v in out.items():
-        print(k, v)
+def ablation(d: pd.DataFrame, summary: pd.DataFrame | None, metric: str, mode: str | None = None,
+             where: str | None = None, category: str | None = None) -> go.Figure:
+    """Ablation effect against k per selection (rows of ``ablation.parquet`` already narrowed to one
+    mode, where and category): the mean over seeds from ``summary`` (±sd over seeds) when it has
+    ``{metric}_mean``, else the mean of ``d``; and each seed faintly."""
+    f = {"mode": mode, "where": where, "category": category}
+    fig = go.Figure()
+    sels = [s for s in COLORS if s in set(d["selection"])] + sorted(set(d["selection"]) - set(COLORS))
+    for i, sel in enumerate(sels):
+        g = d[d["selection"] == sel]
+        color = COLORS.get(sel, ["#2ca02c", "#9467bd", "#8c564b"][i % 3])
+        mean_col, sd = f"{metric}_mean", None
+        s = None
+        if summary is not None and mean_col in summary:
+            s = summary[summary["selection"] == sel]
+            for col in ("mode", "where", "category"):
+                if f.get(col) is not None and col in s:
+                    s = s[s[col].astype(str) == f[col]]
+            s = s.sort_values("k") if len(s) else None
+        if s is not None:
+            x, y = s["k"], s[mean_col]
+            sd = s[f"{metric}_std"] if f"{metric}_std" in s else None
+        else:
+            m = g.groupby("k", observed=True, as_index=False)[metric].mean().sort_values("k")
+            x, y = m["k"], m[metric]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=esc(sel), line={"color": color},
+                                 error_y={"array": sd.fillna(0).tolist(), "visible": True} if sd is not None else None))
+        if "seed" in g and g["seed"].nunique() > 1:
+            fig.add_trace(go.Scatter(x=g["k"], y=g[metric], mode="markers", showlegend=False, hoverinfo="skip",
+                                     marker={"color": color, "size": 5, "opacity": 0.3}))
+    fig.add_hline(y=0, line_dash="dot")
+    where_ = ", ".join(f"{k} {esc(v)}" for k, v in f.items() if v is not None)
+    return styled(fig, f"ablation: {metric} against the number of ablated components k ({where_})", 420,
+                  xaxis={"title": {"text": "k"}, "type": "log", "tickvals": sorted(int(k) for k in set(d["k"]))},
+                  yaxis_title=metric,
+                  legend={"orientation": "h", "y": -0.2})
 
 
-if __name__ == "__main__":
-    main()
+def patching_panels(d: pd.DataFrame) -> list[tuple[str, go.Figure]]:
+    """(name, figure) per patched hook kind and metric of ``patching.parquet`` rows: layer x position /
+    offset / head, one panel per direction."""
+    if d.empty or "layer" not in d:
+        return []
+    numeric_metric = "metric" in d and pd.api.types.is_numeric_dtype(d["metric"])
+    value = "normalized" if "normalized" in d else ("metric" if numeric_metric else None)
+    if value is None:
+        return []
+    kind_col = "kind" if "kind" in d else ("hook" if "hook" in d else None)
+    metric_col = "metric" if "metric" in d and value != "metric" else None
+    out = []
+    for kind, dk in (d.groupby(kind_col, observed=True, sort=True) if kind_col else [("", d)]):
+        for metric, dm in (dk.groupby(metric_col, observed=True, sort=True) if metric_col else [("", dk)]):
+            if "head" in dm and dm["head"].notna().any():
+                x = "head"
+            elif "position" in dm and dm["position"].notna().any():
+                x = "position"
+            elif "offset" in dm and dm["offset"].notna().any():
+                x = "offset"
+            else:
+                continue
+            dirs = sorted(set(dm["direction"].astype(str))) if "direction" in dm else [""]
+            fig = make_subplots(rows=1, cols=len(dirs), subplot_titles=[esc(t) for t in dirs], shared_yaxes=True,
+                                horizontal_spacing=0.06)
+            labels = {}
+            if x == "position" and "token" in dm:
+                labels = {int(q): str(t) for q, t in zip(dm["position"], dm["token"]) if pd.notna(q) and pd.notna(t)}
+            for i, direction in enumerate(dirs, start=1):
+                g = dm[dm["direction"].astype(str) == direction] if direction else dm
+                grid = g.pivot_table(observed=True, index="layer", columns=x, values=value, aggfunc="mean").sort_index()
+                cols = [int(c) for c in grid.columns]
+                xs = [f"{c}:{esc(labels[c])}" if c in labels else str(c) for c in cols]
+                fig.add_trace(go.Heatmap(z=grid.to_numpy(dtype=float), x=xs, y=[int(l) for l in grid.index],
+                                         coloraxis="coloraxis",
+                                         hovertemplate=f"{esc(direction)}<br>layer %{{y}}<br>{x} %{{x}}"
+                                                       "<br>%{z:.3f}<extra></extra>"),
+                              row=1, col=i)
+                fig.update_xaxes(title_text=x, row=1, col=i)
+            fig.update_yaxes(title_text="layer", row=1, col=1)
+            if dm["layer"].nunique() <= 40:
+                fig.update_yaxes(dtick=1)
+            fig.update_layout(coloraxis={"colorscale": "RdBu", "reversescale": True, "cmid": 0,
+                                         "colorbar": {"title": {"text": value}}})
+            title = (f"activation patching, {kind}" + (f", metric {metric}" if metric else "")
+                     + f": {value} by layer and {x}")
+            styled(fig, title, 260 + 26 * dm["layer"].nunique())
+            out.append((f"patch-{kind}-{metric}".replace(" ", "_"), fig))
+    return out

@@ -1,0 +1,5 @@
+"""``python -m interp.figures``: see ``interp.figures.cli``."""
+
+from .cli import main
+
+main()

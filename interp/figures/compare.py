@@ -1,0 +1,105 @@
+"""Figures that set two runs side by side: per relative-depth bin (``interp.compare``'s tables,
+usable across models) and component by component (two runs of one model, the viewer's compare page).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .. import rules
+from .common import esc, label, styled, table
+from .divergence import offset_heatmap
+from .pairs import accuracy
+
+RUN_COLORS = ("#1f77b4", "#d62728")
+METRICS = {"share_stable": "share of components stable ({definition})",
+           "median_ratio": "median ratio |a-b| / |a-control|",
+           "median_normalized": "median normalized change |a-b| / spread"}
+
+
+def depth_profile(compare_table: pd.DataFrame, metric: str, names: tuple[str, str], bins: int, position: str,
+                  alpha: float = 0.05) -> go.Figure:
+    """``metric`` of ``compare.parquet`` against relative depth, one panel per hook, one line per run."""
+    hooks = sorted(compare_table["hook"].unique())
+    fig = make_subplots(rows=1, cols=len(hooks), subplot_titles=hooks, shared_yaxes=True)
+    for i, hook in enumerate(hooks, start=1):
+        for name, color in zip(names, RUN_COLORS):
+            g = compare_table[(compare_table["hook"] == hook) & (compare_table["run"] == name)]
+            fig.add_trace(go.Scatter(x=(g["bin"] + 0.5) / bins, y=g[metric], mode="lines+markers", name=esc(name),
+                                     line={"color": color}, showlegend=(i == 1),
+                                     hovertemplate=esc(name) + "<br>layers %{text}<br>%{y:.3f}<extra></extra>",
+                                     text=g["layers"]), row=1, col=i)
+        fig.update_xaxes(title_text="relative depth", range=[0, 1], row=1, col=i)
+    fig.update_yaxes(title_text=metric, row=1, col=1)
+    title = METRICS.get(metric, metric).format(definition=rules.STABLE_DEFINITION.format(alpha=alpha))
+    return styled(fig, f"{title}, position {position}", 420, width=max(700, 330 * len(hooks)))
+
+
+def depth_divergence(div: pd.DataFrame, names: tuple[str, str], bins: int, min_pairs: int = 10) -> go.Figure:
+    """``compare_divergence.parquet``: depth bin x offset heatmaps, one row per hook, one column per run
+    (offsets that at least ``min_pairs`` pairs reach)."""
+    dhooks = sorted(div["hook"].unique())
+    titles = [esc(f"{n} - {h}") for h in dhooks for n in names]
+    fig = make_subplots(rows=len(dhooks), cols=2, subplot_titles=titles, shared_xaxes=True)
+    for r, hook in enumerate(dhooks, start=1):
+        for c, name in enumerate(names, start=1):
+            g = div[(div["hook"] == hook) & (div["run"] == name) & (div["n_pairs"] >= min_pairs)]
+            if g.empty:
+                continue
+            p = g.pivot_table(index="bin", columns="offset", values="normalized")
+            fig.add_trace(offset_heatmap(p, y=(p.index + 0.5) / bins, hover="depth %{y:.2f}<br>offset %{x}"),
+                          row=r, col=c)
+            fig.update_yaxes(title_text="relative depth", row=r, col=c)
+    fig.update_xaxes(title_text="offset from edit", row=len(dhooks))
+    return styled(fig, "divergence profile (all pairs): mean normalized |a-b| per depth bin and offset "
+                  f"(offsets with >= {min_pairs} pairs)", 300 * len(dhooks) + 120,
+                  coloraxis={"colorscale": "Magma"}, width=1000)
+
+
+def compare_figures(compare_table: pd.DataFrame, div: pd.DataFrame, summary: dict, name_a: str,
+                    name_b: str) -> dict[str, go.Figure]:
+    """The figures ``interp.compare`` writes: depth profiles of each metric, the divergence panels
+    and error-detection accuracy side by side (``summary``: the compare.json contents)."""
+    names, bins = (name_a, name_b), int(summary["bins"])
+    figs = {f"compare_{m}": depth_profile(compare_table, m, names, bins, summary["position"], summary["alpha"])
+            for m in METRICS}
+    if not div.empty:
+        figs["compare_divergence"] = depth_divergence(div, names, bins)
+    rows = {n: [{"category": c, "accuracy": v["accuracy"], "n_pairs": v["n"]}
+                for c, v in summary["runs"][n]["accuracy"].items()] for n in names}
+    if any(rows.values()):
+        figs["compare_accuracy"] = accuracy(rows)
+    return figs
+
+
+def joint_rows(a: Any, b: Any, hook: str, position: str, value: str) -> pd.DataFrame:
+    """The components of one hook and position present in both runs: ``value_a``, ``value_b``."""
+    key = ["hook", "layer", "component", "position"]
+    sa, sb = table(a), table(b)
+    sa = sa[(sa["hook"] == hook) & (sa["position"] == position)]
+    sb = sb[(sb["hook"] == hook) & (sb["position"] == position)]
+    return sa[key + [value]].merge(sb[key + [value]], on=key, suffixes=("_a", "_b")).dropna()
+
+
+def joint(a: Any, b: Any, hook: str, position: str, value: str = "normalized", name_a: str = "A",
+          name_b: str = "B", max_points: int = 5000) -> go.Figure | None:
+    """``value`` of the same components in two runs, one against the other (None: none in common)."""
+    both = joint_rows(a, b, hook, position, value)
+    if not len(both):
+        return None
+    shown = both.sample(max_points, random_state=0) if len(both) > max_points else both
+    fig = go.Figure(go.Scatter(
+        x=shown[f"{value}_a"], y=shown[f"{value}_b"], mode="markers",
+        marker={"color": shown["layer"], "colorscale": "Viridis", "showscale": True, "opacity": 0.6,
+                "colorbar": {"title": {"text": "layer"}}},
+        text=[label(hook, l, c) for l, c in zip(shown["layer"], shown["component"])],
+        hovertemplate="%{text}<br>A %{x:.4g}<br>B %{y:.4g}<extra></extra>"))
+    lo = float(min(shown[f"{value}_a"].min(), shown[f"{value}_b"].min()))
+    hi = float(max(shown[f"{value}_a"].max(), shown[f"{value}_b"].max()))
+    fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "#888"})
+    return styled(fig, f"{value} of the same {hook} components at '{position}': A vs B ({len(both)} matched)", 460,
+                  xaxis_title=f"A: {esc(name_a)}", yaxis_title=f"B: {esc(name_b)}")
