@@ -1,6 +1,6 @@
 """``python -m interp.view``: browse run directories in a web browser; export the figures as PNG.
 
-    python -m interp.view [--runs outputs] [--host 127.0.0.1] [--port 8050]
+    python -m interp.view [serve] [--runs outputs] [--host 127.0.0.1] [--port 8050]
     python -m interp.view export RUN_DIR [--out DIR] [--width 1100]
 
 The server reads every run dir (a folder holding ``manifest.json``) under ``--runs``; when
@@ -20,6 +20,9 @@ import os
 import sys
 from pathlib import Path
 
+PROG = "python -m interp.view"
+COMMANDS = ("serve", "export")
+
 
 def _offline() -> None:
     # the viewer never downloads: keep the Hugging Face libraries off the network too
@@ -27,18 +30,40 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def serve(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m interp.view", description="Browse run directories.")
-    ap.add_argument("--runs", default="outputs", help="folder searched (recursively) for run dirs [outputs]")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
-    ap.add_argument("--port", type=int, default=8050, help="port [8050]")
-    ap.add_argument("--no-tokenizer", action="store_true", help="show token ids instead of token strings")
-    ap.add_argument("--debug", action="store_true", help="Flask debug mode (reloader, debugger)")
-    args = ap.parse_args(argv)
+def _fail(message: str) -> None:
+    """A user error: one line on stderr, exit status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description="Browse run directories in a web browser (serve, the default), or write the "
+                               "viewer's figures of one run as PNG (export). Nothing is fetched from the network.")
+    sub = ap.add_subparsers(dest="command", metavar="{serve,export}")
+    s = sub.add_parser("serve", help="serve the viewer of every run dir under --runs (the default command)",
+                       description="Serve the viewer of every run dir (a folder holding manifest.json) under "
+                                   "--runs; when --runs is itself a run dir, its parent folder is served.")
+    s.add_argument("--runs", default="outputs", help="folder searched (recursively) for run dirs [outputs]")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    s.add_argument("--port", type=int, default=8050, help="port [8050]")
+    s.add_argument("--no-tokenizer", action="store_true", help="show token ids instead of token strings")
+    s.add_argument("--debug", action="store_true", help="Flask debug mode (reloader, debugger)")
+    e = sub.add_parser("export", help="write the viewer's figures of one run as PNG (kaleido)",
+                       description="Write the viewer's figures of one run (accuracy, margins, heatmaps, rankings, "
+                                   "scatter plots, layer profiles, causal and divergence results when present) as "
+                                   "PNG through kaleido, in one headless browser session.")
+    e.add_argument("run_dir", help="a run directory (holding manifest.json)")
+    e.add_argument("--out", default=None, help="output folder [RUN_DIR/figures/viewer]")
+    e.add_argument("--width", type=int, default=1100, help="image width in pixels [1100]")
+    return ap
+
+
+def serve(args: argparse.Namespace) -> None:
     _offline()
     root = Path(args.runs)
     if not root.is_dir():
-        raise SystemExit(f"--runs {root}: no such folder")
+        _fail(f"--runs {root}: no such folder")
     if (root / "manifest.json").is_file():
         root = root.resolve().parent
     from .viewer import create_app
@@ -48,20 +73,16 @@ def serve(argv: list[str]) -> None:
     app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
 
 
-def export(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m interp.view export",
-                                 description="Write the viewer's figures of one run as PNG (kaleido).")
-    ap.add_argument("run_dir", help="a run directory (holding manifest.json)")
-    ap.add_argument("--out", default=None, help="output folder [RUN_DIR/figures/viewer]")
-    ap.add_argument("--width", type=int, default=1100, help="image width in pixels [1100]")
-    args = ap.parse_args(argv)
+def export(args: argparse.Namespace) -> None:
     _offline()
-    from .viewer import export_figures
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: no such folder")
+    if not (run_dir / "manifest.json").is_file():
+        _fail(f"{run_dir}: not a run dir (no manifest.json)")
+    from .figures import export_figures
 
-    try:
-        paths = export_figures(args.run_dir, args.out, width=args.width)
-    except FileNotFoundError as err:
-        raise SystemExit(str(err))
+    paths = export_figures(run_dir, args.out, width=args.width)
     for p in paths:
         print(p)
     print(f"{len(paths)} PNG files written", file=sys.stderr)
@@ -69,10 +90,10 @@ def export(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "export":
-        export(argv[1:])
-    else:
-        serve(argv)
+    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+        argv = ["serve"] + argv  # ``python -m interp.view --runs X``: serve
+    args = parser().parse_args(argv)
+    (export if args.command == "export" else serve)(args)
 
 
 if __name__ == "__main__":

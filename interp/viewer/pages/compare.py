@@ -1,0 +1,61 @@
+"""The comparison of two runs: their facts side by side, accuracy, heatmap and ranking of each, and
+the same components of both, one against the other."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template, request
+
+from ... import figures as F
+from ...figures.common import hook_sort_key, top_rows
+from ...figures.compare import joint, joint_rows
+from ..columns import VALUE_COLUMNS
+from ..store import Run
+from ..web import (HEATMAP_MAX_COLUMNS, arg_choice, arg_int, click_template, component_urls, fig_spec, fmt, pct,
+                   run_summary, store)
+
+bp = Blueprint("compare", __name__)
+
+
+@bp.route("/compare")
+def compare():
+    ids = [r for r, _ in store().list()]
+    a_id, b_id = request.args.get("a"), request.args.get("b")
+    if not a_id or not b_id:
+        return render_template("compare.html", ids=ids, runs=None, a_id=a_id, b_id=b_id)
+    a, b = store().get(a_id), store().get(b_id)
+    hooks = sorted(set(a.hooks) | set(b.hooks), key=hook_sort_key)
+    positions = list(dict.fromkeys(a.positions + b.positions))
+    hook = arg_choice("hook", hooks, "resid_post" if "resid_post" in hooks else (hooks[0] if hooks else ""))
+    position = arg_choice("position", positions,
+                          "edit" if "edit" in positions else (positions[0] if positions else ""))
+    values = [c for c in VALUE_COLUMNS if c in a.stab.columns and c in b.stab.columns]
+    value = arg_choice("value", values, "normalized")
+    k = arg_int("k", 15, 1, 200)
+    figs = {"accuracy": fig_spec(F.accuracy({a.id: a.manifest, b.id: b.manifest}))}
+    sides = []
+    for run in (a, b):
+        heat = F.heatmap(run.stab, hook, position, value, cwidth=HEATMAP_MAX_COLUMNS)
+        sides.append({"run": run, "summary": run_summary(run.id, run.manifest),
+                      "heatmap": fig_spec(heat, click=click_template(run, hook)),
+                      "ranking": fig_spec(F.ranking(run.stab, position, k, url=component_urls(run))),
+                      "accuracy": run.manifest.get("accuracy", [])})
+    # the same components in both runs: one against the other
+    matched = len(joint_rows(a.stab, b.stab, hook, position, value))
+    fig = joint(a.stab, b.stab, hook, position, value, a.id, b.id)
+    if fig is not None:
+        figs["joint"] = fig_spec(fig)
+    top_a = set(map(tuple, top_rows(a.stab, position, k, hook)[["layer", "component"]].to_numpy().tolist()))
+    top_b = set(map(tuple, top_rows(b.stab, position, k, hook)[["layer", "component"]].to_numpy().tolist()))
+    return render_template("compare.html", ids=ids, runs=sides, a_id=a_id, b_id=b_id, figs=figs, hooks=hooks,
+                           positions=positions, hook=hook, position=position, value=value, k=k, values=values,
+                           facts=_compare_facts(a, b), overlap=len(top_a & top_b), matched=matched)
+
+
+def _compare_facts(a: Run, b: Run) -> list[tuple[str, str, str]]:
+    sa, sb = run_summary(a.id, a.manifest), run_summary(b.id, b.manifest)
+    return [("created", sa["created"], sb["created"]), ("model", sa["model"], sb["model"]),
+            ("shape", sa["shape"], sb["shape"]), ("pairs", sa["pairs"], sb["pairs"]),
+            ("hooks", sa["hooks"], sb["hooks"]), ("kept", fmt(sa["kept"]), fmt(sb["kept"])),
+            ("rejected", fmt(sa["rejected"]), fmt(sb["rejected"])),
+            ("accuracy (grammar)", pct(sa["accuracy"]), pct(sb["accuracy"])),
+            ("positions", ", ".join(a.positions), ", ".join(b.positions))]

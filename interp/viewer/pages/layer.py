@@ -1,0 +1,61 @@
+"""One layer of a run: per hook point its most stable component, the profile of every component,
+per-category boxes, the most stable components and the heads."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, render_template
+
+from ... import figures as F
+from ...figures.common import hook_sort_key, top_rows
+from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
+from ..store import records
+from ..web import arg_choice, component_url, component_urls, default_position, fig_spec, nav, store
+
+bp = Blueprint("layer", __name__)
+
+
+@bp.route("/run/<path:run>/-/layer/<int:layer>")
+def layer(run: str, layer: int):
+    r = store().get(run)
+    if layer not in r.layers:
+        abort(404, description=f"no layer {layer} in this run (layers {r.layers[:1]}…{r.layers[-1:]})")
+    position = arg_choice("position", r.positions, default_position(r))
+    values = [c for c in VALUE_COLUMNS if c in r.stab.columns]
+    value = arg_choice("value", values, "normalized")
+    s = r.stab
+    d = s[(s["layer"] == layer) & (s["position"] == position)]
+    summary = []
+    for h in sorted(set(d["hook"]), key=hook_sort_key):
+        g = d[d["hook"] == h].dropna(subset=["normalized"])
+        if g.empty:
+            summary.append({"hook": h, "n": int((d["hook"] == h).sum())})
+            continue
+        best = g.sort_values("normalized", kind="stable").iloc[0]
+        summary.append({"hook": h, "n": int((d["hook"] == h).sum()), "best": int(best["component"]),
+                        "best_norm": best["normalized"], "best_rank": best.get("rank"),
+                        "median": float(g["normalized"].median()), "max": float(g["normalized"].max()),
+                        "href": component_url(r, h, layer, int(best["component"]))})
+    hooks_here = [x["hook"] for x in summary]
+    cat_hook = arg_choice("chook", hooks_here, hooks_here[0] if hooks_here else "")
+    figs = {"profile": fig_spec(F.layer_profile(s, layer, position, value, url=component_urls(r)))}
+    boxes = F.category_boxes(r.by_category, layer, cat_hook, position) if cat_hook else None
+    if boxes is not None:
+        figs["categories"] = fig_spec(boxes)
+    top = top_rows(s, position, 20, layer=layer)
+    top_cols = [c for c in ["hook", "component", "head", "normalized", "mean_abs_diff", "spread", "rank"]
+                + OPTIONAL_STAB_COLUMNS if c in top.columns]
+    top_recs = [{"cells": rec, "href": component_url(r, rec["hook"], layer, rec["component"])}
+                for rec in records(top, top_cols)]
+    heads = []
+    zd = d[d["hook"] == "z"]
+    if len(zd) and "head" in zd:
+        for hd, g in zd.groupby("head", observed=True):
+            heads.append({"head": int(hd), "mean": float(g["normalized"].mean()),
+                          "min": float(g["normalized"].min()),
+                          "best_rank": g["rank"].min() if "rank" in g else None})
+    i = r.layers.index(layer)
+    return render_template("layer.html", **nav(r), layer=layer, position=position, value=value, values=values,
+                           hook_summary=summary, figs=figs, top=top_recs, top_cols=top_cols, heads=heads,
+                           cat_hook=cat_hook, hooks_here=hooks_here,
+                           prev_layer=r.layers[i - 1] if i > 0 else None,
+                           next_layer=r.layers[i + 1] if i + 1 < len(r.layers) else None)

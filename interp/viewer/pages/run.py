@@ -1,0 +1,83 @@
+"""A run's overview page (facts, accuracy, margins, heatmap, ranking, scatter, saved figures) and its
+saved figure files."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, abort, render_template, request, send_from_directory, url_for
+
+from ... import figures as F
+from ... import results as R
+from ...figures.stability import heatmap_window, scatter_points
+from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
+from ..store import FILE_DIRS, figure_files
+from ..web import (HEATMAP_MAX_COLUMNS, arg_choice, arg_int, click_template, component_urls, default_position,
+                   fig_spec, nav, store)
+
+bp = Blueprint("run", __name__)
+
+@bp.route("/run/<path:run>")
+def run_page(run: str):
+    r = store().get(run)
+    hooks, positions = r.hooks, r.positions
+    hook = arg_choice("hook", hooks, "resid_post" if "resid_post" in hooks else (hooks[0] if hooks else ""))
+    position = arg_choice("position", positions, default_position(r))
+    values = [c for c in VALUE_COLUMNS if c in r.stab.columns]
+    value = arg_choice("value", values, "normalized")
+    rank_hook = arg_choice("rank_hook", [""] + hooks, "")
+    rank_keys = [c for c in ("normalized", "rank_calibrated", "control_normalized", "ratio", "q_value", "p_value")
+                 if c in r.stab.columns]
+    rank_by = str(((r.manifest.get("config") or {}).get("analysis") or {}).get("rank_by") or "normalized")
+    rank_key = arg_choice("rank_key", rank_keys, rank_by if rank_by in rank_keys else "normalized")
+    k = arg_int("k", int(((r.manifest.get("config") or {}).get("analysis") or {}).get("top_k", 20)), 1, 200)
+    sx = arg_choice("x", values, "spread")
+    sy = arg_choice("y", values, "mean_abs_diff")
+    slog = request.args.get("log", "1") != "0"
+    cstart = arg_int("cstart", 0, 0)
+    by_head = hook == "z" and request.args.get("by") == "head"
+    s = r.stab
+    here = s[(s["hook"] == hook) & (s["position"] == position)]
+    if by_head and "head" in here.columns and here["head"].notna().any():
+        heat = F.heatmap(s, hook, position, value, by="head")
+        hinfo = heatmap_window(s, hook, position)
+    else:
+        heat = F.heatmap(s, hook, position, value, cstart=cstart, cwidth=HEATMAP_MAX_COLUMNS)
+        hinfo = heatmap_window(s, hook, position, cstart, HEATMAP_MAX_COLUMNS)
+    sel_layer = arg_choice("layer", [""] + r.layers, "")
+    sel_layer = None if sel_layer == "" else int(sel_layer)
+    urls = component_urls(r)
+    scatter = F.scatter(s, position, sx, sy, None, slog, sel_layer, url=urls)
+    shown, n = scatter_points(s, position, sx, sy, None, slog, sel_layer)
+    sinfo = {"n": n, "shown": 0 if shown is None else len(shown)}
+    click = url_for("head.head", run=r.id, layer=0, head=0)[: -len("/0/0")] + "/{y}/{x}" if by_head \
+        else click_template(r, hook)
+    figs = {"heatmap": fig_spec(heat, click=click),
+            "ranking": fig_spec(F.ranking(s, position, k, rank_hook or None, rank_key, sel_layer, url=urls)),
+            "scatter": fig_spec(scatter),
+            "margins": fig_spec(F.margins(r.pairs, url=lambda pid: url_for("pairs.pair", run=r.id, pair_id=pid))),
+            "accuracy": fig_spec(F.accuracy({r.id: r.manifest}))}
+    files = figure_files(r, R.FIGURES)
+    heads = []
+    if "z" in hooks and "head" in r.stab.columns:
+        heads = sorted(int(h) for h in r.stab.loc[r.stab["hook"] == "z", "head"].dropna().unique())
+    return render_template(
+        "run.html", **nav(r), figs=figs, hooks=hooks, positions=positions, hook=hook, position=position,
+        value=value, values=values, k=k, rank_hook=rank_hook, rank_keys=rank_keys, rank_key=rank_key,
+        sx=sx, sy=sy, slog=slog, hinfo=hinfo, sinfo=sinfo, files=files, heads=heads, by_head=by_head,
+        sel_layer=sel_layer,
+        cwidth=HEATMAP_MAX_COLUMNS, config_json=json.dumps(r.manifest.get("config", {}), indent=2, default=str),
+        timings=r.manifest.get("timings", {}), counts=r.manifest.get("counts", {}),
+        accuracy=r.manifest.get("accuracy", []), model=r.manifest.get("model", {}),
+        optional=[c for c in OPTIONAL_STAB_COLUMNS if c in r.stab.columns],
+        layers=r.layers)
+
+
+@bp.route("/run/<path:run>/-/files/<path:name>")
+def run_file(run: str, name: str):
+    """Saved figure files of a run (figures/ and causal/figures/ only), served as they are."""
+    r = store().get(run)
+    for d in FILE_DIRS:
+        if name.startswith(d + "/") and "/" not in name[len(d) + 1:]:
+            return send_from_directory(r.path / d, name[len(d) + 1:], max_age=0)
+    abort(404, description="only files of figures/ and causal/figures/ are served")

@@ -1,0 +1,395 @@
+"""Finding and reading run dirs for the viewer: the run store (every run dir under a root, with path
+checks), one run's manifest and tables (cached, repeated text columns as categoricals), the saved
+activations and attention patterns, and token strings from a tokenizer already on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from flask import abort
+
+from .. import results as R
+from ..figures.common import hook_sort_key, values
+
+# Optional tables: shown when a run has them.
+DIVERGENCE = R.DIVERGENCE
+CONTRAST = R.CONTRAST
+PAIR_PROFILE = R.PAIR_PROFILE
+PAIR_COMPONENTS = R.PAIR_COMPONENTS
+# ``python -m interp.patch`` writes RUN/causal/ (with its own manifest.json: not a run dir)
+CAUSAL = "causal"
+ABLATION = "causal/ablation.parquet"
+ABLATION_SUMMARY = "causal/ablation_summary.parquet"
+ABLATION_PAIRS = "causal/ablation_pairs.parquet"
+SELECTIONS = "causal/selections.parquet"
+PATCHING = "causal/patching.parquet"
+RUN_SUBDIRS = {"causal", "figures", "checkpoint"}  # folders of a run dir that are never run dirs
+FILE_DIRS = ("figures", "causal/figures")  # folders of a run dir whose files are served as they are
+
+HOOK_TEMPLATES = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre", "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post", "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out", "z": "blocks.{layer}.attn.hook_z",
+    "mlp_post": "blocks.{layer}.mlp.hook_post",
+}
+PATTERN_TEMPLATE = "blocks.{layer}.attn.hook_pattern"
+
+
+class _LRU:
+    """A small thread-safe LRU cache keyed by (path, mtime, size) so edits of a file are seen."""
+
+    def __init__(self, size: int):
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, path: Path, load: Callable[[Path], Any]) -> Any:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        value = load(path)
+        with self.lock:
+            self.data[key] = value
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return value
+
+
+class SavedTensors:
+    """``activations.safetensors`` / ``patterns.safetensors``: tensors ``[pair, 2, ...]`` of saved pairs."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = path
+        with safe_open(str(path), framework="numpy") as f:
+            self.keys = list(f.keys())
+            self.shapes = {k: list(f.get_slice(k).get_shape()) for k in self.keys}
+            meta = f.metadata() or {}
+        try:
+            self.pair_ids = [str(p) for p in json.loads(meta.get("pair_ids", "[]"))]
+        except ValueError:
+            self.pair_ids = []
+        self.index = {p: i for i, p in enumerate(self.pair_ids)}
+
+    def get(self, key: str, i: int) -> np.ndarray:
+        """Slice ``[i]`` of one tensor (only that slice is read)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="numpy") as f:
+            return f.get_slice(key)[i:i + 1][0]
+
+
+class TokenDecoder:
+    """Token strings for saved token ids, from the run's tokenizer when it is on this machine.
+
+    Only local files are read: the converted-model cache of ``interp.model`` for GGUF models, a
+    local ``model.path``, or the Hugging Face cache (``try_to_load_from_cache`` never downloads).
+    Without one, tokens are shown as ``#id`` (BOS and the edited token by their known strings).
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.cache: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _tokenizer_file(mcfg: dict) -> Path | None:
+        src = mcfg.get("source")
+        if src == "random" and isinstance(mcfg.get("tokenizer"), dict):
+            return TokenDecoder._tokenizer_file(mcfg["tokenizer"])
+        if src == "gguf":
+            cache = Path(os.environ.get("INTERP_CACHE_DIR", Path.home() / ".cache" / "interp"))
+            version = importlib.metadata.version(str(mcfg["package"]))
+            p = cache / f"{mcfg['name']}-{version}" / "tokenizer.json"
+            return p if p.is_file() else None
+        if mcfg.get("path"):
+            p = Path(str(mcfg["path"])) / "tokenizer.json"
+            return p if p.is_file() else None
+        if mcfg.get("name"):
+            from huggingface_hub import try_to_load_from_cache
+
+            p = try_to_load_from_cache(str(mcfg["name"]), "tokenizer.json")
+            return Path(p) if isinstance(p, str) and Path(p).is_file() else None
+        return None
+
+    def tokenizer(self, manifest: dict):
+        if not self.enabled:
+            return None
+        mcfg = (manifest.get("config") or {}).get("model") or {}
+        key = json.dumps(mcfg, sort_keys=True, default=str)
+        with self.lock:
+            if key in self.cache:
+                return self.cache[key]
+        tok = None
+        try:
+            path = self._tokenizer_file(mcfg)
+            if path is not None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_file(str(path))
+        except Exception:  # no tokenizer: ids are shown instead
+            tok = None
+        with self.lock:
+            self.cache[key] = tok
+        return tok
+
+    def labels(self, manifest: dict, ids: list[int], known: dict[int, str]) -> list[str]:
+        tok = self.tokenizer(manifest)
+        out = []
+        for pos, i in enumerate(ids):
+            if tok is not None:
+                try:
+                    out.append(tok.decode([int(i)], skip_special_tokens=False))
+                    continue
+                except Exception:
+                    pass
+            out.append(known.get(pos, f"#{int(i)}"))
+        return out
+
+
+class Run:
+    """One run directory: its manifest and (cached) tables."""
+
+    def __init__(self, store: "RunStore", run_id: str, path: Path):
+        self.store, self.id, self.path = store, run_id, path
+        self.manifest = store.manifest(path)
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        p = self.path / name
+        if not p.is_file():
+            return None
+        return self.store.tables.get(p, read_parquet)
+
+    @property
+    def stab(self) -> pd.DataFrame:
+        t = self.table(R.STABILITY)
+        return t if t is not None else pd.DataFrame(columns=["hook", "layer", "component", "position", "normalized"])
+
+    @property
+    def pairs(self) -> pd.DataFrame:
+        t = self.table(R.PAIRS)
+        return t if t is not None else pd.DataFrame(columns=["pair_id", "category", "type", "a", "b", "margin"])
+
+    @property
+    def by_category(self) -> pd.DataFrame | None:
+        return self.table(R.STABILITY_BY_CATEGORY)
+
+    def rejected(self) -> list[dict]:
+        p = self.path / R.REJECTED
+        if not p.is_file():
+            return []
+        return self.store.tables.get(p, _read_jsonl_lenient)
+
+    def saved(self, name: str) -> SavedTensors | None:
+        p = self.path / name
+        if not p.is_file():
+            return None
+        try:
+            return self.store.tables.get(p, SavedTensors)
+        except Exception:
+            return None
+
+    @property
+    def hooks(self) -> list[str]:
+        s = self.stab
+        return sorted(values(s, "hook"), key=hook_sort_key)
+
+    @property
+    def positions(self) -> list[str]:
+        present = set(values(self.stab, "position"))
+        order = [p for p in self.manifest.get("positions", []) if p in present]
+        return order + sorted(present - set(order))
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(int(x) for x in values(self.stab, "layer"))
+
+    def hook_name(self, point: str, layer: int) -> str:
+        for h in self.manifest.get("hooks", []):
+            if h.get("point") == point and int(h.get("layer", -1)) == layer:
+                return h["name"]
+        return HOOK_TEMPLATES.get(point, point + ".{layer}").format(layer=layer)
+
+    @property
+    def causal(self) -> bool:
+        return self.has(ABLATION) or self.has(PATCHING)
+
+    @property
+    def divergence(self) -> bool:
+        return self.has(DIVERGENCE) or self.has(CONTRAST)
+
+
+KEY_COLUMNS = ("hook", "hook_name", "position", "category", "kind", "direction", "metric", "level", "selection",
+               "mode", "where", "quantity", "group_a", "group_b")
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A table with its repeated text columns as categoricals: filtering 10^6 rows stays fast."""
+    df = pd.read_parquet(path)
+    for col in KEY_COLUMNS:
+        if col in df.columns and not isinstance(df[col].dtype, pd.CategoricalDtype) \
+                and (pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object):
+            df[col] = df[col].astype("category")
+    return df
+
+
+def _read_jsonl_lenient(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = {"reason": "unreadable line in rejected.jsonl", "detail": line[:200]}
+            out.append(row if isinstance(row, dict) else {"detail": str(row)})
+    return out
+
+
+class RunStore:
+    """Every run dir under ``root`` (recursively); path checks keep every lookup inside it."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.tables = _LRU(16)
+        self.manifests = _LRU(256)
+
+    def manifest(self, path: Path) -> dict:
+        return self.manifests.get(path / R.MANIFEST, lambda p: json.loads(p.read_text()))
+
+    def list(self) -> list[tuple[str, Path]]:
+        out = []
+        if not self.root.is_dir():
+            return out
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            is_run = R.MANIFEST in filenames
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (is_run and d in RUN_SUBDIRS))
+            if is_run and Path(dirpath) != self.root:
+                out.append((Path(dirpath).relative_to(self.root).as_posix(), Path(dirpath)))
+        return out
+
+    def resolve(self, run_id: str) -> Path | None:
+        if not run_id or "\\" in run_id or "\x00" in run_id:
+            return None
+        parts = run_id.split("/")
+        if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            return None
+        path = (self.root / run_id).resolve()
+        if not path.is_relative_to(self.root) or path == self.root or not (path / R.MANIFEST).is_file():
+            return None
+        if path.name in RUN_SUBDIRS and (path.parent / R.MANIFEST).is_file():
+            return None  # e.g. RUN/causal holds the manifest of the causal tests, not of a run
+        return path
+
+    def get(self, run_id: str) -> Run:
+        path = self.resolve(run_id)
+        if path is None:
+            abort(404, description=f"no run {run_id!r} under the runs folder")
+        try:
+            return Run(self, run_id, path)
+        except (OSError, ValueError):
+            abort(404, description=f"run {run_id!r} has an unreadable manifest.json")
+
+
+def records(df: pd.DataFrame, columns: list[str] | None = None) -> list[dict]:
+    """Rows of ``df`` as dicts (only ``columns`` that it has, in that order)."""
+    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
+    return [dict(zip(cols, row)) for row in df[cols].itertuples(index=False, name=None)]
+
+
+def saved_pairs(pairs: pd.DataFrame, acts) -> Iterable[tuple[str, dict, int]]:
+    """(pair id, its pairs.parquet row, its index in the saved tensors) for every saved pair."""
+    for pid in acts.pair_ids:
+        prow = pairs[pairs["pair_id"].astype(str) == pid]
+        if not prow.empty:
+            yield pid, records(prow)[0], acts.index[pid]
+
+
+def saved_tokens(app_decoder: TokenDecoder, run: Run, acts: SavedTensors, i: int, row: dict) -> list[list[str]]:
+    """Token strings of both sentences of saved pair ``i`` (valid positions only, BOS included)."""
+    tokens = acts.get("tokens", i)
+    mask = acts.get("mask", i) if "mask" in acts.keys else np.ones_like(tokens)
+    bos = str((run.manifest.get("model") or {}).get("bos_token", "<bos>"))
+    out = []
+    edit = int(row.get("edit_pos", -1)) + 1
+    for s, tok_key in ((0, "token_a"), (1, "token_b")):
+        n = int(mask[s].sum())
+        known = {0: bos}
+        if edit > 0 and row.get(tok_key) is not None:
+            known[edit] = str(row[tok_key])
+        out.append(app_decoder.labels(run.manifest, tokens[s][:n].tolist(), known))
+    return out
+
+
+def pair_change(run: Run, acts: SavedTensors, i: int, hook: str, n: int,
+                relative: bool) -> tuple[list[int], np.ndarray]:
+    """||a − b|| (over the hook's components) per layer and position of saved pair ``i``."""
+    layers, rows = [], []
+    for layer in run.layers:
+        name = run.hook_name(hook, layer)
+        if name not in acts.keys:
+            continue
+        x = acts.get(name, i).astype(np.float64)  # [2, pos, ...]
+        a = x[0, :n].reshape(n, -1)
+        b = x[1, :n].reshape(n, -1)
+        d = np.linalg.norm(a - b, axis=1)
+        if relative:
+            na = np.linalg.norm(a, axis=1)
+            d = np.where(na > 0, d / np.where(na > 0, na, 1), np.nan)
+        layers.append(layer)
+        rows.append(d)
+    return layers, (np.stack(rows) if rows else np.zeros((0, n)))
+
+
+def attention_spec(pats: SavedTensors, i: int, layer: int, n_a: int, n_b: int, labels: list[list[str]],
+                   head: int | None = None) -> list[dict] | None:
+    """CircuitsVis props of the attention of saved pair ``i`` at one layer (every head, or ``head``)."""
+    key = PATTERN_TEMPLATE.format(layer=layer)
+    if key not in pats.keys:
+        return None
+    x = pats.get(key, i).astype(np.float32)  # [2, head, q, k]
+    out = []
+    for s, n in ((0, n_a), (1, n_b)):
+        att = np.round(x[s, :, :n, :n], 4)
+        if head is None:
+            props = {"tokens": labels[s], "attention": att.tolist(),
+                     "attentionHeadNames": [f"L{layer}H{h}" for h in range(att.shape[0])], "maskUpperTri": True}
+            out.append({"component": "AttentionHeads", "props": props})
+        else:
+            out.append({"component": "AttentionPattern",
+                        "props": {"tokens": labels[s], "attention": att[head].tolist(), "maskUpperTri": True,
+                                  "showAxisLabels": True}})
+    return out
+
+
+def figure_files(run: Run, folder: str) -> list[str]:
+    """The saved figure files of one folder of a run (HTML, PNG, SVG, PDF) as paths inside the run."""
+    fdir = run.path / folder
+    if not fdir.is_dir():
+        return []
+    return [f"{folder}/{p.name}" for p in sorted(fdir.iterdir())
+            if p.is_file() and p.suffix in (".html", ".png", ".svg", ".pdf")]
+
+
+def pattern_layers(pats: SavedTensors) -> list[int]:
+    """The layers whose attention patterns were saved."""
+    out = []
+    for k in pats.keys:
+        parts = k.split(".")
+        if len(parts) == 4 and parts[1].isdigit() and k == PATTERN_TEMPLATE.format(layer=parts[1]):
+            out.append(int(parts[1]))
+    return sorted(out)
+
