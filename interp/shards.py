@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from .cli import FAILURE, USAGE_ERROR, Parser, fail, positive_int
+from .config import ConfigError
 from .merge import MergeError, merge_runs
+from .run.cli import precheck
 
 
 def _last_line(log: Path) -> str:
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> Path:
                 devices = [str(i) for i in range(args.n)]
         except ImportError:
             pass
+    try:  # the config of every shard, checked before any process starts or any folder exists
+        precheck([*args.overrides, "shard.index=0", f"shard.count={args.n}"])
+    except ConfigError as err:
+        fail("interp.shards", f"interp.run refuses the overrides: {err}")
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     t0 = time.time()

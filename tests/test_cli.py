@@ -70,6 +70,14 @@ def test_shards_refuses_bad_numbers_and_options_before_starting_anything(argv, s
     assert not (tmp_path / "sh").exists()
 
 
+def test_shards_checks_the_run_overrides_before_starting_a_shard(tmp_path, capsys):
+    argv = ["--n", "2", "--out", str(tmp_path / "sh"), "--", "model=tiny", "pairs=no_such_pairs"]
+    code, _, err = _exit(shards.main, argv, capsys)
+    line = _one_line_error(err, "interp.shards")
+    assert code == 2 and "interp.run refuses the overrides" in line and "no_such_pairs" in line
+    assert not (tmp_path / "sh").exists()
+
+
 def test_model_without_an_action_says_what_to_pass(capsys):
     code, _, err = _exit(model.main, [], capsys)
     assert code == 2 and "--prepare" in _one_line_error(err, "interp.model")
