@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.throughput import _sync, bare_model, bare_pass, matmul_flop, pipeline, prepare, warm_batches
 from interp.engine import pair_logprobs
-from interp.runner import get_model
+from interp.run import get_model
 
 GEMM = re.compile(r"gemm|nvjet|xmma|cutlass|cublas|sm90_", re.I)
 ATTENTION = re.compile(r"flash|fmha|attention|softmax|sdpa", re.I)

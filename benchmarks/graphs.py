@@ -37,8 +37,8 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.busy import kernel_split
 from benchmarks.throughput import _sync, per_call, pipeline, prepare
 from interp.engine import pair_logprobs
-from interp.plain import PlainModel
-from interp.runner import get_model
+from interp.backends.hf import PlainModel
+from interp.run import get_model
 
 
 def host_s(fn, device) -> float:

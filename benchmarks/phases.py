@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 
 from benchmarks.throughput import _sync, bare_model, bare_pass, minor_faults, pipeline, prepare, warm_batches
 from interp.engine import pair_logprobs
-from interp.runner import _pair_rows, get_model
+from interp.run import get_model
+from interp.run.pipeline import _pair_rows
 
 
 def consume_ops(prof, n_batches: int, top: int = 25) -> list[tuple[str, int, float]]:

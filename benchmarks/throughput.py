@@ -17,7 +17,7 @@ of every pair, exactly the rows ``interp.run`` feeds the model), it times:
 3. ``analysis``: what ``interp.run`` does per batch: the forward pass the run would choose
    (``analysis.backend``: plain hooks on the Hugging Face modules, or the bridge) with temporary
    hooks at every layer of the configured hook points, the streaming statistics, and the per-pair
-   log-probabilities (``interp.runner.BatchPipeline``), plus the final tables.
+   log-probabilities (``interp.run.pipeline.BatchPipeline``), plus the final tables.
 
 Timings are interleaved batch by batch, so a change in machine load affects all alike; then bare
 and analysis are also timed as whole loops (``ratio_loop``), as a run goes, where the statistics of
@@ -47,12 +47,14 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from interp.analysis import DiffStats
+from interp.stats import DiffStats
 from interp.engine import make_batches
 from interp.hooks import resolve
 from interp.pairs import load_pairs, validate_pairs
-from interp.runner import BatchPipeline, analysis_model, build_controls, get_model
-from interp.runner import new_stats as runner_stats
+from interp.backends import analysis_model
+from interp.run import get_model
+from interp.run.pipeline import BatchPipeline, build_controls
+from interp.run.pipeline import new_stats as runner_stats
 
 
 def _sync(device: torch.device) -> None:
@@ -95,7 +97,7 @@ def new_stats(cfg, lm, groups, n_controls) -> DiffStats:
 def bare_model(lm, attn: str = "sdpa"):
     """The Hugging Face model as loaded, with attention kernel ``attn``, no hooks: a module tree
     of its own that shares the loaded weights (``interp.plain.twin``)."""
-    from interp.plain import PlainModel, twin
+    from interp.backends.hf import PlainModel, twin
 
     if lm.plain is None:
         raise SystemExit(f"no plain Hugging Face module tree for this model: {lm.plain_reason}")
@@ -292,7 +294,7 @@ def memory_check(cfg: DictConfig) -> dict:
     import sys
 
     from interp.model import resolve_device
-    from interp.runner import compile_wanted
+    from interp.backends import compile_wanted
 
     # one forward configuration for every size: analysis.compile=auto would compile the larger run
     # only (on the CPU from compile_cpu_min_pairs), and the compiler's memory is no growth with pairs

@@ -139,9 +139,10 @@ def analysis_config(hooks: str | list[str] = "resid_post", model_facts: dict | N
     list of hook points), Hydra ``overrides`` (``["analysis.controls.pool=edits"]``), then each
     option by name (``batch_size=8``, ``controls={"n": 0}``, ``layers=[0, 5]``...)."""
     hook_group = sorted(p.stem for p in (conf_dir() / "hooks").glob("*.yaml"))
-    over = list(overrides)
+    # pairs: the neutral ``file`` settings (no type or category filter); analyze fills in the source
+    over = ["pairs=file", "pairs.path=python", *overrides]
     if isinstance(hooks, str) and hooks in hook_group:
-        over.insert(0, f"hooks={hooks}")
+        over.insert(2, f"hooks={hooks}")
     cfg = compose(over)
     if not (isinstance(hooks, str) and hooks in hook_group):
         set_option(cfg, "hooks.points", [hooks] if isinstance(hooks, str) else list(hooks))

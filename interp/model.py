@@ -169,15 +169,51 @@ def _hf_kwargs() -> dict:
     return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else {}
 
 
+def _error_kinds(err: BaseException) -> set[str]:
+    """The class names along an exception's chain (transformers wraps the hub's errors in OSError)."""
+    names, e, seen = set(), err, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names |= {c.__name__ for c in type(e).__mro__}
+        e = e.__cause__ or e.__context__
+    return names
+
+
+def hub_failure(err: BaseException) -> str:
+    """Why a hub load failed: ``missing`` (no such repository, or no access), ``invalid`` (not a
+    hub name), ``offline`` (the hub could not be reached and nothing is cached), or ``other``."""
+    kinds = _error_kinds(err)
+    if kinds & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "EntryNotFoundError"}:
+        return "missing"
+    if "HFValidationError" in kinds:
+        return "invalid"
+    if kinds & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "gaierror",
+                "ConnectTimeout", "TimeoutException", "Timeout"}:
+        return "offline"
+    return "other"
+
+
 def _hub_error(mcfg, err: Exception) -> ModelLoadError:
     where = mcfg.get("path")
     if where:
         return ModelLoadError(
             f"could not load model weights from model.path={where}: {type(err).__name__}: {err}. "
             "The folder must hold config.json, the weights (*.safetensors) and the tokenizer files.")
+    kind = hub_failure(err)
+    if kind == "missing":
+        return ModelLoadError(
+            f"{mcfg.name!r} does not exist on the Hugging Face hub, or it is gated and this machine has no "
+            "access (check the name; for a gated model, `huggingface-cli login` on a machine that reaches the hub)")
+    if kind == "invalid":
+        return ModelLoadError(f"{mcfg.name!r} is not a hub name (ORG/NAME) and no such local folder exists")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    reason = ("HF_HUB_OFFLINE=1 is set and the weights are not in the local cache" if offline or kind != "offline"
+              else "this machine cannot reach the Hugging Face hub and the weights are not in the local cache")
+    if kind == "other":
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return ModelLoadError(
-        f"could not load {mcfg.name!r} from the Hugging Face hub ({type(err).__name__}). "
-        "This machine may not reach the hub. Download the weights elsewhere "
+        f"could not load {mcfg.name!r} from the Hugging Face hub: {reason}. "
+        "Download the weights elsewhere "
         f"(`huggingface-cli download {mcfg.name} --local-dir DIR`), copy DIR here and run with "
         "model.path=DIR")
 
@@ -244,7 +280,7 @@ def wrap_model(model, tokenizer, bos_token: str | None = None, name: str | None 
                        "python", bos_token, False, None,
                        "a TransformerBridge was given (its modules are rewired); the bridge runs the analysis",
                        dev, dt)
-    from .plain import twin
+    from .backends.hf import twin
 
     model.eval()
     plain, plain_reason = _plain_twin(model, {})

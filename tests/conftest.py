@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +28,9 @@ def seed_everything():
 
 def make_cfg(*overrides: str) -> DictConfig:
     """Compose the main config like ``python -m interp.run`` does, with the given overrides."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+    from interp.config import compose as compose_config  # registers the typed schema the configs start from
+
+    cfg = compose_config(list(overrides))
     with open_dict(cfg):
         cfg.progress = False
     return cfg
@@ -50,7 +50,7 @@ def tokenizer_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_cfg):
-    from interp.runner import get_model
+    from interp.run import get_model
 
     return get_model(tiny_cfg)
 
@@ -86,7 +86,7 @@ def pairs_file(tmp_path) -> Path:
 def hf_reference(lm, attn: str = "eager"):
     """The Hugging Face model as loaded (not the module tree the bridge rewired): a fresh twin of
     the plain tree, sharing the weights, with attention kernel ``attn``."""
-    from interp.plain import twin
+    from interp.backends.hf import twin
 
     ref = twin(lm.plain.original_model)
     ref.set_attn_implementation(attn)

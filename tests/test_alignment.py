@@ -5,11 +5,11 @@ import json
 import pandas as pd
 import torch
 
-from interp.analysis import DiffStats
+from interp.stats import DiffStats
 from interp.engine import forward, make_batches
 from interp.hooks import resolve
 from interp.pairs.validate import check_pair
-from interp.runner import run
+from interp.run import run
 from tests.conftest import make_cfg
 
 SPLIT = ("The dogs bark loudly at night.", "The dogs barks loudly at night.")  # " barks" is two tokens

@@ -208,7 +208,7 @@ def test_without_phenomenon_rows_the_published_number_is_the_mean_of_the_paradig
 
 @needs_blimp
 def test_a_tiny_run_on_two_paradigms_writes_the_blimp_tables_manifest_note_and_summary(tmp_path, capsys):
-    from interp.runner import run
+    from interp.run import run
 
     cfg = make_cfg("model=tiny", "device=cpu", "pairs=blimp",
                    "pairs.paradigms=[determiner_noun_agreement_1,anaphor_gender_agreement]", "pairs.limit=10",

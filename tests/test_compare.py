@@ -14,7 +14,7 @@ from tests.conftest import make_cfg
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     import tests.conftest as conftest
-    from interp.runner import run
+    from interp.run import run
 
     root = tmp_path_factory.mktemp("compare")
     p = conftest.pairs_file.__wrapped__(root)  # the pairs_file fixture's JSONL, written once per module
@@ -122,7 +122,7 @@ def test_the_command_line_writes_tables_json_and_html_figures_into_the_default_f
 
 
 def test_a_run_without_controls_has_no_stable_share_but_still_medians(tmp_path, pairs_file):
-    from interp.runner import run
+    from interp.run import run
 
     common = ("model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={pairs_file}",
               "analysis.figures=false")

@@ -7,7 +7,7 @@ from interp import results as R
 from interp.engine import make_batches, sentence_logprobs
 from interp.model import locate_package_file
 from interp.pairs import load_pairs, validate_pairs
-from interp.runner import run
+from interp.run import run
 from tests.conftest import bridge_vs_hf, make_cfg
 
 pytestmark = pytest.mark.integration

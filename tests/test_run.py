@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from interp import results as R
 from interp.model import ModelLoadError, load_model
-from interp.runner import RunConfigMismatch, run
+from interp.run import RunConfigMismatch, run
 from tests.conftest import CONF, REPO, make_cfg
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "pairs", "hooks", "analysis")}

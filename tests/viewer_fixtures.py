@@ -1,4 +1,4 @@
-"""Run dirs for the viewer tests, made once per session by ``interp.runner.run`` on the tiny model.
+"""Run dirs for the viewer tests, made once per session by ``interp.run.run`` on the tiny model.
 
 - ``run_a``: ``hooks=all``, every pair's activations saved; no causal results;
 - ``sweeps/S/0_b`` (nested like a sweep job): hook points resid_post, z and mlp_post, activations of
@@ -48,7 +48,7 @@ def write_pairs(path: Path) -> Path:
 
 
 def make_runs(root: Path) -> dict[str, Path]:
-    from interp.runner import run
+    from interp.run import run
     from tests.conftest import make_cfg
 
     root.mkdir(parents=True, exist_ok=True)
