@@ -45,5 +45,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _error(message: str) -> int:
-    print(f"python -m interp.figures: {message}", file=sys.stderr)
+    print(f"python -m interp.figures: error: {message}", file=sys.stderr)
     return 2

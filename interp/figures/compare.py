@@ -36,7 +36,8 @@ def depth_profile(compare_table: pd.DataFrame, metric: str, names: tuple[str, st
         fig.update_xaxes(title_text="relative depth", range=[0, 1], row=1, col=i)
     fig.update_yaxes(title_text=metric, row=1, col=1)
     title = METRICS.get(metric, metric).format(definition=rules.STABLE_DEFINITION.format(alpha=alpha))
-    return styled(fig, f"{title}, position {position}", 420, width=max(700, 330 * len(hooks)))
+    styled(fig, f"{title}, position {position}", 420, width=max(700, 330 * len(hooks)))
+    return fig.update_layout(margin_t=80)  # room for the panel titles under the title
 
 
 def depth_divergence(div: pd.DataFrame, names: tuple[str, str], bins: int, min_pairs: int = 10) -> go.Figure:
@@ -55,9 +56,10 @@ def depth_divergence(div: pd.DataFrame, names: tuple[str, str], bins: int, min_p
                           row=r, col=c)
             fig.update_yaxes(title_text="relative depth", row=r, col=c)
     fig.update_xaxes(title_text="offset from edit", row=len(dhooks))
-    return styled(fig, "divergence profile (all pairs): mean normalized |a-b| per depth bin and offset "
-                  f"(offsets with >= {min_pairs} pairs)", 300 * len(dhooks) + 120,
-                  coloraxis={"colorscale": "Magma"}, width=1000)
+    styled(fig, "divergence profile (all pairs): mean normalized |a-b| per depth bin and offset "
+           f"(offsets with >= {min_pairs} pairs)", 300 * len(dhooks) + 120, coloraxis={"colorscale": "Magma"},
+           width=1000)
+    return fig.update_layout(margin_t=80)  # room for the panel titles under the title
 
 
 def compare_figures(compare_table: pd.DataFrame, div: pd.DataFrame, summary: dict, name_a: str,

@@ -68,8 +68,11 @@ def divergence(data: Any, hook: str, value: str = "normalized") -> go.Figure:
         fig.add_trace(offset_heatmap(grid, hover=esc(c) + "<br>layer %{y}<br>offset %{x}"), row=1, col=i)
         fig.update_xaxes(title_text="offset from edit", row=1, col=i)
     fig.update_yaxes(title_text="layer", row=1, col=1)
-    return styled(fig, f"divergence profile, {hook}: mean over components of |a−b| / spread", 460,
-                  coloraxis={"colorscale": "Magma"}, width=max(700, 260 * len(cats)))
+    if d["layer"].nunique() <= 40:
+        fig.update_yaxes(dtick=1)
+    styled(fig, f"divergence profile, {hook}: mean over components of |a−b| / spread", 460,
+           coloraxis={"colorscale": "Magma"}, width=max(700, 260 * len(cats)))
+    return fig.update_layout(margin_t=80)  # room for the panel titles under the title
 
 
 def divergence_lines(data: Any, hook: str, layer: int | None, value: str = "normalized") -> go.Figure:

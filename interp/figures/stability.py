@@ -160,7 +160,8 @@ def scatter(data: Any, position: str = "edit", x: str = "spread", y: str = "mean
                                  line={"dash": "dot", "color": "grey"}, hoverinfo="skip"))
     kind = "log" if log else "linear"
     subset = f" ({len(d)} of {n} components, random subset)" if len(d) < n else ""
-    return styled(fig, f"{y} vs {x} at '{position}'{subset}",
+    below = f"; below the dotted line: {y} < {x}" if diagonal else ""
+    return styled(fig, f"{y} vs {x} at '{position}'{subset}{below}",
                   480, xaxis={"type": kind, "title": {"text": x}}, yaxis={"type": kind, "title": {"text": y}},
                   legend={"orientation": "h", "y": -0.18})
 

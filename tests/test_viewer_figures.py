@@ -1,0 +1,138 @@
+"""The figure library (``interp.figures``) on small synthetic tables, and the command lines of
+``interp.figures``, ``interp.view`` and ``interp.compare``: --help, and user errors as one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from interp import figures as F
+from interp import results as R
+
+
+def stability(controls: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for hook in ("resid_post", "z"):
+        for layer in range(3):
+            for c in range(8):
+                rows.append({"hook": hook, "layer": layer, "component": c, "position": "edit",
+                             "head": c // 4 if hook == "z" else None, "head_dim": c % 4 if hook == "z" else None,
+                             "normalized": float(rng.uniform(0.1, 2)), "normalized_std": 0.1, "n_pairs": 4,
+                             "spread": float(rng.uniform(0.5, 1)), "mean_abs_diff": float(rng.uniform(0.1, 1))})
+    d = pd.DataFrame(rows)
+    if controls:
+        d["control_normalized"] = d["normalized"] * 1.5
+        d["q_value"] = np.linspace(0.001, 0.5, len(d))
+        d["t_stat"] = -1.0
+        d["massive"] = False
+        d["rank_calibrated"] = np.arange(len(d))
+    return d
+
+
+def pairs() -> pd.DataFrame:
+    return pd.DataFrame({"pair_id": ["p1", "p2", "p3", "p4"], "category": ["art", "art", "prep", "loc"],
+                         "type": ["grammar", "grammar", "grammar", "semantic"], "a": list("abcd"), "b": list("efgh"),
+                         "margin": [1.0, -0.5, 2.0, 0.3]})
+
+
+def test_every_figure_takes_a_dataframe_or_a_result_object():
+    stab, p = stability(), pairs()
+    result = SimpleNamespace(stability=stab, pairs=p, manifest={"status": "complete"})
+    for fn, args in ((F.heatmap, ("resid_post", "edit")), (F.ranking, ("edit", 5)), (F.scatter, ("edit",)),
+                     (F.layer_profile, (1, "edit"))):
+        assert fn(stab, *args).to_json() == fn(result, *args).to_json(), fn.__name__
+    assert F.margins(p).to_json() == F.margins(result).to_json()
+    with pytest.raises(TypeError, match="stability"):
+        F.heatmap(object(), "resid_post")
+
+
+def test_accuracy_from_the_pairs_uses_the_grammar_pairs_only():
+    fig = F.accuracy(SimpleNamespace(pairs=pairs(), manifest={}))
+    (bar,) = fig.data
+    assert list(bar.x) == ["art", "prep"] and list(bar.y) == [0.5, 1.0] and list(bar.text) == ["n=2", "n=1"]
+
+
+def test_heatmap_variants_window_heads_and_blocks():
+    stab = stability()
+    full = F.heatmap(stab, "resid_post", "edit").data[0]
+    assert list(full.x) == list(range(8)) and list(full.y) == [0, 1, 2]
+    window = F.heatmap(stab, "resid_post", "edit", cstart=2, cwidth=3)
+    assert list(window.data[0].x) == [2, 3, 4] and "components 2–4 of 8" in window.layout.title.text
+    heads = F.heatmap(stab, "z", "edit", by="head").data[0]
+    z = stab[stab["hook"] == "z"]
+    assert list(heads.x) == [0, 1]
+    assert heads.z[1][0] == pytest.approx(z[(z["layer"] == 1) & (z["head"] == 0)]["normalized"].mean())
+    blocks = F.heatmap(stab, "resid_post", "edit", by="block", block=4).data[0]
+    assert list(blocks.x) == [0, 4]
+
+
+def test_the_run_ranking_shows_the_control_baseline_and_the_viewer_ranking_links_components():
+    stab = stability()
+    run = F.run_figures(stab, pairs())["ranking_edit"]
+    assert [t.name for t in run.data] == ["minimal-pair edit", "control edit (null baseline)"]
+    assert list(run.data[0].x) == list(stab.nsmallest(20, "rank_calibrated")["normalized"])
+    viewer = F.ranking(stab, "edit", 3, url=lambda h, l, c: f"/{h}/{l}/{c}")
+    assert len(viewer.data) == 1 and all(u.startswith("/") for u in viewer.data[0].customdata)
+
+
+def test_run_figures_without_controls_plot_the_change_against_the_spread():
+    figs = F.run_figures(stability(controls=False), pairs())
+    assert {"heatmap_resid_post_edit", "heatmap_z_heads_edit", "ranking_edit", "scatter_edit", "margins"} <= set(figs)
+    assert figs["scatter_edit"].layout.xaxis.title.text == "spread"
+    assert len(figs["ranking_edit"].data) == 1
+
+
+@pytest.mark.parametrize("module,argv", [("interp.figures.cli", []), ("interp.view", []),
+                                         ("interp.view", ["serve"]), ("interp.view", ["export"]),
+                                         ("interp.compare", [])])
+def test_help_describes_the_command(module, argv, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as err:
+        main(argv + ["--help"])
+    assert err.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m ") and "--" in out and len(out.splitlines()) > 5
+
+
+def make_run_dir(path):
+    path.mkdir()
+    R.write_json(path / R.MANIFEST, {"status": "complete", "model": {"n_layers": 3}})
+    R.write_parquet(path / R.STABILITY, stability())
+    R.write_parquet(path / R.PAIRS, pairs())
+    return path
+
+
+@pytest.mark.parametrize("argv", [["interp.figures.cli", "{missing}"], ["interp.figures.cli", "{plain}"],
+                                  ["interp.view", "export", "{missing}"], ["interp.view", "export", "{plain}"],
+                                  ["interp.view", "--runs", "{missing}"],
+                                  ["interp.compare", "{plain}", "{run}", "--no-figures"]])
+def test_a_missing_or_non_run_dir_is_one_line_and_exit_status_2(argv, tmp_path, capsys):
+    import importlib
+
+    dirs = {"missing": tmp_path / "missing", "plain": tmp_path, "run": make_run_dir(tmp_path / "run")}
+    main = importlib.import_module(argv[0]).main
+    with pytest.raises(SystemExit) as err:
+        main([a.format(**dirs) for a in argv[1:]])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m interp.") and "error:" in lines[0]
+
+
+def test_figures_command_redraws_a_run_dir(tmp_path, capsys):
+    from interp.figures.cli import main
+
+    run = make_run_dir(tmp_path / "run")
+    main([str(run), "--no-png", "--top-k", "5"])
+    written = sorted(p.name for p in (run / R.FIGURES).glob("*.html"))
+    assert "ranking_edit.html" in written and "margins.html" in written
+    html = (run / R.FIGURES / "ranking_edit.html").read_text()
+    assert '<script src="plotly.min.js"></script>' in html and "cdn" not in html.split("<body>")[0]
+    spec = json.loads(F.ranking(stability(), "edit", 5, key="rank_calibrated", control=True).to_json())
+    assert len(spec["data"][0]["y"]) == 5
