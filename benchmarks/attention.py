@@ -27,7 +27,7 @@ from torch import nn
 
 from benchmarks.gemm_shapes import SEPARATE, layer_products_s, layer_setup
 from benchmarks.throughput import per_call
-from interp.attention import short_attention_forward
+from interp.kernels.attention import short_attention_forward
 
 
 class _Module(nn.Module):

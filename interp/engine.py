@@ -4,8 +4,9 @@ A batch of ``B`` pairs becomes one input of ``V * B`` rows: the ``a`` sentences,
 sentences, then (when the analysis asks for them) ``K`` control variants of ``a`` (``V = 2 + K``).
 Every row starts with BOS and is right-padded to the longest sentence of the batch, with an
 attention mask. Pairs are sorted by length so batches carry little padding. Consumers attach
-temporary hooks for the duration of one forward pass (``bridge.hooks(...)``) and reduce what they
-see to running statistics: no activation outlives its batch.
+temporary hooks for the duration of one forward pass (``model.hooks(...)``, the interface of
+``interp.backends.base.Forward``: the bridge or the plain tree) and reduce what they see to
+running statistics: no activation outlives its batch.
 
 Positions in a batch (model-input positions, BOS = 0), in sentence ``a``'s coordinates:
 - ``edit[i]``: the (first) edited token of pair ``i`` (sentence token ``edit_pos`` + 1);
@@ -27,7 +28,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .pairs.validate import TokenizedPair
-from .plain import PlainModel
 
 
 @dataclass
@@ -216,7 +216,7 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
         lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)
         if chunk is None:
             chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
-        own = isinstance(model, PlainModel)  # the bridge's unembedding hands its output to hook points
+        own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
         for i in range(0, sc.n, chunk):
             raw = unembed(h[i:i + chunk])
             lg = raw.float()

@@ -1,8 +1,26 @@
-"""Hook points: names a researcher uses (``resid_post``, ``z``...) -> TransformerLens hook names.
+"""The one table of hook points: names a researcher uses (``resid_post``, ``z``...), where they live.
 
 Each hook point is one kind of activation per block. Its *components* are the last dimension(s) of
 that activation: residual-stream dimensions for ``resid_*``, ``attn_out`` and ``mlp_out``; head x
 head-dimension for ``z`` (one attention head's output before ``W_O``); neurons for ``mlp_post``.
+
+Per hook point the table says:
+
+- ``template``: its TransformerLens name (the bridge's hook point), with ``{layer}``;
+- ``module`` and ``reads``: where the plain Hugging Face forward pass finds it, a module path of
+  the causal-LM model (standard pre-norm decoders: Llama, Mistral, Qwen2/3) and whether the
+  activation is that module's ``output`` or its first ``input``;
+- ``unit``: what one component is (``dim``, ``head_dim``, ``neuron``);
+- ``heads``: the per-head view, the last dimension split into ``[head, d_head]`` (``z``: the input
+  of ``o_proj`` is the heads' outputs side by side); statistics add one unit per head for it;
+- ``settable``: whether a plain-tree hook may replace it (``resid_mid`` may not: the layer keeps
+  its own reference to the residual, so a replaced norm input would not reach the stream);
+- ``inner``: it lives inside the attention or MLP that ``torch.compile`` fuses;
+- ``patch``: the activation-patching cells it offers (``pos``: one position; ``head``: one head
+  at every position; ``head_pos``: one head at one position).
+
+Reading and setting follow from ``reads`` and ``heads`` (``interp.backends.hf`` does both). Adding
+a hook point is one entry here (``CONTRIBUTING.md``).
 """
 
 from __future__ import annotations
@@ -15,21 +33,42 @@ class HookPoint:
     point: str  # short name, e.g. "resid_post"
     template: str  # TransformerLens name with {layer}
     unit: str  # what one component is: "dim", "head_dim", "neuron"
+    module: str = ""  # Hugging Face module path with {layer}
+    reads: str = "output"  # "output" of the module, or its first "input"
+    heads: bool = False  # per-head view: the last dimension as [head, d_head]
+    settable: bool = True  # a plain-tree hook may replace the activation
+    inner: bool = False  # inside the compiled attention or MLP
+    patch: tuple[str, ...] = ()  # activation-patching cells: "pos", "head", "head_pos"
 
     def name(self, layer: int) -> str:
         return self.template.format(layer=layer)
 
+    def module_path(self, layer: int) -> str:
+        return self.module.format(layer=layer)
 
+    @property
+    def suffix(self) -> str:
+        """The TransformerLens name after ``blocks.{layer}.`` (``attn.hook_z``)."""
+        return self.template.split("{layer}.", 1)[-1]
+
+
+_LAYER = "model.layers.{layer}"
 HOOK_POINTS: dict[str, HookPoint] = {
-    "resid_pre": HookPoint("resid_pre", "blocks.{layer}.hook_resid_pre", "dim"),
-    "resid_mid": HookPoint("resid_mid", "blocks.{layer}.hook_resid_mid", "dim"),
-    "resid_post": HookPoint("resid_post", "blocks.{layer}.hook_resid_post", "dim"),
-    "attn_out": HookPoint("attn_out", "blocks.{layer}.hook_attn_out", "dim"),
-    "mlp_out": HookPoint("mlp_out", "blocks.{layer}.hook_mlp_out", "dim"),
-    "z": HookPoint("z", "blocks.{layer}.attn.hook_z", "head_dim"),
-    "mlp_post": HookPoint("mlp_post", "blocks.{layer}.mlp.hook_post", "neuron"),
+    "resid_pre": HookPoint("resid_pre", "blocks.{layer}.hook_resid_pre", "dim", _LAYER, "input", patch=("pos",)),
+    "resid_mid": HookPoint("resid_mid", "blocks.{layer}.hook_resid_mid", "dim", _LAYER + ".post_attention_layernorm",
+                           "input", settable=False, patch=("pos",)),
+    "resid_post": HookPoint("resid_post", "blocks.{layer}.hook_resid_post", "dim", _LAYER, "output", patch=("pos",)),
+    "attn_out": HookPoint("attn_out", "blocks.{layer}.hook_attn_out", "dim", _LAYER + ".self_attn", "output",
+                          patch=("pos",)),
+    "mlp_out": HookPoint("mlp_out", "blocks.{layer}.hook_mlp_out", "dim", _LAYER + ".mlp", "output", patch=("pos",)),
+    "z": HookPoint("z", "blocks.{layer}.attn.hook_z", "head_dim", _LAYER + ".self_attn.o_proj", "input", heads=True,
+                   inner=True, patch=("head", "head_pos")),
+    "mlp_post": HookPoint("mlp_post", "blocks.{layer}.mlp.hook_post", "neuron", _LAYER + ".mlp.down_proj", "input",
+                          inner=True),
 }
-PATTERN = HookPoint("pattern", "blocks.{layer}.attn.hook_pattern", "head")
+PATTERN = HookPoint("pattern", "blocks.{layer}.attn.hook_pattern", "head")  # the bridge's eager attention only
+# not a component hook point: the final norm's output, which the log-probabilities are computed from
+LN_FINAL = HookPoint("ln_final", "ln_final.hook_out", "dim", "model.norm", "output")
 
 
 @dataclass(frozen=True)

@@ -382,16 +382,13 @@ def normalized_effect(patched: Tensor, base: Tensor | float, source: Tensor | fl
     return torch.where(den.abs() > eps, out, torch.full_like(out, float("nan")))
 
 
-PATCH_KINDS = {
-    # name: (hook point, axes, setter)
-    "resid_pre": ("resid_pre", ("layer", "pos"), pos_setter),
-    "resid_post": ("resid_post", ("layer", "pos"), pos_setter),
-    "resid_mid": ("resid_mid", ("layer", "pos"), pos_setter),
-    "attn_out": ("attn_out", ("layer", "pos"), pos_setter),
-    "mlp_out": ("mlp_out", ("layer", "pos"), pos_setter),
-    "z": ("z", ("layer", "head"), head_setter),
-    "z_pos": ("z", ("layer", "pos", "head"), head_pos_setter),
-}
+# the cells each kind of patching cell writes: (kind name from the hook point's name, axes, setter)
+CELLS = {"pos": ("{point}", ("layer", "pos"), pos_setter),
+         "head": ("{point}", ("layer", "head"), head_setter),
+         "head_pos": ("{point}_pos", ("layer", "pos", "head"), head_pos_setter)}
+# name: (hook point, axes, setter), from the ``patch`` cells of the hook-point table
+PATCH_KINDS = {CELLS[c][0].format(point=hp.point): (hp.point, CELLS[c][1], CELLS[c][2])
+               for hp in HOOK_POINTS.values() for c in hp.patch}
 
 
 def patch_pair(bridge, tokens_a: Int[Tensor, "pos"], tokens_b: Int[Tensor, "pos"], edit: int, *,

@@ -8,11 +8,11 @@ import torch
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
-from interp.analysis import DiffStats
+from interp.stats import DiffStats
 from interp.engine import Scored, forward, make_batches, pair_logprobs, sentence_logprobs
 from interp.hooks import HOOK_POINTS, resolve
 from interp.pairs import load_pairs, validate_pairs
-from interp.runner import run
+from interp.run import run
 from tests.conftest import bridge_vs_hf, hf_reference, make_cfg
 
 

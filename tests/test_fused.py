@@ -1,4 +1,4 @@
-"""The fused statistics kernel (``interp.fused``) against the PyTorch path it replaces.
+"""The fused statistics kernel (``interp.kernels.statistics``) against the PyTorch path it replaces.
 
 On the CPU the kernel runs through Triton's interpreter (conftest sets ``TRITON_INTERPRET=1``);
 tests/test_gpu.py repeats the comparison with the compiled kernel on a CUDA device. Batches are
@@ -10,13 +10,19 @@ a tiny spread, and span-aligned pairs whose sentences differ in length.
 import pytest
 import torch
 
-from interp import fused
-from interp.analysis import DiffStats
+from interp import kernels
 from interp.engine import Batch
 from interp.hooks import resolve
+from interp.stats import DiffStats
 
-pytestmark = pytest.mark.skipif(not fused.available("cpu") and not torch.cuda.is_available(),
+pytestmark = pytest.mark.skipif(not kernels.available("cpu") and not torch.cuda.is_available(),
                                 reason="needs Triton (interpreter on the CPU, or CUDA)")
+
+
+def _kernels():
+    from interp.kernels import statistics  # imports Triton: only where the tests run
+
+    return statistics
 
 
 def make_batch(B: int, T: int, K: int, span: bool, device, seed: int = 0) -> Batch:
@@ -156,13 +162,13 @@ def test_per_head_scores_stay_on_the_pytorch_path_and_agree():
 
 
 def test_use_fused_settings():
-    assert fused.use_fused("false", "cuda") is False
-    assert fused.use_fused("auto", "cpu") is False  # the interpreter is for tests, never chosen by auto
-    if fused.available("cpu"):  # under the interpreter
-        assert fused.use_fused("true", "cpu") is True
+    assert kernels.use_fused("false", "cuda") is False
+    assert kernels.use_fused("auto", "cpu") is False  # the interpreter is for tests, never chosen by auto
+    if kernels.available("cpu"):  # under the interpreter
+        assert kernels.use_fused("true", "cpu") is True
     else:
         with pytest.raises(RuntimeError, match="analysis.fused=true needs Triton"):
-            fused.use_fused("true", "cpu")
+            kernels.use_fused("true", "cpu")
 
 
 def test_group_sums_kernel_equals_the_pytorch_fold():
@@ -182,7 +188,7 @@ def test_group_sums_kernel_equals_the_pytorch_fold():
     for part in (slice(0, 9), slice(9, B)):
         x_, bb = x[part].to(dev), b.rows(part.start, part.stop)
         ref.add_grouped_(1, x_, bb.group, G)
-        fused.group_sums_(new, 1, x_, fused.segments(bb, G), block=16)
+        _kernels().group_sums_(new, 1, x_, _kernels().segments(bb, G), block=16)
     for f in ("n", "s1", "s2"):
         torch.testing.assert_close(getattr(new, f), getattr(ref, f), rtol=1e-12, atol=1e-9)
     assert torch.all(new.n[:, 2] == 0) and torch.all(new.n[0] == 0)
@@ -199,7 +205,7 @@ def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     v_ref, p_ref, _ = stats._values("resid_post", 0, torch.stack(acts), b)
     sp_ref = stats.spread["resid_post"]  # the PyTorch path folded this batch's spread into the state
     ref = sp_ref.shift.float()
-    v_new, p_new, spread, count = fused.pair_values(acts, b, K, 4, ref)
+    v_new, p_new, spread, count = _kernels().pair_values(acts, b, K, 4, ref)
     for name, x, y in (("vals", v_new, v_ref), ("prof", p_new, p_ref)):
         assert torch.equal(torch.isnan(x), torch.isnan(y)), name
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, equal_nan=True, msg=lambda m: f"{name}: {m}")

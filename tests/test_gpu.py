@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.runner import run
+from interp.run import run
 from tests.conftest import make_cfg, tokenizer_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -51,8 +51,8 @@ def test_the_plain_backend_on_cuda_keeps_the_prefix_invariant_and_agrees_with_th
     every activation there is identical; the statistics agree with the bridge's to bf16 rounding."""
     from interp.engine import forward, make_batches
     from interp.pairs import load_pairs, validate_pairs
-    from interp.plain import PlainModel, twin
-    from interp.runner import get_model
+    from interp.backends.hf import PlainModel, twin
+    from interp.run import get_model
 
     cfg = _cfg(f"pairs.path={pairs_file}", "device=cuda", "dtype=bfloat16", "analysis.n_saved_pairs=0")
     lm = get_model(cfg)

@@ -64,7 +64,7 @@ def batch(tiny_lm):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_lm):
-    from interp.runner import run
+    from interp.run import run
 
     tmp = tmp_path_factory.mktemp("causal")
     rows = [{"a": a, "b": b, "category": c, "type": "grammar"} for a, b, c in GRAMMAR]

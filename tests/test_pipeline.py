@@ -1,14 +1,14 @@
-"""The batch loop of a run (``runner.BatchPipeline``): one batch in flight changes nothing, and one
+"""The batch loop of a run (``interp.run.pipeline.BatchPipeline``): one batch in flight changes nothing, and one
 bad pair (a forward pass that raises, a non-finite log-probability) costs that pair only."""
 
 import pandas as pd
 import pytest
 import torch
 
-import interp.runner as runner
+import interp.run.pipeline as runner
 from interp.engine import make_batches
 from interp.hooks import resolve
-from interp.runner import BatchPipeline
+from interp.run.pipeline import BatchPipeline
 from tests.test_engine import _kept
 from tests.conftest import make_cfg
 

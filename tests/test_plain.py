@@ -1,4 +1,4 @@
-"""The plain forward pass (interp.plain): the Hugging Face module tree as loaded, sharing the
+"""The plain forward pass (interp.backends.hf): the Hugging Face module tree as loaded, sharing the
 weights, with PyTorch hooks at TransformerLens hook names, must see what the bridge sees."""
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from interp import attention, fused
+from interp import kernels
+from interp.backends import analysis_model
+from interp.backends.hf import PlainModel, UnsupportedHook, supported, twin
 from interp.engine import forward, make_batches
 from interp.hooks import HOOK_POINTS
+from interp.kernels import attention
 from interp.pairs import load_pairs, validate_pairs
-from interp.plain import PlainModel, UnsupportedHook, supported, twin
-from interp.runner import analysis_model, run
+from interp.run import run
 from tests.conftest import make_cfg, tokenizer_overrides
 
 
@@ -124,25 +126,25 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     with pytest.raises(ValueError, match="attention kernel 'fast' is not one of"):
         analysis_model(tiny_lm, make_cfg("analysis.attn=fast").analysis, names)
     # short on the CPU runs under Triton's interpreter (how the tests run without a GPU), else eager is said
-    expect = "short" if fused.available(tiny_lm.device) else "eager"
+    expect = "short" if kernels.available(tiny_lm.device) else "eager"
     assert analysis_model(tiny_lm, make_cfg("analysis.attn=short").analysis, names[:1])[1]["attention"] == expect
     tiny_lm.plain.set_attention("eager")
 
 
 def test_attention_auto_is_the_short_kernel_on_cuda_and_eager_elsewhere(monkeypatch):
     assert attention.resolve("auto", "cpu") == "eager"  # also under the interpreter: it is for tests
-    assert attention.resolve("auto", "cuda") == ("short" if fused.triton is not None else "eager")
+    assert attention.resolve("auto", "cuda") == ("short" if kernels.have_triton() else "eager")
     assert attention.resolve("sdpa", "cuda") == "sdpa" and attention.resolve("eager", "cuda") == "eager"
-    monkeypatch.setattr(fused, "available", lambda device: False)  # a CPU without Triton's interpreter
+    monkeypatch.setattr(kernels, "available", lambda device: False)  # a CPU without Triton's interpreter
     assert attention.resolve("short", "cpu") == "eager"  # asked for where it cannot run: said, not pretended
 
 
 def test_short_attention_leaves_what_it_does_not_cover_to_eager_attention():
-    from interp.attention import kernel_applies
+    from interp.kernels.attention import kernel_applies
 
     q, k = torch.zeros(2, 8, 9, 128), torch.zeros(2, 2, 9, 128)
     mask = torch.zeros(2, 1, 9, 9)
-    applies = fused.available("cpu")
+    applies = kernels.available("cpu")
     assert kernel_applies(q, k, k, mask, False) == applies and kernel_applies(q, k, k, None, False) == applies
     assert not kernel_applies(q, k, k, mask, training=True)
     assert not kernel_applies(q.requires_grad_(), k, k, mask, False)  # the kernel has no backward
@@ -196,7 +198,7 @@ def test_a_compiled_plain_tree_computes_the_same_activations(tiny_lm, pairs_file
     torch.testing.assert_close(logits[m], ref_logits[m], rtol=1e-4, atol=1e-4)
 
 
-_INTERPRETER = pytest.mark.skipif(not fused.available("cpu"), reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
+_INTERPRETER = pytest.mark.skipif(not kernels.available("cpu"), reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
 
 
 @_INTERPRETER
@@ -225,7 +227,7 @@ def test_a_tree_with_short_attention_computes_eager_attentions_activations(tiny_
 @contextlib.contextmanager
 def _spy_kernel(calls: list):
     """Count launches of the attention kernel (the custom operation's body runs them)."""
-    import interp.attention as att
+    import interp.kernels.short_attention as att
 
     kernel = att._short_attention_kernel
 
@@ -252,7 +254,7 @@ def test_short_attention_is_eager_attention_with_grouped_heads_and_padding(devic
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     from benchmarks.attention import _Module, causal_mask
-    from interp.attention import SHORT_MAX_KEYS, short_attention_forward
+    from interp.kernels.attention import SHORT_MAX_KEYS, short_attention_forward
 
     g = torch.Generator().manual_seed(0)
     mod = _Module(groups=3).to(device)
@@ -286,7 +288,7 @@ def test_a_compilation_that_fails_falls_back_to_eager_modules_without_losing_a_p
     assert all("forward" not in m.__dict__ for m in plain.original_model.modules())  # own forwards back
 
     # in a run: every pair analysed, the manifest says what happened
-    import interp.plain as P
+    import interp.backends.hf as P
 
     real = P.PlainModel.compile
     P.PlainModel.compile = lambda self, **kw: real(self, backend=broken_backend)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from interp import results as R
 from interp.merge import MergeError, merge_runs
-from interp.runner import run
+from interp.run import run
 from tests.conftest import CONF, REPO, make_cfg
 
 TABLE_COLS = ("n_pairs", "mean_diff", "std_diff", "mean_abs_diff", "std_abs_diff", "spread", "normalized",

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.analysis import bh_qvalues
+from interp.stats import bh_qvalues
 from interp.controls import build_pool
 from interp.pairs.validate import check_pair
-from interp.runner import run
+from interp.run import run
 from tests.conftest import make_cfg
 
 NOUNS = ["soup", "room", "car", "house", "dog", "city", "book", "road", "garden", "water", "coffee", "movie"]

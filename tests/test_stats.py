@@ -1,8 +1,7 @@
 import numpy as np
 import torch
 
-from interp.analysis import reduce_groups
-from interp.stats import Moments, Sums
+from interp.stats import Moments, Sums, reduce_groups
 
 
 def folded(x: torch.Tensor, shift=None, group=None, n_groups: int = 1, chunk: int | None = None) -> Sums:

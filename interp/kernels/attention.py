@@ -19,7 +19,8 @@ through the scale, mask and softmax (eager rounds them to the model's dtype firs
 rounded to the model's dtype before the weighted sum, as in eager attention. In float32 models the
 result equals eager attention up to summation order.
 
-The kernel runs on CUDA (and on CPU tensors under ``TRITON_INTERPRET=1``, how the tests run it).
+The kernel (``interp.kernels.short_attention``, imported only when ``short`` is registered or runs:
+it imports Triton) runs on CUDA (and on CPU tensors under ``TRITON_INTERPRET=1``, how the tests run it).
 Anything else (the CPU, sentences longer than ``SHORT_MAX_KEYS``, blocks larger than ``MAX_BLOCK``,
 a head size that is not a power of two, gradients, a mask of another shape: ``kernel_applies``)
 takes Hugging Face's eager attention. ``PlainModel`` registers it as the
@@ -34,79 +35,17 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from interp import fused
+from .. import kernels
 
 log = logging.getLogger(__name__)
 
 NAME = "short"
 SHORT_MAX_KEYS = 64  # longer sentences: eager attention (a program's blocks grow with T^2)
 
-if fused.triton is not None:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _short_attention_kernel(Q, sq_b, sq_h, sq_t, K, sk_b, sk_h, sk_t, V, sv_b, sv_h, sv_t,
-                                MASK, sm_b, sm_t, sm_s, O, so_b, so_t, so_h, T, S, G, scale,
-                                HAS_MASK: tl.constexpr, BT: tl.constexpr, BG: tl.constexpr,
-                                BS: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        hk = tl.program_id(1)
-        m = tl.arange(0, BG * BT)            # query rows of the block: (group member, position)
-        gi = m // BT
-        t = m % BT
-        s = tl.arange(0, BS)
-        d = tl.arange(0, D)
-        h = hk * G + gi                      # the query head
-        row_ok = (gi < G) & (t < T)
-        q = tl.load(Q + b * sq_b + h[:, None] * sq_h + t[:, None] * sq_t + d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        k = tl.load(K + b * sk_b + hk * sk_h + s[:, None] * sk_t + d[None, :], mask=(s < S)[:, None], other=0.0)
-        if IEEE:
-            x = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            x = tl.dot(q, tl.trans(k))
-        x = x * scale
-        if HAS_MASK:
-            x += tl.load(MASK + b * sm_b + t[:, None] * sm_t + s[None, :] * sm_s,
-                         mask=row_ok[:, None] & (s < S)[None, :], other=0.0).to(tl.float32)
-        x = tl.where((s < S)[None, :], x, float("-inf"))
-        x = x - tl.max(x, 1)[:, None]
-        p = tl.exp(x)
-        p = p / tl.sum(p, 1)[:, None]
-        v = tl.load(V + b * sv_b + hk * sv_h + s[:, None] * sv_t + d[None, :], mask=(s < S)[:, None], other=0.0)
-        if IEEE:
-            out = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            out = tl.dot(p.to(v.dtype), v)
-        tl.store(O + b * so_b + t[:, None] * so_t + h[:, None] * so_h + d[None, :],
-                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
-
 
 def _pow2(n: int) -> int:
     """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, n - 1).bit_length()
-
-
-@torch.library.custom_op("interp::short_attention", mutates_args=())
-def short_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """softmax(q k^T * scale + mask) v for query [B, H, T, D], key/value [B, Hkv, S, D] and an
-    additive mask broadcasting to [B, 1, T, S]; returns [B, T, H, D] (contiguous)."""
-    B, H, T, D = query.shape
-    Hkv, S = key.shape[1], key.shape[2]
-    G = H // Hkv
-    out = torch.empty((B, T, H, D), dtype=query.dtype, device=query.device)
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, key, value))
-    if mask is not None:
-        mask = mask[:, :, :, :S].expand(B, 1, T, S)
-    m_args = (mask, mask.stride(0), mask.stride(2), mask.stride(3)) if mask is not None else (q, 0, 0, 0)
-    BG, BT = _row_blocks(G, T)
-    _short_attention_kernel[(B, Hkv)](
-        q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
-        v, v.stride(0), v.stride(1), v.stride(2), *m_args, out, out.stride(0), out.stride(1), out.stride(2),
-        T, S, G, float(scale), HAS_MASK=mask is not None, BT=BT, BG=BG, BS=max(16, _pow2(S)), D=D,
-        IEEE=query.dtype == torch.float32)  # Triton's default 4 warps: what was measured up to MAX_BLOCK
-    return out
 
 
 def _row_blocks(G: int, T: int) -> tuple[int, int]:
@@ -116,12 +55,6 @@ def _row_blocks(G: int, T: int) -> tuple[int, int]:
     while BG * BT < 16:
         BT *= 2
     return BG, BT
-
-
-@short_attention.register_fake
-def _(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    B, H, T, D = query.shape
-    return query.new_empty((B, T, H, D))
 
 
 MAX_BLOCK = 128 * 128  # query rows x head size of one program: the largest measured (4 heads x 32 tokens x 128)
@@ -135,7 +68,7 @@ def kernel_applies(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
     mask or an additive one shared by the heads (``[B or 1, 1, T, >= S]``)."""
     B, H, T, D = query.shape
     Hkv, S = key.shape[1], key.shape[2]
-    if not fused.available(query.device) or training or query.requires_grad or S > SHORT_MAX_KEYS:
+    if not kernels.available(query.device) or training or query.requires_grad or S > SHORT_MAX_KEYS:
         return False
     if D < 16 or D & (D - 1) or query.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
@@ -157,6 +90,8 @@ def short_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value
         from transformers.models.llama.modeling_llama import eager_attention_forward
 
         return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    from . import short_attention  # noqa: F401  (defines torch.ops.interp.short_attention; imports Triton)
+
     return torch.ops.interp.short_attention(query, key, value, attention_mask, float(scaling)), None
 
 
@@ -165,18 +100,21 @@ def resolve(setting, device: torch.device | str) -> str:
     minimal pairs, measured in ``benchmarks/README.md``) and ``eager`` elsewhere; any other value
     names a kernel (``PlainModel.set_attention`` checks it)."""
     setting = str(setting)
-    if setting == NAME and not fused.available(device):
+    if setting == NAME and not kernels.available(device):
         log.warning("analysis.attn=short needs CUDA and Triton (device %s): eager attention instead", device)
         return "eager"
     if setting != "auto":
         return setting
-    return NAME if fused.triton is not None and torch.device(device).type == "cuda" else "eager"
+    return NAME if kernels.have_triton() and torch.device(device).type == "cuda" else "eager"
 
 
 def register() -> None:
-    """Make ``short`` a Hugging Face attention implementation (with eager's additive mask)."""
+    """Make ``short`` a Hugging Face attention implementation (with eager's additive mask); the
+    kernel's operation is defined now, before any ``torch.compile`` traces a call of it."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from . import short_attention  # noqa: F401
 
     if NAME not in ALL_ATTENTION_FUNCTIONS:
         ALL_ATTENTION_FUNCTIONS.register(NAME, short_attention_forward)

@@ -1,5 +1,5 @@
-"""The model's forward pass as Hugging Face runs it, with plain PyTorch hooks at the places that
-TransformerLens hook names denote.
+"""The ``hf`` backend: the model's forward pass as Hugging Face runs it, with plain PyTorch hooks at
+the places that TransformerLens hook names denote.
 
 ``TransformerBridge`` replaces the modules of the Hugging Face model it wraps (in place) and runs
 attention through its own eager re-implementation, so that attention scores and patterns can be
@@ -9,28 +9,20 @@ MLP neurons and the per-head outputs are inputs or outputs of Hugging Face modul
 is a second module tree of the same model class that *shares every weight tensor* with the loaded
 model (no copy: built on the meta device, then pointed at the loaded tensors before the bridge
 boots), untouched by the bridge, with an attention kernel of choice (``eager``; ``short``, the
-short-sentence Triton kernel of ``interp.attention``; ``sdpa``...) and optionally ``torch.compile``.
+short-sentence Triton kernel of ``interp.kernels.attention``; ``sdpa``...) and optionally
+``torch.compile``.
 
-It offers the part of the bridge's interface that ``interp.engine.forward`` uses: a ``hooks``
-context manager taking ``(TransformerLens hook name, fn(act, hook))`` pairs and a call returning
-logits. Which hook names map where (standard pre-norm decoders: Llama, Mistral, Qwen2/3):
+It offers the ``interp.backends.base.Forward`` interface (the part of the bridge's interface that
+``interp.engine`` uses): a ``hooks`` context manager taking ``(TransformerLens hook name,
+fn(act, hook))`` pairs and a call returning logits. Where each hook name lives (the module, its
+output or its first input, the per-head view of ``z``) is read from ``interp.hooks.HOOK_POINTS``,
+and ``ln_final.hook_out`` (the final norm's output) from ``interp.hooks.LN_FINAL``.
 
-==========================  =================================================================
-``blocks.L.hook_resid_pre``  input of decoder layer L
-``blocks.L.hook_resid_mid``  input of layer L's ``post_attention_layernorm`` (read only)
-``blocks.L.hook_resid_post`` output of decoder layer L
-``blocks.L.hook_attn_out``   output of layer L's ``self_attn`` (after ``o_proj``)
-``blocks.L.hook_mlp_out``    output of layer L's ``mlp``
-``blocks.L.attn.hook_z``     input of ``o_proj``, viewed as ``[batch, pos, head, d_head]``
-``blocks.L.mlp.hook_post``   input of ``mlp.down_proj`` (``act(gate) * up``)
-``ln_final.hook_out``        output of the final norm
-==========================  =================================================================
-
-A hook may return a tensor to replace the activation, except at ``resid_mid`` (the layer keeps its
-own reference to the residual, so a replaced norm input would not reach the residual stream).
-Attention patterns and scores are not available here: runs that ask for them use the bridge.
-While the tree is compiled, hooks inside the compiled attention and MLP (``attn.hook_z``,
-``mlp.hook_post``) are refused: compiled code would not run hooks added after it was traced.
+A hook may return a tensor to replace the activation, except where the table says it is not
+``settable`` (``resid_mid``). Attention patterns and scores are not available here: runs that ask
+for them use the bridge. While the tree is compiled, hooks inside the compiled attention and MLP
+(the table's ``inner`` points: ``attn.hook_z``, ``mlp.hook_post``) are refused: compiled code
+would not run hooks added after it was traced.
 """
 
 from __future__ import annotations
@@ -38,18 +30,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import re
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from interp import attention
+from ..hooks import HOOK_POINTS, LN_FINAL, HookPoint, parse_name
+from ..kernels import attention
 
 log = logging.getLogger(__name__)
 
 
 def _compile_error_types() -> tuple[type[BaseException], ...]:
+    """The errors of a failed compilation (imported when a compiled pass failed: ``torch._dynamo``
+    is heavy and loads Triton)."""
     import torch._dynamo.exc as dx
 
     types: list[type[BaseException]] = [dx.TorchDynamoException]
@@ -61,11 +55,8 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-_COMPILE_ERRORS = _compile_error_types()
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|"
-                   r"hook_mlp_out|attn\.hook_z|mlp\.hook_post)$")
-INNER = ("attn.hook_z", "mlp.hook_post")  # hooks on modules inside the compiled attention / MLP
+INNER = tuple(hp.suffix for hp in HOOK_POINTS.values() if hp.inner)  # inside the compiled attention / MLP
 ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -73,8 +64,19 @@ class UnsupportedHook(ValueError):
     """A hook name the plain forward pass cannot provide (the bridge can)."""
 
 
+def lookup(name: str) -> tuple[HookPoint, int | None] | None:
+    """The table entry and layer of a hook name (layer None for ``ln_final.hook_out``), or None."""
+    if name == LN_FINAL.template:
+        return LN_FINAL, None
+    try:
+        point, layer = parse_name(name)
+    except ValueError:
+        return None
+    return HOOK_POINTS[point], layer
+
+
 def supported(name: str) -> bool:
-    return name == "ln_final.hook_out" or _NAME.match(name) is not None
+    return lookup(name) is not None
 
 
 def why_not(model: nn.Module) -> str | None:
@@ -109,6 +111,9 @@ def twin(model: nn.Module) -> nn.Module:
 
 class PlainModel:
     """Hugging Face forward pass with plain hooks at TransformerLens hook names (module docstring)."""
+
+    name = "hf"
+    private_unembedding = True  # no hook sees its unembedding's output: it may be overwritten in place
 
     def __init__(self, model: nn.Module, attn: str = "sdpa"):
         reason = why_not(model)
@@ -160,34 +165,24 @@ class PlainModel:
 
     # ------------------------------------------------------------ hooks
     def _register(self, name: str, fn: Callable) -> torch.utils.hooks.RemovableHandle:
-        if name == "ln_final.hook_out":
-            return self.original_model.model.norm.register_forward_hook(_out(fn, name))
-        m = _NAME.match(name)
-        if m is None:
+        """A PyTorch hook where the hook-point table puts ``name``: on the module's output, or on
+        its first input (per head where the table has a per-head view)."""
+        found = lookup(name)
+        if found is None:
             raise UnsupportedHook(f"hook {name!r} is not available without the bridge "
                                   "(attention patterns and scores need its eager attention)")
-        if int(m.group(1)) >= len(self.layers):
+        hp, layer = found
+        if layer is not None and layer >= len(self.layers):
             raise UnsupportedHook(f"hook {name!r}: the model has {len(self.layers)} layers")
-        kind = m.group(2)
-        if self.compiled and kind in INNER:
+        if self.compiled and hp.inner:
             raise UnsupportedHook(f"hook {name!r} is inside the compiled attention or MLP; "
                                   "use an uncompiled tree (analysis.compile=false) for it")
-        layer = self.layers[int(m.group(1))]
-        if kind == "hook_resid_pre":
-            return layer.register_forward_pre_hook(_pre_first(fn, name), with_kwargs=True)
-        if kind == "hook_resid_mid":
-            return layer.post_attention_layernorm.register_forward_pre_hook(_pre_first(fn, name, readonly=True),
-                                                                            with_kwargs=True)
-        if kind == "hook_resid_post":
-            return layer.register_forward_hook(_out(fn, name))
-        if kind == "hook_attn_out":
-            return layer.self_attn.register_forward_hook(_out(fn, name))
-        if kind == "hook_mlp_out":
-            return layer.mlp.register_forward_hook(_out(fn, name))
-        if kind == "attn.hook_z":
-            return layer.self_attn.o_proj.register_forward_pre_hook(_pre_first(fn, name, heads=self.n_heads),
-                                                                    with_kwargs=True)
-        return layer.mlp.down_proj.register_forward_pre_hook(_pre_first(fn, name), with_kwargs=True)
+        module = self.original_model.get_submodule(hp.module_path(layer))
+        if hp.reads == "output":
+            return module.register_forward_hook(_out(fn, name))
+        heads = self.n_heads if hp.heads else None
+        return module.register_forward_pre_hook(_pre_first(fn, name, heads=heads, readonly=not hp.settable),
+                                                with_kwargs=True)
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str, Callable]] = ()):
@@ -215,8 +210,8 @@ class PlainModel:
                 return None
             out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                                       logits_to_keep=logits_to_keep)
-        except _COMPILE_ERRORS as err:
-            if not self.compiled:
+        except Exception as err:
+            if not self.compiled or not isinstance(err, _compile_error_types()):
                 raise
             self.uncompile()
             self.compile_error = f"{type(err).__name__}: {err}"[:500]
@@ -265,3 +260,41 @@ def _pre_first(fn: Callable, name: str, heads: int | None = None, readonly: bool
             return (new, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new}
     return hook
+
+
+def compile_wanted(acfg, device: torch.device, n_pairs: int) -> bool:
+    """``analysis.compile`` resolved: ``auto`` compiles on CUDA, and on the CPU for runs of at least
+    ``analysis.compile_cpu_min_pairs`` pairs."""
+    comp = acfg.get("compile", "auto")
+    if comp not in ("auto", True, False):
+        raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
+    if comp != "auto":
+        return comp
+    return device.type == "cuda" or n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
+
+
+class HFBackend:
+    """The plain tree (``LoadedModel.plain``) as a ``Backend``: attention kernel ``analysis.attn``
+    (``auto``: ``short`` on CUDA, eager elsewhere), ``torch.compile``d where ``analysis.compile``
+    says, never with hooks inside the compiled attention or MLP."""
+
+    name = "hf"
+
+    def why_not(self, lm, hook_names: list[str]) -> str | None:
+        if lm.plain_reason is not None:
+            return lm.plain_reason
+        bad = [n for n in hook_names if not supported(n)]
+        return f"hook {bad[0]} needs the bridge" if bad else None
+
+    def prepare(self, lm, acfg, hook_names: list[str], n_pairs: int = 0):
+        facts: dict = {"backend": "hf"}
+        lm.plain.set_attention(attention.resolve(acfg.get("attn", "auto"), lm.device))
+        want = compile_wanted(acfg, lm.device, n_pairs)
+        inner = [n for n in hook_names if n.endswith(INNER)]
+        if want and inner:
+            facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
+        if want and not inner:
+            lm.plain.compile()  # kept as it is when already compiled
+        else:
+            lm.plain.uncompile()
+        return lm.plain, {**facts, "attention": lm.plain.attn, "compiled": lm.plain.compiled}

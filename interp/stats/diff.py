@@ -24,16 +24,16 @@ import weakref
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats as scipy_stats
 from torch import Tensor
 
-from . import fused
-from .engine import Batch
-from .hooks import HookSite
-from .stats import Moments, Sums
+from ..engine import Batch
+from ..hooks import HOOK_POINTS, HookSite
+from . import registry as reg
+from .moments import Moments, Sums
+from .significance import bh_qvalues, welch
 
-POSITION_MODES = fused.MODES  # edit, last, after: the order of the per-pair values' mode axis
-CHANNELS = ("diff", "abs", "ctrl", "delta", "ratio")
+POSITION_MODES = reg.MODES  # edit, last, after: the order of the per-pair values' mode axis
+CHANNELS = tuple(c.name for c in reg.CHANNELS)  # every channel, in slot order (``interp.stats.registry``)
 
 
 def reduce_groups(m: Moments) -> Moments:
@@ -48,9 +48,10 @@ class DiffStats:
     """The consumer that turns each batch's activations into running difference statistics.
 
     Per hook point (stacked over its layers) and per group (category) it keeps:
-    - ``diff``: moments over pairs of the channels ``CHANNELS`` x position modes x components, where
-      ``diff`` = a - b, ``abs`` = |a - b|, and with K control edits ``ctrl`` = mean_k |a - c_k|,
-      ``delta`` = abs - ctrl (the paired difference the t-test uses) and ``ratio`` = abs / ctrl;
+    - ``diff``: moments over pairs of the channels of ``interp.stats.registry`` x position modes x
+      components (today ``diff`` = a - b, ``abs`` = |a - b|, and with K control edits ``ctrl`` =
+      mean_k |a - c_k|, ``delta`` = abs - ctrl, the paired difference the t-test uses, and
+      ``ratio`` = abs / ctrl);
     - ``profile``: moments of |a - b| at each token offset 0..max_offset from the edit;
     and over all sentences (a and b, not the controls) ``spread``: the component's own moments.
 
@@ -58,8 +59,9 @@ class DiffStats:
     then works through the layers of a hook point ``chunk`` at a time: first the per-pair values
     (each channel at each position mode, |a - b| at each offset, NaN where a pair has none; the
     spread's sums), then their per-group sums, added into the state in place. With ``fused`` (on a
-    GPU, ``analysis.fused``) both steps are Triton kernels (``interp.fused``: one read of each
-    activation, no atomics); otherwise PyTorch ops, the reference the kernels are tested against.
+    GPU, ``analysis.fused``) both steps are Triton kernels (``interp.kernels.statistics``: one read
+    of each activation, no atomics); otherwise PyTorch ops, the reference the kernels are tested
+    against. The table columns come from the registry's ``Column`` specs.
     """
 
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
@@ -72,20 +74,22 @@ class DiffStats:
         self.point_sites: dict[str, list[HookSite]] = {}
         for site in sites:
             self.point_sites.setdefault(site.point, []).append(site)
-        # one score per attention head: the norm of the head's change over its d_head dimensions
+        # one score per attention head (points with a per-head view, ``z``: ``z_head``): the norm of
+        # the head's change over its d_head dimensions
         self.derived: dict[str, list[HookSite]] = {}
-        if "z" in self.point_sites:
-            self.derived["z_head"] = [HookSite("z_head", x.layer, x.name, "head") for x in self.point_sites["z"]]
+        self.head_points = {p: f"{p}_head" for p in self.point_sites if p in HOOK_POINTS and HOOK_POINTS[p].heads}
+        for p, d in self.head_points.items():
+            self.derived[d] = [HookSite(d, x.layer, x.name, "head") for x in self.point_sites[p]]
         self.groups = list(groups)
         self.positions = list(positions)
         self.device = device
         self.n_controls = int(n_controls)
-        self.channels = CHANNELS if self.n_controls else CHANNELS[:2]
+        self.channels = reg.channel_names(self.n_controls)
         self.max_offset = int(max_offset)
         self.detail_pairs = int(detail_pairs) if int(detail_pairs) >= 0 else 2 ** 62  # < 0: every pair
         self.detail_k = int(detail_k)
         self.chunk = max(1, int(chunk))
-        self.fused = bool(fused)  # per-pair values from the fused kernel (interp.fused) instead of PyTorch ops
+        self.fused = bool(fused)  # per-pair values from the Triton kernels instead of PyTorch ops
         self.diff: dict[str, Sums | Moments] = {}  # per point: [L, G, CH, M, C] (Moments only as loaded)
         self.profile: dict[str, Sums | Moments] = {}  # [L, G, O, C]
         self.spread: dict[str, Sums | Moments] = {}  # [L, C]
@@ -112,11 +116,12 @@ class DiffStats:
     def _spread(self, site: HookSite) -> tuple[Tensor, Tensor]:
         """(mean, std) of the component over sentence tokens. For a head (``z_head``): the norm of
         its mean vector and sqrt(sum of its dimensions' variances), exact from the ``z`` moments."""
-        if site.point != "z_head":
+        point = next((p for p, d in self.head_points.items() if d == site.point), None)
+        if point is None:
             sp = self._get("spread", site)
             return sp.mean, sp.std
-        sp = self._get("spread", HookSite("z", site.layer, site.name, "head_dim"))
-        dh = self.shapes["z"][-1]
+        sp = self._get("spread", HookSite(point, site.layer, site.name, HOOK_POINTS[point].unit))
+        dh = self.shapes[point][-1]
         var = torch.nan_to_num(sp.var).reshape(-1, dh).sum(-1)
         return sp.mean.reshape(-1, dh).norm(dim=-1), var.sqrt()
 
@@ -168,13 +173,17 @@ class DiffStats:
         if batch.n_variants != 2 + self.n_controls:
             raise ValueError(f"a batch of {batch.n_variants} sentences per pair, but the statistics expect "
                              f"2 + {self.n_controls} controls")
-        seg = fused.segments(batch, len(self.groups)) if self.fused else None
+        kern = None
+        if self.fused:
+            from ..kernels import statistics as kern  # imports Triton
+        seg = kern.segments(batch, len(self.groups)) if kern is not None else None
         for point, ss in self.point_sites.items():
             missing = [s.name for s, a in zip(ss, acts[point]) if a is None]
             if missing:
                 raise RuntimeError(f"hooks did not fire for {missing[:3]}")
             self.shapes.setdefault(point, tuple(acts[point][0].shape[2:]))
-            kernel = self.fused and point != "z"  # per-head norms (z_head) take the PyTorch path
+            heads = self.head_points.get(point)
+            kernel = self.fused and heads is None  # per-head norms (z_head) take the PyTorch path
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
                 if kernel:
@@ -182,8 +191,8 @@ class DiffStats:
                     continue
                 X = chunk[0][None] if len(chunk) == 1 else torch.stack(chunk)  # [S, VB, T, C]
                 self._fold(point, c0, *self._values(point, c0, X, batch), batch, seg)
-                if point == "z":
-                    self._fold("z_head", c0, *self._values("z_head", c0, X, batch, head_dim=self.shapes["z"][-1]),
+                if heads is not None:
+                    self._fold(heads, c0, *self._values(heads, c0, X, batch, head_dim=self.shapes[point][-1]),
                                batch, seg)
                 del X
 
@@ -235,7 +244,9 @@ class DiffStats:
         for kind, x, full in (("diff", vals, vals.shape[2:]), ("profile", prof, (O, prof.shape[-1]))):
             st = self._sums(kind, point, c0, c0 + S, (L, G, *full), first(x, tuple(full)))
             if seg is not None and x.shape[2:] == st.n.shape[2:]:
-                fused.group_sums_(st, c0, x, seg)
+                from ..kernels.statistics import group_sums_
+
+                group_sums_(st, c0, x, seg)
             else:
                 st.add_grouped_(c0, x, batch.group, G)
 
@@ -248,12 +259,14 @@ class DiffStats:
                           lambda: a_last.float().mean(1))
 
     def _values_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch):
-        """``_values`` through the fused kernel (``interp.fused``): each activation is read once."""
+        """``_values`` through the fused kernel (``interp.kernels.statistics``): each activation is read once."""
+        from ..kernels.statistics import pair_values
+
         B = batch.size
         ar = torch.arange(B, device=acts[0].device)
         st = self._spread_state(point, c0, torch.stack([x[ar, batch.last] for x in acts]))
         ref = st.shift[c0:c0 + len(acts)].float()  # the state's own shift: no per-batch centre to compute
-        vals, prof, spread, count = fused.pair_values(acts, batch, self.n_controls, self.max_offset, ref)
+        vals, prof, spread, count = pair_values(acts, batch, self.n_controls, self.max_offset, ref)
         s1, s2 = spread.sum(1, dtype=torch.float64).unbind(1)  # [S, C] each
         st.add_sums_(c0, count.sum().to(torch.float64), s1, s2, center=ref)
         detail = None
@@ -300,13 +313,14 @@ class DiffStats:
         d = a - b_al  # [S, B, T, C]
         ad = mag(d)
         absval = at_modes(ad)
-        chans = [absval if head_dim else at_modes(d), absval]
+        ctrl = None
         if K:
             ctrl = mag(a - X[:, 2 * B:3 * B].float())
             for k in range(1, K):  # the modes are linear in the per-token values: one at_modes for the mean
                 ctrl += mag(a - X[:, (2 + k) * B:(3 + k) * B].float())
             ctrl = at_modes(ctrl) / K
-            chans += [ctrl, absval - ctrl, torch.where(ctrl > 0, absval / ctrl.clamp(min=1e-30), float("nan"))]
+        mv = reg.ModeValues(absval if head_dim else at_modes(d), absval, ctrl)
+        chans = [c.per_pair(mv) for c in reg.channels(K)]  # in slot order
         vals = torch.stack(chans, 2).movedim(1, 0).contiguous()  # [B, S, CH, 3, C]
         # offsets reachable in this batch (edit >= 1, so edit + o <= T - 1 needs o <= T - 2); the
         # state's later offsets get nothing from it
@@ -415,7 +429,6 @@ class DiffStats:
         ``constant``: the component never moves (spread 0); ``massive``: magnitude above
         ``massive_factor`` x the site's median and spread below ``massive_cv`` x |mean|.
         """
-        ch = {c: i for i, c in enumerate(self.channels)}
         frames = []
         for s in self.all_sites():
             if s.point not in self.diff:
@@ -432,55 +445,28 @@ class DiffStats:
             shape = self.shapes.get(s.point, (C,))
             mean, std, n = m.mean.cpu().numpy(), m.std.cpu().numpy(), m.n.cpu().numpy()
             for k, mode in enumerate(self.positions):
-                a_ = ch["abs"]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    normalized = np.where(spread > 0, mean[a_, k] / spread, np.nan)
-                    norm_std = np.where(spread > 0, std[a_, k] / spread, np.nan)
-                cols = {
-                    "hook": s.point, "hook_name": s.name, "layer": s.layer, "component": np.arange(C),
-                    "position": mode, "n_pairs": n[a_, k].astype(np.int64),
-                    "mean_diff": mean[ch["diff"], k], "std_diff": std[ch["diff"], k],
-                    "mean_abs_diff": mean[a_, k], "std_abs_diff": std[a_, k],
-                    "act_mean": act_mean, "spread": spread, "normalized": normalized, "normalized_std": norm_std,
-                    "constant": constant, "massive": massive,
-                }
-                if self.n_controls:
-                    c_, d_, r_ = ch["ctrl"], ch["delta"], ch["ratio"]
-                    nd = n[d_, k]
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        t = mean[d_, k] / (std[d_, k] / np.sqrt(nd))
-                        cols.update({
-                            "mean_control_diff": mean[c_, k],
-                            "control_normalized": np.where(spread > 0, mean[c_, k] / spread, np.nan),
-                            "ratio": np.where(mean[c_, k] > 0, mean[a_, k] / mean[c_, k], np.nan),
-                            "ratio_pair_mean": mean[r_, k], "ratio_pair_std": std[r_, k],
-                            "delta_normalized": np.where(spread > 0, mean[d_, k] / spread, np.nan),
-                            "t_stat": t,
-                            "p_value": np.where(np.isfinite(t) & (nd > 1), scipy_stats.t.cdf(t, np.maximum(nd - 1, 1)), np.nan),
-                        })
+                at = reg.SiteMode(self.channels, mean, std, n, k, act_mean, spread, constant, massive)
+                cols = {"hook": s.point, "hook_name": s.name, "layer": s.layer, "component": np.arange(C),
+                        "position": mode, **reg.site_columns(at, self.n_controls)}
                 df = pd.DataFrame(cols)
-                if s.point == "z":  # head x d_head
+                if s.point in self.head_points:  # head x d_head
                     df["head"] = df["component"] // shape[1]
                     df["head_dim"] = df["component"] % shape[1]
-                elif s.point == "z_head":
+                elif s.point in self.head_points.values():
                     df["head"] = df["component"]
                 frames.append(df)
         if not frames:
             return pd.DataFrame()
         out = pd.concat(frames, ignore_index=True)
         # rank 1 = most stable (smallest normalized change), per position mode over all components;
-        # components that never move (spread 0, normalized NaN) get no rank.
-        out["rank"] = out.groupby("position")["normalized"].rank(method="first").astype("Int64")
-        if self.n_controls:
-            out["q_value"] = bh_qvalues(out["p_value"].to_numpy())
-            out["rank_calibrated"] = out.groupby("position")["t_stat"].rank(method="first").astype("Int64")
-        return out
+        # components that never move (spread 0, normalized NaN) get no rank; q-values over the table
+        return reg.add_table_columns(out, self.n_controls)
 
     def contrast(self, side_a: list[str], side_b: list[str], names: tuple[str, str]) -> pd.DataFrame:
         """Welch's two-sample t-test per component between two sets of groups, on the per-pair
         control-adjusted change ``delta`` (or ``|a-b|`` without controls). ``effect`` is the
         difference of means over the component's spread (negative: more stable in ``group_a``)."""
-        qty = "delta" if self.n_controls else "abs"
+        qty = reg.contrast_channel(self.n_controls)
         q = self.channels.index(qty)
         frames = []
         for s in self.all_sites():
@@ -492,11 +478,8 @@ class DiffStats:
                 na, nb = ma.n[q, k].cpu().numpy(), mb.n[q, k].cpu().numpy()
                 xa, xb = ma.mean[q, k].cpu().numpy(), mb.mean[q, k].cpu().numpy()
                 va, vb = ma.var[q, k].cpu().numpy(), mb.var[q, k].cpu().numpy()
+                t, p = welch(na, xa, va, nb, xb, vb)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    se2 = va / na + vb / nb
-                    t = (xa - xb) / np.sqrt(se2)
-                    df_w = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
-                    p = np.where(np.isfinite(t) & np.isfinite(df_w), 2 * scipy_stats.t.sf(np.abs(t), df_w), np.nan)
                     effect = np.where(spread > 0, (xa - xb) / spread, np.nan)
                 frames.append(pd.DataFrame({
                     "hook": s.point, "layer": s.layer, "component": np.arange(len(spread)), "position": mode,
@@ -560,24 +543,6 @@ class DiffStats:
             }))
         cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
         return cat(prof), cat(comp)
-
-
-def bh_qvalues(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values); NaN p-values stay NaN and are not counted."""
-    p = np.asarray(p, dtype=float)
-    q = np.full_like(p, np.nan)
-    ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return q
-    pv = p[ok]
-    order = np.argsort(pv)
-    ranked = pv[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.clip(ranked, 0, 1)
-    q[ok] = out
-    return q
 
 
 class _Captured(dict):

@@ -1,0 +1,263 @@
+"""The statistics of a batch on the GPU in two Triton kernels, reading each activation once.
+
+1. ``pair_values``: for every pair ``i`` and component ``c`` of up to eight hook sites per launch
+   (activations ``X[V*B, T, C]``, rows variant-major as ``engine.Batch`` lays them out) the kernel
+   walks the pair's tokens once and writes, in float32:
+
+   - ``vals[i, s, ch, m, c]``: channel ``ch`` (``diff`` = a - b, ``abs`` = |a - b|, and with K
+     controls ``ctrl`` = mean_k |a - c_k|, ``delta`` = abs - ctrl, ``ratio`` = abs / ctrl) at
+     position mode ``m`` (edit, last, after = mean over the tokens after the edit span). The
+     channel axis is ``interp.stats.registry``'s: its size and each channel's slot come from
+     there, and the kernel writes one line per channel;
+   - ``prof[i, s, o, c]``: |a - b| at offset ``o`` from the edit;
+   - NaN where the pair has no value (no token after the edit, a control that did not move the
+     component, an offset past the last token);
+   - ``spread[s, i, 0 | 1, c]``: the sum and the sum of squares of ``x - ref[s, c]`` over the
+     pair's distinct sentence tokens (a's tokens, and b's own tokens from the edit on: the shared
+     prefix counted once), about the running state's shift so that a component with a huge mean
+     keeps its spread.
+
+2. ``group_sums_``: the per-pair values folded into the running float64 sums per group
+   (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
+   over the batch's pairs ordered by group, so there are no atomics and the result is
+   deterministic.
+
+``DiffStats``'s PyTorch path computes the same with tensor operations; it remains the reference,
+runs on the CPU, and the tests compare the two. This module imports Triton: ``DiffStats`` imports
+it only when ``analysis.fused`` is on (``interp.kernels.use_fused``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..stats import registry as reg
+
+MODES = reg.MODES
+
+
+MAX_SITES = 8  # sites per launch: their addresses travel as scalar arguments (no pointer table to copy)
+
+
+@triton.jit
+def _put(out, slot, C, cols, e, last, after, cm):
+    """Store one channel's values at the three position modes (edit, last, after)."""
+    tl.store(out + (slot * 3 + 0) * C + cols, e, mask=cm)
+    tl.store(out + (slot * 3 + 1) * C + cols, last, mask=cm)
+    tl.store(out + (slot * 3 + 2) * C + cols, after, mask=cm)
+
+
+@triton.jit
+def _ratio(a, c):
+    return tl.where(c > 0, tl.math.div_rn(a, tl.maximum(c, 1e-30)), float("nan"))
+
+
+@triton.jit(do_not_specialize=["B", "T"])
+def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
+                        EDIT, EDIT_END, LAST, LAST_B, BIDX, REF,
+                        VALS, stride_vb, stride_vs, PROF, stride_pb, stride_ps, SPREAD, B, T, C,
+                        K: tl.constexpr, O: tl.constexpr, HAS_BIDX: tl.constexpr, DT: tl.constexpr,
+                        BLOCK: tl.constexpr, DIFF: tl.constexpr, ABS: tl.constexpr, CTRL: tl.constexpr,
+                        DELTA: tl.constexpr, RATIO: tl.constexpr):
+    i = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    s = tl.program_id(2)
+    addr = tl.where(s == 0, X0, tl.where(s == 1, X1, tl.where(s == 2, X2, tl.where(s == 3, X3, tl.where(
+        s == 4, X4, tl.where(s == 5, X5, tl.where(s == 6, X6, X7)))))))
+    X = addr.to(tl.pointer_type(DT))
+    cm = cols < C
+    zi = tl.zeros([BLOCK], tl.int32)
+    zero = tl.zeros([BLOCK], tl.float32)
+    e = tl.load(EDIT + i).to(tl.int32)
+    ee = tl.load(EDIT_END + i).to(tl.int32)
+    last = tl.load(LAST + i).to(tl.int32)
+    last_b = tl.load(LAST_B + i).to(tl.int32)
+    s64 = s.to(tl.int64)
+    ref = tl.load(REF + s64 * C + cols, mask=cm, other=0.0)
+    i64 = i.to(tl.int64)
+    row_a = X + i64 * stride_row
+    row_b = X + (B + i64) * stride_row
+    prof = PROF + i64 * stride_pb + s64 * stride_ps
+    e_d = zero
+    e_a = zero
+    e_c = zero
+    l_d = zero
+    l_a = zero
+    l_c = zero
+    f_d = zero
+    f_a = zero
+    f_c = zero
+    s1 = zero
+    s2 = zero
+    for t in range(1, T):
+        tt = zi + t
+        in_a = tt <= last
+        xa = tl.load(row_a + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+        if HAS_BIDX:
+            tb = tl.load(BIDX + i64 * T + t).to(tl.int32)
+            xb = tl.load(row_b + tb * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+            in_b = (tt >= e) & (tt <= last_b)
+            xo = tl.load(row_b + t * stride_t + cols, mask=cm & in_b, other=0.0).to(tl.float32)
+        else:  # one-token edits: b's positions are a's
+            xb = tl.load(row_b + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+            in_b = (tt >= e) & in_a
+            xo = xb
+        d = xa - xb
+        ad = tl.abs(d)
+        c = zero
+        for k in tl.static_range(K):
+            row_c = X + ((2 + k) * B + i64) * stride_row
+            xc = tl.load(row_c + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+            c += tl.abs(xa - xc)
+        if K > 0:
+            c = tl.math.div_rn(c, zero + K)
+        ya = tl.where(in_a, xa - ref, 0.0)
+        yb = tl.where(in_b, xo - ref, 0.0)
+        s1 += ya + yb
+        s2 += ya * ya + yb * yb
+        at_e = tt == e
+        at_l = tt == last
+        e_d = tl.where(at_e, d, e_d)
+        e_a = tl.where(at_e, ad, e_a)
+        e_c = tl.where(at_e, c, e_c)
+        l_d = tl.where(at_l, d, l_d)
+        l_a = tl.where(at_l, ad, l_a)
+        l_c = tl.where(at_l, c, l_c)
+        aft = (tt > ee) & in_a
+        f_d += tl.where(aft, d, 0.0)
+        f_a += tl.where(aft, ad, 0.0)
+        f_c += tl.where(aft, c, 0.0)
+        o = tt - e
+        tl.store(prof + o * C + cols, ad, mask=cm & in_a & (o >= 0) & (o < O))
+    nan = float("nan")
+    n_aft = zero + tl.maximum(last - ee, 1).to(tl.float32)
+    has_aft = last > ee  # an edit at the last token has no "after" value
+    f_d = tl.where(has_aft, tl.math.div_rn(f_d, n_aft), nan)
+    f_a = tl.where(has_aft, tl.math.div_rn(f_a, n_aft), nan)
+    f_c = tl.where(has_aft, tl.math.div_rn(f_c, n_aft), nan)
+    # one line per channel of interp.stats.registry, at its slot
+    out = VALS + i64 * stride_vb + s64 * stride_vs
+    _put(out, DIFF, C, cols, e_d, l_d, f_d, cm)
+    _put(out, ABS, C, cols, e_a, l_a, f_a, cm)
+    if K > 0:
+        _put(out, CTRL, C, cols, e_c, l_c, f_c, cm)
+        _put(out, DELTA, C, cols, e_a - e_c, l_a - l_c, f_a - f_c, cm)
+        _put(out, RATIO, C, cols, _ratio(e_a, e_c), _ratio(l_a, l_c), _ratio(f_a, f_c), cm)
+    sp = SPREAD + (s64 * B + i64) * 2 * C
+    tl.store(sp + cols, s1, mask=cm)
+    tl.store(sp + C + cols, s2, mask=cm)
+
+
+_TL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref: Tensor, block: int = 256
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
+
+    Returns ``vals`` [B, S, CH, 3, C] (modes in ``MODES`` order; channels diff, abs, and with
+    controls ctrl, delta, ratio) and ``prof`` [B, S, O, C], both NaN where a pair has no value (no
+    token after the edit, a control that did not move the component, an offset past the last
+    token); ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
+    distinct tokens (``ref`` [S, C]), and ``count`` [B]: how many tokens that is.
+    """
+    B, T = batch.size, batch.seq_len
+    S, C = len(acts), acts[0].shape[-1]
+    K, O = int(n_controls), int(max_offset) + 1
+    names = reg.channel_names(K)
+    CH = len(names)
+    # each registered channel's slot, a constant of the kernel (channels a run does not keep: unused)
+    slots = {c.name.upper(): names.index(c.name) if c.name in names else 0 for c in reg.CHANNELS}
+    dev = acts[0].device
+    last_b = batch.mask[B:2 * B].sum(1) - 1  # b's last real token (its own positions)
+    vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
+    prof = torch.full((B, S, O, C), float("nan"), dtype=torch.float32, device=dev)
+    spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
+    ref = ref.to(torch.float32).contiguous()
+    bidx = batch.b_index if batch.b_index is not None else batch.edit  # unused without b_index
+    x0 = acts[0]
+    if x0.dtype not in _TL_DTYPES:
+        raise TypeError(f"fused statistics: unsupported activation dtype {x0.dtype}")
+    acts = [x if x.stride() == x0.stride() and x.stride(-1) == 1 else x.contiguous() for x in acts]
+    stride_row, stride_t = acts[0].stride(0), acts[0].stride(1)
+    if any(x.stride()[:2] != (stride_row, stride_t) for x in acts):
+        raise ValueError("fused statistics: the sites' activations differ in layout")
+    dt = getattr(tl, _TL_DTYPES[x0.dtype])
+    for s0 in range(0, S, MAX_SITES):
+        part = acts[s0:s0 + MAX_SITES]
+        ptrs = [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part))
+        grid = (B, triton.cdiv(C, block), len(part))
+        _pair_values_kernel[grid](
+            *ptrs, stride_row, stride_t, batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s0:],
+            vals[:, s0:], vals.stride(0), vals.stride(1), prof[:, s0:], prof.stride(0), prof.stride(1),
+            spread[s0:], B, T, C, K=K, O=O, HAS_BIDX=batch.b_index is not None, DT=dt, BLOCK=block, **slots)
+    count = batch.last + (last_b - batch.edit + 1).clamp(min=0)
+    return vals, prof, spread, count
+
+
+@triton.jit(do_not_specialize=["n_seg"])
+def _group_sums_kernel(X, stride_xb, stride_xs, PERM, SEG, n_seg, SHIFT, stride_shift,
+                       N, S1, S2, stride_l, stride_g, R, BLOCK: tl.constexpr):
+    s = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cm = cols < R
+    s64 = s.to(tl.int64)
+    shift = tl.load(SHIFT + s64 * stride_shift + cols, mask=cm, other=0.0).to(tl.float64)
+    xs = X + s64 * stride_xs
+    for k in range(n_seg):
+        lo = tl.load(SEG + 3 * k)
+        hi = tl.load(SEG + 3 * k + 1)
+        g = tl.load(SEG + 3 * k + 2)
+        n = tl.zeros([BLOCK], tl.float64)
+        s1 = tl.zeros([BLOCK], tl.float64)
+        s2 = tl.zeros([BLOCK], tl.float64)
+        for j in range(lo, hi):
+            p = tl.load(PERM + j)
+            x = tl.load(xs + p * stride_xb + cols, mask=cm, other=0.0)
+            ok = x == x  # NaN: no value
+            y = tl.where(ok, x.to(tl.float64) - shift, 0.0)
+            n += ok.to(tl.float64)
+            s1 += y
+            s2 += y * y
+        off = s64 * stride_l + g * stride_g + cols
+        tl.store(N + off, tl.load(N + off, mask=cm, other=0.0) + n, mask=cm)
+        tl.store(S1 + off, tl.load(S1 + off, mask=cm, other=0.0) + s1, mask=cm)
+        tl.store(S2 + off, tl.load(S2 + off, mask=cm, other=0.0) + s2, mask=cm)
+
+
+def segments(batch, n_groups: int) -> tuple[Tensor, Tensor, int]:
+    """The batch's pairs ordered by group (``perm``) and one segment per group present
+    (``[lo, hi, group]`` rows into ``perm``), from the host copy of the groups: no device sync."""
+    g = batch.host_group if batch.host_group is not None else batch.group.cpu()
+    perm = torch.argsort(g, stable=True)
+    gs = g[perm]
+    lo = torch.nonzero(torch.diff(gs, prepend=gs[:1] - 1))[:, 0]
+    hi = torch.cat([lo[1:], torch.tensor([len(gs)])])
+    seg = torch.stack([lo, hi, gs[lo]], 1).to(torch.int64).contiguous()
+    dev = batch.group.device
+    if dev.type == "cuda":  # pinned, asynchronous: the host does not wait for the streams
+        perm, seg = perm.pin_memory(), seg.pin_memory()
+    return perm.to(dev, non_blocking=True), seg.to(dev, non_blocking=True), len(lo)
+
+
+def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024) -> None:
+    """``Sums.add_grouped_`` through Triton: fold per-pair values ``x`` [B, S, *R] (NaN = no value)
+    into layers ``lo:lo + S`` of a grouped state [L, G, *R], in place. Each program owns a block of
+    elements for every group, so the float64 sums are deterministic and need no atomics."""
+    perm, seg_t, n_seg = seg
+    B, S = x.shape[:2]
+    R = x[0, 0].numel()
+    x = x.reshape(B, S, R)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    G = sums.n.shape[1]
+    # views into the state (``view`` fails rather than copy: the kernel writes through them)
+    n, s1, s2 = (t[lo:lo + S].view(S, G, R) for t in (sums.n, sums.s1, sums.s2))
+    shift = sums.shift[lo:lo + S].view(S, R)
+    grid = (S, triton.cdiv(R, block))
+    _group_sums_kernel[grid](x, x.stride(0), x.stride(1), perm, seg_t, n_seg, shift, shift.stride(0),
+                             n, s1, s2, n.stride(0), n.stride(1), R, BLOCK=block)
+    sums.touched()
