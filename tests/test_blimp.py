@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+import interp
 from interp import results as R
 from interp.pairs import load_pairs, validate_pairs
 from interp.pairs import blimp as B
@@ -228,6 +229,6 @@ def test_a_tiny_run_on_two_paradigms_writes_the_blimp_tables_manifest_note_and_s
     m = R.read_manifest(out)
     assert m["notes"]["blimp"]["tables"] == ["blimp_paradigms.parquet", "blimp_phenomena.parquet"]
     assert "one-token-edit" in m["notes"]["blimp"]["accuracy_scope"]
-    printed = capsys.readouterr().out
+    printed = interp.load_run(out).summary()  # what the command prints
     assert "BLiMP error detection" in printed and "98.8%" in printed and "human 88.6%" in printed
 

@@ -1,0 +1,89 @@
+"""``python -m interp.run`` as a user meets it: the reference run's numbers bit for bit, and every
+known mistake answered with one line on stderr and exit code 2, before any model loads and without
+leaving a run dir behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, tokenizer_overrides
+from tests.golden.digest import digest
+
+# The command whose digests tests/golden/tiny.json recorded before the library restructuring
+GOLDEN = ["model=tiny", "pairs=all", "pairs.limit=3", "hooks.points=[resid_post,attn_out,z,mlp_post]",
+          "device=cpu", "dtype=float32", "analysis.figures=false", "progress=false", "analysis.n_saved_pairs=2"]
+
+
+def _cli(args, tmp_path, env_extra=None):
+    env = {**os.environ, "INTERP_CACHE_DIR": str(tmp_path / "cache"), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "interp.run", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.skipif(bool(tokenizer_overrides()), reason="the reference run uses the embedded tokenizer")
+def test_the_reference_run_is_bit_identical_to_before_the_restructuring(tmp_path):
+    env = {"INTERP_CACHE_DIR": os.environ.get("INTERP_CACHE_DIR", os.path.expanduser("~/.cache/interp"))}
+    p = _cli([*GOLDEN, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = digest(tmp_path / "run")
+    want = json.loads((REPO / "tests" / "golden" / "tiny.json").read_text())
+    for key in ("config", "config_hash"):  # the typed schema added keys (hooks.layers...): not numbers
+        got["manifest"].pop(key)
+    assert got == want
+
+
+MISTAKES = [
+    (["analysis.nope=1"], "Could not override 'analysis.nope'"),
+    (["pairs=file", "pairs.path=/nonexistent/pairs.jsonl"], "pairs.path=/nonexistent/pairs.jsonl: no such file"),
+    (["pairs=file"], "pairs=file needs pairs.path=FILE"),
+    (["pairs=file", "pairs.path={tmp}"], "not a file"),
+    (["pairs=file", "pairs.path={tmp}/pairs.parquet"], "unknown file type '.parquet'"),
+    (["analysis.positions=[middle]"], "analysis.positions='middle' is not one of edit, last, after"),
+    (["analysis.backend=gpu"], "analysis.backend='gpu' is not one of auto, bridge, hf"),
+    (["batch_size=-4"], "batch_size=-4 must be a whole number >= 1"),
+    (["analysis.controls.n=-1"], "analysis.controls.n=-1 must be a whole number >= 0"),
+    (["batch_size=many"], "batch_size=many"),
+    (["hooks.points=[resid_posts]"], "hooks.points='resid_posts' is not one of"),
+    (["model=hf"], "model=hf needs model.name=ORG/NAME"),
+    (["pairs=nope"], "Could not find 'pairs/nope'"),
+    (["-m", "pairs=grammar,semantic", "batch_size=0"], "batch_size=0 must be a whole number >= 1"),
+]
+
+
+@pytest.mark.parametrize("args,message", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_a_mistake_is_one_line_and_exit_2_before_the_model_loads(tmp_path, args, message):
+    (tmp_path / "pairs.parquet").write_bytes(b"PAR1")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    run_dir = tmp_path / "run"
+    p = _cli([*args, f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interp.run: error: "), p.stderr
+    assert message in lines[0]
+    assert "Traceback" not in p.stderr
+    assert not run_dir.exists() and not (tmp_path / "sweep").exists()  # no empty run dir
+    assert not (tmp_path / "cache").exists()  # the embedded model was not even converted
+
+
+def test_hooks_layers_works_as_the_readme_shows(tmp_path):
+    p = _cli(["model=tiny", "pairs=grammar", "pairs.limit=1", "hooks.layers=[1]", "device=cpu", "dtype=float32",
+              "analysis.figures=false", "progress=false", *tokenizer_overrides(), f"hydra.run.dir={tmp_path / 'r'}"],
+             tmp_path, {"INTERP_CACHE_DIR": os.environ.get("INTERP_CACHE_DIR",
+                                                           os.path.expanduser("~/.cache/interp"))})
+    assert p.returncode == 0, p.stderr[-2000:]
+    import pandas as pd
+
+    assert set(pd.read_parquet(tmp_path / "r" / "stability.parquet")["layer"]) == {1}
+    assert "run dir:" in p.stdout
+
+
+def test_help_says_what_the_command_does():
+    p = subprocess.run([sys.executable, "-m", "interp.run", "--help"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0
+    assert "python -m interp.run" in p.stdout and "analysis:" in p.stdout and "hooks.layers" in p.stdout
