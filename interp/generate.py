@@ -47,6 +47,7 @@ scrubbed of it, error messages included).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -494,6 +495,8 @@ def check(cfg: DictConfig) -> tuple[str, list[tuple[str, str, str, list]]]:
         raise GenerateError(
             f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=... (the key of the API at base_url) "
             "and run again. The key is read from the environment only, never from the config.")
+    if importlib.util.find_spec("openai") is None:
+        raise GenerateError("the openai package is not installed: pip install 'interp[generate]'")
     specs = _category_specs(cfg)
     _positive_int(cfg, "n_pairs")
     _positive_int(cfg, "pairs_per_request")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from interp import merge, model, shards
 
@@ -123,3 +124,15 @@ def test_generate_user_errors_are_one_line_exit_2_and_leave_no_run_dir(args, say
     assert r.returncode == 2, r.stdout + r.stderr
     assert says in _one_line_error(r.stderr, "interp.generate")
     assert not list(tmp_path.iterdir()), list(tmp_path.rglob("*"))
+
+
+def test_generate_without_openai_names_the_extra_to_install(monkeypatch):
+    import importlib.util
+
+    from interp import generate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openai" else real(name, *a))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    with pytest.raises(generate.GenerateError, match=r"pip install 'interp\[generate\]'"):
+        generate.check(OmegaConf.create({"categories": ["tense"]}))

@@ -93,6 +93,20 @@ def test_the_wheel_holds_the_package_configs_and_data_and_nothing_else(wheel, so
         assert f"interp-{name} = interp." in scripts, name
 
 
+def test_the_core_modules_import_no_optional_extra(outside):
+    """flask, circuitsvis (viewer), kaleido (png) and openai (generate) are extras: what a run, the
+    API and the other commands import at module level must not need them."""
+    cwd, env = outside
+    extras = ["flask", "circuitsvis", "kaleido", "openai"]
+    core = ["interp", "interp.run", "interp.api", "interp.result", "interp.patch", "interp.figures",
+            "interp.compare", "interp.merge", "interp.shards", "interp.generate"]
+    code = (f"import importlib, sys\nfor m in {core!r}: importlib.import_module(m)\n"
+            f"print(sorted({{k.split('.')[0] for k in sys.modules}} & set({extras!r})))")
+    r = _sh([sys.executable, "-c", code], cwd, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "[]"
+
+
 def test_the_installed_wheel_is_what_runs_outside_the_checkout(outside, site):
     cwd, env = outside
     r = _sh([sys.executable, "-c", "import interp, interp.config as c; print(interp.__file__); print(c.conf_dir())"],
