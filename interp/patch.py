@@ -404,10 +404,36 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
 
 # ------------------------------------------------------------------------------------- main
 
+def check_config(cfg: DictConfig) -> Path:
+    """Check the settings that need no model (run dir, modes, positions, sizes) and return the run
+    dir; raise ``RunDirError`` or ``ConfigError`` (one line) at the first problem."""
+    from . import patching as P
+    from .config import POSITION_MODES, ConfigError
+
+    run_dir = check_run_dir(None if OmegaConf.is_missing(cfg, "run") else cfg.run)
+    a, p = cfg.ablation, cfg.patching
+    checks = [
+        ("position", [cfg.position], POSITION_MODES), ("ablation.modes", a.modes, P.MODES),
+        ("ablation.where", a.where, P.WHERE), ("ablation.selections", a.selections, SELECTION_KINDS),
+        ("patching.resid", [p.resid], ("resid_pre", "resid_post")),
+        ("patching.directions", p.directions, ("denoising", "noising")),
+        ("patching.metrics", p.metrics, ("margin", "logprob")),
+    ]
+    for key, values, allowed in checks:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    for key, value in (("k", min(cfg.k, default=1)), ("batch_size", cfg.batch_size), ("ablation.seeds", a.seeds),
+                       ("patching.n_pairs", p.n_pairs), ("patching.rows_per_pass", p.rows_per_pass)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be a whole number >= 1")
+    return run_dir
+
+
 def patch(cfg: DictConfig) -> dict:
     """Run the causal tests of ``cfg.run``; write ``RUN/causal``; return paths and tables."""
     t0 = time.time()
-    run_dir = check_run_dir(None if OmegaConf.is_missing(cfg, "run") else cfg.run)
+    run_dir = check_config(cfg)
     out_dir = Path(cfg.out) if cfg.get("out") else run_dir / CAUSAL
     man = R.read_manifest(run_dir)
     rcfg = man["config"]
@@ -416,7 +442,8 @@ def patch(cfg: DictConfig) -> dict:
     R.write_json(out_dir / "manifest.json", {"status": "running", "run_dir": str(run_dir.resolve()),
                                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
-    from .runner import get_model, versions
+    from .run import get_model
+    from .run.manifest import versions
 
     mcfg = OmegaConf.create({"model": rcfg["model"], "device": cfg.device or rcfg.get("device", "auto"),
                              "dtype": cfg.dtype or rcfg.get("dtype", "auto")})
@@ -527,12 +554,27 @@ def print_summary(result: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
-@hydra.main(config_path="../conf", config_name="patch", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _conf() -> str:
+    from .config import conf_dir
+
+    return str(conf_dir())
+
+
+@hydra.main(config_path=_conf(), config_name="patch", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from .cli import fail
+    from .config import ConfigError
+    from .model import ModelLoadError
+
     try:
         patch(cfg)
-    except RunDirError as err:
-        raise SystemExit(f"error: {err}") from None
+    except (RunDirError, ConfigError, ModelLoadError) as err:
+        fail("interp.patch", str(err))
+
+
+def main() -> None:
+    """``python -m interp.patch run=RUN_DIR ...`` (console script ``interp-patch``); ``--help`` lists the keys."""
+    _hydra_main()
 
 
 if __name__ == "__main__":

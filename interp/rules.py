@@ -18,7 +18,7 @@ def stable_mask(stab: pd.DataFrame, alpha: float) -> pd.Series:
     controls (no ``q_value`` column) nothing is stable."""
     if "q_value" not in stab:
         return pd.Series(False, index=stab.index)
-    massive = stab["massive"].astype(bool) if "massive" in stab else False
+    massive = stab["massive"].fillna(False).astype(bool) if "massive" in stab else False
     return (stab["q_value"] < alpha) & (stab["t_stat"] < 0) & ~massive
 
 
