@@ -189,12 +189,12 @@ class Result:
         timings = dict(self.manifest.get("timings", {}))
         timings["write_s"] = time.time() - t0
         figure_info = {}
-        if acfg.get("figures", True) if figures is None else figures:
+        if acfg["figures"] if figures is None else figures:
             t = time.time()
             from .figures import write_run_figures
 
             figure_info = write_run_figures(out, self.stability, self.pairs, top_k=int(acfg["top_k"]),
-                                            png=bool(acfg.get("png", True) if png is None else png))
+                                            png=bool(acfg["png"] if png is None else png))
             timings["figures_s"] = time.time() - t
         if "total_s" in timings:  # the analysis's own time, plus writing
             timings["total_s"] += time.time() - t0

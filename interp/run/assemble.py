@@ -45,14 +45,13 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
     acfg = cfg.analysis
     groups = stats.groups
     pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
-    mcfg = acfg.get("massive", {})
-    table_kw = {"massive_factor": float(mcfg.get("factor", 20)), "massive_cv": float(mcfg.get("max_cv", 0.25))}
+    table_kw = {"massive_factor": float(acfg.massive.factor), "massive_cv": float(acfg.massive.max_cv)}
     tables: dict = {"pairs": pairs_df, "stability": lambda: stats.table(**table_kw)}
     if len(groups) > 1:
         tables["stability_by_category"] = lambda: pd.concat(
             [stats.table(group=g, **table_kw).assign(category=g) for g in groups], ignore_index=True)
     notes: dict = {}
-    sides = contrast_sides(acfg.get("contrast"), facts["group_types"], groups)
+    sides = contrast_sides(acfg.contrast, facts["group_types"], groups)
     if isinstance(sides, str):
         notes["contrast"] = sides
     elif sides:

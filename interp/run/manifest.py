@@ -75,7 +75,7 @@ def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_ro
             "resumed_from_batch": facts["resumed_from_batch"], **facts["inspect"],
         },
         "controls": {"n": n_controls, "seed": int(cfg.seed),
-                     "pool": (("words" if acfg.controls.get("words") else acfg.controls.get("pool", "common"))
+                     "pool": (("words" if acfg.controls.words else acfg.controls.pool)
                               if n_controls else None),
                      "test": CONTROL_TEST},
         "notes": notes,

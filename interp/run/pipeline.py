@@ -199,11 +199,11 @@ def build_controls(cfg: DictConfig, tokenizer, kept, indices: list[int]) -> list
     """Control sentences (token ids) of the kept pairs at ``indices``; None without controls.
     The pool is drawn from the whole pair set, so shards agree on it."""
     acfg = cfg.analysis
-    n = int(acfg.controls.n) if acfg.get("controls") else 0
+    n = int(acfg.controls.n)
     if not n:
         return None
-    pool = make_pool(tokenizer, acfg.controls.get("pool", "common"), int(acfg.controls.pool_size),
-                     acfg.controls.get("words"), [tp for _, tp in kept])
+    pool = make_pool(tokenizer, acfg.controls.pool, int(acfg.controls.pool_size), acfg.controls.words,
+                     [tp for _, tp in kept])
     out = []
     for i in indices:
         p, tp = kept[i]
@@ -223,10 +223,10 @@ def chunk_layers(value, device) -> int:
 def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:
     acfg = cfg.analysis
     return DiffStats(sites, groups, list(acfg.positions), device,
-                     n_controls=int(acfg.controls.n) if acfg.get("controls") else 0,
-                     max_offset=int(acfg.get("max_offset", 15)), detail_pairs=int(acfg.get("detail_pairs", 0)),
-                     detail_k=int(acfg.get("detail_k", 5)), chunk=chunk_layers(acfg.get("chunk_layers", "auto"), device),
-                     fused=use_fused(acfg.get("fused", "auto"), device))
+                     n_controls=int(acfg.controls.n),
+                     max_offset=int(acfg.max_offset), detail_pairs=int(acfg.detail_pairs),
+                     detail_k=int(acfg.detail_k), chunk=chunk_layers(acfg.chunk_layers, device),
+                     fused=use_fused(acfg.fused, device))
 
 
 
@@ -244,8 +244,8 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
 
     t = time.time()
     kept, rejected = validate_pairs(pair_set.pairs, lm.tokenizer, max_tokens=int(cfg.max_tokens),
-                                    alignment=str(cfg.pairs.get("alignment") or "strict"),
-                                    max_edit_tokens=int(cfg.pairs.get("max_edit_tokens", 4)))
+                                    alignment=str(cfg.pairs.alignment),
+                                    max_edit_tokens=int(cfg.pairs.max_edit_tokens))
     problems: list[Problem] = list(pair_set.problems)
     timings["pairs_s"] = timings.get("pairs_s", 0.0) + time.time() - t
     rejected_rows = [dict(vars(p)) for p in problems + rejected]
@@ -280,7 +280,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
 
     pair_ids = [p.pair_id for p, _ in kept]
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
-               disable=not cfg.get("progress", True), desc="pairs", file=sys.stderr)
+               disable=not cfg.progress, desc="pairs", file=sys.stderr)
     model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites], n_pairs=len(mine))
     pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.overlap), model=model)
     for bi in range(start, len(batches)):
