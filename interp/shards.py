@@ -33,7 +33,7 @@ def _last_line(log: Path) -> str:
     return re.sub(r"^\S+: error: ", "", lines[-1]) if lines else "(empty log)"
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
     ap = Parser("interp.shards", __doc__)
     ap.add_argument("--n", type=positive_int, required=True, metavar="N", help="number of shards (processes)")
     ap.add_argument("--out", required=True, metavar="DIR", help="folder for shard_i/, shard_i.log and merged/")
@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> Path:
                       "shard_forward_s": [round(f, 3) for f in forward],
                       "forward_pairs_per_s": round(kept / max(forward), 2),
                       "wall_pairs_per_s": round(kept / wall, 2), "merged": str(merged)}), flush=True)
-    return merged
 
 
 if __name__ == "__main__":
