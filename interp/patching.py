@@ -1,6 +1,6 @@
 """Causal tests of components: ablation and activation patching on minimal pairs (TransformerLens hooks).
 
-Stability (``interp.analysis``) says which components barely change between the two sentences of a
+Stability (``interp.stats``) says which components barely change between the two sentences of a
 pair. This module asks what those components *do*, by intervening on them during the forward pass.
 
 Ablation

@@ -10,6 +10,7 @@ import torch
 
 from interp import kernels
 from interp.backends import analysis_model
+from interp.backends.base import Forward
 from interp.backends.hf import PlainModel, UnsupportedHook, supported, twin
 from interp.engine import forward, make_batches
 from interp.hooks import HOOK_POINTS
@@ -110,6 +111,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
         model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
     assert model is tiny_lm.bridge and facts["why_bridge"].startswith("hooks are attached to the bridge")
+    assert isinstance(tiny_lm.plain, Forward) and isinstance(model, Forward)  # what the batch loop runs
     model, facts = analysis_model(tiny_lm, acfg, ["blocks.0.attn.hook_pattern"])
     assert model is tiny_lm.bridge and "needs the bridge" in facts["why_bridge"]
     _, facts = analysis_model(tiny_lm, acfg, names[:1], n_pairs=5000)  # a large CPU run compiles
@@ -354,3 +356,34 @@ def test_the_first_input_as_a_keyword_is_hooked_too(tiny_lm):
     assert torch.equal(seen["x"], x)
     ref = layer(hidden_states=torch.zeros_like(x), position_embeddings=emb, attention_mask=None)
     torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, ref[0] if isinstance(ref, tuple) else ref)
+
+
+def test_the_statistics_on_the_cpu_never_import_triton():
+    """Importing interp (the run, the backends, patching) and taking the statistics of a batch on the
+    CPU (no fused statistics) leaves Triton unloaded: only the kernels import it. (A Hugging Face
+    model class loads it through ``torch._dynamo``; that is PyTorch's doing, not ours.)"""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+import interp, interp.stats, interp.backends, interp.patching, interp.run
+from interp import kernels
+from interp.hooks import resolve
+from interp.kernels import attention
+from interp.stats import DiffStats
+from tests.test_fused import activations, consume, make_batch
+assert attention.resolve("auto", "cpu") == "eager" and not kernels.use_fused("auto", "cpu")
+sites = resolve(["resid_post", "mlp_out"], 2)
+stats = DiffStats(sites, ["g0", "g1", "g2"], n_controls=1, fused=False)
+batch = make_batch(5, 7, 1, False, "cpu")
+consume(stats, batch, {s.name: activations(batch, 16, seed=i) for i, s in enumerate(sites)})
+assert len(stats.table())
+print("triton" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

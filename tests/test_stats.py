@@ -114,3 +114,52 @@ def test_sums_keep_the_spread_of_a_massive_component():
     for chunk in x.split(64):
         st.add_grouped_(0, chunk, torch.zeros(len(chunk), dtype=torch.long), 1)
     np.testing.assert_allclose(float(st.std[0, 0, 0]), x.double().numpy().std(ddof=1), rtol=1e-3)
+
+
+# ---------------------------------------------------------------- the registry of statistics
+
+def _table(K: int, **kw):
+    from interp.hooks import resolve
+    from interp.stats import DiffStats
+    from tests.test_fused import activations, consume, make_batch
+
+    sites = resolve(["resid_post", "z"], 2)
+    b = make_batch(7, 9, K, False, "cpu", seed=1)
+    stats = DiffStats(sites, ["g0", "g1", "g2"], n_controls=K, max_offset=3, **kw)
+    acts = {s.name: activations(b, 32, shape_tail=(4, 8) if s.point == "z" else None, seed=i)
+            for i, s in enumerate(sites)}
+    return consume(stats, b, acts), b, acts
+
+
+def test_the_stability_table_has_the_registry_columns_in_order():
+    from interp.stats import registry as reg
+
+    for K in (0, 2):
+        stats, _, _ = _table(K)
+        df = stats.table()
+        want = (["hook", "hook_name", "layer", "component", "position"] + [c.name for c in reg.columns(K, "site")]
+                + ["head", "head_dim"] + [c.name for c in reg.columns(K, "table")])
+        assert list(df.columns) == want
+        assert stats.channels == reg.channel_names(K) and reg.channel_names(0) == reg.channel_names(K)[:2]
+        offered = [c for c in reg.value_columns() if c in df.columns]
+        assert offered[0] == "normalized" and ("p_value" in offered) == bool(K)
+    assert set(reg.value_columns()) <= set(df.columns)  # a run with controls has every value column
+    assert set(df["hook"]) == {"resid_post", "z", "z_head"}
+
+
+def test_a_statistic_added_to_the_registry_reaches_the_table(monkeypatch):
+    """One channel and one column: DiffStats accumulates the new per-pair value and the table shows it."""
+    from interp.stats import registry as reg
+
+    sq = reg.Channel("sq", "(a - b)^2", lambda v: v.diff * v.diff)
+    monkeypatch.setattr(reg, "CHANNELS", reg.CHANNELS[:2] + (sq,) + reg.CHANNELS[2:])
+    monkeypatch.setattr(reg, "COLUMNS", reg.COLUMNS + (reg.Column("mean_sq_diff", "mean (a - b)^2",
+                                                                   lambda m: m.mean("sq")),))
+    stats, b, acts = _table(2)
+    df = stats.table()
+    rows = df[(df.hook == "resid_post") & (df.layer == 1) & (df.position == "edit")]
+    x = acts["blocks.1.hook_resid_post"].double()
+    B, ar = b.size, torch.arange(b.size)
+    d = x[ar, b.edit] - x[B + ar, b.edit]  # [B, C]: a - b at the edit
+    np.testing.assert_allclose(rows["mean_sq_diff"].to_numpy(), (d * d).mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(rows["mean_abs_diff"].to_numpy(), d.abs().mean(0).numpy(), rtol=1e-5)
