@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import config as _config  # noqa: F401  registers the typed config schema with Hydra's ConfigStore
 from .result import Result, load_run
 
 __version__ = "0.1.0"

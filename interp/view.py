@@ -66,7 +66,10 @@ def serve(args: argparse.Namespace) -> None:
         _fail(f"--runs {root}: no such folder")
     if (root / "manifest.json").is_file():
         root = root.resolve().parent
-    from .viewer import create_app
+    try:
+        from .viewer import create_app
+    except ImportError as err:  # flask or circuitsvis: the viewer extra
+        _fail(f"the viewer needs {err.name or 'flask'}: pip install 'interp[viewer]'")
 
     app = create_app(root, decode_tokens=not args.no_tokenizer)
     print(f"interp viewer: runs under {root.resolve()} at http://{args.host}:{args.port}/", flush=True)
@@ -82,6 +85,10 @@ def export(args: argparse.Namespace) -> None:
         _fail(f"{run_dir}: not a run dir (no manifest.json)")
     from .figures import export_figures
 
+    try:
+        import kaleido  # noqa: F401  PNG export
+    except ImportError:
+        _fail("PNG export needs kaleido: pip install 'interp[png]' (and Chromium)")
     paths = export_figures(run_dir, args.out, width=args.width)
     for p in paths:
         print(p)

@@ -30,6 +30,9 @@ RUN = ["model=tiny", "pairs=grammar", "pairs.limit=2", "hooks=resid_post", "devi
 # Each command writes a run dir at {out}; a new way to make one (the Python API...) is one more line.
 COMMANDS = {
     "cli": [sys.executable, "-m", "interp.run", *RUN, "hydra.run.dir={out}"],
+    "api": [sys.executable, "-c", "import interp; interp.analyze(interp.load_model('tiny', device='cpu', "
+            "dtype='float32'), [('She is good at math.', 'She is good in math.'), ('They bought an old car.', "
+            "'They bought a old car.')], figures=False).save(r'{out}')"],
 }
 
 

@@ -87,3 +87,48 @@ def test_help_says_what_the_command_does():
                        timeout=120)
     assert p.returncode == 0
     assert "python -m interp.run" in p.stdout and "analysis:" in p.stdout and "hooks.layers" in p.stdout
+
+
+def test_main_takes_the_overrides_as_a_list_in_process(tmp_path, monkeypatch, capsys):
+    """A notebook's sys.argv (``-f kernel.json``) is not read when the overrides are given."""
+    from interp.run import main
+
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/tmp/kernel.json"])
+    main(["model=tiny", "pairs=grammar", "pairs.limit=1", "hooks=resid_post", "device=cpu", "dtype=float32",
+          "analysis.figures=false", "progress=false", *tokenizer_overrides(), f"hydra.run.dir={tmp_path / 'r'}"])
+    assert (tmp_path / "r" / "manifest.json").exists()
+    assert sys.argv == ["ipykernel_launcher.py", "-f", "/tmp/kernel.json"]
+    assert "run dir:" in capsys.readouterr().out
+
+
+def test_run_takes_a_bridge_the_caller_holds(tmp_path, tiny_lm, tiny_cfg):
+    from omegaconf import open_dict
+
+    from interp.run import run
+
+    cfg = tiny_cfg.copy()
+    with open_dict(cfg):
+        cfg.pairs.limit, cfg.analysis.figures = 1, False
+    out = run(cfg, tmp_path / "r", lm=tiny_lm.bridge)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["forward"]["backend"] == "bridge"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run=/nonexistent"], "run directory /nonexistent does not exist"),
+    (["run={run}", "ablation.modes=[foo]"], "ablation.modes: 'foo' is not one of mean, resample, zero"),
+    (["run={run}", "k=[0]"], "k=0 must be a whole number >= 1"),
+])
+def test_patch_mistakes_are_one_line_and_exit_2_before_the_model_loads(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for f in ("manifest.json", "pairs.parquet", "stability.parquet"):
+        (run_dir / f).write_text("{\"status\": \"complete\"}" if f == "manifest.json" else "")
+    args = [a.replace("{run}", str(run_dir)) for a in args]
+    env = {**os.environ, "INTERP_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.run([sys.executable, "-m", "interp.patch", *args], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interp.patch: error: ") and message in lines[0], p.stderr
+    assert not (run_dir / "causal").exists() and not (tmp_path / "cache").exists()

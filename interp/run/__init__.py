@@ -51,7 +51,11 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     import torch
 
     torch.manual_seed(int(cfg.seed))
-    lm = lm or get_model(cfg)
+    if lm is None:
+        lm = get_model(cfg)
+    else:  # a model the caller holds: the loader's, a TransformerBridge, or (hf_model, tokenizer)
+        from ..api import as_loaded_model
+        lm = as_loaded_model(lm, cfg.model.get("bos_token"))
     timings["load_model_s"] = time.time() - t0
     t = time.time()
     pair_set = load_pairs(cfg.pairs)
@@ -66,8 +70,8 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     return result
 
 
-def main() -> None:
-    """``python -m interp.run``: see ``interp.run.cli``."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m interp.run`` (``argv``: the overrides; default ``sys.argv[1:]``): see ``interp.run.cli``."""
     from .cli import main as cli_main
 
-    cli_main()
+    cli_main(argv)

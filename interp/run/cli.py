@@ -96,8 +96,16 @@ def _hydra_main(cfg: DictConfig) -> None:
     print(result.summary(), flush=True)
 
 
-def main() -> None:
-    """The command: check every job's config, then let Hydra run (and sweep) ``interp.run.run``."""
+def main(argv: list[str] | None = None) -> None:
+    """The command: check every job's config, then let Hydra run (and sweep) ``interp.run.run``.
+    ``argv`` (the overrides, as on the command line) replaces ``sys.argv[1:]``, so a notebook can
+    call ``interp.run.main(["pairs=grammar"])`` (there ``interp.analyze`` is the better fit)."""
+    if argv is not None:
+        saved, sys.argv = sys.argv, [sys.argv[0] if sys.argv else NAME, *argv]
+        try:
+            return main()
+        finally:
+            sys.argv = saved
     try:
         precheck(sys.argv[1:])
     except ConfigError as err:

@@ -29,7 +29,7 @@ from ..result import Result
 from ..stats import DiffStats
 from ..rules import correct
 from .assemble import assemble
-from .checkpoint import Checkpoint, combine_forward
+from .checkpoint import Checkpoint, RunConfigMismatch, combine_forward
 from .inspect import capture_inspection
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from flask import abort
 
+from ..hooks import HOOK_POINTS, PATTERN
 from .. import results as R
 from ..figures.common import hook_sort_key, values
 
@@ -35,13 +36,8 @@ PATCHING = "causal/patching.parquet"
 RUN_SUBDIRS = {"causal", "figures", "checkpoint"}  # folders of a run dir that are never run dirs
 FILE_DIRS = ("figures", "causal/figures")  # folders of a run dir whose files are served as they are
 
-HOOK_TEMPLATES = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre", "resid_mid": "blocks.{layer}.hook_resid_mid",
-    "resid_post": "blocks.{layer}.hook_resid_post", "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out", "z": "blocks.{layer}.attn.hook_z",
-    "mlp_post": "blocks.{layer}.mlp.hook_post",
-}
-PATTERN_TEMPLATE = "blocks.{layer}.attn.hook_pattern"
+HOOK_TEMPLATES = {p.point: p.template for p in HOOK_POINTS.values()}  # from the one hook-point table
+PATTERN_TEMPLATE = PATTERN.template
 
 
 class _LRU:
