@@ -8,7 +8,7 @@ on random q, k, v in the run's dtype, ``rows`` sentences of ``tokens`` tokens wi
 additive mask, the last quarter of the sentences with their first keys masked too (the mask path
 for every key, as left padding would give; the toolkit pads on the right, where causality alone hides
 the padding):
-Hugging Face's ``eager`` and ``sdpa`` functions and ``interp.attention``'s ``short`` (the Triton
+Hugging Face's ``eager`` and ``sdpa`` functions and ``interp.kernels.attention``'s ``short`` (the Triton
 kernel on CUDA; eager attention on the CPU), each uncompiled and under ``torch.compile`` (as the
 compiled tree runs them). Prints one JSON line:
 milliseconds per call, each compiled kernel's speed relative to compiled eager, the largest

@@ -8,7 +8,7 @@ In one process and on the same padded batches (sentence a, sentence b and the co
 of every pair, exactly the rows ``interp.run`` feeds the model), it times:
 
 1. ``bare``: the Hugging Face model as loaded (its own module tree, untouched by the bridge, which
-   replaces the modules of the model it wraps; ``interp.plain`` keeps a second tree sharing the
+   replaces the modules of the model it wraps; ``interp.backends.hf`` keeps a second tree sharing the
    weights), no hooks, logits discarded, with Hugging Face's default attention kernel (``sdpa``);
    ``bare_eager`` the same with eager attention;
 2. ``bridge``: the TransformerBridge forward pass, no hooks; ``hf_in_bridge``: the Hugging Face
@@ -96,7 +96,7 @@ def new_stats(cfg, lm, groups, n_controls) -> DiffStats:
 
 def bare_model(lm, attn: str = "sdpa"):
     """The Hugging Face model as loaded, with attention kernel ``attn``, no hooks: a module tree
-    of its own that shares the loaded weights (``interp.plain.twin``)."""
+    of its own that shares the loaded weights (``interp.backends.hf.twin``)."""
     from interp.backends.hf import PlainModel, twin
 
     if lm.plain is None:

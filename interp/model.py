@@ -1,4 +1,4 @@
-"""Loading a Llama-family model as a TransformerLens ``TransformerBridge``.
+"""Loading a model as a TransformerLens ``TransformerBridge`` (with its plain Hugging Face twin).
 
 Three sources, chosen by ``model.source`` in the Hydra config:
 
@@ -9,7 +9,10 @@ Three sources, chosen by ``model.source`` in the Hydra config:
 - ``random``: the architecture of a ``LlamaConfig`` with seeded random weights (``tiny`` for tests,
   ``llama3_8b_shape`` for benchmarks). It borrows the tokenizer of another model config.
 
-Before the bridge boots, ``interp.plain`` builds a second, untouched module tree of the model that
+``wrap_model`` takes a model the caller already holds (a Hugging Face model with its tokenizer, or a
+TransformerBridge) for ``interp.analyze``.
+
+Before the bridge boots, ``interp.backends.hf`` builds a second, untouched module tree of the model that
 shares its weight tensors (``LoadedModel.plain``): the analysis runs it with plain PyTorch hooks and
 its own attention kernel and ``torch.compile`` when no hook needs the bridge, and benchmarks time
 it as the bare model.
@@ -58,7 +61,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     info: dict = field(default_factory=dict)
-    plain: Any = None  # interp.plain.PlainModel: the untouched HF module tree (shared weights), or None
+    plain: Any = None  # interp.backends.hf.PlainModel: the untouched HF module tree (shared weights), or None
     plain_reason: str | None = None  # why there is no plain module tree
     model_config: Any = None  # the ``model`` config it was loaded from (None: a model the caller built)
 
@@ -183,13 +186,13 @@ def hub_failure(err: BaseException) -> str:
     """Why a hub load failed: ``missing`` (no such repository, or no access), ``invalid`` (not a
     hub name), ``offline`` (the hub could not be reached and nothing is cached), or ``other``."""
     kinds = _error_kinds(err)
-    if kinds & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "EntryNotFoundError"}:
+    if kinds & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "gaierror",
+                "ConnectTimeout", "TimeoutException", "Timeout"}:  # before "missing": it subclasses EntryNotFoundError
+        return "offline"
+    if kinds & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"}:
         return "missing"
     if "HFValidationError" in kinds:
         return "invalid"
-    if kinds & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "gaierror",
-                "ConnectTimeout", "TimeoutException", "Timeout"}:
-        return "offline"
     return "other"
 
 
@@ -330,7 +333,7 @@ def _finish(bridge, hf_model, tokenizer, name: str, source: str, bos: str | None
 
 def _plain_twin(hf_model, mcfg):
     """The Hugging Face module tree as loaded, sharing its weights, built before the bridge
-    replaces the modules of ``hf_model`` (``interp.plain``); (None, reason) where that is not
+    replaces the modules of ``hf_model`` (``interp.backends.hf``); (None, reason) where that is not
     possible or would not compute what the bridge's hooks see."""
     from .backends.hf import PlainModel, twin, why_not
 

@@ -63,24 +63,31 @@ def smol_lm():
     return load_model(cfg.model, "cpu", "float32")
 
 
+# One-token edits under the SmolLM2 tokenizer, of two categories and types: (a, b, category, type)
+PAIR_ROWS = [
+    ('She is good at math.', 'She is good in math.', 'preposition', 'grammar'),
+    ('She ate an apple today.', 'She ate a apple today.', 'article', 'grammar'),
+    ('He is afraid of dogs at night.', 'He is afraid from dogs at night.', 'preposition', 'grammar'),
+    ('They bought an old car.', 'They bought a old car.', 'article', 'grammar'),
+    ('She loves coffee.', 'He loves coffee.', 'subject', 'semantic'),
+    ('We met in Paris last year.', 'We met in Berlin last year.', 'location', 'semantic'),
+    ('The soup was hot.', 'The soup was cold.', 'adjective', 'semantic'),
+    ('My brother lives in a small house near the river.', 'My sister lives in a small house near the river.', 'subject', 'semantic'),
+]
+
+
+def write_pairs(path: Path) -> Path:
+    """``PAIR_ROWS`` as a JSONL pairs file at ``path``."""
+    import json
+
+    path.write_text("".join(json.dumps({"a": a, "b": b, "category": c, "type": t}) + "\n" for a, b, c, t in PAIR_ROWS))
+    return path
+
+
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
     """A small JSONL of one-token edits under the SmolLM2 tokenizer, of two categories and types."""
-    rows = [
-        ('She is good at math.', 'She is good in math.', 'preposition', 'grammar'),
-        ('She ate an apple today.', 'She ate a apple today.', 'article', 'grammar'),
-        ('He is afraid of dogs at night.', 'He is afraid from dogs at night.', 'preposition', 'grammar'),
-        ('They bought an old car.', 'They bought a old car.', 'article', 'grammar'),
-        ('She loves coffee.', 'He loves coffee.', 'subject', 'semantic'),
-        ('We met in Paris last year.', 'We met in Berlin last year.', 'location', 'semantic'),
-        ('The soup was hot.', 'The soup was cold.', 'adjective', 'semantic'),
-        ('My brother lives in a small house near the river.', 'My sister lives in a small house near the river.', 'subject', 'semantic'),
-    ]
-    import json
-
-    p = tmp_path / "pairs.jsonl"
-    p.write_text("".join(json.dumps({"a": a, "b": b, "category": c, "type": t}) + "\n" for a, b, c, t in rows))
-    return p
+    return write_pairs(tmp_path / "pairs.jsonl")
 
 
 def hf_reference(lm, attn: str = "eager"):

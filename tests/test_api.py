@@ -18,7 +18,7 @@ from interp import results as R
 from interp.config import ConfigError
 from interp.result import RunDirError
 from interp.run import NoPairsError
-from tests.conftest import make_cfg, tokenizer_overrides
+from tests.conftest import make_cfg, tokenizer_overrides, write_pairs
 
 TABLES = ("stability", "stability_by_category", "contrast", "divergence", "pair_profile", "pair_components")
 PAIR_COLUMNS = ["pair_id", "category", "type", "a", "b", "n_tokens", "edit_pos", "token_a", "token_b",
@@ -36,24 +36,10 @@ def cli_run(tmp_path_factory, tiny_lm):
     from interp.run import run
 
     folder = tmp_path_factory.mktemp("cli")
-    path = folder / "pairs.jsonl"
-    path.write_text(_pairs_text())
+    path = write_pairs(folder / "pairs.jsonl")
     cfg = make_cfg("model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={path}",
                    "batch_size=3", "analysis.figures=false", "analysis.n_saved_pairs=2", *tokenizer_overrides())
     return path, interp.load_run(run(cfg, folder / "run", lm=tiny_lm))
-
-
-def _pairs_text() -> str:
-    rows = [
-        ('She is good at math.', 'She is good in math.', 'preposition', 'grammar'),
-        ('She ate an apple today.', 'She ate a apple today.', 'article', 'grammar'),
-        ('He is afraid of dogs at night.', 'He is afraid from dogs at night.', 'preposition', 'grammar'),
-        ('They bought an old car.', 'They bought a old car.', 'article', 'grammar'),
-        ('She loves coffee.', 'He loves coffee.', 'subject', 'semantic'),
-        ('We met in Paris last year.', 'We met in Berlin last year.', 'location', 'semantic'),
-        ('The soup was hot.', 'The soup was cold.', 'adjective', 'semantic'),
-    ]
-    return "".join(json.dumps({"a": a, "b": b, "category": c, "type": t}) + "\n" for a, b, c, t in rows)
 
 
 def assert_same_tables(api: interp.Result, cli: interp.Result) -> None:

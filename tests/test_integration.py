@@ -21,7 +21,7 @@ def test_the_cached_conversion_equals_the_gguf_dequantized_by_transformers(smol_
     ids = smol_lm.tokenizer("She is good at math.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         ref = direct(ids).logits
-        # the bridge's rewired module tree and the plain tree (interp.plain) both compute the model
+        # the bridge's rewired module tree and the plain tree (interp.backends.hf) both compute the model
         torch.testing.assert_close(smol_lm.hf_model(ids).logits, ref, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(smol_lm.plain(ids), ref, rtol=1e-4, atol=1e-4)
 

@@ -93,6 +93,30 @@ def test_an_unreachable_hub_model_fails_with_one_message_about_model_path(monkey
         load_model(cfg.model, "cpu", "float32")
 
 
+def test_hub_failures_are_told_apart():
+    """A name that does not exist, one that is not a hub name, and a hub out of reach: three messages."""
+    from interp.model import _hub_error, hub_failure
+
+    def chain(*names):  # transformers' OSError caused by the hub client's errors, innermost last
+        err = None
+        for name in reversed(names):
+            new = type(name, (Exception,), {})(f"{name} happened")
+            new.__cause__ = err
+            err = new
+        return err
+
+    cases = {"missing": chain("OSError", "RepositoryNotFoundError"),
+             "invalid": chain("OSError", "HFValidationError"),
+             "offline": chain("OSError", "LocalEntryNotFoundError", "ConnectError", "gaierror")}
+    msgs = {}
+    for kind, err in cases.items():
+        assert hub_failure(err) == kind
+        msgs[kind] = str(_hub_error(make_cfg("model=hf", "model.name=org/none").model, err))
+    assert "does not exist on the Hugging Face hub" in msgs["missing"]
+    assert "is not a hub name" in msgs["invalid"]
+    assert "cannot reach the Hugging Face hub" in msgs["offline"] and "model.path=DIR" in msgs["offline"]
+
+
 def test_a_checkpoint_of_another_config_is_refused(pairs_file, tmp_path):
     cfg = make_cfg("model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "batch_size=1",
                    "checkpoint_every=1", "analysis.figures=false")

@@ -103,7 +103,7 @@ class BatchPipeline:
     def __init__(self, lm: LoadedModel, stats: DiffStats, kept, failed: list[dict], overlap: bool = False,
                  pipelined: bool | None = None, model=None):
         self.lm, self.stats, self.kept, self.failed = lm, stats, kept, failed
-        self.model = lm.bridge if model is None else model  # the bridge or an interp.plain.PlainModel
+        self.model = lm.bridge if model is None else model  # the bridge or an interp.backends.hf.PlainModel
         self.side = side_stream(lm.device) if overlap else None
         self.pipelined = self.side is not None if pipelined is None else pipelined  # one batch in flight
         self.pending = None
