@@ -1,4 +1,4 @@
-"""Ablation and activation patching (interp.patching, interp.patch) on the tiny random Llama."""
+"""Ablation and activation patching (interp.causal, interp.patch) on the tiny random Llama."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from interp import patching as P
+from interp.causal import ablation as A
+from interp.causal import patching as P
 from interp import results as R
-from interp.engine import forward, make_batches
+from interp.engine import forward, make_batches, sentence_logprobs
 from interp.pairs.validate import check_pair
 from tests.conftest import CONF, REPO, make_cfg
 
@@ -130,7 +131,7 @@ def test_generic_patch_gives_the_same_numbers_as_transformer_lens_patching(tiny_
     _, cache = bridge.run_with_cache(clean)
     names = [f"blocks.{l}.{h}" for l in range(2) for h in ("hook_resid_pre", "attn.hook_z")]
     _, ours_cache = P.run_with_source_cache(bridge, clean, names)
-    per_row = lambda logits: P.sentence_logprobs(logits, corrupt, torch.ones_like(corrupt, dtype=torch.bool))
+    per_row = lambda logits: sentence_logprobs(logits, corrupt, torch.ones_like(corrupt, dtype=torch.bool))
     scalar = lambda logits: per_row(logits).mean()
     tl_resid = tlp.get_act_patch_resid_pre(bridge, corrupt, cache, scalar)
     ours_resid = P.generic_patch(bridge, corrupt, ours_cache, per_row, P.pos_setter, "resid_pre",
@@ -204,36 +205,36 @@ def test_ablating_a_planted_component_moves_the_margin_and_random_components_do_
     bridge, D, site = tiny_lm.bridge, 7, "blocks.1.hook_resid_post"
     planted_pairs = [i for i, (_, _, c) in enumerate(GRAMMAR) if c != "agreement"]
     rows = torch.tensor([int((batch.index == i).nonzero()) for i in planted_pairs])
-    m0 = P.pair_margins(forward(bridge, batch), batch)
+    m0 = A.pair_margins(forward(bridge, batch), batch)
     with bridge.hooks(fwd_hooks=planted_hooks(tiny_lm, tokenized(tiny_lm), D)):
-        m1 = P.pair_margins(forward(bridge, batch), batch)
+        m1 = A.pair_margins(forward(bridge, batch), batch)
         boost = m1 - m0
         assert boost[rows].min() > 10  # the plant raises log P(correct) a lot ...
         others = torch.ones(batch.size, dtype=torch.bool)
         others[rows] = False
         assert boost[others].abs().max() < 1e-4  # ... and only where the correct token is " an" / " at"
         clean = {}
-        forward(bridge, batch, P.capture_hooks([site], clean))
+        forward(bridge, batch, A.capture_hooks([site], clean))
         means = {site: clean[site][batch.sentence_mask()].mean(0)}
 
-        planted = P.group_components(pd.DataFrame({"hook_name": [site], "component": [D]}), {site: torch.zeros(64)})
+        planted = A.group_components(pd.DataFrame({"hook_name": [site], "component": [D]}), {site: torch.zeros(64)})
         # zero ablation everywhere removes exactly what the plant added
-        torch.testing.assert_close(P.ablated_margins(bridge, batch, planted, "zero", "all"), m0, atol=1e-4, rtol=0)
+        torch.testing.assert_close(A.ablated_margins(bridge, batch, planted, "zero", "all"), m0, atol=1e-4, rtol=0)
         # at the edit only: the boost of the first following token goes (beta = 8 nats, minus saturation)
-        edit_change = P.ablated_margins(bridge, batch, planted, "zero", "edit") - m1
+        edit_change = A.ablated_margins(bridge, batch, planted, "zero", "edit") - m1
         assert (edit_change[rows] < -5).all() and edit_change[others].abs().max() < 1e-4
         # mean ablation (mean over the batch's tokens) moves it strongly too
-        planted_mean = P.group_components(pd.DataFrame({"hook_name": [site], "component": [D]}), means)
-        mean_change = (P.ablated_margins(bridge, batch, planted_mean, "mean", "all") - m1)[rows]
+        planted_mean = A.group_components(pd.DataFrame({"hook_name": [site], "component": [D]}), means)
+        mean_change = (A.ablated_margins(bridge, batch, planted_mean, "mean", "all") - m1)[rows]
         assert (mean_change < -5).all()
 
         rng = np.random.default_rng(0)
         pool = np.array([c for c in range(64) if c != D])
-        planted_effect = float((P.ablated_margins(bridge, batch, planted_mean, "mean", "all") - m1).abs().mean())
+        planted_effect = float((A.ablated_margins(bridge, batch, planted_mean, "mean", "all") - m1).abs().mean())
         for _ in range(5):
             comps = rng.choice(pool, size=5, replace=False)
-            random_sites = P.group_components(pd.DataFrame({"hook_name": site, "component": comps}), means)
-            change = P.ablated_margins(bridge, batch, random_sites, "mean", "all") - m1
+            random_sites = A.group_components(pd.DataFrame({"hook_name": site, "component": comps}), means)
+            change = A.ablated_margins(bridge, batch, random_sites, "mean", "all") - m1
             assert float(change.abs().mean()) < 0.15 * planted_effect, comps
 
 
@@ -247,12 +248,12 @@ def test_zero_ablation_of_a_component_that_is_already_zero_changes_nothing(tiny_
 
     with bridge.hooks(fwd_hooks=[(site, kill)]):
         before = forward(bridge, batch)
-        sites = P.group_components(pd.DataFrame({"hook_name": [site], "component": [D]}))
-        for where in P.WHERE:
-            after = forward(bridge, batch, P.ablation_hooks(sites, P.where_mask(batch, where), "zero"))
+        sites = A.group_components(pd.DataFrame({"hook_name": [site], "component": [D]}))
+        for where in A.WHERE:
+            after = forward(bridge, batch, A.ablation_hooks(sites, A.where_mask(batch, where), "zero"))
             assert torch.equal(after, before)
     # without the kill hook the same ablation does change the output
-    after = forward(bridge, batch, P.ablation_hooks(sites, P.where_mask(batch, "all"), "zero"))
+    after = forward(bridge, batch, A.ablation_hooks(sites, A.where_mask(batch, "all"), "zero"))
     assert (after - forward(bridge, batch)).abs().max() > 1e-3
 
 
@@ -260,15 +261,15 @@ def test_resample_ablation_is_seeded_and_reproducible(tiny_lm, batch):
     bridge = tiny_lm.bridge
     comps = pd.DataFrame({"hook_name": ["blocks.0.hook_resid_post"] * 3 + ["blocks.1.mlp.hook_post"] * 2,
                           "component": [3, 12, 40, 5, 77]})
-    sites = P.group_components(comps)
-    base = P.pair_margins(forward(bridge, batch), batch)
-    r0 = P.ablated_margins(bridge, batch, sites, "resample", "all", seed=0)
-    r0_again = P.ablated_margins(bridge, batch, sites, "resample", "all", seed=0)
-    r1 = P.ablated_margins(bridge, batch, sites, "resample", "all", seed=1)
+    sites = A.group_components(comps)
+    base = A.pair_margins(forward(bridge, batch), batch)
+    r0 = A.ablated_margins(bridge, batch, sites, "resample", "all", seed=0)
+    r0_again = A.ablated_margins(bridge, batch, sites, "resample", "all", seed=0)
+    r1 = A.ablated_margins(bridge, batch, sites, "resample", "all", seed=1)
     assert torch.equal(r0, r0_again)
     assert not torch.allclose(r0, r1) and not torch.allclose(r0, base)
     # donors: another pair, with a real token at that position; -1 only where none exists
-    donor = P.draw_donors(batch, 0)
+    donor = A.draw_donors(batch, 0)
     VB, T = batch.tokens.shape
     pair = torch.arange(VB) % batch.size
     real = donor >= 0
@@ -276,16 +277,16 @@ def test_resample_ablation_is_seeded_and_reproducible(tiny_lm, batch):
     assert (pair[donor[real]] != pair[:, None].expand(VB, T)[real]).all()
     assert real.sum() > 0.9 * batch.mask.sum()
     assert batch.mask[donor[real], t[real]].all()
-    assert torch.equal(donor, P.draw_donors(batch, 0)) and not torch.equal(donor, P.draw_donors(batch, 1))
+    assert torch.equal(donor, A.draw_donors(batch, 0)) and not torch.equal(donor, A.draw_donors(batch, 1))
 
 
 def test_ablating_z_components_of_a_head_equals_zeroing_that_head_by_hand(tiny_lm, batch):
     """Component index of hook_z = head * d_head + dim (as in stability.parquet)."""
     bridge, head, d_head = tiny_lm.bridge, 2, 16
     name = "blocks.1.attn.hook_z"
-    sites = P.group_components(pd.DataFrame({"hook_name": name, "component": np.arange(head * d_head, (head + 1) * d_head)}))
-    ours = forward(bridge, batch, P.ablation_hooks(sites, P.where_mask(batch, "all"), "zero"))
-    sent = P.where_mask(batch, "all")
+    sites = A.group_components(pd.DataFrame({"hook_name": name, "component": np.arange(head * d_head, (head + 1) * d_head)}))
+    ours = forward(bridge, batch, A.ablation_hooks(sites, A.where_mask(batch, "all"), "zero"))
+    sent = A.where_mask(batch, "all")
 
     def by_hand(act, hook):
         act = act.clone()
@@ -300,7 +301,8 @@ def test_ablating_z_components_of_a_head_equals_zeroing_that_head_by_hand(tiny_l
 # ============================================================================ the entry point
 
 def test_patch_writes_the_documented_causal_dir(run_dir):
-    from interp.patch import ABLATION_COLUMNS, patch
+    from interp.causal import run_causal as patch
+    from interp.causal.ablation import ABLATION_COLUMNS
 
     cfg = patch_cfg(f"run={run_dir}", "k=[1,3]", "ablation.seeds=3", "ablation.modes=[mean,resample,zero]",
                     "ablation.where=[edit,all]", "patching.n_pairs=1", "figures.png=false", "figures.n_pairs=1")
@@ -371,7 +373,7 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
 
 
 def test_patch_picks_rank_calibrated_unless_rank_by_is_set(run_dir):
-    from interp.patch import rank_column
+    from interp.causal.selection import rank_column
 
     stab = pd.DataFrame({"rank": [1, 2], "rank_calibrated": [2, 1], "q_value": [0.1, 0.2]})
     assert rank_column(stab, None, {"analysis": {}}) == "rank_calibrated"
@@ -403,7 +405,7 @@ def test_the_cli_runs_on_a_tiny_run_dir_and_an_unknown_run_dir_gives_a_clear_err
 
 
 def test_patch_refuses_a_directory_that_is_not_a_finished_run(tmp_path):
-    from interp.patch import RunDirError, patch
+    from interp.causal import RunDirError, run_causal as patch
 
     with pytest.raises(RunDirError, match="holds no manifest.json"):
         patch(patch_cfg(f"run={tmp_path}"))
@@ -429,7 +431,7 @@ def test_skipping_cells_the_patch_would_not_change_gives_the_same_numbers(tiny_l
 
 
 def test_reference_means_are_the_mean_over_sentence_tokens_without_bos(tiny_lm):
-    from interp.patch import reference_means
+    from interp.causal.selection import reference_means
 
     sentences = ["She ate an apple today.", "He was at home."]
     names = {"blocks.0.hook_resid_post", "blocks.1.attn.hook_z"}
@@ -448,9 +450,9 @@ def test_reference_means_are_the_mean_over_sentence_tokens_without_bos(tiny_lm):
 def test_ablating_every_mlp_post_neuron_equals_zeroing_the_mlp_output(tiny_lm, batch):
     """mlp_post components are neurons: all of them zeroed = no MLP output (Llama's down_proj has no bias)."""
     bridge = tiny_lm.bridge
-    sites = P.group_components(pd.DataFrame({"hook_name": "blocks.1.mlp.hook_post", "component": np.arange(128)}))
-    sent = P.where_mask(batch, "after")
-    ours = forward(bridge, batch, P.ablation_hooks(sites, sent, "zero"))
+    sites = A.group_components(pd.DataFrame({"hook_name": "blocks.1.mlp.hook_post", "component": np.arange(128)}))
+    sent = A.where_mask(batch, "after")
+    ours = forward(bridge, batch, A.ablation_hooks(sites, sent, "zero"))
 
     def by_hand(act, hook):
         return torch.where(sent[..., None], torch.zeros_like(act), act)

@@ -368,7 +368,7 @@ def test_the_statistics_on_the_cpu_never_import_triton():
 
     script = """
 import sys, torch
-import interp, interp.stats, interp.backends, interp.patching, interp.run
+import interp, interp.stats, interp.backends, interp.causal, interp.run
 from interp import kernels
 from interp.hooks import resolve
 from interp.kernels import attention

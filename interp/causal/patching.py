@@ -1,28 +1,6 @@
-"""Causal tests of components: ablation and activation patching on minimal pairs (TransformerLens hooks).
+"""Activation patching between the two sentences of a pair: how far overwriting one activation
+with its value from the other sentence moves the output.
 
-Stability (``interp.stats``) says which components barely change between the two sentences of a
-pair. This module asks what those components *do*, by intervening on them during the forward pass.
-
-Ablation
-    Replace chosen components (a residual dimension, a head dimension of ``hook_z``, an MLP neuron;
-    see ``interp.hooks``) by a value that carries no information about the sentence, in both
-    sentences of every pair, and measure how the error-detection margin
-    ``log P(correct) - log P(wrong)`` moves. Replacement values (``mode``):
-
-    - ``mean``: the component's mean activation over a reference set (the run's own ``act_mean``:
-      every sentence token of the run, BOS excluded; or a mean computed over reference sentences);
-    - ``resample``: the component's value in another sentence of the same batch (another pair, either
-      sentence) at the same model-input position, taken from the unablated (clean) forward pass. The
-      donor is drawn uniformly and seeded, one donor per (row, position) shared by all components, so
-      a resampled row is a coherent piece of one other sentence. Where no other pair has a real
-      token at that position, the component's mean is used instead;
-    - ``zero``: 0.
-
-    Positions (``where``): ``edit`` (the edited token), ``after`` (every token after it), ``all``
-    (every sentence token; BOS is never ablated). A batch of pairs is ablated in one forward pass;
-    ``resample`` needs one extra clean pass per batch (shared by every ablation of that batch).
-
-Activation patching
     Run one sentence of a pair (the *base* run) and overwrite one activation with its value from
     the other sentence (the *source* run), then measure how far the output moves towards the source
     run. Both sentences have the same length and the same tokens except at the edit, so positions
@@ -47,191 +25,28 @@ Activation patching
     numbers as ``transformer_lens.patching`` (which works with a ``TransformerBridge`` in TL 4.3).
 """
 
+
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
+from omegaconf import DictConfig
 from torch import Tensor
 
-from .engine import Batch, forward, sentence_logprobs
-from .hooks import HOOK_POINTS
+from ..engine import HookFn, sentence_logprobs
+from ..hooks import HOOK_POINTS
 
-MODES = ("mean", "resample", "zero")
-WHERE = ("edit", "after", "all")
 DIRECTIONS = ("denoising", "noising")
 METRICS = ("margin", "logprob")
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, "batch"]]
 Setter = Callable[[Tensor, tuple, Tensor], Tensor]
-HookFn = Callable[[Tensor, object], Tensor | None]
 
-
-# ===================================================================== ablation: values and setters
-
-def where_mask(batch: Batch, where: str) -> Bool[Tensor, "VB T"]:
-    """Positions of every row of ``batch`` (all variants) that an ablation ``where`` touches."""
-    if where not in WHERE:
-        raise ValueError(f"where={where!r} is not one of {WHERE}")
-    t = batch.positions()
-    if where == "edit":
-        m = t == batch.edit[:, None]
-    elif where == "after":
-        m = batch.after_mask()
-    else:
-        m = (t >= 1) & (t <= batch.last[:, None])
-    return m.repeat(batch.n_variants, 1) & batch.mask
-
-
-def zero_values(cols: Float[Tensor, "R T n"], **_) -> Float[Tensor, "R T n"]:
-    """Zero ablation."""
-    return torch.zeros_like(cols)
-
-
-def mean_values(cols: Float[Tensor, "R T n"], *, mean: Float[Tensor, "n"], **_) -> Float[Tensor, "R T n"]:
-    """Mean ablation: the reference mean of each component, everywhere."""
-    return mean.to(cols)[None, None, :].expand_as(cols)
-
-
-def resample_values(cols: Float[Tensor, "R T n"], *, donor: Int[Tensor, "R T"],
-                    clean: Float[Tensor, "R T n"], mean: Float[Tensor, "n"], **_) -> Float[Tensor, "R T n"]:
-    """Resample ablation: row ``donor[r, t]``'s clean value at position ``t``; -1 = no donor (mean)."""
-    R, T = donor.shape
-    t = torch.arange(T, device=donor.device)[None, :].expand(R, T)
-    vals = clean[donor.clamp(min=0), t]
-    return torch.where((donor >= 0)[..., None], vals.to(cols), mean.to(cols)[None, None, :])
-
-
-VALUE_FNS = {"zero": zero_values, "mean": mean_values, "resample": resample_values}
-
-
-def draw_donors(batch: Batch, seed: int) -> Int[Tensor, "VB T"]:
-    """For every (row, position): a row of another pair with a real token there (-1: none). Seeded."""
-    VB, T = batch.tokens.shape
-    pair = torch.arange(VB) % batch.size
-    mask = batch.mask.cpu()
-    cand = mask[None, :, :] & (pair[None, :, None] != pair[:, None, None])  # [row, donor, T]
-    g = torch.Generator().manual_seed(int(seed))
-    score = torch.rand((VB, VB, T), generator=g).masked_fill(~cand, -1.0)
-    best, donor = score.max(1)
-    return torch.where(best >= 0, donor, -1).to(batch.tokens.device)
-
-
-@dataclass
-class SiteAblation:
-    """Components of one hook (flat indices into its last dimension(s)) and their reference means."""
-
-    hook_name: str
-    index: Int[Tensor, "n"]
-    mean: Float[Tensor, "n"]
-
-
-def group_components(components: pd.DataFrame, means: Mapping[str, Tensor] | None = None,
-                     device: torch.device | str = "cpu") -> list[SiteAblation]:
-    """Rows ``hook_name, component`` -> one ``SiteAblation`` per hook (means from ``means[hook]``, a
-    full [C] vector per hook, else from an ``act_mean`` column, else 0)."""
-    out = []
-    for name, g in components.groupby("hook_name", sort=False):
-        idx = torch.tensor(g["component"].to_numpy(np.int64).copy(), device=device)
-        if means is not None and name in means:
-            mean = means[name].to(device)[idx].float()
-        elif "act_mean" in g:
-            mean = torch.tensor(g["act_mean"].to_numpy(np.float64).copy(), dtype=torch.float32, device=device)
-        else:
-            mean = torch.zeros(len(g), device=device)
-        out.append(SiteAblation(str(name), idx, mean))
-    return out
-
-
-def ablation_hooks(sites: Sequence[SiteAblation], mask: Bool[Tensor, "R T"], mode: str, *,
-                   donor: Int[Tensor, "R T"] | None = None,
-                   clean: Mapping[str, Tensor] | None = None) -> list[tuple[str, HookFn]]:
-    """Forward hooks that replace the components of ``sites`` at ``mask`` by ``mode`` values.
-
-    ``clean[hook_name]`` ([R, T, C], the unablated activation flattened to C components, or only
-    the columns ``site.index``) and ``donor`` are needed for ``resample``.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES}")
-    if mode == "resample" and (donor is None or clean is None):
-        raise ValueError("resample ablation needs donor rows and the clean activations")
-    value_fn = VALUE_FNS[mode]
-
-    def make(site: SiteAblation) -> HookFn:
-        def hook(act: Tensor, hook=None) -> Tensor:
-            shape = act.shape
-            flat = act.reshape(shape[0], shape[1], -1).clone()
-            cols = flat[:, :, site.index]
-            kw = {"mean": site.mean}
-            if mode == "resample":
-                kw.update(donor=donor, clean=clean_columns(clean[site.hook_name], site.index))
-            new = value_fn(cols, **kw)
-            flat[:, :, site.index] = torch.where(mask[:, :, None], new, cols)
-            return flat.view(shape)
-        return hook
-
-    return [(s.hook_name, make(s)) for s in sites]
-
-
-def capture_hooks(names: Iterable[str], store: dict, columns: Mapping[str, Tensor] | None = None
-                  ) -> list[tuple[str, HookFn]]:
-    """Hooks that keep each activation flattened to [R, T, C] in ``store[name]``; with ``columns``
-    only the (sorted) columns ``columns[name]``, stored as ``(columns[name], values [R, T, n])``."""
-    def make(name: str) -> HookFn:
-        def hook(act: Tensor, hook=None):
-            flat = act.detach().reshape(act.shape[0], act.shape[1], -1)
-            if columns is None:
-                store[name] = flat.clone()
-            else:
-                idx = columns[name].to(flat.device)
-                store[name] = (idx, flat[:, :, idx].clone())
-            return None
-        return hook
-    return [(n, make(n)) for n in names]
-
-
-def clean_columns(entry, index: Int[Tensor, "n"]) -> Float[Tensor, "R T n"]:
-    """Columns ``index`` of a ``capture_hooks`` entry (a full [R, T, C] tensor or (columns, values))."""
-    if isinstance(entry, tuple):
-        cols, vals = entry
-        pos = torch.searchsorted(cols, index.to(cols.device))
-        if not torch.equal(cols[pos.clamp(max=len(cols) - 1)], index.to(cols.device)):
-            raise KeyError("the clean activations hold no column for some ablated component")
-        return vals[:, :, pos]
-    return entry[:, :, index.to(entry.device)]
-
-
-def pair_margins(logits: Float[Tensor, "VB T d_vocab"], batch: Batch) -> Float[Tensor, "B"]:
-    """log P(a) - log P(b) of every pair of the batch (float64)."""
-    B = batch.size
-    lp = sentence_logprobs(logits[:2 * B], batch.tokens[:2 * B], batch.mask[:2 * B])
-    return lp[:B] - lp[B:2 * B]
-
-
-def ablated_margins(bridge, batch: Batch, sites: Sequence[SiteAblation], mode: str, where: str, *,
-                    seed: int = 0, clean: Mapping[str, Tensor] | None = None) -> Float[Tensor, "B"]:
-    """Margins of a batch of pairs with ``sites`` ablated in both sentences: one forward pass.
-
-    For ``resample`` pass ``clean`` (from ``capture_hooks`` on an unablated pass of the same batch);
-    when it is missing, it is computed here with one extra pass.
-    """
-    mask = where_mask(batch, where)
-    donor = None
-    if mode == "resample":
-        if clean is None:
-            clean = {}
-            forward(bridge, batch, capture_hooks({s.hook_name for s in sites}, clean))
-        donor = draw_donors(batch, seed)
-    logits = forward(bridge, batch, ablation_hooks(sites, mask, mode, donor=donor, clean=clean))
-    return pair_margins(logits, batch)
-
-
-# ===================================================================== activation patching
 
 def pos_setter(act: Float[Tensor, "n pos ..."], index: tuple, source: Float[Tensor, "n pos ..."]) -> Tensor:
     """index = (layer, pos): the whole activation at one position."""
@@ -448,3 +263,55 @@ def patch_pair(bridge, tokens_a: Int[Tensor, "pos"], tokens_b: Int[Tensor, "pos"
     cols = ["hook", "kind", "layer", "position", "offset", "head", "direction", "metric",
             "patched", "base", "source", "normalized"]
     return out[cols]
+
+
+def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.DataFrame:
+    import torch
+
+
+    pcfg = cfg.patching
+    if pcfg.resid not in ("resid_pre", "resid_post"):
+        raise ValueError(f"patching.resid must be resid_pre or resid_post, got {pcfg.resid!r}")
+    kinds = [str(pcfg.resid)] + (["z"] if pcfg.heads else [])
+    if pcfg.get("pair_ids"):
+        want = [str(p) for p in pcfg.pair_ids]
+        unknown = sorted(set(want) - set(pairs["pair_id"].astype(str)))
+        if unknown:
+            raise ValueError(f"patching.pair_ids not among the run's pairs: {unknown}")
+        chosen = [i for i, p in enumerate(pairs["pair_id"].astype(str)) if p in want]
+    else:
+        chosen = list(pairs.groupby("category", sort=False).head(int(pcfg.n_pairs)).index)
+    frames = []
+    for i in chosen:
+        r, tp = pairs.iloc[i], tps[i]
+        ta = torch.tensor([lm.bos_token_id] + tp.ids_a, device=lm.device)
+        tb = torch.tensor([lm.bos_token_id] + tp.ids_b, device=lm.device)
+        df = patch_pair(lm.bridge, ta, tb, tp.edit_pos + 1, kinds=kinds, directions=list(pcfg.directions),
+                          metrics=list(pcfg.metrics), rows_per_pass=int(pcfg.rows_per_pass))
+        toks = [lm.tokenizer.decode([t]) for t in ta.tolist()]
+        toks[tp.edit_pos + 1] = f"{tp.token_a}/{tp.token_b}"
+        toks[0] = "<bos>"
+        df["token"] = [toks[p] if pd.notna(p) else None for p in df["position"]]
+        df.insert(0, "pair_id", r["pair_id"])
+        df.insert(1, "category", r["category"])
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    per_pair = pd.concat(frames, ignore_index=True)
+    per_pair.insert(0, "level", "pair")
+    per_pair["n_pairs"] = 1
+    keys = ["category", "hook", "kind", "layer", "offset", "head", "direction", "metric"]
+    cat = (per_pair.groupby(keys, dropna=False, sort=False)
+           .agg(normalized=("normalized", "mean"), patched=("patched", "mean"), base=("base", "mean"),
+                source=("source", "mean"), n_pairs=("normalized", "count"))
+           .reset_index())
+    cat.insert(0, "level", "category")
+    cat["pair_id"] = None
+    cat["position"] = pd.array([pd.NA] * len(cat), dtype="Int64")
+    cat["token"] = None
+    out = pd.concat([per_pair, cat[per_pair.columns]], ignore_index=True)
+    for col in ("position", "offset", "head"):
+        out[col] = out[col].astype("Int64")
+    return out
+
+

@@ -1,0 +1,175 @@
+"""The causal checks of a run as one call: ``run_causal(cfg)`` (what ``python -m interp.patch``
+runs) checks the run dir and settings, loads the run's model, ablates and patches, and writes
+``RUN_DIR/causal/`` (tables, figures, ``manifest.json`` last); ``summary_text`` says what it found."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .. import results as R
+from .ablation import run_ablation
+from .patching import run_patching
+from .selection import (SELECTION_KINDS, RunDirError, candidates, check_run_dir, filter_pairs, rank_column,
+                        tokenize_pairs)
+
+CAUSAL = "causal"
+ABLATION = "ablation.parquet"
+ABLATION_SUMMARY = "ablation_summary.parquet"
+ABLATION_PAIRS = "ablation_pairs.parquet"
+SELECTIONS = "selections.parquet"
+PATCHING = "patching.parquet"
+
+
+def check_config(cfg: DictConfig) -> Path:
+    """Check the settings that need no model (run dir, modes, positions, sizes) and return the run
+    dir; raise ``RunDirError`` or ``ConfigError`` (one line) at the first problem."""
+    from . import ablation as P
+    from ..config import POSITION_MODES, ConfigError
+
+    run_dir = check_run_dir(None if OmegaConf.is_missing(cfg, "run") else cfg.run)
+    a, p = cfg.ablation, cfg.patching
+    checks = [
+        ("position", [cfg.position], POSITION_MODES), ("ablation.modes", a.modes, P.MODES),
+        ("ablation.where", a.where, P.WHERE), ("ablation.selections", a.selections, SELECTION_KINDS),
+        ("patching.resid", [p.resid], ("resid_pre", "resid_post")),
+        ("patching.directions", p.directions, ("denoising", "noising")),
+        ("patching.metrics", p.metrics, ("margin", "logprob")),
+    ]
+    for key, values, allowed in checks:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    for key, value in (("k", min(cfg.k, default=1)), ("batch_size", cfg.batch_size), ("ablation.seeds", a.seeds),
+                       ("patching.n_pairs", p.n_pairs), ("patching.rows_per_pass", p.rows_per_pass)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be a whole number >= 1")
+    return run_dir
+
+
+def run_causal(cfg: DictConfig) -> dict:
+    """Run the causal tests of ``cfg.run``; write ``RUN/causal``; return paths and tables."""
+    t0 = time.time()
+    run_dir = check_config(cfg)
+    out_dir = Path(cfg.out) if cfg.get("out") else run_dir / CAUSAL
+    man = R.read_manifest(run_dir)
+    rcfg = man["config"]
+    timings: dict[str, float] = {}
+    # a crash leaves "running" here, never an older "complete" beside half-replaced tables
+    R.write_json(out_dir / "manifest.json", {"status": "running", "run_dir": str(run_dir.resolve()),
+                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    from ..run import get_model
+    from ..run.manifest import versions
+
+    mcfg = OmegaConf.create({"model": rcfg["model"], "device": cfg.device or rcfg.get("device", "auto"),
+                             "dtype": cfg.dtype or rcfg.get("dtype", "auto")})
+    lm = get_model(mcfg)
+    timings["load_model_s"] = time.time() - t0
+    import torch
+
+    torch.manual_seed(int(cfg.seed))
+
+    stab = R.read_table(run_dir, R.STABILITY)
+    pairs_all = R.read_table(run_dir, R.PAIRS)
+    rank_col = rank_column(stab, cfg.get("rank_by"), rcfg)
+    result: dict = {"dir": out_dir, "rank_column": rank_col}
+    counts: dict = {}
+    written: list[str] = []
+    mean_source = None
+
+    if cfg.ablation.enabled:
+        t = time.time()
+        cands = candidates(stab, str(cfg.position), rank_col, cfg.get("hook_points"), cfg.get("layers"),
+                           dedupe=bool(cfg.get("dedupe", True)))
+        pairs = filter_pairs(pairs_all, cfg.ablation.types, cfg.ablation.categories, cfg.ablation.limit)
+        pairs, tps = tokenize_pairs(pairs, lm.tokenizer)
+        if pairs.empty:
+            raise RunDirError(f"{run_dir}: no pair of types {list(cfg.ablation.types or [])} to ablate")
+        abl = run_ablation(cfg, lm, pairs, tps, cands, run_dir)
+        R.write_parquet(out_dir / ABLATION, abl["table"])
+        R.write_parquet(out_dir / ABLATION_SUMMARY, abl["summary"])
+        R.write_parquet(out_dir / ABLATION_PAIRS, abl["pairs"])
+        R.write_parquet(out_dir / SELECTIONS, abl["selections"])
+        written += [ABLATION, ABLATION_SUMMARY, ABLATION_PAIRS, SELECTIONS]
+        result.update(ablation=abl["table"], ablation_summary=abl["summary"], selections=abl["selections"])
+        counts.update(ablation_pairs=len(pairs), ablation_runs=abl["n_runs"],
+                      ablation_forward_passes=abl["n_forward_passes"], ablation_batches=abl["n_batches"],
+                      candidates=len(cands))
+        mean_source = abl["mean_source"]
+        timings["ablation_s"] = time.time() - t
+
+    if cfg.patching.enabled:
+        t = time.time()
+        pairs = filter_pairs(pairs_all, cfg.patching.types, cfg.patching.categories, None)
+        pairs, tps = tokenize_pairs(pairs, lm.tokenizer)
+        pt = run_patching(cfg, lm, pairs, tps)
+        if not pt.empty:
+            R.write_parquet(out_dir / PATCHING, pt)
+            written.append(PATCHING)
+        result["patching"] = pt
+        counts["patched_pairs"] = int(pt.loc[pt["level"] == "pair", "pair_id"].nunique()) if not pt.empty else 0
+        timings["patching_s"] = time.time() - t
+
+    figure_info: dict = {}
+    if cfg.figures.enabled:
+        t = time.time()
+        from ..figures.causal import write_causal_figures
+
+        figure_info = write_causal_figures(out_dir, result.get("ablation"), result.get("patching"),
+                                           n_pair_figures=int(cfg.figures.n_pairs), png=bool(cfg.figures.png),
+                                           read_tables=False)
+        timings["figures_s"] = time.time() - t
+    timings["total_s"] = time.time() - t0
+
+    manifest = {
+        "status": "complete",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_dir": str(run_dir.resolve()),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "model": man.get("model"),
+        "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
+        "rank_column": rank_col,
+        "versions": versions(),
+        "counts": counts,
+        "method": {
+            "ablation": "components replaced in both sentences of every pair; margin = log P(a) - log P(b)",
+            "mean_source": mean_source,
+            "random_control": "k components drawn from the same (hook, layer) sites as the k most stable, "
+                              "excluding them when the site has enough others",
+            "resample": "per (row, position) a donor row of another pair of the batch with a real token "
+                        "there, from the clean pass; seeded by seed and batch; mean where none",
+            "where": {"edit": "the edited token", "after": "tokens after the edit",
+                      "all": "every sentence token (BOS never ablated)"},
+            "patching": "normalized = (metric(patched) - metric(base)) / (metric(source) - metric(base)); "
+                        "denoising: base b (wrong), source a (correct); noising: base a, source b; "
+                        "category rows average pairs at the same offset from the edit",
+            "transformer_lens_patching": "transformer_lens.patching works with TransformerBridge (TL "
+                                         "4.3); tests/test_patching.py checks interp.causal.patching.generic_patch "
+                                         "against it",
+        },
+        "files": written,  # tables written by this invocation (a disabled part leaves older files alone)
+        "figures": figure_info,
+        "timings": timings,
+    }
+    R.write_json(out_dir / "manifest.json", manifest)
+    result["manifest"] = manifest
+    return result
+
+
+def summary_text(result: dict) -> str:
+    """What ``python -m interp.patch`` prints: where the results are, the mean margin change per selection."""
+    lines = [f"causal tests -> {result['dir']} (ranked by {result['rank_column']})"]
+    summ = result.get("ablation_summary")
+    if summ is not None and not summ.empty:
+        d = summ[summ["category"] == "all"]
+        lines.append("ablation, all grammar pairs: mean margin change (random: mean +- std over seeds)")
+        for r in d.itertuples():
+            spread = f" +- {r.margin_change_std:.3f}" if r.n_seeds > 1 else ""
+            lines.append(f"  {r.selection:<13} k={r.k:<4} {r.mode:<9} {r.where:<6} "
+                         f"margin change {r.margin_change_mean:+.3f}{spread}  accuracy change {r.accuracy_change_mean:+.3f}")
+    return "\n".join(lines)
+
+
