@@ -103,3 +103,35 @@ def parse_name(name: str) -> tuple[str, int]:
             if mid.isdigit():
                 return hp.point, int(mid)
     raise ValueError(f"not a known hook name: {name}")
+
+
+def head_summary(point: str) -> str:
+    """The hook the statistics write a per-head point's one-unit-per-head rows under (``z``: ``z_head``)."""
+    return f"{point}_head"
+
+
+def head_points() -> list[str]:
+    """The points with a per-head view (``z``), in table order: head heatmaps and the head page."""
+    return [p for p, hp in HOOK_POINTS.items() if hp.heads]
+
+
+def neuron_points() -> list[str]:
+    """The points whose components are MLP neurons (``mlp_post``), in table order: block heatmaps and
+    the neuron page."""
+    return [p for p, hp in HOOK_POINTS.items() if hp.unit == "neuron"]
+
+
+# The order figures and the viewer list hook points in: the residual stream through a block, each
+# sublayer beside its inner point. Points of the table missing here follow in table order.
+DISPLAY_ORDER = ("resid_pre", "attn_out", "z", "resid_mid", "mlp_post", "mlp_out", "resid_post")
+
+
+def display_order() -> list[str]:
+    """Every hook name a run's tables can hold, in display order: the points of ``DISPLAY_ORDER``, the
+    table's other points, each per-head point followed by its summary (``z``, ``z_head``)."""
+    out = []
+    for p in [*DISPLAY_ORDER, *(p for p in HOOK_POINTS if p not in DISPLAY_ORDER)]:
+        out.append(p)
+        if HOOK_POINTS[p].heads:
+            out.append(head_summary(p))
+    return out

@@ -444,6 +444,16 @@ def test_helpers():
     assert fmt(0.000012345) == "1.234e-05" and fmt(True) == "yes" and fmt(12.3456) == "12.35"
 
 
+def test_optional_columns_are_the_registry_columns_that_need_controls():
+    from interp.stats.registry import COLUMNS
+    from interp.viewer.columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
+
+    assert OPTIONAL_STAB_COLUMNS == ["control_normalized", "ratio", "p_value", "q_value", "massive",
+                                     "rank_calibrated"]
+    needs_controls = {c.name for c in COLUMNS if c.needs_controls}
+    assert [c for c in OPTIONAL_STAB_COLUMNS if c != "massive"] == [c for c in VALUE_COLUMNS if c in needs_controls]
+
+
 def test_cli_arguments(tmp_path):
     from interp.view import main
 

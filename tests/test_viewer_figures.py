@@ -87,6 +87,36 @@ def test_run_figures_without_controls_plot_the_change_against_the_spread():
     assert len(figs["ranking_edit"].data) == 1
 
 
+def test_hook_order_heads_and_neurons_come_from_the_hook_point_table(monkeypatch):
+    import dataclasses
+
+    from interp import hooks
+    from interp.figures.common import HOOK_ORDER, hook_sort_key
+
+    assert sorted(HOOK_ORDER) == sorted(hooks.HOOK_POINTS)
+    # today's points keep the order of the pages: the residual stream through a block
+    assert sorted(hooks.HOOK_POINTS, key=hook_sort_key) == ["resid_pre", "attn_out", "z", "resid_mid", "mlp_post",
+                                                            "mlp_out", "resid_post"]
+    assert hooks.head_summary("z") == "z_head" and hooks.head_points() == ["z"]
+    assert hooks.neuron_points() == ["mlp_post"]
+    stab = stability(controls=False)
+    assert F.common.label("z", 1, 5, 1) == "z[1].h1.5" and F.common.label("resid_post", 1, 5, 1) == "resid_post[1].5"
+    figs = F.run_figures(stab, pairs())
+    assert "heatmap_z_heads_edit" in figs and "heatmap_resid_post_heads_edit" not in figs
+    assert "block" not in " ".join(figs)
+    assert F.heatmap(stab, "z", "edit").layout.xaxis.title.text == "component (head × d_head + dim)"
+    # a point that gains a per-head view in the table gets head heatmaps and head labels; one of
+    # neurons gets block heatmaps and the neuron axis
+    point = hooks.HOOK_POINTS["resid_post"]
+    monkeypatch.setitem(hooks.HOOK_POINTS, "resid_post", dataclasses.replace(point, heads=True, unit="neuron"))
+    figs = F.run_figures(stab.assign(head=stab["component"] // 4), pairs())
+    assert {"heatmap_resid_post_heads_edit", "heatmap_resid_post_blocks_edit"} <= set(figs)
+    assert F.common.label("resid_post", 1, 5, 1) == "resid_post[1].h1.5"
+    assert F.heatmap(stab, "resid_post", "edit").layout.xaxis.title.text == "component (neuron)"
+    assert list(F.head_dimensions(stab.assign(head=0), 1, 0, hook="resid_post").data[0].y) == list(
+        stab[(stab["hook"] == "resid_post") & (stab["layer"] == 1)]["normalized"])
+
+
 @pytest.mark.parametrize("module,argv", [("interp.figures.cli", []), ("interp.view", []),
                                          ("interp.view", ["serve"]), ("interp.view", ["export"]),
                                          ("interp.compare", [])])

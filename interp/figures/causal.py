@@ -4,8 +4,8 @@
   random selections (random: mean over seeds, error bars = standard deviation across seeds, faint
   markers = each seed), one figure per ablation mode x where;
 - ``patching_heatmap``: normalized patching effect, layer x position (residual stream; per category
-  the position is the offset from the edit) or layer x head (``hook_z``), denoising and noising
-  side by side.
+  the position is the offset from the edit) or layer x head (points with a per-head view, ``hook_z``),
+  denoising and noising side by side.
 
 - ``ablation`` and ``patching_panels``: the viewer's interactive variants (one selection of mode,
   where and category; one figure per patched hook kind and metric).
@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .. import results as R
+from ..hooks import HOOK_POINTS
 from .common import esc, styled
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def patching_heatmap(patching: pd.DataFrame, kind: str, *, pair_id=None, categor
     directions = [x for x in ("denoising", "noising") if x in set(d["direction"])]
     fig = make_subplots(rows=1, cols=max(1, len(directions)),
                         subplot_titles=[f"{x} ({'a into b' if x == 'denoising' else 'b into a'})" for x in directions])
-    per_head = kind == "z"
+    per_head = kind in HOOK_POINTS and HOOK_POINTS[kind].heads
     xcol = "head" if per_head else ("position" if pair_id is not None else "offset")
     for c, direction in enumerate(directions, start=1):
         dd = d[d["direction"] == direction]

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-# The order hook points are listed in (the order of the residual stream within a block).
-HOOK_ORDER = ["resid_pre", "attn_out", "z", "resid_mid", "mlp_post", "mlp_out", "resid_post"]
+from ..hooks import HOOK_POINTS, display_order
+
+# The order hook points are listed in (from the hook-point table, interp.hooks.display_order).
+HOOK_ORDER = [h for h in display_order() if h in HOOK_POINTS]
 
 # A link for a component (hook, layer, component) or a pair (pair id): the viewer passes these so
 # that points and bars of a figure open the matching page (written into ``customdata``).
@@ -53,9 +55,9 @@ def esc(s: Any) -> str:
 
 
 def label(hook: str, layer: int, comp: int, head: Any = None) -> str:
-    """``hook[layer].component``; heads of ``z`` as ``z[layer].hHEAD.component``."""
-    if hook == "z" and head is not None and not pd.isna(head):
-        return f"z[{layer}].h{int(head)}.{comp}"
+    """``hook[layer].component``; points with a per-head view as ``z[layer].hHEAD.component``."""
+    if hook in HOOK_POINTS and HOOK_POINTS[hook].heads and head is not None and not pd.isna(head):
+        return f"{hook}[{layer}].h{int(head)}.{comp}"
     return f"{hook}[{layer}].{comp}"
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .. import results as R
+from ..hooks import head_points, neuron_points
 from .causal import ablation, patching_panels
 from .common import hook_sort_key, values
 from .divergence import divergence, divergence_heatmap
@@ -101,10 +102,10 @@ def run_figures(stab: pd.DataFrame, pairs: pd.DataFrame, div: pd.DataFrame | Non
     figs = {}
     for hook in sorted(stab["hook"].unique()):
         figs[f"heatmap_{hook}_{position}"] = heatmap(stab, hook, position)
-        if hook == "z":
-            figs[f"heatmap_z_heads_{position}"] = heatmap(stab, hook, position, by="head")
-        if hook == "mlp_post":
-            figs[f"heatmap_mlp_post_blocks_{position}"] = heatmap(stab, hook, position, by="block")
+        if hook in head_points():
+            figs[f"heatmap_{hook}_heads_{position}"] = heatmap(stab, hook, position, by="head")
+        if hook in neuron_points():
+            figs[f"heatmap_{hook}_blocks_{position}"] = heatmap(stab, hook, position, by="block")
     if div is not None:
         for hook in sorted(div["hook"].unique()):
             figs[f"divergence_{hook}"] = divergence(div, hook)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..hooks import HOOK_POINTS, head_points
 from .common import (ComponentURL, empty, esc, hook_sort_key, label, select, styled, table, top_rows,
                      values)
 
@@ -37,7 +38,7 @@ def heatmap(data: Any, hook: str, position: str = "edit", value: str = "normaliz
             cstart: int = 0, cwidth: int | None = None, block: int = 64) -> go.Figure:
     """Layer x component heatmap of ``value`` at one hook point and position.
 
-    ``by="head"`` (hook ``z``): mean over each head's dimensions; ``by="block"``: mean over blocks of
+    ``by="head"`` (points with a per-head view, ``z``): mean over each head's dimensions; ``by="block"``: mean over blocks of
     ``block`` components (thousands of neurons on one screen); ``by="component"``: one column per
     component, ``cwidth`` of them from ``cstart`` (None: all).
     """
@@ -59,7 +60,7 @@ def heatmap(data: Any, hook: str, position: str = "edit", value: str = "normaliz
                                    hovertemplate="layer %{y}<br>" + xlab.split(" (")[0] + " %{x}<br>mean " + value
                                    + " %{z:.4g}<extra></extra>"))
         return styled(fig, f"{value} at '{position}', {hook}: layer × {what}" if by == "block" else
-                      f"{value} at '{position}', z: layer × head (mean over each head's dimensions)",
+                      f"{value} at '{position}', {hook}: layer × head (mean over each head's dimensions)",
                       220 + 26 * len(grid), xaxis={"title": {"text": xlab}, **({"dtick": 1} if by == "head" else {})},
                       yaxis={"title": {"text": "layer"}, "dtick": 1 if len(grid) <= 40 else None})
     w = heatmap_window(s, hook, position, cstart, cwidth)
@@ -72,7 +73,8 @@ def heatmap(data: Any, hook: str, position: str = "edit", value: str = "normaliz
                       y=[int(i) for i in grid.index], colorscale="Viridis", colorbar={"title": {"text": value}},
                       hovertemplate="layer %{y}<br>component %{x}<br>" + value + " %{z:.4g}<extra></extra>")
     fig = go.Figure(heat)
-    xlab = "component" + (" (head × d_head + dim)" if hook == "z" else " (neuron)" if hook == "mlp_post" else "")
+    unit = HOOK_POINTS[hook].unit if hook in HOOK_POINTS else ""
+    xlab = "component" + {"head_dim": " (head × d_head + dim)", "neuron": " (neuron)"}.get(unit, "")
     window = f", components {cstart}–{cend - 1} of {n_comp}" if cend - cstart < n_comp else ""
     return styled(fig, f"{value} at '{position}', {hook}: layer × component{window}", 220 + 26 * len(grid),
                   xaxis_title=xlab, yaxis_title="layer", yaxis={"dtick": 1 if len(grid) <= 40 else None})
@@ -212,13 +214,16 @@ def category_bars(d: pd.DataFrame, title: str) -> go.Figure:
     return styled(fig, title, 360, barmode="group", yaxis_title="normalized |a−b|", xaxis_title="category")
 
 
-def head_dimensions(data: Any, layer: int, head: int, url: ComponentURL | None = None) -> go.Figure:
-    """Normalized change of each dimension of one attention head (hook ``z``), one bar group per position."""
+def head_dimensions(data: Any, layer: int, head: int, url: ComponentURL | None = None,
+                    hook: str | None = None) -> go.Figure:
+    """Normalized change of each dimension of one attention head of ``hook`` (default: the first point
+    with a per-head view, ``z``), one bar group per position."""
+    hook = hook or head_points()[0]
     s = table(data)
-    d = s[(s["hook"] == "z") & (s["layer"] == layer) & (s["head"] == head)]
+    d = s[(s["hook"] == hook) & (s["layer"] == layer) & (s["head"] == head)]
     fig = go.Figure()
     for pos, g in d.groupby("position", observed=True, sort=False):
         fig.add_trace(go.Bar(x=g["head_dim"], y=g["normalized"], name=esc(pos),
-                             customdata=[url("z", layer, c) for c in g["component"]] if url else None))
+                             customdata=[url(hook, layer, c) for c in g["component"]] if url else None))
     return styled(fig, f"normalized change of each dimension of head {head}, layer {layer}", 340, barmode="group",
                   xaxis_title="head dimension", yaxis_title="normalized")

@@ -7,9 +7,21 @@ are offered); ``OPTIONAL_STAB_COLUMNS`` are shown only where a run has them.
 
 from __future__ import annotations
 
-from ..stats.registry import value_columns
+from ..stats.registry import COLUMNS, value_columns
 
 # Numeric columns one may plot or sort by (present ones are offered).
 VALUE_COLUMNS = value_columns()
-# Columns written only with controls (analysis.controls.n > 0), shown when present.
-OPTIONAL_STAB_COLUMNS = ["control_normalized", "ratio", "p_value", "q_value", "massive", "rank_calibrated"]
+
+
+def _optional_columns() -> list[str]:
+    """The value columns written only with controls (analysis.controls.n > 0, ``needs_controls`` in
+    the registry), in menu order, with the ``massive`` flag right after ``q_value`` (the columns of the
+    stable rule side by side)."""
+    needs_controls = {c.name for c in COLUMNS if c.needs_controls}
+    cols = [c for c in VALUE_COLUMNS if c in needs_controls]
+    at = cols.index("q_value") + 1 if "q_value" in cols else len(cols)
+    return cols[:at] + ["massive"] + cols[at:]
+
+
+# Columns shown beside the others where a run has them.
+OPTIONAL_STAB_COLUMNS = _optional_columns()

@@ -14,10 +14,22 @@ import pandas as pd
 import plotly.graph_objects as go
 from flask import current_app, request, url_for
 
+from ..hooks import HOOK_POINTS, head_points, neuron_points
 from .store import Run, RunStore, TokenDecoder
 
 HEATMAP_MAX_COLUMNS = 2048   # wider hooks are shown a window at a time (cstart)
 PER_PAGE_MAX = 500
+# From the hook-point table: points with a per-head view get heatmaps by head, points of neurons get
+# the neuron title. The head page and the neuron page name no point in their URL: they show the
+# table's first such point (``z``, ``mlp_post``); other points have component pages.
+HEAD_POINTS = head_points()
+HEAD_POINT = HEAD_POINTS[0] if HEAD_POINTS else None
+NEURON_POINT = next(iter(neuron_points()), None)
+
+
+def is_neuron(hook: str) -> bool:
+    """Whether one component of ``hook`` is an MLP neuron (``unit`` of the hook-point table)."""
+    return hook in HOOK_POINTS and HOOK_POINTS[hook].unit == "neuron"
 
 
 def store() -> RunStore:
@@ -162,8 +174,8 @@ def fig_spec(fig: go.Figure, click: str | None = None) -> dict:
 
 
 def component_url(run: Run, hook: str, layer: int, component: int) -> str:
-    """The page of one component (of a neuron for ``mlp_post``)."""
-    if hook == "mlp_post":
+    """The page of one component (the neuron page for ``NEURON_POINT``, ``mlp_post``)."""
+    if hook == NEURON_POINT:
         return url_for("component.neuron", run=run.id, layer=int(layer), neuron=int(component))
     return url_for("component.component", run=run.id, hook=hook, layer=int(layer), component=int(component))
 

@@ -1,4 +1,4 @@
-"""One component (or neuron, for ``mlp_post``) of a run: its statistics per position, per category,
+"""One component (or neuron, for points of neurons: ``mlp_post``) of a run: its statistics per position, per category,
 and its activation in the saved pairs."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from flask import Blueprint, abort, render_template, url_for
 from ... import figures as F
 from ... import results as R
 from ...figures.common import label
+from ...hooks import HOOK_POINTS
 from ..columns import OPTIONAL_STAB_COLUMNS
 from ..store import Run, records, saved_pairs
-from ..web import component_url, fig_spec, nav, store
+from ..web import NEURON_POINT, component_url, fig_spec, is_neuron, nav, store
 
 bp = Blueprint("component", __name__)
 
@@ -20,9 +21,9 @@ bp = Blueprint("component", __name__)
 @bp.route("/run/<path:run>/-/neuron/<int:layer>/<int:neuron>")
 def neuron(run: str, layer: int, neuron: int):
     r = store().get(run)
-    if "mlp_post" not in r.hooks:
-        abort(404, description="this run has no neuron rows (hook point mlp_post was not recorded)")
-    return _component_page(r, "mlp_post", layer, neuron)
+    if NEURON_POINT is None or NEURON_POINT not in r.hooks:
+        abort(404, description=f"this run has no neuron rows (hook point {NEURON_POINT} was not recorded)")
+    return _component_page(r, NEURON_POINT, layer, neuron)
 
 
 @bp.route("/run/<path:run>/-/component/<hook>/<int:layer>/<int:component>")
@@ -83,11 +84,11 @@ def _component_page(r: Run, hook: str, layer: int, comp: int):
                 saved_rows, f"{label(hook, layer, comp)}: a − b in the saved pairs",
                 url=lambda pid: url_for("pairs.pair", run=r.id, pair_id=pid)))
     head_i = None
-    if hook == "z" and "head" in d.columns:
+    if hook in HOOK_POINTS and HOOK_POINTS[hook].heads and "head" in d.columns:
         head_i = int(d["head"].iloc[0])
     n_comp = int(s.loc[(s["hook"] == hook) & (s["layer"] == layer), "component"].max()) + 1
     return render_template("component.html", **nav(r), hook=hook, layer=layer, comp=comp, rows=rows,
                            prev_url=component_url(r, hook, layer, comp - 1) if comp > 0 else None,
                            next_url=component_url(r, hook, layer, comp + 1) if comp + 1 < n_comp else None,
                            cols=cols, figs=figs, cat_rows=cat_rows, saved_rows=saved_rows, head=head_i,
-                           n_comp=n_comp, label=label(hook, layer, comp, head_i), is_neuron=hook == "mlp_post")
+                           n_comp=n_comp, label=label(hook, layer, comp, head_i), is_neuron=is_neuron(hook))

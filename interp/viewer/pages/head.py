@@ -1,5 +1,6 @@
-"""One attention head (hook ``z``) of a run: its dimensions' change per position and category, its
-attention pattern on a saved pair and |z_a - z_b| of the head in each saved pair."""
+"""One attention head of a run (of the hook-point table's first point with a per-head view, ``z``):
+its dimensions' change per position and category, its attention pattern on a saved pair and
+|z_a - z_b| of the head in each saved pair."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from ... import figures as F
 from ... import results as R
 from ..columns import OPTIONAL_STAB_COLUMNS
 from ..store import attention_spec, records, saved_pairs, saved_tokens
-from ..web import arg_choice, component_url, component_urls, decoder, default_position, fig_spec, nav, store
+from ..web import (HEAD_POINT, arg_choice, component_url, component_urls, decoder, default_position, fig_spec, nav,
+                   store)
 
 bp = Blueprint("head", __name__)
 
@@ -19,12 +21,13 @@ bp = Blueprint("head", __name__)
 def head(run: str, layer: int, head: int):
     r = store().get(run)
     s = r.stab
-    if "head" not in s.columns:
-        abort(404, description="this run has no per-head rows (hook point z was not recorded)")
-    d = s[(s["hook"] == "z") & (s["layer"] == layer) & (s["head"] == head)]
+    hook = HEAD_POINT
+    if hook is None or "head" not in s.columns:
+        abort(404, description=f"this run has no per-head rows (hook point {hook} was not recorded)")
+    d = s[(s["hook"] == hook) & (s["layer"] == layer) & (s["head"] == head)]
     if d.empty:
         abort(404, description=f"no head {head} at layer {layer} in this run")
-    n_heads = int(s.loc[(s["hook"] == "z") & (s["layer"] == layer), "head"].max()) + 1
+    n_heads = int(s.loc[(s["hook"] == hook) & (s["layer"] == layer), "head"].max()) + 1
     per_pos = []
     for pos, g in d.groupby("position", observed=True, sort=False):
         per_pos.append({"position": pos, "n": len(g), "mean": float(g["normalized"].mean()),
@@ -33,10 +36,10 @@ def head(run: str, layer: int, head: int):
                         "mean_abs_diff": float(g["mean_abs_diff"].mean())})
     position = arg_choice("position", r.positions, default_position(r))
     dims = d[d["position"] == position].sort_values("head_dim")
-    figs = {"dims": fig_spec(F.head_dimensions(s, layer, head, url=component_urls(r)))}
+    figs = {"dims": fig_spec(F.head_dimensions(s, layer, head, url=component_urls(r), hook=hook))}
     bc = r.by_category
     if bc is not None and "head" in bc:
-        g = bc[(bc["hook"] == "z") & (bc["layer"] == layer) & (bc["head"] == head)]
+        g = bc[(bc["hook"] == hook) & (bc["layer"] == layer) & (bc["head"] == head)]
         if len(g):
             mean = g.groupby(["position", "category"], observed=True, sort=False,
                              as_index=False)["normalized"].mean()
@@ -44,7 +47,7 @@ def head(run: str, layer: int, head: int):
                 mean, f"head {head}, layer {layer}: mean normalized change over its dimensions, per category"))
     dim_cols = [c for c in ["head_dim", "component", "normalized", "mean_abs_diff", "spread", "rank"]
                 + OPTIONAL_STAB_COLUMNS if c in dims.columns]
-    dim_rows = [{"cells": rec, "href": component_url(r, "z", layer, rec["component"])}
+    dim_rows = [{"cells": rec, "href": component_url(r, hook, layer, rec["component"])}
                 for rec in records(dims, dim_cols)]
     # attention patterns of this head on a saved pair, and |z_a - z_b| of the head per saved pair
     pats, acts = r.saved(R.PATTERNS), r.saved(R.ACTIVATIONS)
@@ -58,7 +61,7 @@ def head(run: str, layer: int, head: int):
             i = pats.index[sel]
             labels = saved_tokens(decoder(), r, pats, i, rec)
             pattern = attention_spec(pats, i, layer, len(labels[0]), len(labels[1]), labels, head)
-    zname = r.hook_name("z", layer)
+    zname = r.hook_name(hook, layer)
     if acts is not None and zname in acts.keys:
         for pid, rec, i in saved_pairs(p, acts):
             x = acts.get(zname, i)  # [2, pos, head, d_head]
@@ -67,7 +70,7 @@ def head(run: str, layer: int, head: int):
                 saved_rows.append({"pair_id": pid, "a": rec["a"], "b": rec["b"], "token_a": rec.get("token_a"),
                                    "token_b": rec.get("token_b"), "row": rec,
                                    "diff": float(np.linalg.norm(x[0, e, head] - x[1, e, head]))})
-    return render_template("head.html", **nav(r), layer=layer, head=head, n_heads=n_heads, per_pos=per_pos,
+    return render_template("head.html", **nav(r), hook=hook, layer=layer, head=head, n_heads=n_heads, per_pos=per_pos,
                            figs=figs, dim_rows=dim_rows, dim_cols=dim_cols, position=position,
                            pattern=pattern, saved_ids=pats.pair_ids if pats else [], sel=sel,
                            saved_rows=saved_rows)

@@ -9,7 +9,7 @@ from ... import figures as F
 from ...figures.common import hook_sort_key, top_rows
 from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
 from ..store import records
-from ..web import arg_choice, component_url, component_urls, default_position, fig_spec, nav, store
+from ..web import HEAD_POINT, arg_choice, component_url, component_urls, default_position, fig_spec, nav, store
 
 bp = Blueprint("layer", __name__)
 
@@ -47,7 +47,7 @@ def layer(run: str, layer: int):
     top_recs = [{"cells": rec, "href": component_url(r, rec["hook"], layer, rec["component"])}
                 for rec in records(top, top_cols)]
     heads = []
-    zd = d[d["hook"] == "z"]
+    zd = d[d["hook"] == HEAD_POINT]
     if len(zd) and "head" in zd:
         for hd, g in zd.groupby("head", observed=True):
             heads.append({"head": int(hd), "mean": float(g["normalized"].mean()),
@@ -55,7 +55,7 @@ def layer(run: str, layer: int):
                           "best_rank": g["rank"].min() if "rank" in g else None})
     i = r.layers.index(layer)
     return render_template("layer.html", **nav(r), layer=layer, position=position, value=value, values=values,
-                           hook_summary=summary, figs=figs, top=top_recs, top_cols=top_cols, heads=heads,
+                           hook_summary=summary, figs=figs, top=top_recs, top_cols=top_cols, heads=heads, head_hook=HEAD_POINT,
                            cat_hook=cat_hook, hooks_here=hooks_here,
                            prev_layer=r.layers[i - 1] if i > 0 else None,
                            next_layer=r.layers[i + 1] if i + 1 < len(r.layers) else None)

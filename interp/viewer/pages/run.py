@@ -12,8 +12,8 @@ from ... import results as R
 from ...figures.stability import heatmap_window, scatter_points
 from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
 from ..store import FILE_DIRS, figure_files
-from ..web import (HEATMAP_MAX_COLUMNS, arg_choice, arg_int, click_template, component_urls, default_position,
-                   fig_spec, nav, store)
+from ..web import (HEAD_POINT, HEAD_POINTS, HEATMAP_MAX_COLUMNS, NEURON_POINT, arg_choice, arg_int, click_template,
+                   component_urls, default_position, fig_spec, nav, store)
 
 bp = Blueprint("run", __name__)
 
@@ -35,7 +35,7 @@ def run_page(run: str):
     sy = arg_choice("y", values, "mean_abs_diff")
     slog = request.args.get("log", "1") != "0"
     cstart = arg_int("cstart", 0, 0)
-    by_head = hook == "z" and request.args.get("by") == "head"
+    by_head = hook in HEAD_POINTS and request.args.get("by") == "head"
     s = r.stab
     here = s[(s["hook"] == hook) & (s["position"] == position)]
     if by_head and "head" in here.columns and here["head"].notna().any():
@@ -51,7 +51,7 @@ def run_page(run: str):
     shown, n = scatter_points(s, position, sx, sy, None, slog, sel_layer)
     sinfo = {"n": n, "shown": 0 if shown is None else len(shown)}
     click = url_for("head.head", run=r.id, layer=0, head=0)[: -len("/0/0")] + "/{y}/{x}" if by_head \
-        else click_template(r, hook)
+        and hook == HEAD_POINT else None if by_head else click_template(r, hook)
     figs = {"heatmap": fig_spec(heat, click=click),
             "ranking": fig_spec(F.ranking(s, position, k, rank_hook or None, rank_key, sel_layer, url=urls)),
             "scatter": fig_spec(scatter),
@@ -59,12 +59,13 @@ def run_page(run: str):
             "accuracy": fig_spec(F.accuracy({r.id: r.manifest}))}
     files = figure_files(r, R.FIGURES)
     heads = []
-    if "z" in hooks and "head" in r.stab.columns:
-        heads = sorted(int(h) for h in r.stab.loc[r.stab["hook"] == "z", "head"].dropna().unique())
+    if HEAD_POINT in hooks and "head" in r.stab.columns:
+        heads = sorted(int(h) for h in r.stab.loc[r.stab["hook"] == HEAD_POINT, "head"].dropna().unique())
     return render_template(
         "run.html", **nav(r), figs=figs, hooks=hooks, positions=positions, hook=hook, position=position,
         value=value, values=values, k=k, rank_hook=rank_hook, rank_keys=rank_keys, rank_key=rank_key,
         sx=sx, sy=sy, slog=slog, hinfo=hinfo, sinfo=sinfo, files=files, heads=heads, by_head=by_head,
+        head_hooks=HEAD_POINTS, head_hook=HEAD_POINT, neuron_hook=NEURON_POINT if NEURON_POINT in hooks else None,
         sel_layer=sel_layer,
         cwidth=HEATMAP_MAX_COLUMNS, config_json=json.dumps(r.manifest.get("config", {}), indent=2, default=str),
         timings=r.manifest.get("timings", {}), counts=r.manifest.get("counts", {}),
