@@ -19,6 +19,10 @@ Writes ``compare.parquet`` (one row per run x hook x bin), ``compare_divergence.
 hook x bin x offset, with the fewest pairs any layer of the bin has at that offset), ``compare.json`` (runs, accuracy side by side, totals, the bins where one run
 has stable components and the other none) and plotly figures (HTML with plotly.min.js beside it,
 PNG) into ``--out`` (default ``RUN_A/compare_<name of RUN_B>``).
+
+``compare`` reads the runs with ``interp.load_run`` and raises ``interp.result.RunDirError`` (not a
+complete run dir) or ``CompareError`` (a position one run lacks); ``main`` turns both into one line
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ import pandas as pd
 
 from . import results as R
 from . import rules
+from .result import Result, RunDirError, load_run
 
 COMPARE = "compare.parquet"
 COMPARE_DIVERGENCE = "compare_divergence.parquet"
@@ -57,19 +63,46 @@ def stable_mask(stab: pd.DataFrame, alpha: float) -> pd.Series:
     return rules.stable_mask(stab, alpha).astype(float)
 
 
-def load_run(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    if not R.is_complete(run_dir):
-        raise SystemExit(f"{run_dir}: not a complete run directory of python -m interp.run "
-                         "(no manifest.json with status complete)")
-    man = R.read_manifest(run_dir)
-    stab = R.read_table(run_dir, R.STABILITY)
-    pairs = R.read_table(run_dir, R.PAIRS)
-    div = R.read_table(run_dir, R.DIVERGENCE) if (run_dir / R.DIVERGENCE).exists() else pd.DataFrame()
-    controls = (man.get("config", {}).get("analysis", {}) or {}).get("controls", {}) or {}
-    return {"dir": run_dir, "name": run_dir.name, "manifest": man, "stability": stab, "pairs": pairs,
-            "divergence": div, "n_layers": int(man["model"]["n_layers"]), "model": man["model"].get("name"),
-            "controls": {"n": controls.get("n"), "pool": controls.get("pool")}}
+class CompareError(ValueError):
+    """Two runs that cannot be compared as asked (a position one of them lacks)."""
+
+
+@dataclass
+class Side:
+    """One run of the comparison: its ``Result`` and the name its rows carry."""
+
+    result: Result
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return self.result.run_dir
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.result.manifest["model"]["n_layers"])
+
+    @property
+    def model(self) -> str | None:
+        return self.result.manifest["model"].get("name")
+
+    @property
+    def controls(self) -> dict:
+        c = (self.result.manifest.get("config", {}).get("analysis", {}) or {}).get("controls", {}) or {}
+        return {"n": c.get("n"), "pool": c.get("pool")}
+
+    @property
+    def divergence(self) -> pd.DataFrame:
+        div = self.result.divergence
+        return pd.DataFrame() if div is None else div
+
+
+def side(run: str | Path | Result) -> Side:
+    """A run dir (read with ``interp.load_run``) or a saved ``Result`` as one side of the comparison."""
+    result = run if isinstance(run, Result) else load_run(run)
+    if result.run_dir is None:
+        raise RunDirError("the result has no run directory; save it first (Result.save)")
+    return Side(result, result.run_dir.name)
 
 
 def accuracy(pairs: pd.DataFrame) -> dict:
@@ -82,20 +115,20 @@ def accuracy(pairs: pd.DataFrame) -> dict:
     return out
 
 
-def bin_table(run: dict, position: str, alpha: float, bins: int) -> pd.DataFrame:
-    stab = run["stability"]
+def bin_table(run: Side, position: str, alpha: float, bins: int) -> pd.DataFrame:
+    stab = run.result.stability
     if position not in set(stab["position"]):
-        raise SystemExit(f"{run['dir']}: position {position!r} not in stability.parquet "
-                         f"(has {sorted(set(stab['position']))})")
+        raise CompareError(f"{run.dir}: position {position!r} not in stability.parquet "
+                           f"(has {sorted(set(stab['position']))})")
     d = stab[stab["position"] == position].copy()
-    d["rel_depth"] = relative_depth(d["layer"], run["n_layers"])
+    d["rel_depth"] = relative_depth(d["layer"], run.n_layers)
     d["bin"] = depth_bin(d["rel_depth"], bins)
     d["stable"] = stable_mask(d, alpha)
     has_ratio = "ratio" in d.columns
     rows = []
     for (hook, b), g in d.groupby(["hook", "bin"], sort=True):
         rows.append({
-            "run": run["name"], "model": run["model"], "n_layers": run["n_layers"], "hook": hook,
+            "run": run.name, "model": run.model, "n_layers": run.n_layers, "hook": hook,
             "bin": int(b), "bin_lo": b / bins, "bin_hi": (b + 1) / bins,
             "layers": ",".join(str(x) for x in sorted(g["layer"].unique())),
             "n_components": int(len(g)),
@@ -107,24 +140,27 @@ def bin_table(run: dict, position: str, alpha: float, bins: int) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def divergence_table(run: dict, bins: int) -> pd.DataFrame:
-    div = run["divergence"]
+def divergence_table(run: Side, bins: int) -> pd.DataFrame:
+    div = run.divergence
     if div.empty:
         return pd.DataFrame(columns=["run", "hook", "bin", "offset", "normalized", "n_pairs"])
     d = div[div["category"] == "all"].copy()
-    d["bin"] = depth_bin(relative_depth(d["layer"], run["n_layers"]), bins)
+    d["bin"] = depth_bin(relative_depth(d["layer"], run.n_layers), bins)
     out = (d.groupby(["hook", "bin", "offset"], sort=True)
            .agg(normalized=("normalized", "mean"), n_pairs=("n_pairs", "min")).reset_index())
-    out.insert(0, "run", run["name"])
+    out.insert(0, "run", run.name)
     return out
 
 
-def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None, position: str = "edit",
-            alpha: float = 0.05, bins: int = 10, figures: bool = True, png: bool = True) -> dict:
-    A, B = load_run(run_a), load_run(run_b)
-    if A["name"] == B["name"]:  # same folder name in two places: keep the labels apart
-        A["name"], B["name"] = f"A:{A['name']}", f"B:{B['name']}"
-    out = Path(out) if out else A["dir"] / f"compare_{Path(run_b).name}"
+def compare(run_a: str | Path | Result, run_b: str | Path | Result, out: str | Path | None = None,
+            position: str = "edit", alpha: float = 0.05, bins: int = 10, figures: bool = True,
+            png: bool = True) -> dict:
+    """Compare two runs (run dirs, or saved ``Result`` objects); writes into ``out`` and returns the
+    summary written as ``compare.json`` (plus ``out``)."""
+    A, B = side(run_a), side(run_b)
+    out = Path(out) if out else A.dir / f"compare_{B.name}"
+    if A.name == B.name:  # same folder name in two places: keep the labels apart
+        A.name, B.name = f"A:{A.name}", f"B:{B.name}"
     out.mkdir(parents=True, exist_ok=True)
     table = pd.concat([bin_table(A, position, alpha, bins), bin_table(B, position, alpha, bins)],
                       ignore_index=True)
@@ -134,19 +170,19 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
 
     # bins (per hook) where one run has stable components and the other has none
     wide = table.pivot_table(index=["hook", "bin"], columns="run", values="share_stable", dropna=False)
-    only = {A["name"]: [], B["name"]: []}
-    if A["name"] in wide.columns and B["name"] in wide.columns:
+    only = {A.name: [], B.name: []}
+    if A.name in wide.columns and B.name in wide.columns:
         for (hook, b), r in wide.iterrows():
-            sa, sb = r[A["name"]], r[B["name"]]
+            sa, sb = r[A.name], r[B.name]
             if pd.notna(sa) and pd.notna(sb):
                 if sa > 0 and sb == 0:
-                    only[A["name"]].append({"hook": hook, "bin": int(b), "share": float(sa)})
+                    only[A.name].append({"hook": hook, "bin": int(b), "share": float(sa)})
                 if sb > 0 and sa == 0:
-                    only[B["name"]].append({"hook": hook, "bin": int(b), "share": float(sb)})
+                    only[B.name].append({"hook": hook, "bin": int(b), "share": float(sb)})
     totals = {}
     for run in (A, B):
-        t = table[table["run"] == run["name"]]
-        totals[run["name"]] = {
+        t = table[table["run"] == run.name]
+        totals[run.name] = {
             hook: {"n_components": int(g["n_components"].sum()),
                    "n_stable": None if g["n_stable"].isna().any() else int(g["n_stable"].sum()),
                    "share_stable": None if g["n_stable"].isna().any()
@@ -155,15 +191,15 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
     summary = {
         "position": position, "alpha": alpha, "bins": bins,
         "stable_definition": rules.STABLE_DEFINITION.format(alpha=alpha),
-        "runs": {r["name"]: {"dir": str(r["dir"]), "model": r["model"], "n_layers": r["n_layers"],
-                             "n_pairs": int(len(r["pairs"])), "controls": r["controls"],
-                             "accuracy": accuracy(r["pairs"])} for r in (A, B)},
+        "runs": {r.name: {"dir": str(r.dir), "model": r.model, "n_layers": r.n_layers,
+                          "n_pairs": int(len(r.result.pairs)), "controls": r.controls,
+                          "accuracy": accuracy(r.result.pairs)} for r in (A, B)},
         "totals": totals,
         "stable_only_in": only,
         "files": [COMPARE, COMPARE_DIVERGENCE],
     }
     if figures:
-        summary["figures"] = write_figures(out, table, div, summary, A["name"], B["name"], png=png)
+        summary["figures"] = write_figures(out, table, div, summary, A.name, B.name, png=png)
     R.write_json(out / COMPARE_JSON, _clean(summary))
     summary["out"] = str(out)
     return summary
@@ -217,10 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         s = compare(a.run_a, a.run_b, a.out, a.position, a.alpha, a.bins, figures=not a.no_figures,
                     png=not a.no_png)
-    except SystemExit as err:  # a run dir or position that does not fit: one line, exit status 2
-        if not isinstance(err.code, str):
-            raise
-        print(f"python -m interp.compare: error: {err.code}", file=sys.stderr)
+    except (RunDirError, CompareError) as err:  # a run dir or position that does not fit: one line, exit status 2
+        print(f"python -m interp.compare: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"compare -> {s['out']}")
     for name, r in s["runs"].items():

@@ -135,6 +135,20 @@ def test_a_run_without_controls_has_no_stable_share_but_still_medians(tmp_path, 
     assert table[table["run"] == "wc"]["share_stable"].notna().all()
 
 
-def test_an_incomplete_run_dir_is_refused_with_a_message(tmp_path, two_runs):
-    with pytest.raises(SystemExit, match="not a complete run directory"):
+def test_an_incomplete_run_dir_or_a_missing_position_is_refused_with_a_message(tmp_path, two_runs):
+    from interp.result import RunDirError
+
+    with pytest.raises(RunDirError, match="not a run directory"):
         C.compare(tmp_path, two_runs[1], tmp_path / "x", figures=False)
+    with pytest.raises(C.CompareError, match="position 'nowhere' not in stability.parquet"):
+        C.compare(two_runs[0], two_runs[1], tmp_path / "x", position="nowhere", figures=False)
+
+
+def test_saved_results_compare_like_their_run_dirs(tmp_path, two_runs):
+    import interp
+
+    by_dir = C.compare(*two_runs, tmp_path / "d", bins=2, figures=False)
+    by_result = C.compare(*map(interp.load_run, two_runs), tmp_path / "r", bins=2, figures=False)
+    assert {k: v for k, v in by_result.items() if k != "out"} == {k: v for k, v in by_dir.items() if k != "out"}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "r" / C.COMPARE),
+                                  pd.read_parquet(tmp_path / "d" / C.COMPARE))

@@ -38,9 +38,9 @@ def heatmap(data: Any, hook: str, position: str = "edit", value: str = "normaliz
             cstart: int = 0, cwidth: int | None = None, block: int = 64) -> go.Figure:
     """Layer x component heatmap of ``value`` at one hook point and position.
 
-    ``by="head"`` (points with a per-head view, ``z``): mean over each head's dimensions; ``by="block"``: mean over blocks of
-    ``block`` components (thousands of neurons on one screen); ``by="component"``: one column per
-    component, ``cwidth`` of them from ``cstart`` (None: all).
+    ``by="head"`` (points with a per-head view, ``z``): mean over each head's dimensions;
+    ``by="block"``: mean over blocks of ``block`` components (thousands of neurons on one screen);
+    ``by="component"``: one column per component, ``cwidth`` of them from ``cstart`` (None: all).
     """
     s = table(data)
     d = s[(s["hook"] == hook) & (s["position"] == position)]

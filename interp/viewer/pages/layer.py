@@ -55,7 +55,7 @@ def layer(run: str, layer: int):
                           "best_rank": g["rank"].min() if "rank" in g else None})
     i = r.layers.index(layer)
     return render_template("layer.html", **nav(r), layer=layer, position=position, value=value, values=values,
-                           hook_summary=summary, figs=figs, top=top_recs, top_cols=top_cols, heads=heads, head_hook=HEAD_POINT,
-                           cat_hook=cat_hook, hooks_here=hooks_here,
+                           hook_summary=summary, figs=figs, top=top_recs, top_cols=top_cols, heads=heads,
+                           head_hook=HEAD_POINT, cat_hook=cat_hook, hooks_here=hooks_here,
                            prev_layer=r.layers[i - 1] if i > 0 else None,
                            next_layer=r.layers[i + 1] if i + 1 < len(r.layers) else None)
