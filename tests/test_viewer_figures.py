@@ -93,12 +93,10 @@ def test_hook_order_heads_and_neurons_come_from_the_hook_point_table(monkeypatch
     from interp import hooks
     from interp.figures.common import HOOK_ORDER, hook_sort_key
 
-    assert HOOK_ORDER == hooks.display_order()
-    # today's points in the order of the pages (the residual stream through a block), the per-head
-    # summary rows right after their point, names the table does not know last
-    names = [*hooks.HOOK_POINTS, "z_head", "other"]
-    assert sorted(names, key=hook_sort_key) == ["resid_pre", "attn_out", "z", "z_head", "resid_mid", "mlp_post",
-                                                "mlp_out", "resid_post", "other"]
+    assert sorted(HOOK_ORDER) == sorted(hooks.HOOK_POINTS)
+    # today's points keep the order of the pages: the residual stream through a block
+    assert sorted(hooks.HOOK_POINTS, key=hook_sort_key) == ["resid_pre", "attn_out", "z", "resid_mid", "mlp_post",
+                                                            "mlp_out", "resid_post"]
     assert hooks.head_summary("z") == "z_head" and hooks.head_points() == ["z"]
     assert hooks.neuron_points() == ["mlp_post"]
     stab = stability(controls=False)

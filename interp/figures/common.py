@@ -15,9 +15,8 @@ import plotly.graph_objects as go
 
 from ..hooks import HOOK_POINTS, display_order
 
-# The order hook names are listed in (from the hook-point table: ``interp.hooks.display_order``),
-# each per-head summary (``z_head``) right after its point.
-HOOK_ORDER = display_order()
+# The order hook points are listed in (from the hook-point table, interp.hooks.display_order).
+HOOK_ORDER = [h for h in display_order() if h in HOOK_POINTS]
 
 # A link for a component (hook, layer, component) or a pair (pair id): the viewer passes these so
 # that points and bars of a figure open the matching page (written into ``customdata``).
