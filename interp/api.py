@@ -154,6 +154,30 @@ def analysis_config(hooks: str | list[str] = "resid_post", model_facts: dict | N
     return cfg
 
 
+# settings of the command that analyze takes from its arguments instead, and where to give them
+_RUN_ONLY = {
+    "device": "the model's device: interp.load_model(spec, device=...)",
+    "dtype": "the model's dtype: interp.load_model(spec, dtype=...)",
+    "model": "the model argument (interp.load_model(spec, **overrides) for a model config)",
+    "path": "the pairs argument", "source": "the pairs argument",
+    "checkpoint_every": "checkpoints belong to run dirs: python -m interp.run, or interp.run.run(cfg, dir)",
+    "shard": "shards belong to python -m interp.run / interp.shards",
+}
+
+
+def _refuse_run_only(options: dict, overrides: Iterable[str], model: Any, bos_token: str | None) -> None:
+    """``ConfigError`` for a setting ``analyze`` would not honour (it comes from another argument)."""
+    keys = [*options, *(o.lstrip("+~").split("=")[0] for o in overrides)]
+    for key in keys:
+        parts = key.split(".")
+        head = parts[1] if parts[0] == "pairs" and len(parts) > 1 else parts[0]
+        if head in _RUN_ONLY and (parts[0] != "pairs" or head in ("path", "source")):
+            raise ConfigError(f"analyze does not take {key!r}: it comes from {_RUN_ONLY[head]}")
+    if bos_token is not None and isinstance(model, LoadedModel):
+        raise ConfigError("bos_token applies to a model analyze wraps; a loaded model has its own: "
+                          "interp.load_model(spec, bos_token=...)")
+
+
 def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bos_token: str | None = None,
             overrides: Iterable[str] = (), progress: bool = False, save: str | Path | None = None,
             **options: Any) -> Result:
@@ -168,9 +192,13 @@ def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bo
     dict values merge into groups, ``controls={"n": 0}``); ``overrides``: Hydra override strings.
     ``save``: also write the run directory there. Errors in the settings raise ``ConfigError``
     before the model runs."""
+    from .result import check_target
     from .run.pipeline import execute
 
     t0 = time.time()
+    _refuse_run_only(options, overrides, model, bos_token)
+    if save is not None:
+        check_target(Path(save))  # before the work, not after it
     cfg = analysis_config(hooks, None, overrides, progress=progress, **options)
     lm = as_loaded_model(model, bos_token)
     pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)))

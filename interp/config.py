@@ -22,7 +22,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
-ATTENTION = ("auto", "eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTENTION = ("auto", *ATTENTION_KERNELS)
 CONTROL_POOLS = ("common", "edits")
 ALIGNMENTS = ("strict", "same_length", "span")
 PAIR_SOURCES = ("bank", "file", "blimp", "python")
@@ -130,7 +131,7 @@ class RunConfig:
 SCHEMA_NAME = "interp_schema"
 ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
 # conf/analysis/default.yaml (and every config that picks it, such as conf/benchmark.yaml) starts from this
-ConfigStore.instance().store(group="analysis", name="schema", node=AnalysisConfig)
+ConfigStore.instance().store(name="analysis_schema", node=AnalysisConfig)
 
 # Top-level keys that ``interp.analyze(**options)`` takes by name, and the groups searched after them.
 OPTION_GROUPS = ("analysis", "pairs", "hooks")
@@ -241,6 +242,8 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
         raise ConfigError(f"analysis.alpha={a.alpha} must lie between 0 and 1")
     if a.contrast is not None and len(a.contrast) not in (0, 2):
         raise ConfigError(f"analysis.contrast needs two groups (pair types or categories), got {list(a.contrast)}")
+    if a.contrast and a.contrast[0] == a.contrast[1]:
+        raise ConfigError(f"analysis.contrast compares a group with itself: {list(a.contrast)}")
     for key in ("max_offset", "detail_k", "top_k", "compile_cpu_min_pairs"):
         _at_least(a[key], 0, f"analysis.{key}")
     for key in ("detail_pairs", "n_saved_pairs"):
@@ -284,6 +287,12 @@ def _validate_pairs(p: DictConfig, check_files: bool) -> None:
     from .pairs import PAIR_TYPES
     for t in p.get("types") or []:
         _choice(t, PAIR_TYPES, "pairs.types")
+    if p.source == "bank" and p.get("categories"):
+        from .pairs import bank_categories
+        known = bank_categories()
+        bad = [c for c in p.categories if c not in known]
+        if bad:
+            raise ConfigError(f"pairs.categories: {bad[0]!r} is not a category of the bank ({', '.join(sorted(known))})")
     if p.source == "file":
         if OmegaConf.is_missing(p, "path") or not p.get("path"):
             raise ConfigError("pairs=file needs pairs.path=FILE (JSONL or CSV)")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .config import ConfigError
+
 
 @dataclass
 class ControlPool:
@@ -42,7 +44,7 @@ def build_pool(tokenizer, size: int = 500, words: list[str] | None = None) -> Co
                 if len(ids) == 1:
                     out.append(ids[0])
         if not space:
-            raise ValueError("analysis.controls.words: none of the words is a single token")
+            raise ConfigError("analysis.controls.words: none of the words is a single token")
         return ControlPool(space, bare)
     space, bare = [], []
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -78,7 +80,7 @@ def make_pool(tokenizer, kind: str, size: int, words, tokenized) -> ControlPool:
         return build_pool(tokenizer, size, words)
     if kind == "edits":
         return edits_pool(tokenized)
-    raise ValueError(f"analysis.controls.pool={kind!r} is not one of common, edits")
+    raise ConfigError(f"analysis.controls.pool={kind!r} is not one of common, edits")
 
 
 def control_ids(pool: ControlPool, ids_a: list[int], edit_pos: int, token_a: str, exclude: set[int],
@@ -89,7 +91,7 @@ def control_ids(pool: ControlPool, ids_a: list[int], edit_pos: int, token_a: str
         candidates += [t for t in (pool.bare if candidates and candidates[0] in pool.space else pool.space)
                        if t not in exclude and t not in candidates]
     if len(candidates) < n:
-        raise ValueError(f"control pool too small for pair {key}: {len(candidates)} candidates for {n} "
+        raise ConfigError(f"control pool too small for pair {key}: {len(candidates)} candidates for {n} "
                          "controls; lower analysis.controls.n or use analysis.controls.pool=common")
     rng = random.Random(f"{seed}:{key}")
     out = []

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class HookPoint:
@@ -85,11 +87,11 @@ def resolve(points: list[str], n_layers: int, layers: list[int] | None = None) -
     """Every (point, layer) to hook, in layer order. Unknown point names raise with the valid ones."""
     unknown = [p for p in points if p not in HOOK_POINTS]
     if unknown:
-        raise ValueError(f"unknown hook point(s) {unknown}; known: {sorted(HOOK_POINTS)}")
+        raise ConfigError(f"unknown hook point(s) {unknown}; known: {sorted(HOOK_POINTS)}")
     layers = list(range(n_layers)) if layers is None else list(layers)
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range for a model with {n_layers} layers")
+        raise ConfigError(f"layers {bad} out of range for a model with {n_layers} layers")
     return [HookSite(p, layer, HOOK_POINTS[p].name(layer), HOOK_POINTS[p].unit)
             for layer in layers for p in points]
 

@@ -79,8 +79,6 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
         stats = stats.merge(other)
 
     out = Path(out)
-    if R.is_complete(out):
-        raise MergeError(f"--out {out} already holds a complete run; merge into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     pairs = pd.concat([R.read_table(s, R.PAIRS) for s in shards], ignore_index=True)
     first = next(s for s, i in zip(shards, info) if int(i["index"]) == 0)
@@ -104,7 +102,7 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
         "merged_from": [str(s.resolve()) for s in shards],
     }
     timings = {"shard_forward_s": [m["timings"].get("forward_s") for m in manifests]}
-    assemble(cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0).save(out)
+    assemble(cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0).save(out, overwrite=True)
     return out
 
 

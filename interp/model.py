@@ -285,7 +285,6 @@ def wrap_model(model, tokenizer, bos_token: str | None = None, name: str | None 
                        dev, dt)
     from .backends.hf import twin
 
-    model.eval()
     plain, plain_reason = _plain_twin(model, {})
     own = twin(model)  # the bridge rewires the tree it wraps: give it a twin, not the caller's model
     return _boot(own, tokenizer, name or _model_name(model), "python", bos_token, False, plain, plain_reason)

@@ -37,6 +37,13 @@ BLIMP_TABLES = ("blimp_paradigms", "blimp_phenomena")
 TENSOR_FILES = (R.STATS, R.ACTIVATIONS, R.PATTERNS)
 
 Table = pd.DataFrame | Callable[[], pd.DataFrame | None] | None
+REJECTED_COLUMNS = ["source", "line", "reason", "detail", "a", "b", "category", "pair_id"]
+
+
+def check_target(out: Path, own: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to save into a folder that holds another complete run (``overwrite``: allow it)."""
+    if not overwrite and R.is_complete(out) and (own is None or out.resolve() != own.resolve()):
+        raise FileExistsError(f"{out} already holds a complete run; save to a new folder (or overwrite=True)")
 
 
 class RunDirError(ValueError):
@@ -58,6 +65,7 @@ class Result:
         self._rejected_rows = rejected_rows
         self._tensors = tensors or {}  # file name -> (tensors, metadata); from a run dir: copied
         self.run_dir = Path(run_dir) if run_dir else None
+        self._base_total: float | None = None
 
     # ------------------------------------------------------------ tables
 
@@ -87,8 +95,9 @@ class Result:
 
     @property
     def rejected(self) -> pd.DataFrame:
-        """Every unused pair or line with its reason (rejected.jsonl)."""
-        return pd.DataFrame(self.rejected_rows)
+        """Every unused pair or line with its reason (rejected.jsonl); failed pairs add their own columns."""
+        rows = self.rejected_rows
+        return pd.DataFrame(rows) if rows else pd.DataFrame(columns=REJECTED_COLUMNS)
 
     @property
     def rejected_rows(self) -> list[dict]:
@@ -168,14 +177,15 @@ class Result:
 
     # ------------------------------------------------------------ writing
 
-    def save(self, run_dir: str | Path, figures: bool | None = None, png: bool | None = None) -> Path:
+    def save(self, run_dir: str | Path, figures: bool | None = None, png: bool | None = None,
+             overwrite: bool = False) -> Path:
         """Write the run directory (every table, the statistics, saved activations, figures, and
         ``manifest.json`` last). ``figures``/``png`` default to the run's ``analysis.figures`` and
-        ``analysis.png``. A folder that already holds another complete run is refused."""
+        ``analysis.png``. A folder that already holds another complete run is refused unless
+        ``overwrite`` (what ``python -m interp.run`` does when run again into the same folder)."""
         t0 = time.time()
         out = Path(run_dir)
-        if R.is_complete(out) and (self.run_dir is None or out.resolve() != self.run_dir.resolve()):
-            raise FileExistsError(f"{out} already holds a complete run; save to a new folder")
+        check_target(out, self.run_dir, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         for name, file in TABLES.items():
             df = self.table(name)
@@ -187,6 +197,9 @@ class Result:
             R.write_parquet(out / f"{name}.parquet", self.table(name))
         acfg = self.config["analysis"]
         timings = dict(self.manifest.get("timings", {}))
+        base_total = timings.pop("total_s", None) if self._base_total is None else self._base_total
+        self._base_total = base_total  # the analysis's own time: each save adds its own writing to it
+        timings.pop("total_s", None)
         timings["write_s"] = time.time() - t0
         figure_info = {}
         if acfg["figures"] if figures is None else figures:
@@ -196,8 +209,8 @@ class Result:
             figure_info = write_run_figures(out, self.stability, self.pairs, top_k=int(acfg["top_k"]),
                                             png=bool(acfg["png"] if png is None else png))
             timings["figures_s"] = time.time() - t
-        if "total_s" in timings:  # the analysis's own time, plus writing
-            timings["total_s"] += time.time() - t0
+        if base_total is not None:  # the analysis's own time, plus this save's writing
+            timings["total_s"] = base_total + (time.time() - t0)
         manifest = {**self.manifest, "run_dir": str(out.resolve()), "figures": figure_info, "timings": timings}
         R.write_json(out / R.MANIFEST, manifest)
         self.manifest, self.run_dir = manifest, out

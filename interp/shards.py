@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         merged = merge_runs([out / f"shard_{i}" for i in range(args.n)], out / "merged")
     except MergeError as err:
         fail("interp.shards", f"merging the shards failed: {err}", FAILURE)
+    from .result import load_run
+
+    print(load_run(merged).summary(), flush=True)  # the merged run's summary, as a single run prints it
     manifest = json.loads((merged / "manifest.json").read_text())
     forward = [json.loads((out / f"shard_{i}" / "manifest.json").read_text())["timings"]["forward_s"]
                for i in range(args.n)]

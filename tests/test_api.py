@@ -86,9 +86,15 @@ def test_a_hugging_face_model_and_tokenizer_give_the_commands_tables(cli_run, ti
     path, cli = cli_run
     hf = tiny_lm.plain.original_model  # the model as loaded (shares the weights; untouched by the bridge)
     before = {n: type(m) for n, m in hf.named_modules()}
-    r = interp.analyze((hf, tiny_lm.tokenizer), path, bos_token="<|endoftext|>", **OPTIONS)
+    hf.train()  # even its training flag is left as the caller set it (the analysis runs twins in eval mode)
+    try:
+        r = interp.analyze((hf, tiny_lm.tokenizer), path, bos_token="<|endoftext|>", **OPTIONS)
+    finally:
+        training = hf.training
+        hf.eval()
     assert_same_tables(r, cli)
     assert {n: type(m) for n, m in hf.named_modules()} == before  # the caller's model is not rewired
+    assert training
 
 
 @pytest.mark.parametrize("form", ["tuples", "dicts", "dataframe", "dataset"])
@@ -155,6 +161,40 @@ def test_the_library_prints_nothing(tiny_lm, cli_run, capsys):
 def test_bad_options_raise_config_errors_before_the_model_runs(tiny_lm, options, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         interp.analyze(tiny_lm, [("She is good at math.", "She is good in math.")], **options)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"device": "cuda"}, "interp.load_model(spec, device=...)"),
+    ({"dtype": "bfloat16"}, "interp.load_model(spec, dtype=...)"),
+    ({"checkpoint_every": 1}, "checkpoints belong to run dirs"),
+    ({"shard": {"index": 1, "count": 2}}, "shards belong to"),
+    ({"path": "x.jsonl"}, "the pairs argument"),
+    ({"overrides": ["model=llama3_8b"]}, "the model argument"),
+    ({"bos_token": "<|endoftext|>"}, "a loaded model has its own"),
+    ({"layers": [9]}, "out of range for a model with 2 layers"),
+    ({"pattern_pairs": ["nope"]}, "hooks.pattern_pairs: no kept pair"),
+    ({"categories": ["nope"]}, "pairs.categories: no pairs of category"),
+])
+def test_settings_analyze_cannot_honour_are_refused(tiny_lm, options, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        interp.analyze(tiny_lm, [("She is good at math.", "She is good in math.")], figures=False, **options)
+
+
+def test_a_result_saved_twice_counts_its_analysis_time_once(tiny_lm, tmp_path):
+    r = interp.analyze(tiny_lm, [("She is good at math.", "She is good in math.")], figures=False,
+                       controls={"n": 0})
+    base = r.manifest["timings"]["total_s"]
+    import time
+
+    first = r.save(tmp_path / "a")
+    t0 = time.time()
+    second = r.save(tmp_path / "b")
+    took = time.time() - t0
+    t2 = interp.load_run(second).manifest["timings"]["total_s"]
+    assert base <= t2 <= base + took  # the first save's writing is not counted again
+    assert list(r.rejected.columns)[:3] == ["source", "line", "reason"] and r.rejected.empty
+    with pytest.raises(FileExistsError):  # refused before the work
+        interp.analyze(tiny_lm, [("She is good at math.", "She is good in math.")], save=first)
 
 
 def test_bad_inputs_say_what_they_need(tiny_lm, tmp_path):

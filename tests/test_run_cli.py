@@ -42,7 +42,9 @@ MISTAKES = [
     (["pairs=file", "pairs.path=/nonexistent/pairs.jsonl"], "pairs.path=/nonexistent/pairs.jsonl: no such file"),
     (["pairs=file"], "pairs=file needs pairs.path=FILE"),
     (["pairs=file", "pairs.path={tmp}"], "not a file"),
-    (["pairs=file", "pairs.path={tmp}/pairs.parquet"], "unknown file type '.parquet'"),
+    (["pairs=file", "pairs.path={tmp}/pairs.parquet"], "a .parquet file cannot be read as pairs"),
+    (["analysis.contrast=[grammar,grammar]"], "analysis.contrast compares a group with itself"),
+    (["pairs.categories=[nope]"], "pairs.categories: 'nope' is not a category of the bank"),
     (["analysis.positions=[middle]"], "analysis.positions='middle' is not one of edit, last, after"),
     (["analysis.backend=gpu"], "analysis.backend='gpu' is not one of auto, bridge, hf"),
     (["batch_size=-4"], "batch_size=-4 must be a whole number >= 1"),
@@ -132,3 +134,35 @@ def test_patch_mistakes_are_one_line_and_exit_2_before_the_model_loads(tmp_path,
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interp.patch: error: ") and message in lines[0], p.stderr
     assert not (run_dir / "causal").exists() and not (tmp_path / "cache").exists()
+
+
+TINY = ["model=tiny", "pairs=grammar", "pairs.limit=1", "device=cpu", "dtype=float32", "analysis.figures=false",
+        "progress=false"]
+
+
+def _cache_env():
+    return {"INTERP_CACHE_DIR": os.environ.get("INTERP_CACHE_DIR", os.path.expanduser("~/.cache/interp"))}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["hooks.layers=[5]"], "layers [5] out of range for a model with 2 layers"),
+    (["hooks.pattern_pairs=[nope]"], "hooks.pattern_pairs: no kept pair with id ['nope']"),
+    (["analysis.contrast=[grammar,tense]"], "analysis.contrast: grammar and tense overlap"),
+])
+def test_a_mistake_found_once_the_model_is_known_is_one_line_too(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    p = _cli([*TINY, *tokenizer_overrides(), *args, f"hydra.run.dir={run_dir}"], tmp_path, _cache_env())
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], p.stderr
+    assert not run_dir.exists()
+
+
+def test_the_same_command_again_into_the_same_run_dir_replaces_the_run(tmp_path):
+    args = [*TINY, *tokenizer_overrides(), f"hydra.run.dir={tmp_path / 'run'}"]
+    first = _cli(args, tmp_path, _cache_env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = digest(tmp_path / "run")
+    again = _cli(args, tmp_path, _cache_env())
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert digest(tmp_path / "run") == before

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 
+from ..config import BACKENDS
 from .base import Backend, Forward
 from .bridge import BridgeBackend, caller_hooks
 from .hf import HFBackend, PlainModel, UnsupportedHook, compile_wanted
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "bridge", "hf")
 REGISTRY: dict[str, Backend] = {"bridge": BridgeBackend(), "hf": HFBackend()}
 
 
@@ -36,7 +36,7 @@ def select(lm, acfg, hook_names: list[str], n_pairs: int = 0) -> tuple[Forward, 
     ``mlp_post``), and fails if a hook needs the bridge; ``auto`` picks ``hf`` when it can and the
     bridge otherwise (also when the caller attached hooks to the bridge, which only the bridge
     would run)."""
-    backend = str(acfg.get("backend", "auto"))
+    backend = str(acfg.backend)
     if backend not in BACKENDS:
         raise ValueError(f"analysis.backend={backend!r} is not one of {BACKENDS}")
     hf, bridge = REGISTRY["hf"], REGISTRY["bridge"]

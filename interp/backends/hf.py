@@ -57,7 +57,7 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 INNER = tuple(hp.suffix for hp in HOOK_POINTS.values() if hp.inner)  # inside the compiled attention / MLP
-ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+from ..config import ATTENTION_KERNELS  # noqa: E402  (the one list of attention kernels)
 
 
 class UnsupportedHook(ValueError):
@@ -265,12 +265,12 @@ def _pre_first(fn: Callable, name: str, heads: int | None = None, readonly: bool
 def compile_wanted(acfg, device: torch.device, n_pairs: int) -> bool:
     """``analysis.compile`` resolved: ``auto`` compiles on CUDA, and on the CPU for runs of at least
     ``analysis.compile_cpu_min_pairs`` pairs."""
-    comp = acfg.get("compile", "auto")
+    comp = acfg.compile
     if comp not in ("auto", True, False):
         raise ValueError(f"analysis.compile={comp!r} is not one of auto, true, false")
     if comp != "auto":
         return comp
-    return device.type == "cuda" or n_pairs >= int(acfg.get("compile_cpu_min_pairs", 5000))
+    return device.type == "cuda" or n_pairs >= int(acfg.compile_cpu_min_pairs)
 
 
 class HFBackend:
@@ -288,7 +288,7 @@ class HFBackend:
 
     def prepare(self, lm, acfg, hook_names: list[str], n_pairs: int = 0):
         facts: dict = {"backend": "hf"}
-        lm.plain.set_attention(attention.resolve(acfg.get("attn", "auto"), lm.device))
+        lm.plain.set_attention(attention.resolve(acfg.attn, lm.device))
         want = compile_wanted(acfg, lm.device, n_pairs)
         inner = [n for n in hook_names if n.endswith(INNER)]
         if want and inner:

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import ConfigError
 from .files import read_pair_file
 from .records import PAIR_TYPES, Pair, PairFileError, Problem
 from .validate import TokenizedPair, check_pair
@@ -53,12 +54,12 @@ def _source_pairs(pcfg) -> PairSet:
         return _read_many(sorted(BANK_DIR.glob("*.jsonl")), strict=True)
     if source == "file":
         if not pcfg.get("path"):
-            raise ValueError("pairs=file needs pairs.path=FILE (a JSONL or CSV file)")
+            raise ConfigError("pairs=file needs pairs.path=FILE (a JSONL or CSV file)")
         return _read_many([Path(pcfg.path)], strict=bool(pcfg.get("strict", False)))
     if source == "blimp":  # a folder of BLiMP paradigm files; pairs.paradigms selects (see blimp.py)
         from .blimp import read_blimp
         return read_blimp(pcfg)
-    raise ValueError(f"pairs.source={source!r} is not one of bank, file, blimp")
+    raise ConfigError(f"pairs.source={source!r} is not one of bank, file, blimp")
 
 
 def select(pairs: list[Pair], types=None, categories=None, limit=None, seed: int = 0) -> list[Pair]:
@@ -66,13 +67,13 @@ def select(pairs: list[Pair], types=None, categories=None, limit=None, seed: int
     if types:
         unknown = set(types) - set(PAIR_TYPES)
         if unknown:
-            raise ValueError(f"pairs.types: {sorted(unknown)} not in {PAIR_TYPES}")
+            raise ConfigError(f"pairs.types: {sorted(unknown)} not in {PAIR_TYPES}")
         pairs = [p for p in pairs if p.type in set(types)]
     if categories:
         present = {p.category for p in pairs}
         missing = [c for c in categories if c not in present]
         if missing:
-            raise ValueError(f"pairs.categories: no pairs of category {missing}; present: {sorted(present)}")
+            raise ConfigError(f"pairs.categories: no pairs of category {missing}; present: {sorted(present)}")
         pairs = [p for p in pairs if p.category in set(categories)]
     if limit is not None:
         by_cat: dict[str, list[int]] = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import ConfigError
 from . import PairSet
 from .files import read_pair_file
 
@@ -75,7 +76,7 @@ def select_paradigms(folder: Path, paradigms) -> list[str]:
     wanted = [str(p) for p in paradigms]
     unknown = [p for p in wanted if p not in known]
     if unknown:
-        raise ValueError(f"pairs.paradigms: unknown BLiMP paradigm(s) {unknown}; available in {folder}: "
+        raise ConfigError(f"pairs.paradigms: unknown BLiMP paradigm(s) {unknown}; available in {folder}: "
                          + ", ".join(known))
     return list(dict.fromkeys(wanted))  # order kept, duplicates dropped
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from .records import PAIR_TYPES, Pair, PairFileError, Problem
 
 FIELD_NAMES = (("a", "b"), ("good", "bad"), ("sentence_good", "sentence_bad"))
-SUFFIXES = (".jsonl", ".json", ".csv")  # what read_pair_file reads (.json: one object per line)
+# read_pair_file reads CSV (.csv) and JSON lines (any other name); these it cannot read
+UNREADABLE_SUFFIXES = (".parquet", ".arrow", ".feather", ".xlsx", ".xls", ".gz", ".zip", ".bz2", ".xz", ".pkl")
 MAX_CHARS = 2000  # a "sentence" longer than this is a mistake, not a minimal pair
 
 
@@ -80,9 +81,9 @@ def check_pair_file(path: str | Path) -> None:
         raise ConfigError(f"pairs.path={path}: no such file")
     if not p.is_file():
         raise ConfigError(f"pairs.path={path}: not a file")
-    if p.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"pairs.path={path}: unknown file type {p.suffix or '(none)'!r}; "
-                          f"pairs files are {', '.join(SUFFIXES)}")
+    if p.suffix.lower() in UNREADABLE_SUFFIXES:
+        raise ConfigError(f"pairs.path={path}: a {p.suffix} file cannot be read as pairs; "
+                          "pairs files are JSON lines (.jsonl) or CSV (.csv)")
     try:
         with open(p, "rb") as f:
             f.read(1)

@@ -65,7 +65,7 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     except NoPairsError as err:
         R.write_jsonl(run_dir / R.REJECTED, err.rejected_rows)
         raise NoPairsError(f"{err}; see {run_dir / R.REJECTED}", err.rejected_rows) from None
-    result.save(run_dir)
+    result.save(run_dir, overwrite=True)  # the same command again into the same folder replaces it
     ckpt.remove()
     return result
 

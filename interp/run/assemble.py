@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from .. import results as R
+from ..config import ConfigError
 from ..result import Result
 from ..rules import summarize
 from .manifest import build_manifest
@@ -25,7 +26,7 @@ def contrast_sides(spec, types: dict[str, str], groups: list[str]):
     if not spec:
         return None
     if len(spec) != 2:
-        raise ValueError(f"analysis.contrast needs two groups, got {list(spec)}")
+        raise ConfigError(f"analysis.contrast needs two groups, got {list(spec)}")
     out = []
     for side in spec:
         cats = [c for c in groups if types[c] == side] if side in ("grammar", "semantic") else \
@@ -34,7 +35,7 @@ def contrast_sides(spec, types: dict[str, str], groups: list[str]):
             return f"skipped: no kept pairs of {side!r} in this run"
         out.append((str(side), cats))
     if set(out[0][1]) & set(out[1][1]):
-        raise ValueError(f"analysis.contrast: {spec[0]} and {spec[1]} overlap")
+        raise ConfigError(f"analysis.contrast: {spec[0]} and {spec[1]} overlap")
     return out
 
 

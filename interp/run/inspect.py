@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import results as R
+from ..config import ConfigError
 from ..engine import make_batches
 from ..hooks import PATTERN
 
@@ -48,7 +49,7 @@ def capture_inspection(lm, kept, sites, n: int, pair_ids: list[str] | None = Non
         index = {p.pair_id: i for i, (p, _) in enumerate(kept)}
         unknown = [x for x in pair_ids if x not in index]
         if unknown:
-            raise ValueError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
+            raise ConfigError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
         sub = [kept[index[x]] for x in pair_ids]
     else:
         sub = kept if n < 0 else kept[:n]

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..backends import select as analysis_model
+from ..config import ConfigError
 from ..controls import control_ids, make_pool
 from ..engine import Batch, make_batches, pair_logprobs
 from ..hooks import resolve
@@ -28,7 +29,7 @@ from ..pairs import PairSet, Problem, validate_pairs
 from ..result import Result
 from ..stats import DiffStats
 from ..rules import correct
-from .assemble import assemble
+from .assemble import assemble, contrast_sides
 from .checkpoint import Checkpoint, RunConfigMismatch, combine_forward
 from .inspect import capture_inspection
 
@@ -191,7 +192,7 @@ def shard_indices(n: int, shard) -> list[int]:
     """Kept-pair indices of one shard: every ``count``-th pair from ``index`` (deterministic)."""
     index, count = (int(shard.index), int(shard.count)) if shard else (0, 1)
     if not (count >= 1 and 0 <= index < count):
-        raise ValueError(f"shard.index={index} shard.count={count}: need 0 <= index < count")
+        raise ConfigError(f"shard.index={index} shard.count={count}: need 0 <= index < count")
     return list(range(index, n, count))
 
 
@@ -258,6 +259,11 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     group_types = {p.category: p.type for p, _ in kept}
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
     acfg = cfg.analysis
+    # settings that need the kept pairs, refused before the batch loop rather than after it
+    contrast_sides(acfg.contrast, group_types, groups)
+    unknown = sorted(set(cfg.hooks.get("pattern_pairs") or []) - {p.pair_id for p, _ in kept})
+    if unknown:
+        raise ConfigError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
     mine = shard_indices(len(kept), cfg.get("shard"))
     controls = build_controls(cfg, lm.tokenizer, kept, mine)
     stats = new_stats(cfg, sites, groups, lm.device)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..engine import Batch
-from ..hooks import HOOK_POINTS, HookSite
+from ..hooks import HOOK_POINTS, HookSite, head_summary
 from . import registry as reg
 from .moments import Moments, Sums
 from .significance import bh_qvalues, welch
@@ -77,7 +77,7 @@ class DiffStats:
         # one score per attention head (points with a per-head view, ``z``: ``z_head``): the norm of
         # the head's change over its d_head dimensions
         self.derived: dict[str, list[HookSite]] = {}
-        self.head_points = {p: f"{p}_head" for p in self.point_sites if p in HOOK_POINTS and HOOK_POINTS[p].heads}
+        self.head_points = {p: head_summary(p) for p in self.point_sites if p in HOOK_POINTS and HOOK_POINTS[p].heads}
         for p, d in self.head_points.items():
             self.derived[d] = [HookSite(d, x.layer, x.name, "head") for x in self.point_sites[p]]
         self.groups = list(groups)

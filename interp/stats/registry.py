@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .significance import bh_qvalues, paired_t
 
-MODES = ("edit", "last", "after")  # position modes: the order of the per-pair values' mode axis
+from ..config import POSITION_MODES as MODES  # noqa: E402,F401  edit, last, after: the order of the per-pair values' mode axis
 
 
 @dataclass(frozen=True)
