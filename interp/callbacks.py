@@ -10,7 +10,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from . import results as R
+from . import rundir as R
 
 
 def summarize_sweep(sweep_dir: str | Path) -> pd.DataFrame:

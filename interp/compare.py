@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import results as R
+from . import rundir as R
 from . import rules
 from .result import Result, RunDirError, load_run
 

@@ -20,7 +20,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
-from . import results as R
+from . import rundir as R
 from .cli import Parser, fail, user_errors
 from .hooks import HookSite
 from .run.assemble import assemble

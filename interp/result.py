@@ -20,7 +20,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import results as R
+from . import rundir as R
 from .rules import STABLE_DEFINITION, stable_mask, summarize
 
 # table name -> file; the order is the order ``save`` writes them in

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import interp
-from interp import results as R
+from interp import rundir as R
 from interp.config import ConfigError
 from interp.result import RunDirError
 from interp.run import NoPairsError

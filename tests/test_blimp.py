@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import interp
-from interp import results as R
+from interp import rundir as R
 from interp.pairs import load_pairs, validate_pairs
 from interp.pairs import blimp as B
 from tests.conftest import CONF, REPO, make_cfg

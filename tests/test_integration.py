@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from interp import results as R
+from interp import rundir as R
 from interp.engine import make_batches, sentence_logprobs
 from interp.model import locate_package_file
 from interp.pairs import load_pairs, validate_pairs

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from interp.causal import ablation as A
 from interp.causal import patching as P
-from interp import results as R
+from interp import rundir as R
 from interp.engine import forward, make_batches, sentence_logprobs
 from interp.pairs.validate import check_pair
 from tests.conftest import CONF, REPO, make_cfg

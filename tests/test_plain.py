@@ -174,7 +174,7 @@ def test_a_run_on_the_plain_tree_with_eager_attention_equals_the_bridge_run(tiny
     outs = {be: run(make_cfg(*common, f"analysis.backend={be}", "analysis.attn=eager"), tmp_path / be, lm=tiny_lm)
             for be in ("bridge", "hf")}
     outs["sdpa"] = run(make_cfg(*common, "analysis.backend=hf", "analysis.attn=sdpa"), tmp_path / "sdpa", lm=tiny_lm)
-    from interp import results as R
+    from interp import rundir as R
 
     assert R.read_manifest(outs["hf"])["forward"] == {"backend": "hf", "attention": "eager", "compiled": False}
     assert R.read_manifest(outs["bridge"])["forward"]["backend"] == "bridge"
@@ -300,7 +300,7 @@ def test_a_compilation_that_fails_falls_back_to_eager_modules_without_losing_a_p
                   tmp_path / "run", lm=tiny_lm)
     finally:
         P.PlainModel.compile = real
-    from interp import results as R
+    from interp import rundir as R
 
     m = R.read_manifest(out)
     assert m["counts"]["failed_in_forward"] == 0 and m["counts"]["kept"] == 8

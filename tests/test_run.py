@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from interp import results as R
+from interp import rundir as R
 from interp.model import ModelLoadError, load_model
 from interp.run import RunConfigMismatch, run
 from tests.conftest import CONF, REPO, make_cfg

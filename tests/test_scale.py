@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from interp import results as R
+from interp import rundir as R
 from interp.merge import MergeError, merge_runs
 from interp.run import run
 from tests.conftest import CONF, REPO, make_cfg

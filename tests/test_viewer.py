@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pandas as pd
 import pytest
 
-from interp import results as R
+from interp import rundir as R
 from interp.viewer import create_app, fmt, marked
 from tests.viewer_fixtures import MARKUP_A, REJECTED_A, SCRIPT_A, viewer_runs  # noqa: F401  (fixture)
 

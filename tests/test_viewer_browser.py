@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from interp import results as R
+from interp import rundir as R
 from tests.viewer_fixtures import MARKUP_A, viewer_runs  # noqa: F401  (fixture)
 
 CHROMIUM = "/usr/bin/chromium"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from interp import figures as F
-from interp import results as R
+from interp import rundir as R
 
 
 def stability(controls: bool = True) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interp import results as R
+from interp import rundir as R
 
 MARKUP_A = "<b>She</b> is good at math."
 MARKUP_B = "<b>She</b> is good in math."

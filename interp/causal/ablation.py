@@ -38,7 +38,7 @@ from jaxtyping import Bool, Float, Int
 from omegaconf import DictConfig
 from torch import Tensor
 
-from .. import results as R
+from .. import rundir as R
 from ..engine import Batch, HookFn, forward, make_batches, sentence_logprobs
 from .selection import SELECTION_KINDS, read_sentences, reference_means, select_components
 

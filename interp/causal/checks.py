@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .. import results as R
+from .. import rundir as R
 from .ablation import run_ablation
 from .patching import run_patching
 from .selection import (SELECTION_KINDS, RunDirError, candidates, check_run_dir, filter_pairs, rank_column,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import results as R
+from .. import rundir as R
 
 log = logging.getLogger(__name__)
 

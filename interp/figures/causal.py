@@ -24,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .. import results as R
+from .. import rundir as R
 from ..hooks import HOOK_POINTS
 from .common import esc, styled
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import results as R
+from .. import rundir as R
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import results as R
+from .. import rundir as R
 from ..hooks import head_points, neuron_points
 from .causal import ablation, patching_panels
 from .common import hook_sort_key, values

@@ -39,7 +39,7 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     ``lm`` overrides the model of ``cfg.model`` (a model already loaded, perhaps with hooks of the
     caller's attached: tests plant structure this way). A run dir holding a checkpoint of the same
     config resumes from it; one of another config is refused (``RunConfigMismatch``)."""
-    from .. import results as R
+    from .. import rundir as R
     from ..pairs import load_pairs
 
     t0 = time.time()

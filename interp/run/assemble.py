@@ -14,7 +14,7 @@ import time
 import pandas as pd
 from omegaconf import DictConfig
 
-from .. import results as R
+from .. import rundir as R
 from ..config import ConfigError
 from ..result import Result
 from ..rules import summarize

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import results as R
+from .. import rundir as R
 
 CHECKPOINT_DIR = "checkpoint"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import results as R
+from .. import rundir as R
 from ..config import ConfigError
 from ..engine import make_batches
 from ..hooks import PATTERN

@@ -18,7 +18,7 @@ import pandas as pd
 from flask import abort
 
 from ..hooks import HOOK_POINTS, PATTERN
-from .. import results as R
+from .. import rundir as R
 from ..figures.common import hook_sort_key, values
 
 # Optional tables: shown when a run has them.

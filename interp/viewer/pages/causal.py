@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, abort, render_template
 
 from ... import figures as F
-from ... import results as R
+from ... import rundir as R
 from ..store import ABLATION, ABLATION_SUMMARY, CAUSAL, PATCHING, SELECTIONS, figure_files, records
 from ..web import PER_PAGE_MAX, arg_choice, component_url, fig_spec, nav, patching_specs, store
 

@@ -7,7 +7,7 @@ import pandas as pd
 from flask import Blueprint, abort, render_template, url_for
 
 from ... import figures as F
-from ... import results as R
+from ... import rundir as R
 from ...figures.common import label
 from ...hooks import HOOK_POINTS
 from ..columns import OPTIONAL_STAB_COLUMNS

@@ -8,7 +8,7 @@ import numpy as np
 from flask import Blueprint, abort, render_template
 
 from ... import figures as F
-from ... import results as R
+from ... import rundir as R
 from ..columns import OPTIONAL_STAB_COLUMNS
 from ..store import attention_spec, records, saved_pairs, saved_tokens
 from ..web import (HEAD_POINT, arg_choice, component_url, component_urls, decoder, default_position, fig_spec, nav,

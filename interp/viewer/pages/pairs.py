@@ -10,7 +10,7 @@ import pandas as pd
 from flask import Blueprint, abort, render_template, request
 
 from ... import figures as F
-from ... import results as R
+from ... import rundir as R
 from ...figures.common import hook_sort_key
 from ..store import (ABLATION_PAIRS, PAIR_COMPONENTS, PAIR_PROFILE, PATCHING, PATTERN_TEMPLATE, attention_spec,
                      pair_change, pattern_layers, records, saved_tokens)

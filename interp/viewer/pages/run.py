@@ -8,7 +8,7 @@ import json
 from flask import Blueprint, abort, render_template, request, send_from_directory, url_for
 
 from ... import figures as F
-from ... import results as R
+from ... import rundir as R
 from ...figures.stability import heatmap_window, scatter_points
 from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
 from ..store import FILE_DIRS, figure_files
