@@ -287,6 +287,8 @@ def _validate_pairs(p: DictConfig, check_files: bool) -> None:
     from .pairs import PAIR_TYPES
     for t in p.get("types") or []:
         _choice(t, PAIR_TYPES, "pairs.types")
+    if p.source == "bank" and p.get("path"):
+        raise ConfigError(f"pairs.path={p.path} is not read by the built-in bank; use pairs=file pairs.path=FILE")
     if p.source == "bank" and p.get("categories"):
         from .pairs import bank_categories
         known = bank_categories()

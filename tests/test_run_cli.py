@@ -45,6 +45,7 @@ MISTAKES = [
     (["pairs=file", "pairs.path={tmp}/pairs.parquet"], "a .parquet file cannot be read as pairs"),
     (["analysis.contrast=[grammar,grammar]"], "analysis.contrast compares a group with itself"),
     (["pairs.categories=[nope]"], "pairs.categories: 'nope' is not a category of the bank"),
+    (["pairs.path=my_pairs.jsonl"], "is not read by the built-in bank; use pairs=file"),
     (["analysis.positions=[middle]"], "analysis.positions='middle' is not one of edit, last, after"),
     (["analysis.backend=gpu"], "analysis.backend='gpu' is not one of auto, bridge, hf"),
     (["batch_size=-4"], "batch_size=-4 must be a whole number >= 1"),

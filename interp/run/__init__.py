@@ -42,7 +42,10 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     from .. import rundir as R
     from ..pairs import load_pairs
 
+    from ..config import validate
+
     t0 = time.time()
+    validate(cfg)  # every setting that needs no model, before anything loads or is written
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(run_dir, config_hash(cfg))

@@ -2,7 +2,8 @@
 
 ``python tests/golden/digest.py RUN_DIR > FILE.json`` records them; the golden test compares a
 fresh run of the same command with the recorded file. Parquet tables are hashed by their content
-(column names, dtypes, values in row order), not their file bytes (which carry library versions);
+(column names, dtypes, values in row order), not their file bytes (which carry library versions),
+with a file path in ``source`` reduced to its file name (the checkout may lie anywhere);
 tensors by dtype, shape and bytes; the manifest by its config, counts, accuracy and hooks.
 """
 
@@ -41,7 +42,10 @@ def digest(run_dir: str | Path) -> dict:
     out: dict = {}
     for name in TABLES:
         p = run / f"{name}.parquet"
-        out[name] = frame_digest(pd.read_parquet(p)) if p.exists() else None
+        df = pd.read_parquet(p) if p.exists() else None
+        if df is not None and "source" in df:  # where the checkout lies is not a number of the run
+            df = df.assign(source=df["source"].map(lambda s: Path(s).name if s else s))
+        out[name] = frame_digest(df) if df is not None else None
     for name in TENSORS:
         p = run / f"{name}.safetensors"
         if not p.exists():
