@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, compose, conf_dir, set_option, validate
@@ -96,10 +97,8 @@ def as_loaded_model(model: Any, bos_token: str | None = None) -> LoadedModel:
         return model
     if isinstance(model, tuple) and len(model) == 2:
         return wrap_model(model[0], model[1], bos_token=bos_token)
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-    except ImportError:  # pragma: no cover - transformer-lens is a core dependency
-        TransformerBridge = ()
+    from transformer_lens.model_bridge import TransformerBridge
+
     if isinstance(model, TransformerBridge):
         return wrap_model(model, getattr(model, "tokenizer", None), bos_token=bos_token)
     if hasattr(model, "config") and hasattr(model, "forward"):
@@ -119,13 +118,9 @@ def as_pair_set(pairs: Any, strict: bool = False) -> tuple[PairSet, dict]:
         path = Path(pairs)
         got, problems = read_pair_file(path, strict=strict)
         return PairSet(got, problems), {"source": "file", "path": str(path)}
-    try:
-        import pandas as pd
-        if isinstance(pairs, pd.DataFrame):
-            return records_to_pairs(pairs.to_dict("records"), "<DataFrame>", strict), {"source": "python",
-                                                                                      "path": "<DataFrame>"}
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(pairs, pd.DataFrame):
+        return records_to_pairs(pairs.to_dict("records"), "<DataFrame>", strict), {"source": "python",
+                                                                                  "path": "<DataFrame>"}
     kind = type(pairs).__name__
     if isinstance(pairs, Mapping) or not isinstance(pairs, Iterable):
         raise TypeError(f"pairs must be a file path, a list of (a, b) or dicts, a DataFrame or a Dataset; got {kind}")
@@ -133,8 +128,8 @@ def as_pair_set(pairs: Any, strict: bool = False) -> tuple[PairSet, dict]:
     return records_to_pairs(list(pairs), source, strict), {"source": "python", "path": source}
 
 
-def analysis_config(hooks: str | list[str] = "resid_post", model_facts: dict | None = None,
-                    overrides: Iterable[str] = (), **options: Any) -> DictConfig:
+def analysis_config(hooks: str | list[str] = "resid_post", overrides: Iterable[str] = (),
+                    **options: Any) -> DictConfig:
     """The run config ``analyze`` uses: the Hydra defaults, ``hooks`` (a ``conf/hooks`` option or a
     list of hook points), Hydra ``overrides`` (``["analysis.controls.pool=edits"]``), then each
     option by name (``batch_size=8``, ``controls={"n": 0}``, ``layers=[0, 5]``...)."""
@@ -148,9 +143,6 @@ def analysis_config(hooks: str | list[str] = "resid_post", model_facts: dict | N
         set_option(cfg, "hooks.points", [hooks] if isinstance(hooks, str) else list(hooks))
     for key, value in options.items():
         set_option(cfg, key, value)
-    if model_facts is not None:
-        with open_dict(cfg):
-            cfg.model = model_facts
     return cfg
 
 
@@ -199,7 +191,7 @@ def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bo
     _refuse_run_only(options, overrides, model, bos_token)
     if save is not None:
         check_target(Path(save))  # before the work, not after it
-    cfg = analysis_config(hooks, None, overrides, progress=progress, **options)
+    cfg = analysis_config(hooks, overrides, progress=progress, **options)
     lm = as_loaded_model(model, bos_token)
     pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)))
     with open_dict(cfg):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
@@ -307,11 +307,3 @@ def _validate_pairs(p: DictConfig, check_files: bool) -> None:
         if not folder.is_dir():
             raise ConfigError(f"pairs.path={folder}: no BLiMP folder there")
 
-
-def with_defaults(cfg: DictConfig, **top: Any) -> DictConfig:
-    """A copy of ``cfg`` with top-level keys set (keys outside the schema are added)."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(out):
-        for k, v in top.items():
-            out[k] = v
-    return out

@@ -209,11 +209,12 @@ def _hub_error(mcfg, err: Exception) -> ModelLoadError:
             "access (check the name; for a gated model, `huggingface-cli login` on a machine that reaches the hub)")
     if kind == "invalid":
         return ModelLoadError(f"{mcfg.name!r} is not a hub name (ORG/NAME) and no such local folder exists")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    reason = ("HF_HUB_OFFLINE=1 is set and the weights are not in the local cache" if offline or kind != "offline"
-              else "this machine cannot reach the Hugging Face hub and the weights are not in the local cache")
     if kind == "other":
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    elif _hf_kwargs():  # HF_HUB_OFFLINE: the cache was the only place looked in
+        reason = "HF_HUB_OFFLINE=1 is set and the weights are not in the local cache"
+    else:
+        reason = "this machine cannot reach the Hugging Face hub and the weights are not in the local cache"
     return ModelLoadError(
         f"could not load {mcfg.name!r} from the Hugging Face hub: {reason}. "
         "Download the weights elsewhere "

@@ -65,7 +65,8 @@ class Result:
         self._rejected_rows = rejected_rows
         self._tensors = tensors or {}  # file name -> (tensors, metadata); from a run dir: copied
         self.run_dir = Path(run_dir) if run_dir else None
-        self._base_total: float | None = None
+        # the analysis's own time (from the manifest it was made or loaded with): each save adds its writing
+        self._analysis_s: float | None = manifest.get("timings", {}).get("total_s")
 
     # ------------------------------------------------------------ tables
 
@@ -196,10 +197,7 @@ class Result:
         for name in self._extra:
             R.write_parquet(out / f"{name}.parquet", self.table(name))
         acfg = self.config["analysis"]
-        timings = dict(self.manifest.get("timings", {}))
-        base_total = timings.pop("total_s", None) if self._base_total is None else self._base_total
-        self._base_total = base_total  # the analysis's own time: each save adds its own writing to it
-        timings.pop("total_s", None)
+        timings = {k: v for k, v in self.manifest.get("timings", {}).items() if k != "total_s"}
         timings["write_s"] = time.time() - t0
         figure_info = {}
         if acfg["figures"] if figures is None else figures:
@@ -209,8 +207,8 @@ class Result:
             figure_info = write_run_figures(out, self.stability, self.pairs, top_k=int(acfg["top_k"]),
                                             png=bool(acfg["png"] if png is None else png))
             timings["figures_s"] = time.time() - t
-        if base_total is not None:  # the analysis's own time, plus this save's writing
-            timings["total_s"] = base_total + (time.time() - t0)
+        if self._analysis_s is not None:
+            timings["total_s"] = self._analysis_s + (time.time() - t0)
         manifest = {**self.manifest, "run_dir": str(out.resolve()), "figures": figure_info, "timings": timings}
         R.write_json(out / R.MANIFEST, manifest)
         self.manifest, self.run_dir = manifest, out
@@ -249,10 +247,5 @@ def load_run(run_dir: str | Path) -> Result:
     return Result(manifest, {name: reader(file) for name, file in TABLES.items()}, None, None, run, extra)
 
 
-def result_table_names() -> list[str]:
-    """Every table name a Result can hold."""
-    return [*TABLES, "rejected", *BLIMP_TABLES]
-
-
-__all__ = ["Result", "load_run", "RunDirError", "STABLE_DEFINITION", "result_table_names"]
+__all__ = ["Result", "load_run", "RunDirError", "STABLE_DEFINITION"]
 

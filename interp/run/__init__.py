@@ -40,9 +40,8 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     caller's attached: tests plant structure this way). A run dir holding a checkpoint of the same
     config resumes from it; one of another config is refused (``RunConfigMismatch``)."""
     from .. import rundir as R
-    from ..pairs import load_pairs
-
     from ..config import validate
+    from ..pairs import load_pairs
 
     t0 = time.time()
     validate(cfg)  # every setting that needs no model, before anything loads or is written

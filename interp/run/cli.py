@@ -88,8 +88,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
-        validate(cfg)
-        result = run_result(cfg, out)
+        result = run_result(cfg, out)  # it validates the config first
     except user_error_types() as err:
         _remove_if_empty(out)
         fail(NAME, str(err))

@@ -34,6 +34,13 @@ def frame_digest(df) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(t) -> str:
+    import torch
+
+    return _sha(str(t.dtype).encode() + str(list(t.shape)).encode()
+                + t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
 def digest(run_dir: str | Path) -> dict:
     import pandas as pd
     from safetensors import safe_open
@@ -53,9 +60,7 @@ def digest(run_dir: str | Path) -> dict:
             continue
         with safe_open(str(p), framework="pt") as f:
             meta = {k: v for k, v in (f.metadata() or {}).items()}
-            out[name] = {k: _sha(str(f.get_tensor(k).dtype).encode() + str(list(f.get_tensor(k).shape)).encode()
-                                 + f.get_tensor(k).contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes())
-                         for k in sorted(f.keys())}
+            out[name] = {k: tensor_digest(f.get_tensor(k)) for k in sorted(f.keys())}
             out[name]["__metadata__"] = _sha(json.dumps(meta, sort_keys=True).encode())
     rej = run / "rejected.jsonl"
     out["rejected"] = _sha(rej.read_bytes()) if rej.exists() else None
