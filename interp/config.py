@@ -24,7 +24,9 @@ POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
 ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 ATTENTION = ("auto", *ATTENTION_KERNELS)
-CONTROL_POOLS = ("common", "edits")
+CONTROL_POOLS = ("common", "edits", "matched", "nearest", "grammatical")
+CLUSTERS = ("swap", "template", "none")
+STABLE_RULES = ("equivalence", "significance")
 ALIGNMENTS = ("strict", "same_length", "span")
 PAIR_SOURCES = ("bank", "file", "blimp", "python")
 MODEL_SOURCES = ("gguf", "hf", "random", "python")
@@ -49,18 +51,45 @@ def conf_dir() -> Path:
 
 @dataclass
 class ControlsConfig:
-    n: int = 3  # control sentences per pair (0 = no baseline, no p-values)
-    pool: str = "common"  # common = frequent whole-word tokens; edits = tokens other pairs edit (stricter)
-    pool_size: int = 500  # draw from the N most common whole-word tokens of each shape
+    """The null edit each real edit is compared with (``interp.controls``)."""
+
+    n: int = 3  # control sentences per pair (0 = no baseline, no p-values; grammatical: one per pair)
+    # common = frequent whole-word tokens; edits = tokens other pairs edit; matched = same shape class,
+    # matched to the real edit's embedding distance and log-frequency bin by bin; nearest = the tokens
+    # nearest the edited token in the embedding; grammatical = the pair's ``alt`` (a grammatical
+    # alternative at the same position; pairs without one are rejected and reported)
+    pool: str = "common"
+    pool_size: int = 500  # common: draw from the N most common whole-word tokens of each shape
     words: Optional[list[str]] = None  # or a fixed list of words (each must be one token)
+    bins: int = 10  # matched: quantile bins of embedding distance and of log-frequency
+
+
+@dataclass
+class OffsetConfig:
+    """``offset_dim``: a large, nearly constant offset: rms > factor x the site's median rms and
+    spread < max_cv x |mean| (BOS excluded)."""
+
+    factor: float = 20.0
+    max_cv: float = 0.25
 
 
 @dataclass
 class MassiveConfig:
-    """Flag: rms > factor x the site's median rms and spread < max_cv x |mean|."""
+    """``massive`` (Sun et al. 2024): max |activation| over every token, BOS and delimiters included,
+    >= ratio x the layer's median |activation| and >= min_abs."""
 
-    factor: float = 20.0
-    max_cv: float = 0.25
+    ratio: float = 1000.0
+    min_abs: float = 100.0
+
+
+@dataclass
+class PairValuesConfig:
+    """What a run keeps per pair (``pair_values.parquet``): |a - b| and the control mean per pair x
+    component x position mode, from which the clustered statistics are computed."""
+
+    hooks: Optional[list[str]] = None  # null = every recorded hook point except mlp_post; [] = none
+    positions: list[str] = field(default_factory=lambda: list(POSITION_MODES))
+    max_mb: int = 1024  # bound: position modes (last first), then hook points, are dropped to fit
 
 
 @dataclass
@@ -69,10 +98,20 @@ class AnalysisConfig:
     positions: list[str] = field(default_factory=lambda: list(POSITION_MODES))
     # null baseline: a's edited token replaced by other single tokens
     controls: ControlsConfig = field(default_factory=ControlsConfig)
-    alpha: float = 0.05  # FDR level for "stable" and the contrast
+    alpha: float = 0.05  # FDR level of q-values (the significance rule and the contrast)
+    # what "stable" means: equivalence = the ratio's upper confidence limit < stable_ratio;
+    # significance = q < alpha and t < 0 (the rule before clustered inference)
+    rule: str = "equivalence"
+    stable_ratio: float = 0.5
+    ci: float = 0.95  # confidence level of every interval
+    # clusters of the cluster-robust statistics: swap = (token_a, token_b); template = sentence a
+    # with its edited token masked; none = every pair its own cluster
+    cluster: str = "swap"
     # two pair types or categories to compare (skipped if one is absent)
     contrast: Optional[list[str]] = field(default_factory=lambda: ["grammar", "semantic"])
+    offset: OffsetConfig = field(default_factory=OffsetConfig)
     massive: MassiveConfig = field(default_factory=MassiveConfig)
+    pair_values: PairValuesConfig = field(default_factory=PairValuesConfig)
     max_offset: int = 15  # divergence profile: token offsets 0..max_offset after the edit
     detail_pairs: int = 2000  # per-pair drill-down tables for the first N kept pairs (-1 = all)
     detail_k: int = 5  # most changed / most stable components listed per pair and site
@@ -248,8 +287,22 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
         _at_least(a[key], 0, f"analysis.{key}")
     for key in ("detail_pairs", "n_saved_pairs"):
         _at_least(a[key], -1, f"analysis.{key}")
-    if a.massive.factor <= 0 or a.massive.max_cv < 0:
-        raise ConfigError("analysis.massive.factor must be > 0 and analysis.massive.max_cv >= 0")
+    if a.offset.factor <= 0 or a.offset.max_cv < 0:
+        raise ConfigError("analysis.offset.factor must be > 0 and analysis.offset.max_cv >= 0")
+    if a.massive.ratio <= 0 or a.massive.min_abs < 0:
+        raise ConfigError("analysis.massive.ratio must be > 0 and analysis.massive.min_abs >= 0")
+    _choice(a.rule, STABLE_RULES, "analysis.rule")
+    _choice(a.cluster, CLUSTERS, "analysis.cluster")
+    if not a.stable_ratio > 0:
+        raise ConfigError(f"analysis.stable_ratio={a.stable_ratio} must be > 0")
+    if not 0 < a.ci < 1:
+        raise ConfigError(f"analysis.ci={a.ci} must lie between 0 and 1")
+    _at_least(a.controls.bins, 1, "analysis.controls.bins")
+    for p in a.pair_values.positions:
+        _choice(p, POSITION_MODES, "analysis.pair_values.positions")
+    for p in a.pair_values.hooks or []:
+        _choice(p, sorted(HOOK_POINTS) + ["z_head"], "analysis.pair_values.hooks")
+    _at_least(a.pair_values.max_mb, 0, "analysis.pair_values.max_mb")
 
     _at_least(cfg.batch_size, 1, "batch_size")
     _at_least(cfg.checkpoint_every, 0, "checkpoint_every")

@@ -46,7 +46,7 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
     acfg = cfg.analysis
     groups = stats.groups
     pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
-    table_kw = {"massive_factor": float(acfg.massive.factor), "massive_cv": float(acfg.massive.max_cv)}
+    table_kw = {"massive_factor": float(acfg.offset.factor), "massive_cv": float(acfg.offset.max_cv)}
     tables: dict = {"pairs": pairs_df, "stability": lambda: stats.table(**table_kw)}
     if len(groups) > 1:
         tables["stability_by_category"] = lambda: pd.concat(
