@@ -3,7 +3,8 @@
 Accepted field names, first match wins: ``a``/``b``, ``good``/``bad``,
 ``sentence_good``/``sentence_bad`` (BLiMP). Optional: ``category`` (default: the file's stem),
 ``type`` (``grammar`` or ``semantic``; default ``grammar`` since a good/bad pair has a correct side),
-``id``/``pair_id``. Other fields are kept in ``Pair.meta``.
+``id``/``pair_id``; ``alt`` (a grammatical alternative for a's edited word, read into ``Pair.alt``;
+empty means none). Other fields are kept in ``Pair.meta``.
 
 A malformed line (bad JSON, missing field, empty or identical sentences, bytes that are not UTF-8,
 absurd length) becomes a ``Problem`` naming the file, the line and the reason. With ``strict=True``
@@ -49,11 +50,15 @@ def pair_from_record(rec: dict, source: str, line: int, default_category: str) -
     if ptype not in PAIR_TYPES:
         return Problem(source, line, "bad_type", f"type {ptype!r} is not one of {PAIR_TYPES}", a, b)
     category = str(rec.get("category") or default_category)
-    known = {fa, fb, "type", "category", "id", "pair_id"}
+    alt = rec.get("alt")
+    if alt is not None and not isinstance(alt, str):
+        return Problem(source, line, "not_text", "field 'alt' must be a string", a, b)
+    alt = (alt or "").strip() or None
+    known = {fa, fb, "type", "category", "id", "pair_id", "alt"}
     meta = {k: v for k, v in rec.items() if k not in known and isinstance(v, (str, int, float, bool))}
     pid = rec.get("pair_id", rec.get("id"))
     return Pair(a=a, b=b, category=category, type=ptype, pair_id=str(pid) if pid is not None else "",
-                source=source, line=line, meta=meta)
+                source=source, line=line, alt=alt, meta=meta)
 
 
 def collect(pairs: list[Pair], problems: list[Problem], strict: bool):

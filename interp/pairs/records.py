@@ -22,6 +22,9 @@ class Pair:
     pair_id: str = ""
     source: str = ""  # file the pair came from (bank file, user file, BLiMP paradigm)
     line: int | None = None  # 1-based line in that file
+    # a grammatical alternative for a's edited word ("is" for a="She was happy." / b="She were
+    # happy."): the one-token control of ``analysis.controls.pool=grammatical``
+    alt: str | None = None
     meta: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
