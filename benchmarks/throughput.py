@@ -53,7 +53,8 @@ from interp.hooks import resolve
 from interp.pairs import load_pairs, validate_pairs
 from interp.backends import analysis_model
 from interp.run import get_model
-from interp.run.pipeline import BatchPipeline, build_controls
+from interp import controls as C
+from interp.run.pipeline import BatchPipeline
 from interp.run.pipeline import new_stats as runner_stats
 
 
@@ -82,16 +83,21 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
         p = type(p)(**{**vars(p), "pair_id": f"{p.pair_id}#{i}"})
         kept[i] = (p, kept[i][1])
     groups = sorted({p.category for p, _ in kept})
-    n_controls = int(cfg.analysis.controls.n)
-    controls = build_controls(cfg, lm.tokenizer, kept, list(range(len(kept))))
+    cs = C.build_controls(cfg, lm.tokenizer, C.input_embedding(lm), kept, list(range(len(kept))))
+    n_controls = cs.k
     batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
-                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, cs.ids)
     return kept, groups, batches, n_controls
 
 
-def new_stats(cfg, lm, groups, n_controls) -> DiffStats:
-    """The run's statistics object for this benchmark's hooks (``n_controls`` follows the config)."""
-    return runner_stats(cfg, resolve(list(cfg.hooks.points), lm.info["n_layers"]), groups, lm.device)
+def new_stats(cfg, lm, groups, n_controls, n_pairs: int = 1000) -> DiffStats:
+    """The run's statistics object for this benchmark's hooks (``n_controls`` follows the config),
+    keeping per-pair values as a run of ``n_pairs`` pairs would (``analysis.pair_values``)."""
+    from interp.run.pipeline import plan_pair_values
+
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
+    keep, _ = plan_pair_values(cfg, sites, lm.info, n_pairs)
+    return runner_stats(cfg, sites, groups, lm.device, keep_values=keep)  # per-pair values kept as a run keeps them
 
 
 def bare_model(lm, attn: str = "sdpa"):
@@ -129,7 +135,7 @@ def minor_faults() -> int:
 
 def pipeline(cfg, lm, kept, groups, n_controls):
     """The statistics and the batch loop of a run, on the model the run would choose."""
-    stats = new_stats(cfg, lm, groups, n_controls)
+    stats = new_stats(cfg, lm, groups, n_controls, len(kept))
     model, facts = analysis_model(lm, cfg.analysis, [s.name for s in stats.sites], n_pairs=len(kept))
     pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)), model=model)
     return stats, pipe, facts

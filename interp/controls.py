@@ -18,11 +18,16 @@ replacements are chosen is ``analysis.controls.pool``:
   excluded. A token's *shape class* is (leading space or not, case pattern lower / Capitalized /
   UPPER / mixed, alphabetic or not). For each pair the candidates are those of ``b``'s class
   (the tokens of ``a`` and ``b`` and every case variant of their words excluded), or, when that
-  class has fewer than ``n x bins`` of them, every candidate with ``b``'s leading-space shape. Their
-  cosine distance to ``a``'s token in the input embedding (``1 - cos``) and their log-frequency are
-  cut into ``analysis.controls.bins`` quantile bins each; the ``K`` controls are drawn from the
-  (distance bin, frequency bin) cell of the real edit ``a -> b``, widening ring by ring to the
-  neighbouring cells (Chebyshev distance 1, 2, ...) until there are ``K``.
+  class has fewer than ``2 K x bins`` of them, every candidate with ``b``'s leading-space shape.
+  Frequency is matched by bin: the candidates in ``b``'s log-frequency quantile bin (of
+  ``analysis.controls.bins``; widened to the neighbouring bins until there are ``2 K``). Distance is
+  matched by caliper: of those, the ``2 K`` whose cosine distance to ``a``'s token in the input
+  embedding (``1 - cos``) is closest to the real edit's ``dist_ab``; the ``K`` controls are drawn
+  from them at random. (Quantile bins of distance are too coarse: real edits lie among the nearest
+  0.1% of the vocabulary, and on SmolLM2 controls drawn from the real edit's distance decile were
+  about twice as far as the real edit, at the median; with the caliper, 1.17 times, since for many
+  edits hardly any token is closer to ``a`` than ``b`` is. The regression-adjusted effect in the
+  stability table, ``adj_coef``, takes up what distance difference remains.)
 - ``nearest``: the ``K`` candidates nearest ``a``'s token in the input embedding (cosine), with
   ``a``'s leading-space shape, ``b``'s token and case variants of both words excluded
   (deterministic: ties by token id). The hardest null: edits to the most similar tokens.
@@ -264,48 +269,55 @@ def bin_of(edges: np.ndarray, values) -> np.ndarray:
     return np.searchsorted(edges, values, side="right")
 
 
+CALIPER = 2  # matched: draw the K controls from the CALIPER x K candidates closest to the real distance
+
+
 @dataclass
 class MatchedDraw:
-    """One pair's matched draw: candidates with their bins, the real edit's cell, the controls."""
+    """One pair's matched draw: the candidates of its frequency cell, the caliper, the controls."""
 
-    candidates: np.ndarray
-    dist: np.ndarray  # of the candidates to a's token
-    dist_edges: np.ndarray
+    candidates: np.ndarray  # of b's shape class (or leading-space shape when widened)
     freq_edges: np.ndarray
-    cell: tuple[int, int]  # (distance bin, frequency bin) of a -> b
+    freq_bin: int  # of the real replacement b
+    near: np.ndarray  # the CALIPER x K candidates of the frequency cell closest to dist_ab
+    caliper: float  # the largest |distance - dist_ab| among ``near``
     controls: list[int]
-    in_cell: int  # how many controls came from the real cell
+    rings: int  # frequency bins widened beyond b's own (0: all from its own bin)
     widened: bool  # b's shape class had too few candidates: its leading-space shape was used
 
 
 def matched_draw(vocab: Vocabulary, dist_a: np.ndarray, tok_a: int, tok_b: int, n: int, bins: int,
                  seed: int, key: str) -> MatchedDraw:
-    """The ``matched`` controls of one pair (``dist_a``: distance of every token to ``tok_a``)."""
+    """The ``matched`` controls of one pair (``dist_a``: distance of every token to ``tok_a``).
+
+    Frequency by bin: the candidates in b's log-frequency quantile bin (widened to neighbouring
+    bins until there are ``CALIPER x n``). Distance by caliper: of those, the ``CALIPER x n``
+    whose distance to ``a`` is closest to the real edit's; ``n`` of them drawn at random (seeded by
+    ``(seed, key)``). Quantile bins of distance are far too coarse here: real edits sit among the
+    nearest 0.1% of the vocabulary, and a bin of a tenth (or a hundredth) of it reaches tokens two
+    to three times as far."""
     cls = shape_class(vocab.text(tok_b))
     cands = vocab.without(vocab.classes.get(cls, np.zeros(0, dtype=np.int64)), [tok_a, tok_b])
-    widened = len(cands) < n * bins
+    m = CALIPER * n
+    widened = len(cands) < m * bins
     if widened:
         cands = vocab.without(vocab.by_space[cls[0]], [tok_a, tok_b])
     if len(cands) < n:
         raise ConfigError(f"analysis.controls.n={n}: pool=matched has {len(cands)} candidates for pair "
                           f"{key} ({vocab.text(tok_a)!r} -> {vocab.text(tok_b)!r}); lower analysis.controls.n")
-    d, f = dist_a[cands], vocab.logfreq[cands]
-    d_edges, f_edges = quantile_bins(d, bins), quantile_bins(f, bins)
-    cd, cf = bin_of(d_edges, d), bin_of(f_edges, f)
-    cell = (int(bin_of(d_edges, dist_a[tok_b])), int(bin_of(f_edges, logfreq(tok_b))))
-    ring = np.maximum(np.abs(cd - cell[0]), np.abs(cf - cell[1]))
-    rng = random.Random(f"{seed}:{key}")
-    chosen: list[int] = []
-    in_cell = 0
-    for r in range(bins):
-        here = cands[ring == r].tolist()  # ascending token ids
-        need = n - len(chosen)
-        take = here if len(here) <= need else rng.sample(here, need)
-        chosen += take
-        in_cell += len(take) if r == 0 else 0
-        if len(chosen) == n:
-            break
-    return MatchedDraw(cands, d, d_edges, f_edges, cell, chosen, in_cell, widened)
+    f = vocab.logfreq[cands]
+    f_edges = quantile_bins(f, bins)
+    cf = bin_of(f_edges, f)
+    fb = int(bin_of(f_edges, logfreq(tok_b)))
+    rings = 0
+    while (np.abs(cf - fb) <= rings).sum() < min(m, len(cands)):
+        rings += 1
+    cell = cands[np.abs(cf - fb) <= rings]
+    gap = np.abs(dist_a[cell] - dist_a[tok_b])
+    order = np.lexsort((cell, gap))[:m]  # closest in distance, ties by token id
+    near = cell[order]
+    chosen = sorted(random.Random(f"{seed}:{key}").sample(sorted(near.tolist()), min(n, len(near))))
+    return MatchedDraw(cands, f_edges, fb, near, float(gap[order].max()), chosen, rings, widened)
 
 
 def nearest_ids(vocab: Vocabulary, dist_a: np.ndarray, tok_a: int, tok_b: int, n: int, key: str) -> list[int]:
@@ -384,8 +396,9 @@ def build_controls(cfg, tokenizer, embedding: torch.Tensor | None, kept, indices
     common/edits pool size, the candidate vocabulary of matched/nearest, distinct alt tokens of
     grammatical), the medians over the pairs at ``indices`` of ``dist_ab``, ``dist_ac_mean``,
     ``logfreq_b`` and ``logfreq_c_mean`` (None without values), and for matched ``bins``,
-    ``controls_in_cell`` (share of controls drawn from the real edit's own cell) and
-    ``pairs_widened`` (pairs whose shape class was too small)."""
+    ``median_caliper`` (median over pairs of the largest |distance - dist_ab| the draw allowed),
+    ``share_own_freq_bin`` (pairs drawn from b's own frequency bin) and ``pairs_widened`` (pairs
+    whose shape class was too small)."""
     ccfg = cfg.analysis.controls
     pool, n, seed = str(ccfg.pool), int(ccfg.n), int(cfg.seed)
     bins = int(ccfg.get("bins", 10) or 10)
@@ -426,7 +439,8 @@ def build_controls(cfg, tokenizer, embedding: torch.Tensor | None, kept, indices
     elif k:  # matched, nearest: grouped by a's token, whose distances to the vocabulary are computed once
         facts["candidates"] = int(len(vocab.candidates))
         if pool == "matched":
-            facts.update(bins=bins, controls_in_cell=0, pairs_widened=0)
+            facts.update(bins=bins, caliper_k=CALIPER, pairs_widened=0)
+            calipers, own_bin = [], 0
         by_a: dict[int, list[int]] = {}
         for j, (ta, _) in enumerate(firsts):
             by_a.setdefault(ta, []).append(j)
@@ -441,14 +455,16 @@ def build_controls(cfg, tokenizer, embedding: torch.Tensor | None, kept, indices
                     if pool == "matched":
                         m = matched_draw(vocab, row, ta, tb, n, bins, seed, p.pair_id)
                         ctrl[j] = m.controls
-                        facts["controls_in_cell"] += m.in_cell
+                        calipers.append(m.caliper)
+                        own_bin += m.rings == 0
                         facts["pairs_widened"] += m.widened
                     else:
                         ctrl[j] = nearest_ids(vocab, row, ta, tb, n, p.pair_id)
                     dist_ab[j] = float(row[tb])
                     dist_ac[j] = [float(row[c]) for c in ctrl[j]]
-        if pool == "matched" and indices:
-            facts["controls_in_cell"] = facts["controls_in_cell"] / (k * len(indices))
+        if pool == "matched":
+            facts["median_caliper"] = _median(calipers)
+            facts["share_own_freq_bin"] = own_bin / len(indices) if indices else None
 
     if dist is not None:  # the pools that did not compute them above
         todo = [j for j in range(len(indices)) if math.isnan(dist_ab[j])]

@@ -39,15 +39,19 @@ def _comparable(config: dict) -> str:
     return json.dumps(c, sort_keys=True, default=str)
 
 
-def load_stats(run_dir: Path, cfg):
-    """The mergeable statistics of a run dir as a ``DiffStats`` (on the CPU)."""
+def load_stats(run_dir: Path, cfg, keep_values: dict | None = None):
+    """The mergeable statistics of a run dir as a ``DiffStats`` (on the CPU), with its kept
+    per-pair values (``pair_values.parquet``) when ``keep_values`` names them."""
     path = run_dir / R.STATS
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
     sites = [HookSite(**s) for s in json.loads(meta["sites"])]
-    stats = new_stats(cfg, sites, json.loads(meta["groups"]), "cpu")
+    stats = new_stats(cfg, sites, json.loads(meta["groups"]), "cpu", keep_values=keep_values)
     stats.load_state_dict(state)
+    if keep_values and (run_dir / R.PAIR_VALUES).exists():
+        from .stats.values import read_into
+        read_into(run_dir / R.PAIR_VALUES, stats)
     stats.shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
     return stats, json.loads(meta["group_types"])
 
@@ -73,9 +77,14 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
         raise MergeError(f"shards must be index 0..count-1 of one count exactly once; got {info}")
     cfg = OmegaConf.create(manifests[0]["config"])
     cfg.shard = {"index": 0, "count": 1}
-    stats, group_types = load_stats(shards[0], cfg)
+    kept_facts = manifests[0].get("pair_values") or {}
+    keep = kept_facts.get("kept") or {}
+    if any((m.get("pair_values") or {}).get("kept") != keep for m in manifests):
+        raise MergeError("the shards kept per-pair values of different hook points or position modes "
+                         "(analysis.pair_values.max_mb dropped different ones); merge needs the same")
+    stats, group_types = load_stats(shards[0], cfg, keep)
     for s in shards[1:]:
-        other, _ = load_stats(s, cfg)
+        other, _ = load_stats(s, cfg, keep)
         stats = stats.merge(other)
 
     out = Path(out)
@@ -100,6 +109,8 @@ def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
         "batches": sum(m["counts"]["batches"] for m in manifests), "resumed_from_batch": 0,
         "inspect": {"n_saved_pairs": m0["counts"].get("n_saved_pairs", 0)}, "shard": None,
         "merged_from": [str(s.resolve()) for s in shards],
+        "controls": {k: v for k, v in (m0.get("controls") or {}).items() if k not in ("n", "seed", "pool", "test")},
+        "pair_values": kept_facts,
     }
     timings = {"shard_forward_s": [m["timings"].get("forward_s") for m in manifests]}
     assemble(cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0).save(out, overwrite=True)

@@ -21,7 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from . import rundir as R
-from .rules import STABLE_DEFINITION, stable_mask, summarize
+from .rules import STABLE_DEFINITION, definition, stable_mask, summarize
 
 # table name -> file; the order is the order ``save`` writes them in
 TABLES = {
@@ -30,11 +30,12 @@ TABLES = {
     "stability_by_category": R.STABILITY_BY_CATEGORY,
     "contrast": R.CONTRAST,
     "divergence": R.DIVERGENCE,
+    "directions": R.DIRECTIONS,
     "pair_profile": R.PAIR_PROFILE,
     "pair_components": R.PAIR_COMPONENTS,
 }
 BLIMP_TABLES = ("blimp_paradigms", "blimp_phenomena")
-TENSOR_FILES = (R.STATS, R.ACTIVATIONS, R.PATTERNS)
+TENSOR_FILES = (R.STATS, R.ACTIVATIONS, R.PATTERNS, R.PAIR_VALUES)
 
 Table = pd.DataFrame | Callable[[], pd.DataFrame | None] | None
 REJECTED_COLUMNS = ["source", "line", "reason", "detail", "a", "b", "category", "pair_id"]
@@ -91,6 +92,7 @@ class Result:
     stability_by_category = property(lambda self: self.table("stability_by_category"))
     contrast = property(lambda self: self.table("contrast"))
     divergence = property(lambda self: self.table("divergence"))
+    directions = property(lambda self: self.table("directions"), doc="distinct directions of the stable set")
     pair_profile = property(lambda self: self.table("pair_profile"))
     pair_components = property(lambda self: self.table("pair_components"))
 
@@ -120,11 +122,42 @@ class Result:
         stab = self.stability
         if position is not None:
             stab = stab[stab["position"] == position]
-        return stab[stable_mask(stab, self.alpha if alpha is None else alpha)]
+        return stab[self.stable_mask(stab, alpha)]
+
+    def stable_mask(self, stab: pd.DataFrame, alpha: float | None = None, rule: str | None = None) -> pd.Series:
+        """``interp.rules.stable_mask`` with this run's rule and thresholds (``alpha``/``rule``: another)."""
+        return stable_mask(stab, self.alpha if alpha is None else alpha, rule or self.rule, self.stable_ratio)
 
     @property
     def alpha(self) -> float:
         return float(self.config["analysis"]["alpha"])
+
+    @property
+    def rule(self) -> str:
+        """The run's rule for "stable" (runs before ``analysis.rule`` existed: significance)."""
+        return str(self.config["analysis"].get("rule", "significance"))
+
+    @property
+    def stable_ratio(self) -> float:
+        return float(self.config["analysis"].get("stable_ratio", 0.5))
+
+    @property
+    def null(self) -> str:
+        """The control pool the run compared with (``analysis.controls.pool``)."""
+        c = self.config["analysis"]["controls"]
+        return "words" if c.get("words") else str(c["pool"])
+
+    def pair_values(self, hook: str | None = None, layer: int | None = None,
+                    position: str | None = None) -> pd.DataFrame | None:
+        """The per-pair values the clustered statistics were computed from (``pair_values.parquet``),
+        for one hook point, layer or position mode (None: all); None if the run kept none."""
+        if R.PAIR_VALUES in self._tensors:
+            return self._tensors[R.PAIR_VALUES][0].frame(hook, layer, position)
+        path = self.run_dir / R.PAIR_VALUES if self.run_dir else None
+        if path is None or not path.exists():
+            return None
+        filters = [(k, "==", v) for k, v in (("hook", hook), ("layer", layer), ("position", position)) if v is not None]
+        return pd.read_parquet(path, filters=filters or None)
 
     def accuracy(self) -> pd.DataFrame:
         """Per category: pairs, mean margin, error-detection accuracy (grammar categories)."""
@@ -151,12 +184,19 @@ class Result:
             pos = m["positions"][0]
             d = stab[stab["position"] == pos]
             if "q_value" in d:
-                alpha = self.alpha
-                sig = d[stable_mask(d, alpha)]
-                lines.append(f"stable beyond the control baseline at '{pos}' (q < {alpha}, not massive): "
-                             f"{len(sig)} of {d['q_value'].notna().sum()} components")
-                for r in sig.nsmallest(min(top_k, 10), "rank_calibrated").itertuples():
-                    lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} edit/control={r.ratio:.3f}  "
+                a = m["config"]["analysis"]
+                sig = d[self.stable_mask(d)]
+                lines.append(f"null: {self._null_text()}")
+                lines.append(f"rule: {definition(self.rule, self.alpha, self.stable_ratio, float(a.get('ci', 0.95)))}")
+                if "se_method" in d:
+                    methods = d["se_method"].value_counts()
+                    lines.append("intervals: " + ", ".join(f"{k} ({v} components)" for k, v in methods.items()))
+                lines.append(f"stable at '{pos}': {len(sig)} of {d['q_value'].notna().sum()} components"
+                             + (f", {sig['component'].nunique()} distinct component indices" if len(sig) else ""))
+                order = "ratio_hi" if self.rule == "equivalence" and "ratio_hi" in d else "rank_calibrated"
+                for r in sig.nsmallest(min(top_k, 10), order).itertuples():
+                    ci = (f"  CI [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" if hasattr(r, "ratio_hi") else "")
+                    lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} edit/control={r.ratio:.3f}{ci}  "
                                  f"normalized={r.normalized:.4f}  q={r.q_value:.2g}")
             else:
                 lines.append(f"most stable components at '{pos}' (normalized |a-b| = mean |a-b| / spread; "
@@ -169,6 +209,15 @@ class Result:
             from .pairs.blimp import format_blimp_summary
             lines += format_blimp_summary({n: self.table(n) for n in BLIMP_TABLES})
         return "\n".join(lines)
+
+    def _null_text(self) -> str:
+        c = self.config["analysis"]["controls"]
+        facts = self.manifest.get("controls") or {}
+        k = facts.get("k", c["n"])
+        text = f"{self.null} ({k} control edit{'s' if k != 1 else ''} per pair"
+        if "median_dist_ab" in facts and "median_dist_ac" in facts:
+            text += f"; median embedding distance: real {facts['median_dist_ab']:.3f}, controls {facts['median_dist_ac']:.3f}"
+        return text + ")"
 
     def __repr__(self) -> str:
         c = self.manifest.get("counts", {})
@@ -218,6 +267,10 @@ class Result:
         for file in TENSOR_FILES:
             if file in self._tensors:
                 tensors, meta = self._tensors[file]
+                if file.endswith(".parquet"):  # a writer of its own (pair_values.parquet)
+                    with R.atomic_path(out / file) as tmp:
+                        tensors(tmp)
+                    continue
                 if callable(tensors):
                     tensors = tensors()
                 R.write_safetensors(out / file, tensors, meta)

@@ -2,24 +2,65 @@
 
 Every table, summary, figure, comparison and viewer page that says "stable" or "accuracy" calls
 these, so the definitions live in one place.
+
+Two rules for "stable" (``analysis.rule``), each against the run's null (``analysis.controls.pool``):
+
+- ``equivalence`` (default): the upper end of the ratio's confidence interval (``ratio_hi``,
+  mean |a-b| / mean control change, cluster-robust where the run kept per-pair values) lies below
+  ``analysis.stable_ratio``: the real edit moves the component less than half as much as a control
+  edit, and the data rule out anything larger. An effect-size statement that more pairs make
+  sharper, not looser.
+- ``significance``: the rule before clustered inference: the iid paired test says |a-b| is smaller
+  than the control change (``t_stat < 0``) at FDR ``alpha`` (``q_value < alpha``). With hundreds
+  of pairs any consistent small difference passes it.
+
+Under both, components flagged ``constant``, ``offset_dim`` or ``massive`` are never stable.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-STABLE_DEFINITION = "q_value < {alpha} and t_stat < 0 and not massive"
+RULES = ("equivalence", "significance")
+DEFINITIONS = {
+    "equivalence": "ratio_hi < {stable_ratio} (upper {ci:.0%} confidence limit of mean |a-b| / mean control "
+                   "change), not constant, offset or massive",
+    "significance": "q_value < {alpha} and t_stat < 0, not constant, offset or massive",
+}
+STABLE_DEFINITION = DEFINITIONS["significance"]  # kept for readers of older code: the significance rule
 
 
-def stable_mask(stab: pd.DataFrame, alpha: float) -> pd.Series:
-    """Rows of a stability table that are stable beyond the control baseline: the paired test
-    says |a-b| is smaller than the control edits' change (``t_stat < 0``) at FDR ``alpha``
-    (``q_value < alpha``), and the component is not a flagged massive activation. Without
-    controls (no ``q_value`` column) nothing is stable."""
+def definition(rule: str = "equivalence", alpha: float = 0.05, stable_ratio: float = 0.5, ci: float = 0.95) -> str:
+    """The rule in words, with its thresholds."""
+    return f"{rule}: " + DEFINITIONS[rule].format(alpha=alpha, stable_ratio=stable_ratio, ci=ci)
+
+
+def flagged(stab: pd.DataFrame) -> pd.Series:
+    """Components no rule calls stable: constant, a large constant offset, or a massive activation
+    (tables written before ``offset_dim`` existed call the offset flag ``massive``)."""
+    out = pd.Series(False, index=stab.index)
+    for col in ("constant", "offset_dim", "massive"):
+        if col in stab:
+            out |= stab[col].fillna(False).astype(bool)
+    return out
+
+
+def stable_mask(stab: pd.DataFrame, alpha: float = 0.05, rule: str = "significance",
+                stable_ratio: float = 0.5) -> pd.Series:
+    """Rows of a stability table that are stable beyond the control baseline under ``rule``
+    (module docstring). Without controls (no ``q_value`` column) nothing is stable; under
+    ``equivalence`` a table without ``ratio_hi`` (written before it existed) has nothing stable."""
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is not one of {', '.join(RULES)}")
     if "q_value" not in stab:
         return pd.Series(False, index=stab.index)
-    massive = stab["massive"].fillna(False).astype(bool) if "massive" in stab else False
-    return (stab["q_value"] < alpha) & (stab["t_stat"] < 0) & ~massive
+    if rule == "equivalence":
+        if "ratio_hi" not in stab:
+            return pd.Series(False, index=stab.index)
+        ok = stab["ratio_hi"] < stable_ratio
+    else:
+        ok = (stab["q_value"] < alpha) & (stab["t_stat"] < 0)
+    return (ok & ~flagged(stab)).fillna(False).astype(bool)
 
 
 def correct(margin: float, pair_type: str) -> bool | None:

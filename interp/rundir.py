@@ -9,6 +9,8 @@ Layout (the output contract; README.md documents it for other tools):
     stability_by_category.parquet  the same per category
     contrast.parquet         Welch test per component between two groups of pairs (analysis.contrast)
     divergence.parquet       normalized |a-b| per hook x layer x category x token offset from the edit
+    directions.parquet       per hook x layer x position: distinct directions of the stable set, mean a-b
+    pair_values.parquet      per pair x hook x layer x component x position: |a-b| and the control mean
     pair_profile.parquet     per pair: ||a-b|| and ||a|| per hook x layer x position (drill-down)
     pair_components.parquet  per pair: the most changed and most stable components per hook x layer
     rejected.jsonl           pairs and lines that were not used, with the reason
@@ -41,6 +43,8 @@ PAIR_PROFILE = "pair_profile.parquet"
 PAIR_COMPONENTS = "pair_components.parquet"
 ACTIVATIONS = "activations.safetensors"
 PATTERNS = "patterns.safetensors"
+PAIR_VALUES = "pair_values.parquet"
+DIRECTIONS = "directions.parquet"
 FIGURES = "figures"
 
 

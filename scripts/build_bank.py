@@ -1275,6 +1275,16 @@ def load_default_tokenizer():
     return load_tokenizer(OmegaConf.load(MODEL_CONF))
 
 
+def _bank_alts():
+    """``scripts/bank_alts.py`` (the rule that gives a pair its grammatical ``alt``), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bank_alts", Path(__file__).with_name("bank_alts.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(out_dir: str | Path = BANK_DIR, tokenizer=None, verbose: bool = True,
          examples: bool = True) -> dict:
     """Write one ``<category>.jsonl`` per category into ``out_dir``; returns the per-category report."""
@@ -1283,9 +1293,10 @@ def main(out_dir: str | Path = BANK_DIR, tokenizer=None, verbose: bool = True,
     if tokenizer is None:
         tokenizer = load_default_tokenizer()
     reports = {}
+    alts = _bank_alts()
     for cat in categories():
         rows, rep = build_category(cat, tokenizer)
-        write_rows(out_dir / f"{cat.name}.jsonl", rows)
+        write_rows(out_dir / f"{cat.name}.jsonl", [alts.with_alt(r) for r in rows])
         reports[cat.name] = rep
         if verbose:
             drops = ", ".join(f"{k} {v}" for k, v in sorted(rep["dropped"].items())) or "none"

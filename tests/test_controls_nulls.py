@@ -241,37 +241,34 @@ def test_input_embedding_is_the_float32_input_embedding_on_the_cpu(tiny_lm, emb)
 
 # --- matched --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bins", [4, 10])
-def test_matched_draws_come_from_the_real_edits_distance_and_frequency_cell(tiny_lm, emb, kept, bins):
+@pytest.mark.parametrize("bins", [3, 5])
+def test_matched_draws_match_frequency_by_bin_and_distance_by_caliper(tiny_lm, emb, kept, bins):
+    from interp.controls import CALIPER
+
     tok = tiny_lm.tokenizer
     cfg = cfg_for("matched", 3, f"analysis.controls.bins={bins}")
     cs = build_controls(cfg, tok, emb, kept, list(range(len(kept))))
     vocab = candidate_vocab(tok, emb.shape[0])
-    checked = 0
     for (p, tp), row in zip(kept, cs.rows):
         ta, tb = tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]
         sb = tok.decode([tb])
         shape_b = (sb.startswith(" "), case(sb.strip()))
         out = {words_of(tok, ta), words_of(tok, tb)}
-        cands = [t for t, s in vocab if (s.startswith(" "), case(s.strip())) == shape_b
-                 and s.strip().lower() not in out]
-        assert len(cands) >= 3 * bins  # b's own shape class: no widening here
-        assert set(row["control_ids"]) <= set(cands)
-        d = cos_dist(emb, ta, cands)
-        f = -np.log1p(np.array(cands, dtype=float))
-        de = np.quantile(d, np.linspace(0, 1, bins + 1)[1:-1])
+        cands = np.array([t for t, s in vocab if (s.startswith(" "), case(s.strip())) == shape_b
+                          and s.strip().lower() not in out])
+        assert len(cands) >= 2 * 3 * bins  # b's own shape class: no widening here
+        f = -np.log1p(cands.astype(float))
         fe = np.quantile(f, np.linspace(0, 1, bins + 1)[1:-1])
-        cell = (np.searchsorted(de, row["dist_ab"], "right"), np.searchsorted(fe, row["logfreq_b"], "right"))
-        in_cell = (np.searchsorted(de, d, "right") == cell[0]) & (np.searchsorted(fe, f, "right") == cell[1])
-        if in_cell.sum() >= 3:  # enough in the cell: every control from it
-            checked += 1
-            assert set(row["control_ids"]) <= set(np.array(cands)[in_cell].tolist())
-            assert all(np.searchsorted(de, x, "right") == cell[0] for x in row["dist_ac"])
-        else:  # all of the cell, the rest from the next ring
-            assert set(np.array(cands)[in_cell].tolist()) <= set(row["control_ids"])
-    assert checked >= len(kept) // 2
-    assert cs.facts["bins"] == bins and 0 < cs.facts["controls_in_cell"] <= 1
-    assert cs.facts["candidates"] == len(vocab)
+        fb = np.searchsorted(fe, row["logfreq_b"], "right")
+        cell = cands[np.searchsorted(fe, f, "right") == fb]
+        assert len(cell) >= CALIPER * 3  # b's own frequency bin has enough
+        gap = np.abs(cos_dist(emb, ta, cell.tolist()) - row["dist_ab"])
+        near = set(cell[np.lexsort((cell, gap))[:CALIPER * 3]].tolist())
+        assert set(row["control_ids"]) <= near and len(set(row["control_ids"])) == 3
+        # closer in distance than the typical candidate of the cell: the caliper did its job
+        assert np.abs(np.array(row["dist_ac"]) - row["dist_ab"]).max() <= np.median(gap)
+    assert cs.facts["bins"] == bins and cs.facts["share_own_freq_bin"] == 1.0
+    assert cs.facts["candidates"] == len(vocab) and cs.facts["median_caliper"] >= 0
 
 
 def test_matched_draws_are_the_same_for_any_indices_and_change_with_the_seed(tiny_lm, emb, kept):

@@ -18,7 +18,9 @@ def _setup(tiny_lm, pairs_file, drop: str | None = None):
     groups = sorted({p.category for p, _ in kept})
     keep = [i for i, (p, _) in enumerate(kept) if p.pair_id != drop]
     cfg = make_cfg("model=tiny", "device=cpu", "analysis.controls.n=2")
-    controls = runner.build_controls(cfg, tiny_lm.tokenizer, kept, keep)
+    from interp import controls as C
+
+    controls = C.build_controls(cfg, tiny_lm.tokenizer, C.input_embedding(tiny_lm), kept, keep).ids
     batches = make_batches([kept[i][1] for i in keep], [groups.index(kept[i][0].category) for i in keep],
                            tiny_lm.bos_token_id, tiny_lm.pad_token_id, 3, controls=controls)
     for b in batches:  # batch positions -> kept indices

@@ -89,14 +89,14 @@ def test_a_planted_component_that_ignores_real_edits_but_not_control_edits_is_fo
     assert planted["control_normalized"] > 0.5
 
 
-def test_a_constant_dimension_a_zeroed_head_and_a_massive_dimension_are_flagged(tiny_lm, tmp_path):
+def test_a_constant_dimension_a_zeroed_head_and_an_offset_dimension_are_flagged(tiny_lm, tmp_path):
     rows = template_pairs(tiny_lm.tokenizer, 24)
-    CONST, MASSIVE, HEAD = 3, 11, 2
+    CONST, OFFSET, HEAD = 3, 11, 2
 
     def const_and_massive(x, hook):
         x = x.clone()
         x[..., CONST] = 1.5
-        x[..., MASSIVE] = 400.0 + 0.01 * x[..., MASSIVE]
+        x[..., OFFSET] = 400.0 + 0.01 * x[..., OFFSET]
         return x
 
     def zero_head(z, hook):
@@ -112,7 +112,8 @@ def test_a_constant_dimension_a_zeroed_head_and_a_massive_dimension_are_flagged(
     rp0 = e[(e.hook == "resid_post") & (e.layer == 0)].set_index("component")
     assert rp0.loc[CONST, "constant"] and np.isnan(rp0.loc[CONST, "normalized"]) and pd.isna(rp0.loc[CONST, "rank"])
     assert not (rp0.loc[CONST, "q_value"] < 0.05)
-    assert rp0.loc[MASSIVE, "massive"] and rp0["massive"].sum() == 1
+    # a large offset on every token: offset_dim (and never stable), whatever the massive flag says
+    assert rp0.loc[OFFSET, "offset_dim"] and rp0["offset_dim"].sum() == 1 and not rp0.loc[OFFSET, "stable"]
     z1 = e[(e.hook == "z") & (e.layer == 1)]
     assert z1[z1["head"] == HEAD]["constant"].all() and not z1[z1["head"] != HEAD]["constant"].any()
     assert z1[z1["head"] == HEAD]["q_value"].isna().all()

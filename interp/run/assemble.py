@@ -18,6 +18,8 @@ from .. import rundir as R
 from ..config import ConfigError
 from ..result import Result
 from ..rules import summarize
+from ..stats import values as pair_values
+from ..stats.diff import PairInfo
 from .manifest import build_manifest
 
 
@@ -39,6 +41,17 @@ def contrast_sides(spec, types: dict[str, str], groups: list[str]):
     return out
 
 
+def _once(make):
+    """A table maker that computes its table once (the stability table feeds two tables)."""
+    box = []
+
+    def get():
+        if not box:
+            box.append(make())
+        return box[0]
+    return get
+
+
 def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list[dict], failed: list[dict],
              profiles: list[pd.DataFrame], components: list[pd.DataFrame], facts: dict, timings: dict,
              t0: float, tensor_files: dict | None = None) -> Result:
@@ -46,8 +59,13 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
     acfg = cfg.analysis
     groups = stats.groups
     pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
-    table_kw = {"massive_factor": float(acfg.offset.factor), "massive_cv": float(acfg.offset.max_cv)}
-    tables: dict = {"pairs": pairs_df, "stability": lambda: stats.table(**table_kw)}
+    info = PairInfo(pairs_df, str(acfg.cluster)) if not pairs_df.empty else None
+    table_kw = {"offset_factor": float(acfg.offset.factor), "offset_cv": float(acfg.offset.max_cv),
+                "massive_ratio": float(acfg.massive.ratio), "massive_min": float(acfg.massive.min_abs),
+                "pair_info": info, "level": float(acfg.ci), "rule": str(acfg.rule), "alpha": float(acfg.alpha),
+                "stable_ratio": float(acfg.stable_ratio)}
+    stability = _once(lambda: stats.table(**table_kw))
+    tables: dict = {"pairs": pairs_df, "stability": stability}
     if len(groups) > 1:
         tables["stability_by_category"] = lambda: pd.concat(
             [stats.table(group=g, **table_kw).assign(category=g) for g in groups], ignore_index=True)
@@ -56,8 +74,9 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
     if isinstance(sides, str):
         notes["contrast"] = sides
     elif sides:
-        tables["contrast"] = lambda: stats.contrast(sides[0][1], sides[1][1], (sides[0][0], sides[1][0]))
+        tables["contrast"] = lambda: stats.contrast(sides[0][1], sides[1][1], (sides[0][0], sides[1][0]), info)
     tables["divergence"] = lambda: stats.divergence()
+    tables["directions"] = lambda: stats.directions(stability(), facts["group_types"], info)
     profiles = [p for p in profiles if not p.empty]
     if profiles:
         tables["pair_profile"] = pd.concat(profiles, ignore_index=True)
@@ -75,6 +94,8 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
                   "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()}),
                   "sites": json.dumps([vars(x) for x in stats.sites])}
     files = {R.STATS: (stats.state_dict, stats_meta), **(tensor_files or {})}
+    if stats.values:
+        files[R.PAIR_VALUES] = (pair_values.PairValues(stats), None)
     timings["total_s"] = time.time() - t0
     manifest = build_manifest(cfg, stats, facts, len(pairs_df), all_rejected, len(failed), notes,
                               summarize(pairs_df).to_dict("records"), timings)

@@ -56,15 +56,23 @@ class Checkpoint:
         return done, rows, meta.get("failed", []), state, details, meta.get("forward_parts", [])
 
     def save(self, batches_done: int, rows: list[dict], failed: list[dict], state: dict, details,
-             forward_parts: list[dict]) -> None:
+             forward_parts: list[dict], pair_values: dict | None = None) -> None:
         R.write_parquet(self.dir / "pairs.parquet", pd.DataFrame(rows))
         R.write_safetensors(self.dir / "stats.safetensors", state)
+        R.write_safetensors(self.dir / "pair_values.safetensors", pair_values or {})
         R.write_parquet(self.dir / "pair_profile.parquet", pd.concat([d[0] for d in details], ignore_index=True))
         R.write_parquet(self.dir / "pair_components.parquet", pd.concat([d[1] for d in details], ignore_index=True))
         # progress.json last: it names what the other two files hold
         R.write_json(self.dir / "progress.json",
                      {"config_hash": self.hash, "batches_done": batches_done, "failed": failed,
                       "forward_parts": forward_parts})
+
+    def load_pair_values(self) -> dict:
+        """The kept per-pair values saved with the last checkpoint (``DiffStats.pair_value_state``)."""
+        from safetensors.torch import load_file
+
+        path = self.dir / "pair_values.safetensors"
+        return load_file(str(path)) if path.exists() else {}
 
     def remove(self) -> None:
         import shutil

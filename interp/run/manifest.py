@@ -16,8 +16,12 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 CONTROL_TEST = "one-sided paired t-test over pairs of |a-b| - mean_k |a-c_k|; BH q-values over all rows"
+CLUSTER_TEST = ("the same test with cluster-robust (CR1) standard errors, n_clusters - 1 degrees of freedom; "
+                "ratio of means with a delta-method interval on its log; |change| ~ 1 + embedding distance + "
+                "real edit, cluster-robust")
 EXCLUDED = {
-    "bos": "the BOS position is excluded from every statistic",
+    "bos": "the BOS position is excluded from every statistic except max_abs and the massive flag "
+           "(Sun et al. 2024 measure massive activations on BOS and the first delimiter)",
     "padding": "pad positions are masked out of every statistic and log-probability",
     "shared_prefix": "in the component spread, the prefix shared by both sentences is counted once",
 }
@@ -74,10 +78,13 @@ def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_ro
             "rejected_by_reason": rejected_by_reason(rejected_rows), "batches": facts["batches"],
             "resumed_from_batch": facts["resumed_from_batch"], **facts["inspect"],
         },
-        "controls": {"n": n_controls, "seed": int(cfg.seed),
+        "controls": {**(facts.get("controls") or {}), "n": n_controls, "seed": int(cfg.seed),
                      "pool": (("words" if acfg.controls.words else acfg.controls.pool)
                               if n_controls else None),
                      "test": CONTROL_TEST},
+        "inference": {"rule": str(acfg.rule), "stable_ratio": float(acfg.stable_ratio), "alpha": float(acfg.alpha),
+                      "ci": float(acfg.ci), "cluster": str(acfg.cluster), "clustered_test": CLUSTER_TEST},
+        "pair_values": facts.get("pair_values"),
         "notes": notes,
         "excluded": dict(EXCLUDED),
         "accuracy": accuracy,

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..backends import select as analysis_model
 from ..config import ConfigError
-from ..controls import control_ids, make_pool
+from .. import controls as C
 from ..engine import Batch, make_batches, pair_logprobs
 from ..hooks import resolve
 from ..kernels import use_fused
@@ -28,6 +28,7 @@ from ..model import LoadedModel
 from ..pairs import PairSet, Problem, validate_pairs
 from ..result import Result
 from ..stats import DiffStats
+from ..stats import values as pair_values
 from ..rules import correct
 from .assemble import assemble, contrast_sides
 from .checkpoint import Checkpoint, RunConfigMismatch, combine_forward
@@ -44,7 +45,7 @@ class NoPairsError(ValueError):
         self.rejected_rows = rejected_rows
 
 
-def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
+def _pair_rows(batch: Batch, lp: torch.Tensor, kept, extra: dict[int, dict] | None = None) -> list[dict]:
     B = batch.size
     lp_a, lp_b = lp[:B].cpu().tolist(), lp[B:2 * B].cpu().tolist()
     rows = []
@@ -60,6 +61,8 @@ def _pair_rows(batch: Batch, lp: torch.Tensor, kept) -> list[dict]:
             "logprob_a": lp_a[j], "logprob_b": lp_b[j], "margin": margin,
             "correct": correct(margin, p.type),
         })
+        if extra:
+            rows[-1].update(extra.get(i, {}))
         rows[-1].update({f"meta_{k}": v for k, v in p.meta.items()})
     return rows
 
@@ -102,8 +105,9 @@ class BatchPipeline:
     """
 
     def __init__(self, lm: LoadedModel, stats: DiffStats, kept, failed: list[dict], overlap: bool = False,
-                 pipelined: bool | None = None, model=None):
+                 pipelined: bool | None = None, model=None, extra: dict[int, dict] | None = None):
         self.lm, self.stats, self.kept, self.failed = lm, stats, kept, failed
+        self.extra = extra or {}  # per kept index: the control columns of its pairs.parquet row
         self.model = lm.bridge if model is None else model  # the bridge or an interp.backends.hf.PlainModel
         self.side = side_stream(lm.device) if overlap else None
         self.pipelined = self.side is not None if pipelined is None else pipelined  # one batch in flight
@@ -171,7 +175,7 @@ class BatchPipeline:
         except Exception as err:
             raise StatisticsError(f"updating the statistics failed on a batch of {batch.size} pairs: "
                                   f"{type(err).__name__}: {err}") from err
-        return _pair_rows(batch, lp, self.kept)
+        return _pair_rows(batch, lp, self.kept, self.extra)
 
     def _split(self, batch: Batch, err: Exception) -> list[dict]:
         if isinstance(err, RunConfigMismatch):
@@ -196,21 +200,11 @@ def shard_indices(n: int, shard) -> list[int]:
     return list(range(index, n, count))
 
 
-def build_controls(cfg: DictConfig, tokenizer, kept, indices: list[int]) -> list[list[list[int]]] | None:
-    """Control sentences (token ids) of the kept pairs at ``indices``; None without controls.
-    The pool is drawn from the whole pair set, so shards agree on it."""
-    acfg = cfg.analysis
+def control_count(acfg) -> int:
+    """Control sentences per pair: ``analysis.controls.n``, one for the ``grammatical`` pool (the
+    pair's own alternative), 0 without controls."""
     n = int(acfg.controls.n)
-    if not n:
-        return None
-    pool = make_pool(tokenizer, acfg.controls.pool, int(acfg.controls.pool_size), acfg.controls.words,
-                     [tp for _, tp in kept])
-    out = []
-    for i in indices:
-        p, tp = kept[i]
-        own = {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}
-        out.append(control_ids(pool, tp.ids_a, tp.edit_pos, tp.token_a, own, n, int(cfg.seed), p.pair_id))
-    return out
+    return min(n, 1) if acfg.controls.pool == "grammatical" else n
 
 
 def chunk_layers(value, device) -> int:
@@ -221,13 +215,29 @@ def chunk_layers(value, device) -> int:
     return int(value)
 
 
-def new_stats(cfg: DictConfig, sites, groups: list[str], device) -> DiffStats:
+def new_stats(cfg: DictConfig, sites, groups: list[str], device, keep_values: dict | None = None) -> DiffStats:
     acfg = cfg.analysis
     return DiffStats(sites, groups, list(acfg.positions), device,
-                     n_controls=int(acfg.controls.n),
+                     n_controls=control_count(acfg),
                      max_offset=int(acfg.max_offset), detail_pairs=int(acfg.detail_pairs),
                      detail_k=int(acfg.detail_k), chunk=chunk_layers(acfg.chunk_layers, device),
-                     fused=use_fused(acfg.fused, device))
+                     fused=use_fused(acfg.fused, device), keep_values=keep_values)
+
+
+def plan_pair_values(cfg: DictConfig, sites, info: dict, n_pairs: int) -> tuple[dict, dict]:
+    """``analysis.pair_values`` for this run: which hook points keep per-pair values at which
+    position modes (``interp.stats.values.plan``)."""
+    from ..hooks import HOOK_POINTS, head_summary
+
+    layers: dict[str, int] = {}
+    for s in sites:
+        layers[s.point] = layers.get(s.point, 0) + 1
+    points = list(layers)
+    for p in list(points):
+        if p in HOOK_POINTS and HOOK_POINTS[p].heads:
+            layers[head_summary(p)] = layers[p]
+            points.append(head_summary(p))
+    return pair_values.plan(cfg.analysis, points, layers, info, n_pairs)
 
 
 
@@ -248,6 +258,9 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
                                     alignment=str(cfg.pairs.alignment),
                                     max_edit_tokens=int(cfg.pairs.max_edit_tokens))
     problems: list[Problem] = list(pair_set.problems)
+    if cfg.analysis.controls.pool == "grammatical" and int(cfg.analysis.controls.n):
+        kept, no_alt = C.split_missing_alt(kept, lm.tokenizer)  # reported in rejected.parquet, counted in the summary
+        rejected = rejected + no_alt
     timings["pairs_s"] = timings.get("pairs_s", 0.0) + time.time() - t
     rejected_rows = [dict(vars(p)) for p in problems + rejected]
     if not kept:
@@ -265,10 +278,14 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     if unknown:
         raise ConfigError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
     mine = shard_indices(len(kept), cfg.get("shard"))
-    controls = build_controls(cfg, lm.tokenizer, kept, mine)
-    stats = new_stats(cfg, sites, groups, lm.device)
+    t = time.time()
+    controls = C.build_controls(cfg, lm.tokenizer, C.input_embedding(lm), kept, mine)
+    timings["controls_s"] = time.time() - t
+    keep, kept_facts = plan_pair_values(cfg, sites, lm.info, len(mine))
+    stats = new_stats(cfg, sites, groups, lm.device, keep_values=keep)
     batches = make_batches([kept[i][1] for i in mine], [groups.index(kept[i][0].category) for i in mine],
-                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, controls)
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device,
+                           controls.ids if controls.k else None)
     for b in batches:  # batch positions -> run-wide kept indices
         b.index = torch.tensor([mine[j] for j in b.index.tolist()])
 
@@ -277,6 +294,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     if resumed:  # earlier: how the model ran in the parts before (a resumed run may run differently)
         start, pair_rows, failed, state, details, earlier = resumed
         stats.load_state_dict(state)
+        stats.load_pair_value_state(checkpoint.load_pair_values())
         log.info("resuming %s at batch %d of %d", checkpoint.dir.parent, start, len(batches))
     every = int(cfg.checkpoint_every) if checkpoint else 0
     crash_after = int(os.environ.get("INTERP_CRASH_AFTER_BATCH", "0"))  # tests: simulate a kill
@@ -288,7 +306,8 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.progress, desc="pairs", file=sys.stderr)
     model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites], n_pairs=len(mine))
-    pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.overlap), model=model)
+    pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.overlap), model=model,
+                         extra=dict(zip(mine, controls.rows)))
     for bi in range(start, len(batches)):
         pair_rows += pipe.submit(batches[bi])
         bar.update(batches[bi].size)
@@ -297,7 +316,8 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
             wait_for_statistics(lm.device)
             details.append(stats.detail_tables(pair_ids))
             stats.details = []
-            checkpoint.save(bi + 1, pair_rows, failed, stats.state_dict(), details, earlier + [forward_facts])
+            checkpoint.save(bi + 1, pair_rows, failed, stats.state_dict(), details, earlier + [forward_facts],
+                            stats.pair_value_state())
         if crash_after and bi + 1 == crash_after:
             os._exit(17)
     pair_rows += pipe.flush()
@@ -324,6 +344,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
         "unreadable_lines": len(problems), "rejected": len(rejected), "batches": len(batches),
         "resumed_from_batch": start, "inspect": {"n_saved_pairs": inspection.n_pairs},
         "shard": OmegaConf.to_container(shard) if shard else None,
+        "controls": controls.facts, "pair_values": kept_facts,
     }
     return assemble(cfg, stats, pd.DataFrame(pair_rows), rejected_rows, failed, [d[0] for d in details],
                     [d[1] for d in details], facts, timings, t0, inspection.files())

@@ -32,6 +32,7 @@ from . import registry as reg
 from .moments import Moments, Sums
 from .significance import bh_qvalues, welch
 
+HIST_LO, HIST_HI, HIST_BINS = -12.0, 8.0, 2000  # log10 |activation| histogram: 0.01 decades a bin
 POSITION_MODES = reg.MODES  # edit, last, after: the order of the per-pair values' mode axis
 CHANNELS = tuple(c.name for c in reg.CHANNELS)  # every channel, in slot order (``interp.stats.registry``)
 
@@ -66,7 +67,8 @@ class DiffStats:
 
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
                  device: torch.device | str = "cpu", n_controls: int = 0, max_offset: int = 15,
-                 detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8, fused: bool = False):
+                 detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8, fused: bool = False,
+                 keep_values: dict[str, list[str]] | None = None):
         bad = [p for p in positions if p not in POSITION_MODES]
         if bad:
             raise ValueError(f"analysis.positions: {bad} not in {POSITION_MODES}")
@@ -100,11 +102,24 @@ class DiffStats:
         # on the CPU the hooks copy each activation into buffers kept from batch to batch (``_Arena``)
         self.arena = torch.device(device).type == "cpu"
         self._arena = _Arena()
+        # per-pair values kept for the clustered statistics and pair_values.parquet: hook point ->
+        # position modes (of ``positions``); per point a list of (first layer, pair indices [B],
+        # float32 [B, S, 2, M', C]: |a - b| and the control mean)
+        self.keep_values = {p: [m for m in self.positions if m in ms]
+                            for p, ms in (keep_values or {}).items() if self.n_controls}
+        self.values: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        self._pv_cache: dict[str, tuple[int, tuple[np.ndarray, np.ndarray]]] = {}
+        # massive activations (Sun et al. 2024), over every token of a and b, BOS included: per
+        # point the max |activation| per component [L, C] and a histogram of log10 |activation| per
+        # layer [L, HIST_BINS] (its median is the layer's median magnitude)
+        self.absmax: dict[str, Tensor] = {}
+        self.abshist: dict[str, Tensor] = {}
 
     def _empty(self) -> "DiffStats":
         """An empty state with the same layout and settings."""
         return DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
-                         self.max_offset, self.detail_pairs, self.detail_k, self.chunk, self.fused)
+                         self.max_offset, self.detail_pairs, self.detail_k, self.chunk, self.fused,
+                         self.keep_values)
 
     def _get(self, kind: str, site: HookSite) -> Moments | None:
         m = getattr(self, kind).get(site.point)
@@ -186,6 +201,7 @@ class DiffStats:
             kernel = self.fused and heads is None  # per-head norms (z_head) take the PyTorch path
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
+                self._magnitudes(point, c0, len(ss), chunk, batch)
                 if kernel:
                     self._fold(point, c0, *self._values_fused(point, c0, chunk, batch), batch, seg)
                     continue
@@ -195,6 +211,70 @@ class DiffStats:
                     self._fold(heads, c0, *self._values(heads, c0, X, batch, head_dim=self.shapes[point][-1]),
                                batch, seg)
                 del X
+
+    def _magnitudes(self, point: str, c0: int, L: int, chunk: list[Tensor], batch: Batch) -> None:
+        """Fold the chunk's |activation| over every real token of a and b (BOS included) into the
+        running max per component and the per-layer histogram of log10 |activation|."""
+        B = batch.size
+        m = batch.mask[:2 * B]
+        C = chunk[0].shape[-1]
+        if point not in self.absmax:
+            self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
+            self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
+        for j, x in enumerate(chunk):
+            v = x[:2 * B][m].float().abs()  # [tokens, C]
+            mx = v.amax(0).to(self.absmax[point].device)
+            self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx)
+            lg = v.clamp(min=1e-30).log10().flatten()
+            h = torch.histc(lg.clamp(HIST_LO, HIST_HI - 1e-6), HIST_BINS, HIST_LO, HIST_HI)
+            self.abshist[point][c0 + j] += h.to(torch.float64).to(self.abshist[point].device)
+
+    def _keep(self, point: str, c0: int, vals: Tensor, batch: Batch) -> None:
+        """Stage the chunk's per-pair |a - b| and control mean at the kept position modes."""
+        modes = self.keep_values.get(point)
+        if not modes:
+            return
+        ch = [self.channels.index("abs"), self.channels.index("ctrl")]
+        mi = [self.positions.index(m) for m in modes]
+        v = vals[:, :, ch][:, :, :, mi].float().cpu().numpy()  # [B, S, 2, M', C]
+        self.values.setdefault(point, []).append((c0, batch.index.cpu().numpy().copy(), v))
+
+    def pair_values(self, point: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The kept per-pair values of a hook point: (pair indices [N] ascending, float32
+        [N, L, 2, M', C]: |a - b| and the control mean at ``keep_values[point]``), or None."""
+        parts = self.values.get(point)
+        if not parts:
+            return None
+        cached = self._pv_cache.get(point)
+        if cached is not None and cached[0] == len(parts):
+            return cached[1]
+        if len(parts) == 1 and parts[0][0] == 0 and np.all(np.diff(parts[0][1]) > 0):  # loaded: one block
+            self._pv_cache[point] = (1, (parts[0][1], parts[0][2]))
+            return self._pv_cache[point][1]
+        firsts = sorted({c0 for c0, _, _ in parts})
+        by_pair: dict[int, dict[int, np.ndarray]] = {}
+        for c0, idx, v in parts:
+            for j, i in enumerate(idx.tolist()):
+                by_pair.setdefault(i, {})[c0] = v[j]
+        index = np.array(sorted(by_pair), dtype=np.int64)
+        out = np.stack([np.concatenate([by_pair[i][c0] for c0 in firsts], 0) for i in index.tolist()])
+        self._pv_cache[point] = (len(parts), (index, out))
+        return index, out
+
+    def pair_value_state(self) -> dict[str, Tensor]:
+        """The kept per-pair values as tensors (checkpoints; ``load_pair_value_state`` reads them)."""
+        out = {}
+        for point in self.values:
+            index, v = self.pair_values(point)
+            out[f"{point}/index"] = torch.from_numpy(index)
+            out[f"{point}/values"] = torch.from_numpy(v)
+        return out
+
+    def load_pair_value_state(self, state: dict[str, Tensor]) -> None:
+        for key in state:
+            if key.endswith("/index"):
+                point = key[:-len("/index")]
+                self.values[point] = [(0, state[key].numpy(), state[f"{point}/values"].numpy())]
 
     def _sums(self, kind: str, point: str, lo: int, hi: int, shape: tuple[int, ...], shift) -> Sums:
         """The running sums of ``kind`` at ``point`` (full shape ``shape``), created on first use or
@@ -231,6 +311,7 @@ class DiffStats:
             self._stage_detail(point, c0, batch, batch.index < self.detail_pairs, *detail())
         if self.positions != list(POSITION_MODES):
             vals = vals.index_select(3, torch.tensor([POSITION_MODES.index(m) for m in self.positions], device=vals.device))
+        self._keep(point, c0, vals, batch)
 
         def first(x: Tensor, full: tuple[int, ...]):  # the chunk's shift: the batch's mean value (0 where none)
             def shift():
@@ -384,6 +465,9 @@ class DiffStats:
         for kind in ("diff", "spread", "profile"):
             for point, m in getattr(self, kind).items():
                 out.update(m.state_dict(f"{kind}/{point}/"))
+        for kind in ("absmax", "abshist"):
+            for point, t in getattr(self, kind).items():
+                out[f"{kind}/{point}"] = t
         return out
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -391,6 +475,9 @@ class DiffStats:
             for kind in ("diff", "spread", "profile"):
                 if f"{kind}/{point}/n" in state:
                     getattr(self, kind)[point] = Sums.from_state_dict(state, f"{kind}/{point}/").to(self.device)
+            for kind in ("absmax", "abshist"):  # runs before these were kept have none
+                if f"{kind}/{point}" in state:
+                    getattr(self, kind)[point] = state[f"{kind}/{point}"].to(self.device)
 
     def merge(self, other: "DiffStats") -> "DiffStats":
         if (other.groups, other.positions, other.n_controls, other.max_offset, other.sites) != \
@@ -400,6 +487,15 @@ class DiffStats:
         out = self._empty()
         out.shapes = {**other.shapes, **self.shapes}
         out.details = self.details + other.details
+        for point in set(self.values) | set(other.values):
+            out.values[point] = self.values.get(point, []) + other.values.get(point, [])
+        for point in set(self.absmax) | set(other.absmax):
+            if point in self.absmax and point in other.absmax:
+                out.absmax[point] = torch.maximum(self.absmax[point], other.absmax[point].to(self.absmax[point].device))
+                out.abshist[point] = self.abshist[point] + other.abshist[point].to(self.abshist[point].device)
+            else:
+                src = self if point in self.absmax else other
+                out.absmax[point], out.abshist[point] = src.absmax[point], src.abshist[point]
         for kind in ("diff", "spread", "profile"):
             mine, theirs, dest = getattr(self, kind), getattr(other, kind), getattr(out, kind)
             for name in set(mine) | set(theirs):
@@ -416,18 +512,23 @@ class DiffStats:
         idx = range(len(self.groups)) if groups is None else [self.groups.index(x) for x in groups]
         return reduce_groups(Moments(g.n[list(idx)], g.mean[list(idx)], g.m2[list(idx)]))
 
-    def table(self, group: str | None = None, massive_factor: float = 20.0, massive_cv: float = 0.25
+    def table(self, group: str | None = None, offset_factor: float = 20.0, offset_cv: float = 0.25,
+              massive_ratio: float = 1000.0, massive_min: float = 100.0, pair_info: "PairInfo | None" = None,
+              level: float = 0.95, rule: str = "equivalence", alpha: float = 0.05, stable_ratio: float = 0.5
               ) -> pd.DataFrame:
         """One row per site x component x position mode (all groups merged unless ``group``).
 
-        Columns: the moments of a - b and |a - b|; the component's mean and spread; ``normalized`` =
-        mean |a-b| / spread and ``rank`` (1 = smallest). With controls: ``control_normalized``,
-        ``ratio`` = mean |a-b| / mean |a-c|, ``ratio_pair_mean``/``ratio_pair_std`` (per-pair
-        ratio across pairs), ``t_stat`` and the one-sided ``p_value`` of the paired t-test
-        "|a-b| < |a-c|" over pairs, ``q_value`` (Benjamini-Hochberg over every row of the table) and
-        ``rank_calibrated`` (1 = strongest evidence of changing less than a control edit).
-        ``constant``: the component never moves (spread 0); ``massive``: magnitude above
-        ``massive_factor`` x the site's median and spread below ``massive_cv`` x |mean|.
+        Columns: the registry's (``interp.stats.registry``; README "Run directory"), among them the
+        moments of a - b and |a - b|, the component's mean and spread, ``normalized`` and ``rank``;
+        with controls the ratio of means and its confidence interval at ``level``, the iid paired
+        test (``t_stat``, ``p_value``, ``q_value``) and, where the run kept per-pair values and
+        ``pair_info`` gives their clusters and embedding distances, the cluster-robust statistics
+        (``interp.stats.clustered``). Flags: ``constant`` (spread 0); ``offset_dim`` (rms above
+        ``offset_factor`` x the site's median rms and spread below ``offset_cv`` x |mean|);
+        ``massive`` (max |activation| over every token, BOS included, >= ``massive_ratio`` x the
+        layer's median |activation| and >= ``massive_min``). ``stable``: the rule ``rule``
+        (``interp.rules.stable_mask``); ``stable_layers``: in how many layers the same component
+        index of the hook point is stable at that position mode.
         """
         frames = []
         for s in self.all_sites():
@@ -439,15 +540,20 @@ class DiffStats:
             act_mean = sp_mean.cpu().numpy()
             rms = np.sqrt(act_mean ** 2 + np.nan_to_num(spread) ** 2)
             med = np.median(rms) if rms.size else np.nan
-            massive = (rms > massive_factor * med) & (np.nan_to_num(spread) < massive_cv * np.abs(act_mean))
+            offset = (rms > offset_factor * med) & (np.nan_to_num(spread) < offset_cv * np.abs(act_mean))
             constant = ~(np.nan_to_num(spread) > 0)
+            max_abs, massive = self._massive(s, len(spread), massive_ratio, massive_min)
             C = spread.shape[0]
             shape = self.shapes.get(s.point, (C,))
             mean, std, n = m.mean.cpu().numpy(), m.std.cpu().numpy(), m.n.cpu().numpy()
+            kept = self._site_values(s, group, pair_info)
             for k, mode in enumerate(self.positions):
-                at = reg.SiteMode(self.channels, mean, std, n, k, act_mean, spread, constant, massive)
+                at = reg.SiteMode(self.channels, mean, std, n, k, act_mean, spread, constant, offset, massive,
+                                  max_abs, level)
                 cols = {"hook": s.point, "hook_name": s.name, "layer": s.layer, "component": np.arange(C),
                         "position": mode, **reg.site_columns(at, self.n_controls)}
+                if self.n_controls:
+                    cols.update(self._clustered(kept, mode, spread, level))
                 df = pd.DataFrame(cols)
                 if s.point in self.head_points:  # head x d_head
                     df["head"] = df["component"] // shape[1]
@@ -460,12 +566,68 @@ class DiffStats:
         out = pd.concat(frames, ignore_index=True)
         # rank 1 = most stable (smallest normalized change), per position mode over all components;
         # components that never move (spread 0, normalized NaN) get no rank; q-values over the table
-        return reg.add_table_columns(out, self.n_controls)
+        out = reg.add_table_columns(out, self.n_controls)
+        from ..rules import stable_mask
 
-    def contrast(self, side_a: list[str], side_b: list[str], names: tuple[str, str]) -> pd.DataFrame:
+        out["stable"] = stable_mask(out, alpha, rule, stable_ratio)
+        out["stable_layers"] = out.groupby(["hook", "component", "position"])["stable"].transform("sum").astype(np.int64)
+        return out
+
+    def _massive(self, s: HookSite, C: int, ratio: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """(max |activation| per component, the massive flag) of a hooked site; NaN/False for derived
+        sites and for statistics saved before magnitudes were kept."""
+        if s.point not in self.absmax:
+            return np.full(C, np.nan), np.zeros(C, dtype=bool)
+        i = self.point_sites[s.point].index(s)
+        mx = self.absmax[s.point][i].cpu().numpy().astype(np.float64)
+        med = _hist_median(self.abshist[s.point][i].cpu().numpy())
+        return mx, (mx >= ratio * med) & (mx >= floor)
+
+    def _site_values(self, s: HookSite, group: str | None, info: "PairInfo | None"):
+        """The kept per-pair values of one site (restricted to ``group``'s pairs) with their pairs'
+        clusters and distances: (modes, values [N, 2, M', C], info rows) or None."""
+        modes = self.keep_values.get(s.point)
+        if not modes or info is None:
+            return None
+        got = self.pair_values(s.point)
+        if got is None:
+            return None
+        index, v = got
+        sites = self.point_sites.get(s.point) or self.derived[s.point]
+        rows = info.rows(index)
+        keep = np.ones(len(index), dtype=bool) if group is None else (info.group[rows] == group)
+        return modes, v[keep, sites.index(s)], rows[keep], info
+
+    def _clustered(self, kept, mode: str, spread: np.ndarray, level: float) -> dict[str, np.ndarray]:
+        """The cluster-robust columns of one site at one position mode (NaN where not kept)."""
+        from . import clustered as cl
+
+        C = spread.shape[0]
+        if kept is None or mode not in kept[0]:
+            return {"n_clusters": np.full(C, -1, dtype=np.int64), **{c: np.full(C, np.nan) for c in cl.COLUMNS},
+                    "se_method": "iid"}
+        modes, v, rows, info = kept
+        A, R = v[:, 0, modes.index(mode)], v[:, 1, modes.index(mode)]
+        g = info.cluster[rows]
+        out = cl.paired(A, R, g, level)
+        if not np.isfinite(info.x_ab[rows]).any():  # the run recorded no embedding distances
+            adj = {c: np.full(C, np.nan) for c in ("adj_coef", "adj_lo", "adj_hi")}
+        else:
+            adj = cl.adjusted_effect(A, R, info.x_ab[rows], info.x_ac[rows], g, level)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            adj["adj_normalized"] = np.where(spread > 0, adj["adj_coef"] / spread, np.nan)
+        return {**out, **adj, "se_method": f"cluster:{info.kind}"}
+
+    def contrast(self, side_a: list[str], side_b: list[str], names: tuple[str, str],
+                 pair_info: "PairInfo | None" = None) -> pd.DataFrame:
         """Welch's two-sample t-test per component between two sets of groups, on the per-pair
         control-adjusted change ``delta`` (or ``|a-b|`` without controls). ``effect`` is the
-        difference of means over the component's spread (negative: more stable in ``group_a``)."""
+        difference of means over the component's spread (negative: more stable in ``group_a``).
+        Where the run kept per-pair values (and ``pair_info`` gives their clusters), the same
+        difference with a cluster-robust two-sided test: ``n_clusters``, ``se_cluster``,
+        ``t_cluster``, ``p_cluster``, ``q_cluster`` (``interp.stats.clustered.contrast``)."""
+        from . import clustered as cl
+
         qty = reg.contrast_channel(self.n_controls)
         q = self.channels.index(qty)
         frames = []
@@ -474,6 +636,7 @@ class DiffStats:
                 continue
             ma, mb = self._moments(s, side_a), self._moments(s, side_b)
             spread = self._spread(s)[1].cpu().numpy()
+            kept = self._site_values(s, None, pair_info)
             for k, mode in enumerate(self.positions):
                 na, nb = ma.n[q, k].cpu().numpy(), mb.n[q, k].cpu().numpy()
                 xa, xb = ma.mean[q, k].cpu().numpy(), mb.mean[q, k].cpu().numpy()
@@ -481,15 +644,114 @@ class DiffStats:
                 t, p = welch(na, xa, va, nb, xb, vb)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     effect = np.where(spread > 0, (xa - xb) / spread, np.nan)
-                frames.append(pd.DataFrame({
+                cols = {
                     "hook": s.point, "layer": s.layer, "component": np.arange(len(spread)), "position": mode,
                     "group_a": names[0], "group_b": names[1], "quantity": qty, "n_a": na.astype(np.int64),
                     "n_b": nb.astype(np.int64), "mean_a": xa, "mean_b": xb, "effect": effect, "t_stat": t,
                     "p_value": p,
-                }))
+                }
+                C = len(spread)
+                if kept is not None and mode in kept[0]:
+                    modes, v, rows, info = kept
+                    groups = info.group[rows]
+                    on = np.isin(groups, side_a) | np.isin(groups, side_b)
+                    D = v[on, 0, modes.index(mode)] - v[on, 1, modes.index(mode)]
+                    cols.update(cl.contrast(D, np.isin(groups[on], side_a), info.cluster[rows][on]))
+                else:
+                    cols.update({"n_clusters": np.full(C, -1, dtype=np.int64), "se_cluster": np.full(C, np.nan),
+                                 "t_cluster": np.full(C, np.nan), "p_cluster": np.full(C, np.nan)})
+                frames.append(pd.DataFrame(cols))
         out = pd.concat(frames, ignore_index=True)
         out["q_value"] = bh_qvalues(out["p_value"].to_numpy())
+        out["q_cluster"] = bh_qvalues(out["p_cluster"].to_numpy(dtype=float))
         return out
+
+    def directions(self, stab: pd.DataFrame, group_types: dict[str, str], pair_info: "PairInfo | None" = None,
+                   share: float = 0.9) -> pd.DataFrame:
+        """How many distinct directions the stable set spans, and the mean-difference direction.
+
+        One row per hook point x layer x position mode, and one per hook point x position mode over
+        all its layers (``layer`` = -1). ``n_stable``: stable rows of ``stab`` (its ``stable``
+        column); ``n_distinct``: distinct component indices among them (the residual stream shares
+        its basis across layers, so one dimension stable in 20 layers is one direction);
+        ``n_pcs``: principal components that explain ``share`` of the variance of the stable
+        components' per-pair |a - b| / spread (where the run kept per-pair values; NA otherwise).
+        Per layer, the difference-in-means direction of a - b (correct minus wrong: over the grammar
+        pairs, else every pair; ``pairs_used``): ``mean_diff_norm`` = ||mean(a - b)||,
+        ``spread_norm`` = ||spread||, ``mean_diff_relative`` = their ratio, and ``mean_diff_snr`` =
+        ||mean(a - b)|| / sqrt(sum of the components' variances of a - b) (NaN for per-head units)."""
+        if stab is None or stab.empty or "stable" not in stab:
+            return pd.DataFrame()
+        grammar = [g for g in self.groups if group_types.get(g) == "grammar"]
+        used = grammar or None
+        rows = []
+        for s in self.all_sites():
+            if s.point not in self.diff:
+                continue
+            m = self._moments(s, used)
+            spread = np.nan_to_num(self._spread(s)[1].cpu().numpy())
+            signed = s.point not in self.head_points.values()
+            for k, mode in enumerate(self.positions):
+                sel = stab[(stab["hook"] == s.point) & (stab["layer"] == s.layer) & (stab["position"] == mode)]
+                comps = sel.loc[sel["stable"], "component"].to_numpy()
+                di = self.channels.index("diff")
+                mean = np.nan_to_num(m.mean[di, k].cpu().numpy())
+                var = np.nan_to_num(m.var[di, k].cpu().numpy())
+                norm = float(np.linalg.norm(mean)) if signed else np.nan
+                sn = float(np.linalg.norm(spread))
+                rows.append({"hook": s.point, "layer": s.layer, "position": mode, "n_components": len(sel),
+                             "n_stable": len(comps), "n_distinct": len(set(comps.tolist())),
+                             "n_pcs": self._n_pcs(s, mode, {s.layer: comps}, spread_of={s.layer: spread},
+                                                  info=pair_info, share=share),
+                             "pairs_used": "grammar" if used else "all", "mean_diff_norm": norm, "spread_norm": sn,
+                             "mean_diff_relative": norm / sn if sn > 0 else np.nan,
+                             "mean_diff_snr": norm / float(np.sqrt(var.sum())) if signed and var.sum() > 0 else np.nan})
+        out = pd.DataFrame(rows)
+        if out.empty:
+            return out
+        pooled = []
+        for (hook, mode), sel in stab[stab["stable"]].groupby(["hook", "position"]):
+            by_layer = {int(layer): g["component"].to_numpy() for layer, g in sel.groupby("layer")}
+            site = next(x for x in self.all_sites() if x.point == hook)
+            spreads = {x.layer: np.nan_to_num(self._spread(x)[1].cpu().numpy()) for x in self.all_sites()
+                       if x.point == hook and x.layer in by_layer}
+            pooled.append({"hook": hook, "layer": -1, "position": mode,
+                           "n_components": int(((stab["hook"] == hook) & (stab["position"] == mode)).sum()),
+                           "n_stable": len(sel), "n_distinct": sel["component"].nunique(),
+                           "n_pcs": self._n_pcs(site, mode, by_layer, spreads, pair_info, share),
+                           "pairs_used": "grammar" if used else "all"})
+        if pooled:
+            out = pd.concat([out, pd.DataFrame(pooled)], ignore_index=True)
+        out["n_pcs"] = out["n_pcs"].astype("Int64")
+        return out
+
+    def _n_pcs(self, site: HookSite, mode: str, comps: dict[int, np.ndarray], spread_of: dict[int, np.ndarray],
+               info: "PairInfo | None", share: float):
+        """Principal components explaining ``share`` of the variance of the stable components'
+        per-pair |a - b| / spread (``comps``: layer -> component indices); None without values."""
+        modes = self.keep_values.get(site.point)
+        if not modes or mode not in modes or info is None or not any(len(c) for c in comps.values()):
+            return None
+        got = self.pair_values(site.point)
+        if got is None:
+            return None
+        _, v = got
+        sites = self.point_sites.get(site.point) or self.derived[site.point]
+        layer_pos = {x.layer: i for i, x in enumerate(sites)}
+        cols = []
+        for layer, c in comps.items():
+            if len(c):
+                sp = spread_of[layer][c]
+                cols.append(v[:, layer_pos[layer], 0, modes.index(mode)][:, c] / np.where(sp > 0, sp, 1.0))
+        X = np.concatenate(cols, 1).astype(np.float64)
+        X = X[np.isfinite(X).all(1)]
+        if X.shape[0] < 2:
+            return None
+        X -= X.mean(0)
+        sv = np.linalg.svd(X, compute_uv=False) ** 2
+        if sv.sum() <= 0:
+            return 0
+        return int(np.searchsorted(np.cumsum(sv) / sv.sum(), share) + 1)
 
     def divergence(self) -> pd.DataFrame:
         """How quickly the edit is absorbed: per site, category and offset from the edit, the mean
@@ -543,6 +805,38 @@ class DiffStats:
             }))
         cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()  # noqa: E731
         return cat(prof), cat(comp)
+
+
+def _hist_median(h: np.ndarray) -> float:
+    """The median |activation| from a histogram of log10 |activation| (``HIST_BINS`` bins)."""
+    total = h.sum()
+    if total <= 0:
+        return float("nan")
+    i = int(np.searchsorted(np.cumsum(h), total / 2))
+    width = (HIST_HI - HIST_LO) / HIST_BINS
+    return float(10 ** (HIST_LO + (i + 0.5) * width))
+
+
+class PairInfo:
+    """What the clustered statistics need of the kept pairs, by run-wide pair index: the cluster
+    of each pair (``analysis.cluster``), its category, and the embedding distances of its real edit
+    (``dist_ab``) and of its controls (``dist_ac_mean``)."""
+
+    def __init__(self, pairs: pd.DataFrame, kind: str = "swap"):
+        from .clustered import cluster_keys
+
+        self.kind = kind
+        self.pair_index = pairs["pair_index"].to_numpy(np.int64)
+        self.cluster = cluster_keys(pairs, kind)
+        self.group = pairs["category"].to_numpy(object)
+        nan = np.full(len(pairs), np.nan)
+        self.x_ab = pairs["dist_ab"].to_numpy(np.float64) if "dist_ab" in pairs else nan
+        self.x_ac = pairs["dist_ac_mean"].to_numpy(np.float64) if "dist_ac_mean" in pairs else nan
+        self._pos = {int(i): j for j, i in enumerate(self.pair_index)}
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Row positions of the pairs with these run-wide indices."""
+        return np.array([self._pos[int(i)] for i in index], dtype=np.int64)
 
 
 class _Captured(dict):

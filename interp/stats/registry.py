@@ -94,7 +94,7 @@ class SiteMode:
 
     ``mean(ch)``, ``std(ch)``, ``n(ch)``: the moments over pairs of channel ``ch``; ``act_mean`` and
     ``spread``: the component's own mean and standard deviation over sentence tokens; ``constant``
-    and ``massive``: the component flags."""
+    and ``offset``, ``massive``: the component flags; ``max_abs``: its largest |activation|."""
 
     names: tuple[str, ...]
     means: np.ndarray  # [CH, M, C]
@@ -104,7 +104,10 @@ class SiteMode:
     act_mean: np.ndarray
     spread: np.ndarray
     constant: np.ndarray
+    offset: np.ndarray
     massive: np.ndarray
+    max_abs: np.ndarray
+    level: float = 0.95  # confidence level of the intervals
 
     def mean(self, ch: str) -> np.ndarray:
         return self.means[self.names.index(ch), self.k]
@@ -132,6 +135,13 @@ class Column:
     menu: int | None = None  # place in a viewer's value menu (None: not offered)
 
 
+def _ratio_ci(m: SiteMode) -> tuple[np.ndarray, np.ndarray]:
+    from .clustered import ratio_ci_iid
+
+    return ratio_ci_iid(m.mean("abs"), m.std("abs") ** 2, m.mean("ctrl"), m.std("ctrl") ** 2, m.std("delta") ** 2,
+                        m.n("abs"), m.level)
+
+
 def _t(m: SiteMode) -> tuple[np.ndarray, np.ndarray]:
     return paired_t(m.mean("delta"), m.std("delta"), m.n("delta"))
 
@@ -147,28 +157,68 @@ COLUMNS: tuple[Column, ...] = (
     Column("normalized", "mean |a - b| / spread", lambda m: m.per_spread(m.mean("abs")), menu=0),
     Column("normalized_std", "std |a - b| / spread", lambda m: m.per_spread(m.std("abs")), menu=7),
     Column("constant", "the component never moves (spread 0)", lambda m: m.constant),
-    Column("massive", "magnitude far above the site's median, spread far below |mean|", lambda m: m.massive),
+    Column("offset_dim", "a large, nearly constant offset: rms above analysis.offset.factor x the site's median "
+           "rms and spread below analysis.offset.max_cv x |mean| (BOS excluded)", lambda m: m.offset),
+    Column("massive", "a massive activation (Sun et al. 2024): max |activation| over every token, BOS and "
+           "delimiters included, >= analysis.massive.ratio x the layer's median |activation| and >= "
+           "analysis.massive.min_abs", lambda m: m.massive),
+    Column("max_abs", "largest |activation| of the component over every token of a and b, BOS included",
+           lambda m: m.max_abs),
     Column("mean_control_diff", "mean over pairs of ctrl", lambda m: m.mean("ctrl"), needs_controls=True),
     Column("control_normalized", "mean ctrl / spread", lambda m: m.per_spread(m.mean("ctrl")),
            needs_controls=True, menu=9),
     Column("ratio", "mean |a - b| / mean ctrl",
            lambda m: np.where(m.mean("ctrl") > 0, m.mean("abs") / m.mean("ctrl"), np.nan), needs_controls=True,
            menu=10),
+    Column("ratio_lo", "lower end of the ratio's confidence interval (analysis.ci; cluster-robust where "
+           "se_method says so, else pairs as independent)", lambda m: _ratio_ci(m)[0], needs_controls=True),
+    Column("ratio_hi", "upper end of the ratio's confidence interval: the equivalence rule's statistic",
+           lambda m: _ratio_ci(m)[1], needs_controls=True, menu=15),
     Column("ratio_pair_mean", "mean over pairs of the per-pair ratio", lambda m: m.mean("ratio"), needs_controls=True),
     Column("ratio_pair_std", "standard deviation of the per-pair ratio", lambda m: m.std("ratio"), needs_controls=True),
     Column("delta_normalized", "mean delta / spread", lambda m: m.per_spread(m.mean("delta")), needs_controls=True),
     Column("t_stat", "paired t statistic of delta over pairs", lambda m: _t(m)[0], needs_controls=True),
     Column("p_value", "one-sided p of the paired t-test '|a - b| < ctrl'", lambda m: _t(m)[1], needs_controls=True,
            menu=11),
+    # cluster-robust columns (``interp.stats.clustered``), computed from the kept per-pair values;
+    # sites and position modes without them: NaN, n_clusters -1, se_method "iid"
+    Column("n_clusters", "clusters (analysis.cluster) among the pairs with a value", None, needs_controls=True,
+           scope="clustered"),
+    Column("se_cluster", "cluster-robust (CR1) standard error of mean delta", None, needs_controls=True,
+           scope="clustered"),
+    Column("t_cluster", "mean delta / se_cluster, with n_clusters - 1 degrees of freedom", None, needs_controls=True,
+           scope="clustered"),
+    Column("p_cluster", "one-sided p of the cluster-robust test '|a - b| < ctrl'", None, needs_controls=True,
+           scope="clustered"),
+    Column("adj_coef", "real-edit coefficient of |change| ~ 1 + embedding distance + real edit (each pair's "
+           "edit and its controls; negative: smaller than an equally large control edit)", None,
+           needs_controls=True, scope="clustered"),
+    Column("adj_lo", "lower end of adj_coef's cluster-robust confidence interval", None, needs_controls=True,
+           scope="clustered"),
+    Column("adj_hi", "upper end of adj_coef's cluster-robust confidence interval", None, needs_controls=True,
+           scope="clustered"),
+    Column("adj_normalized", "adj_coef / spread", None, needs_controls=True, scope="clustered", menu=16),
+    Column("se_method", "how ratio_lo/ratio_hi were computed: cluster:<analysis.cluster> or iid", None,
+           needs_controls=True, scope="clustered"),
     # whole-table columns: after the per-site ones (and ``head``/``head_dim``)
     Column("rank", "1 = smallest normalized change, per position mode (constant components: none)",
            lambda df: df.groupby("position")["normalized"].rank(method="first").astype("Int64"), scope="table",
            menu=8),
     Column("q_value", "Benjamini-Hochberg q-value of p_value over every row of the table",
            lambda df: bh_qvalues(df["p_value"].to_numpy()), needs_controls=True, scope="table", menu=12),
+    Column("q_cluster", "Benjamini-Hochberg q-value of p_cluster over the rows that have one",
+           lambda df: bh_qvalues(df["p_cluster"].to_numpy(dtype=float)), needs_controls=True, scope="table",
+           menu=17),
     Column("rank_calibrated", "1 = strongest evidence of changing less than a control edit",
            lambda df: df.groupby("position")["t_stat"].rank(method="first").astype("Int64"), needs_controls=True,
            scope="table", menu=13),
+    # the verdict (``interp.rules.stable_mask`` with the run's analysis.rule), added last
+    Column("stable", "the run's rule (analysis.rule): equivalence = ratio_hi < analysis.stable_ratio; "
+           "significance = q_value < analysis.alpha and t_stat < 0; never a constant, offset or massive "
+           "component", None, scope="rule"),
+    Column("stable_layers", "layers of this hook point in which the same component index is stable at this "
+           "position mode (the residual stream shares its basis across layers: one direction, many layers)",
+           None, scope="rule"),
 )
 
 
