@@ -135,7 +135,7 @@ def test_save_and_load_run_round_trip(tiny_lm, tmp_path, cli_run):
     assert set(back.stability["position"]) == {"edit", "last"}
     assert back.manifest["controls"]["n"] == 2
     # a saved Result is a run dir the commands read: its figures redraw from it alone
-    assert "stable beyond the control baseline" in back.summary()
+    assert "stable at 'edit'" in back.summary() and "null: common (2 control edits per pair" in back.summary()
     with pytest.raises(FileExistsError):  # another complete run is never overwritten
         interp.analyze(tiny_lm, path, batch_size=4, figures=False).save(out)
     copy = back.save(tmp_path / "copy")  # a loaded run saved elsewhere keeps its tensors

@@ -138,7 +138,8 @@ def test_the_stability_table_has_the_registry_columns_in_order():
         stats, _, _ = _table(K)
         df = stats.table()
         want = (["hook", "hook_name", "layer", "component", "position"] + [c.name for c in reg.columns(K, "site")]
-                + ["head", "head_dim"] + [c.name for c in reg.columns(K, "table")])
+                + [c.name for c in reg.columns(K, "clustered")] + ["head", "head_dim"]
+                + [c.name for c in reg.columns(K, "table")] + [c.name for c in reg.columns(K, "rule")])
         assert list(df.columns) == want
         assert stats.channels == reg.channel_names(K) and reg.channel_names(0) == reg.channel_names(K)[:2]
         offered = [c for c in reg.value_columns() if c in df.columns]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -41,6 +42,9 @@ def contrast_sides(spec, types: dict[str, str], groups: list[str]):
     return out
 
 
+LIST_COLUMNS = {"control_ids": np.int64, "control_tokens": object, "dist_ac": np.float64}
+
+
 def _once(make):
     """A table maker that computes its table once (the stability table feeds two tables)."""
     box = []
@@ -59,6 +63,9 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
     acfg = cfg.analysis
     groups = stats.groups
     pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
+    for col in LIST_COLUMNS:  # as a parquet file reads them back: numpy arrays
+        if col in pairs_df:
+            pairs_df[col] = [np.asarray(v, dtype=t) for v, t in zip(pairs_df[col], [LIST_COLUMNS[col]] * len(pairs_df))]
     info = PairInfo(pairs_df, str(acfg.cluster)) if not pairs_df.empty else None
     table_kw = {"offset_factor": float(acfg.offset.factor), "offset_cv": float(acfg.offset.max_cv),
                 "massive_ratio": float(acfg.massive.ratio), "massive_min": float(acfg.massive.min_abs),
