@@ -32,17 +32,25 @@ def png(fig: go.Figure, name: str, width: int = 900, height: int | None = None) 
     print(f"figure {FIG / name}.png ({(FIG / f'{name}.png').stat().st_size // 1024} KB)")
 
 
+def offset_flag(d: pd.DataFrame) -> pd.Series:
+    """The large-offset flag these numbers were computed with: ``offset_dim`` (tables written before
+    it existed call it ``massive``; ``massive`` now flags massive activations, Sun et al. 2024)."""
+    return d["offset_dim" if "offset_dim" in d else "massive"].astype(bool)
+
+
 def stable(d: pd.DataFrame, alpha: float = ALPHA) -> pd.Series:
-    return (d["q_value"] < alpha) & (d["t_stat"] < 0) & ~d["massive"].astype(bool)
+    """The rule the experiments were summarized with (the significance rule, offset dims excluded)."""
+    return (d["q_value"] < alpha) & (d["t_stat"] < 0) & ~offset_flag(d)
 
 
 def share_table(stab: pd.DataFrame) -> pd.DataFrame:
+    stab = stab.assign(n_offset=offset_flag(stab))
     s = stab.assign(stable=stable(stab), changes_more=(stab["q_value"] < ALPHA) & (stab["t_stat"] > 0))
     return (s.groupby(["hook", "position"]).agg(n=("stable", "size"), n_stable=("stable", "sum"),
                                                  share_stable=("stable", "mean"),
                                                  n_sig_more_than_control=("changes_more", "sum"),
                                                  median_ratio=("ratio", "median"),
-                                                 n_massive=("massive", "sum")).reset_index())
+                                                 n_massive=("n_offset", "sum")).reset_index())  # offset dims
 
 
 def e1(out: Path) -> dict:

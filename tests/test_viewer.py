@@ -446,12 +446,23 @@ def test_helpers():
 
 def test_optional_columns_are_the_registry_columns_that_need_controls():
     from interp.stats.registry import COLUMNS
-    from interp.viewer.columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
+    from interp.viewer.columns import (CI_COLUMNS, OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS, display_columns,
+                                       with_ci)
 
-    assert OPTIONAL_STAB_COLUMNS == ["control_normalized", "ratio", "p_value", "q_value", "massive",
-                                     "rank_calibrated"]
+    # the columns of the stable rules side by side: ratio with its interval, iid and clustered tests,
+    # the adjusted effect with its interval, the two flags, the verdict
+    assert OPTIONAL_STAB_COLUMNS[:17] == [
+        "control_normalized", "ratio", "ratio_lo", "ratio_hi", "p_value", "q_value", "n_clusters", "q_cluster",
+        "adj_coef", "adj_lo", "adj_hi", "adj_normalized", "offset_dim", "massive", "stable", "stable_layers",
+        "rank_calibrated"]
     needs_controls = {c.name for c in COLUMNS if c.needs_controls}
-    assert [c for c in OPTIONAL_STAB_COLUMNS if c != "massive"] == [c for c in VALUE_COLUMNS if c in needs_controls]
+    # every value column written only with controls is shown (a new one with no edit of the viewer)
+    assert {c for c in VALUE_COLUMNS if c in needs_controls} <= set(OPTIONAL_STAB_COLUMNS)
+    # tables fold an interval into its value's cell; the rows still carry the ends
+    shown = display_columns(["ratio", "ratio_lo", "ratio_hi", "q_value", "adj_coef", "adj_lo", "adj_hi"])
+    assert shown == ["ratio", "q_value", "adj_coef"]
+    assert set(with_ci(shown)) == {"ratio", "q_value", *CI_COLUMNS["ratio"], "adj_coef", *CI_COLUMNS["adj_coef"]}
+    assert display_columns(["ratio_lo", "ratio_hi"]) == ["ratio_lo", "ratio_hi"]  # no value: the ends stay
 
 
 def test_cli_arguments(tmp_path):

@@ -166,3 +166,81 @@ def test_figures_command_redraws_a_run_dir(tmp_path, capsys):
     assert '<script src="plotly.min.js"></script>' in html and "cdn" not in html.split("<body>")[0]
     spec = json.loads(F.ranking(stability(), "edit", 5, key="rank_calibrated", control=True).to_json())
     assert len(spec["data"][0]["y"]) == 5
+
+
+def with_inference(d: pd.DataFrame) -> pd.DataFrame:
+    """``stability()`` with the columns of matched nulls and clustered inference: a ratio with its
+    interval, the cluster-robust q-value, the adjusted effect and the two flags apart."""
+    d = d.copy()
+    d["ratio"] = np.linspace(0.2, 1.4, len(d))
+    d["ratio_lo"], d["ratio_hi"] = d["ratio"] * 0.8, d["ratio"] * 1.3
+    d["q_cluster"], d["n_clusters"] = 0.02, 12
+    d["adj_coef"], d["adj_lo"], d["adj_hi"] = -0.5, -0.9, -0.1
+    d["offset_dim"], d["massive"] = False, False
+    d.loc[0, "offset_dim"] = True
+    d.loc[1, "massive"] = True
+    return d
+
+
+def test_the_ranking_marks_offset_and_massive_apart_and_draws_the_ratio_interval():
+    stab = with_inference(stability())
+    fig = F.ranking(stab, "edit", 5, key="ratio_hi", control=True, stable_ratio=0.5)
+    (bar,) = fig.data
+    top = stab.nsmallest(5, "ratio_hi")
+    assert list(bar.x) == list(top["ratio"])
+    assert list(bar.error_x.array) == pytest.approx(list(top["ratio_hi"] - top["ratio"]))
+    assert list(bar.error_x.arrayminus) == pytest.approx(list(top["ratio"] - top["ratio_lo"]))
+    assert bar.y[0] == "resid_post[0].0 (offset)" and bar.y[1] == "resid_post[0].1 (massive)"
+    assert "(offset" not in " ".join(bar.y[2:]) and "(massive" not in " ".join(bar.y[2:])
+    assert len({bar.marker.color[0], bar.marker.color[1], bar.marker.color[2]}) == 3  # coloured apart
+    assert bar.hovertext[2].startswith(f"ratio {top['ratio'].iloc[2]:.3g} [")
+    assert "q_cluster 0.02" in bar.hovertext[2]
+    assert "adj_coef -0.5 [-0.9, -0.1]" in bar.hovertext[2] and "flagged: offset" in bar.hovertext[0]
+    lines = {s.x0 for s in fig.layout.shapes}
+    assert lines == {1, 0.5}  # the control edit and the equivalence threshold
+    assert "confidence interval" in fig.layout.title.text
+    # the run's figures: the ratio with its interval, ordered by ratio_hi under the equivalence rule
+    run = F.run_figures(stab, pairs(), rule="equivalence", stable_ratio=0.5)["ranking_edit"]
+    assert list(run.data[0].x) == list(stab.nsmallest(20, "ratio_hi")["ratio"])
+    assert run.data[0].error_x.arrayminus
+    run = F.run_figures(stab, pairs())["ranking_edit"]  # the rule unknown: by rank_calibrated, interval drawn
+    assert list(run.data[0].x) == list(stab.nsmallest(20, "rank_calibrated")["ratio"])
+    # the normalized ranking (the viewer's default) keeps its standard errors and marks the flags too
+    norm = F.ranking(stab, "edit", len(stab)).data[0]
+    assert "resid_post[0].0 (offset)" in norm.y and "resid_post[0].1 (massive)" in norm.y
+    assert norm.error_x.array is not None and norm.error_x.arrayminus is None
+
+
+def test_an_older_table_s_massive_column_is_the_offset_flag():
+    old = stability()  # massive: the offset flag, no offset_dim, no interval
+    old.loc[0, "massive"] = True
+    fig = F.ranking(old, "edit", 5, key="rank_calibrated", control=True)
+    assert [t.name for t in fig.data] == ["minimal-pair edit", "control edit (null baseline)"]
+    assert fig.data[0].y[0] == "resid_post[0].0 (offset)" and "(massive)" not in " ".join(fig.data[0].y)
+    assert fig.data[0].error_x.arrayminus is None
+
+
+def test_directions_lines_per_hook_over_layers():
+    dirs = pd.DataFrame([{"hook": h, "layer": l, "position": p, "mean_diff_relative": 0.1 * (l + 1)}
+                         for h in ("resid_post", "attn_out") for l in (-1, 0, 1, 2) for p in ("edit", "last")])
+    fig = F.directions_lines(dirs, "edit")
+    assert [t.name for t in fig.data] == ["attn_out", "resid_post"] and list(fig.data[0].x) == [0, 1, 2]
+    assert F.directions_lines(SimpleNamespace(directions=dirs), "edit").to_json() == fig.to_json()
+    assert "no directions" in F.directions_lines(None).layout.annotations[0].text
+
+
+def test_compare_depth_profiles_name_the_null_and_rule_and_draw_intervals():
+    from interp.figures.compare import depth_profile
+
+    rows = [{"run": r, "hook": "resid_post", "bin": b, "layers": str(b), "null": null, "rule": "equivalence",
+             "median_ratio": 0.8, "median_ratio_lo": 0.6, "median_ratio_hi": 1.1, "share_stable": 0.1}
+            for r, null in (("A", "common"), ("B", "matched")) for b in (0, 1)]
+    t = pd.DataFrame(rows)
+    fig = depth_profile(t, "median_ratio", ("A", "B"), 2, "edit")
+    assert fig.data[0].name == "A (null common, rule equivalence)" and fig.data[1].name.startswith("B (null matched")
+    assert list(fig.data[0].error_y.array) == pytest.approx([0.3, 0.3])
+    fig = depth_profile(t, "share_stable", ("A", "B"), 2, "edit", definition="equivalence: ratio_hi < 0.5")
+    assert "equivalence: ratio_hi &lt; 0.5" in fig.layout.title.text or "ratio_hi < 0.5" in fig.layout.title.text
+    old = t.drop(columns=["null", "rule", "median_ratio_lo", "median_ratio_hi"])
+    fig = depth_profile(old, "median_ratio", ("A", "B"), 2, "edit")
+    assert fig.data[0].name == "A" and fig.data[0].error_y.array is None

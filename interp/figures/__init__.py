@@ -5,7 +5,8 @@ Each figure function takes a table (a DataFrame of the run dir) or a result obje
 (``.stability``, ``.pairs``, ``.divergence``, ``.contrast``, ``.stability_by_category``) and returns a
 ``plotly.graph_objects.Figure``; nothing is recomputed, tables are only selected, sorted and pivoted.
 
-- ``stability``: heatmaps, ranking, scatter, layer profile, per-category boxes and bars;
+- ``stability``: heatmaps, ranking (flags, ratio intervals), scatter, layer profile, per-category boxes
+  and bars, the directions of the stable set per layer;
 - ``pairs``: margins, accuracy, one pair's change per layer and position;
 - ``divergence``: layer x offset profiles, the contrast volcano;
 - ``causal``: ablation and activation patching (``interp.patch``);
@@ -24,10 +25,11 @@ from .divergence import divergence, divergence_heatmap, divergence_lines, volcan
 from .export import (export_figures, run_figures, save_html, save_pngs, viewer_figures, write_figures,
                      write_plotlyjs, write_pngs, write_run_figures)
 from .pairs import accuracy, margins, pair_change
-from .stability import category_bars, category_boxes, head_dimensions, heatmap, layer_profile, ranking, scatter
+from .stability import (category_bars, category_boxes, directions_lines, head_dimensions, heatmap, layer_profile,
+                        ranking, scatter)
 
 __all__ = [
-    "ablation", "accuracy", "category_bars", "category_boxes", "divergence", "divergence_heatmap",
+    "ablation", "accuracy", "category_bars", "category_boxes", "directions_lines", "divergence", "divergence_heatmap",
     "divergence_lines", "effect_vs_k", "export_figures", "head_dimensions", "heatmap", "layer_profile", "main",
     "margins", "pair_change", "patching_heatmap", "patching_panels", "ranking", "run_figures", "save_html",
     "save_pngs", "scatter", "table", "viewer_figures", "volcano", "write_causal_figures", "write_figures",

@@ -61,6 +61,73 @@ def label(hook: str, layer: int, comp: int, head: Any = None) -> str:
     return f"{hook}[{layer}].{comp}"
 
 
+def flag_columns(d: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(offset, massive) flags of stability rows: ``offset_dim`` (a large, nearly constant offset)
+    and ``massive`` (a massive activation, Sun et al. 2024). Tables written before ``offset_dim``
+    existed call the offset flag ``massive`` and have no massive-activation flag."""
+    def col(name: str) -> pd.Series:
+        if name not in d.columns:
+            return pd.Series(False, index=d.index)
+        return d[name].astype("boolean").fillna(False).astype(bool)
+
+    if "offset_dim" in d.columns:
+        return col("offset_dim"), col("massive")
+    return col("massive"), pd.Series(False, index=d.index)
+
+
+def flag_suffix(offset: bool, massive: bool) -> str:
+    """`` (offset)``, `` (massive)``, `` (offset, massive)`` or nothing: a component's label suffix."""
+    names = [n for n, on in (("offset", offset), ("massive", massive)) if on]
+    return f" ({', '.join(names)})" if names else ""
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def interval(v: Any, lo: Any, hi: Any) -> str:
+    """``v [lo, hi]`` (3 significant digits; the interval left out where it is missing)."""
+    fv, flo, fhi = _num(v), _num(lo), _num(hi)
+    out = "–" if fv is None else f"{fv:.3g}"
+    return out + (f" [{flo:.3g}, {fhi:.3g}]" if flo is not None and fhi is not None else "")
+
+
+def details(d: pd.DataFrame) -> list[str]:
+    """Per stability row, hover lines of the stable rules' columns it has: the ratio with its
+    interval, q-values (iid and clustered), the clusters, the adjusted effect with its interval, flags."""
+    n = len(d)
+    lines: list[list[str]] = [[] for _ in range(n)]
+
+    def get(c: str) -> list:
+        return d[c].tolist() if c in d.columns else [None] * n
+
+    if "ratio" in d.columns:
+        for i, (v, lo, hi) in enumerate(zip(get("ratio"), get("ratio_lo"), get("ratio_hi"))):
+            lines[i].append(f"ratio {interval(v, lo, hi)}")
+    for c in ("q_value", "q_cluster"):
+        if c in d.columns:
+            for i, v in enumerate(get(c)):
+                if _num(v) is not None:
+                    lines[i].append(f"{c} {float(v):.2g}")
+    if "n_clusters" in d.columns:
+        for i, v in enumerate(get("n_clusters")):
+            if _num(v) is not None and float(v) >= 0:
+                lines[i].append(f"clusters {int(v)}")
+    if "adj_coef" in d.columns:
+        for i, (v, lo, hi) in enumerate(zip(get("adj_coef"), get("adj_lo"), get("adj_hi"))):
+            if _num(v) is not None:
+                lines[i].append(f"adj_coef {interval(v, lo, hi)}")
+    offset, massive = flag_columns(d)
+    for i, (o, m) in enumerate(zip(offset.tolist(), massive.tolist())):
+        if o or m:
+            lines[i].append("flagged" + flag_suffix(o, m).replace(" (", ": ").rstrip(")"))
+    return ["<br>".join(x) for x in lines]
+
+
 def styled(fig: go.Figure, title: str, height: int | None = None, **kw) -> go.Figure:
     """The common layout: escaped title at the top left, white template, narrow margins."""
     fig.update_layout(title={"text": esc(title), "x": 0.01, "font": {"size": 15}}, template="plotly_white",

@@ -19,24 +19,50 @@ RUN_COLORS = ("#1f77b4", "#d62728")
 METRICS = {"share_stable": "share of components stable ({definition})",
            "median_ratio": "median ratio |a-b| / |a-control|",
            "median_normalized": "median normalized change |a-b| / spread"}
+# a metric drawn with a band: the medians of its interval's ends (``interp.compare``)
+BANDS = {"median_ratio": ("median_ratio_lo", "median_ratio_hi")}
+
+
+def run_label(table_rows: pd.DataFrame, name: str) -> str:
+    """A run's legend entry: its name with its null and rule where the table has them."""
+    parts = []
+    for col, what in (("null", "null"), ("rule", "rule")):
+        if col in table_rows.columns:
+            v = table_rows[col].dropna()
+            if len(v):
+                parts.append(f"{what} {v.iloc[0]}")
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def depth_profile(compare_table: pd.DataFrame, metric: str, names: tuple[str, str], bins: int, position: str,
-                  alpha: float = 0.05) -> go.Figure:
-    """``metric`` of ``compare.parquet`` against relative depth, one panel per hook, one line per run."""
+                  alpha: float = 0.05, definition: str | None = None) -> go.Figure:
+    """``metric`` of ``compare.parquet`` against relative depth, one panel per hook, one line per run
+    (named with its null and rule). ``definition``: the rule(s) for "stable" in the title (default:
+    the significance rule at ``alpha``, the rule of runs before ``analysis.rule``). A metric with an
+    interval (``BANDS``, where the table has its ends) is drawn with error bars."""
     hooks = sorted(compare_table["hook"].unique())
     fig = make_subplots(rows=1, cols=len(hooks), subplot_titles=hooks, shared_yaxes=True)
+    band, err = BANDS.get(metric), None
     for i, hook in enumerate(hooks, start=1):
         for name, color in zip(names, RUN_COLORS):
             g = compare_table[(compare_table["hook"] == hook) & (compare_table["run"] == name)]
-            fig.add_trace(go.Scatter(x=(g["bin"] + 0.5) / bins, y=g[metric], mode="lines+markers", name=esc(name),
-                                     line={"color": color}, showlegend=(i == 1),
+            err = None
+            if band and set(band) <= set(g.columns) and g[list(band)].notna().any().all():
+                err = {"type": "data", "symmetric": False, "array": (g[band[1]] - g[metric]).clip(lower=0).tolist(),
+                       "arrayminus": (g[metric] - g[band[0]]).clip(lower=0).tolist(), "thickness": 1}
+            who = esc(run_label(compare_table[compare_table["run"] == name], name))
+            fig.add_trace(go.Scatter(x=(g["bin"] + 0.5) / bins, y=g[metric], mode="lines+markers", name=who,
+                                     line={"color": color}, showlegend=(i == 1), error_y=err,
                                      hovertemplate=esc(name) + "<br>layers %{text}<br>%{y:.3f}<extra></extra>",
                                      text=g["layers"]), row=1, col=i)
         fig.update_xaxes(title_text="relative depth", range=[0, 1], row=1, col=i)
     fig.update_yaxes(title_text=metric, row=1, col=1)
-    title = METRICS.get(metric, metric).format(definition=rules.STABLE_DEFINITION.format(alpha=alpha))
-    styled(fig, f"{title}, position {position}", 420, width=max(700, 330 * len(hooks)))
+    definition = definition or rules.definition("significance", alpha)
+    title = METRICS.get(metric, metric).format(definition=definition)
+    if band and err is not None:
+        title += " (bars: medians of the interval's ends)"
+    styled(fig, f"{title}, position {position}", 420, width=max(700, 330 * len(hooks)),
+           legend={"orientation": "h", "y": -0.2})
     return fig.update_layout(margin_t=80)  # room for the panel titles under the title
 
 
@@ -67,7 +93,9 @@ def compare_figures(compare_table: pd.DataFrame, div: pd.DataFrame, summary: dic
     """The figures ``interp.compare`` writes: depth profiles of each metric, the divergence panels
     and error-detection accuracy side by side (``summary``: the compare.json contents)."""
     names, bins = (name_a, name_b), int(summary["bins"])
-    figs = {f"compare_{m}": depth_profile(compare_table, m, names, bins, summary["position"], summary["alpha"])
+    alpha = summary.get("alpha") or 0.05
+    figs = {f"compare_{m}": depth_profile(compare_table, m, names, bins, summary["position"], alpha,
+                                          summary.get("stable_definition"))
             for m in METRICS}
     if not div.empty:
         figs["compare_divergence"] = depth_divergence(div, names, bins)

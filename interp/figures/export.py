@@ -96,8 +96,12 @@ def write_plotlyjs(figures_dir: Path) -> None:
 
 
 def run_figures(stab: pd.DataFrame, pairs: pd.DataFrame, div: pd.DataFrame | None = None,
-                top_k: int = 20) -> dict[str, go.Figure]:
-    """The figures of a run's ``figures/`` folder by file name (without extension)."""
+                top_k: int = 20, rule: str | None = None, stable_ratio: float | None = None) -> dict[str, go.Figure]:
+    """The figures of a run's ``figures/`` folder by file name (without extension).
+
+    The ranking (runs with controls) shows the ratio with its confidence interval where the table
+    has one; ``rule`` (the run's ``analysis.rule``) orders it: ``equivalence`` by ``ratio_hi`` (with
+    a line at ``stable_ratio``), else by ``rank_calibrated``."""
     position = "edit" if "edit" in set(stab["position"]) else stab["position"].iloc[0]
     figs = {}
     for hook in sorted(stab["hook"].unique()):
@@ -110,8 +114,11 @@ def run_figures(stab: pd.DataFrame, pairs: pd.DataFrame, div: pd.DataFrame | Non
         for hook in sorted(div["hook"].unique()):
             figs[f"divergence_{hook}"] = divergence(div, hook)
     calibrated = "rank_calibrated" in stab
-    figs[f"ranking_{position}"] = ranking(stab, position, top_k, key="rank_calibrated" if calibrated else "normalized",
-                                          control=calibrated)
+    key = "rank_calibrated" if calibrated else "normalized"
+    if rule == "equivalence" and "ratio_hi" in stab:
+        key = "ratio_hi"
+    figs[f"ranking_{position}"] = ranking(stab, position, top_k, key=key, control=calibrated,
+                                          stable_ratio=stable_ratio if rule == "equivalence" else None)
     controls = "control_normalized" in stab
     figs[f"scatter_{position}"] = scatter(stab, position, *(("control_normalized", "normalized") if controls
                                                             else ("spread", "mean_abs_diff")),
@@ -121,17 +128,24 @@ def run_figures(stab: pd.DataFrame, pairs: pd.DataFrame, div: pd.DataFrame | Non
 
 
 def write_run_figures(run_dir: str | Path, stab: pd.DataFrame | None = None, pairs: pd.DataFrame | None = None,
-                      top_k: int = 20, png: bool = True) -> dict:
+                      top_k: int = 20, png: bool = True, rule: str | None = None,
+                      stable_ratio: float | None = None) -> dict:
     """Write a run's figures into ``run_dir/figures`` (tables not given are read from ``run_dir``);
-    returns the files written (and a PNG error, if any)."""
+    returns the files written (and a PNG error, if any). ``rule``/``stable_ratio``: the run's rule
+    for "stable" (``run_figures``); when the stability table is read from ``run_dir``, they are
+    read from its manifest (older runs: significance)."""
     run_dir = Path(run_dir)
+    if stab is None and rule is None and (run_dir / R.MANIFEST).is_file():
+        analysis = (R.read_manifest(run_dir).get("config") or {}).get("analysis") or {}
+        rule = str(analysis.get("rule") or "significance")
+        stable_ratio = float(analysis.get("stable_ratio", 0.5))
     stab = R.read_table(run_dir, R.STABILITY) if stab is None else stab
     pairs = R.read_table(run_dir, R.PAIRS) if pairs is None else pairs
     fdir = run_dir / R.FIGURES
     fdir.mkdir(parents=True, exist_ok=True)
     write_plotlyjs(fdir)
     div = pd.read_parquet(run_dir / R.DIVERGENCE) if (run_dir / R.DIVERGENCE).exists() else None
-    return write_figures(run_figures(stab, pairs, div, top_k), fdir, png)
+    return write_figures(run_figures(stab, pairs, div, top_k, rule, stable_ratio), fdir, png)
 
 
 def _optional(run_dir: Path, name: str) -> pd.DataFrame | None:

@@ -15,8 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..hooks import HOOK_POINTS, head_points
-from .common import (ComponentURL, empty, esc, hook_sort_key, label, select, styled, table, top_rows,
-                     values)
+from .common import (ComponentURL, details, empty, esc, flag_columns, flag_suffix, hook_sort_key, label, select,
+                     styled, table, top_rows, values)
 
 SCATTER_MAX_POINTS = 5000  # a seeded random subset beyond this
 
@@ -80,25 +80,49 @@ def heatmap(data: Any, hook: str, position: str = "edit", value: str = "normaliz
                   xaxis_title=xlab, yaxis_title="layer", yaxis={"dtick": 1 if len(grid) <= 40 else None})
 
 
+FLAG_COLORS = {"": "#4c78a8", "offset": "#9d755d", "massive": "#e45756", "offset, massive": "#b279a2"}
+
+
 def ranking(data: Any, position: str = "edit", k: int = 20, hook: str | None = None, key: str = "normalized",
-            layer: int | None = None, control: bool = False, url: ComponentURL | None = None) -> go.Figure:
-    """Bars of the ``k`` components with the smallest ``key`` (the most stable), with the standard
-    error over pairs. ``control``: beside each bar the same component's control-edit change, the
-    BH q-value as text, and massive components marked (runs with controls)."""
+            layer: int | None = None, control: bool = False, url: ComponentURL | None = None,
+            value: str | None = None, stable_ratio: float | None = None) -> go.Figure:
+    """Bars of the ``k`` components with the smallest ``key`` (the most stable).
+
+    ``value`` (the bars' length): ``normalized`` (with the standard error over pairs) or ``ratio``
+    (mean |a-b| / mean control change, with its confidence interval [ratio_lo, ratio_hi] as error
+    bars, a line at 1 = as much as a control edit and, given ``stable_ratio``, one at the
+    equivalence rule's threshold). Default: ``ratio`` for ``control`` rankings of tables with the
+    interval, else ``normalized``. ``control`` with ``normalized``: beside each bar the same
+    component's control-edit change and the BH q-value as text. Components flagged ``offset_dim``
+    or ``massive`` (never stable) are marked apart in their label and colour; the hover lists the
+    stable rules' columns (``common.details``)."""
     d = top_rows(data, position, k, hook, key, layer)
     if d.empty:
         return empty("ranking", "no ranked components")
-    control = control and "control_normalized" in d
-    massive = d["massive"].astype(bool).tolist() if control and "massive" in d else [False] * len(d)
-    labels = [label(h, l, c, hd) + (" (massive)" if m else "")
-              for h, l, c, hd, m in zip(d["hook"], d["layer"], d["component"],
-                                        d["head"] if "head" in d else [None] * len(d), massive)]
+    has_ci = {"ratio", "ratio_lo", "ratio_hi"} <= set(d.columns) and d["ratio_hi"].notna().any()
+    if value is None:
+        value = "ratio" if control and has_ci else "normalized"
+    if value not in d.columns:
+        value = "normalized"
+    control = control and "control_normalized" in d and value == "normalized"
+    offset, massive = flag_columns(d)
+    flags = [flag_suffix(o, m) for o, m in zip(offset.tolist(), massive.tolist())]
+    labels = [label(h, l, c, hd) + f
+              for h, l, c, hd, f in zip(d["hook"], d["layer"], d["component"],
+                                        d["head"] if "head" in d else [None] * len(d), flags)]
+    colors = [FLAG_COLORS[f.strip(" ()")] for f in flags]
     err = None
-    if "normalized_std" in d and "n_pairs" in d:
+    if value == "ratio" and has_ci:
+        hi = (d["ratio_hi"] - d["ratio"]).clip(lower=0)
+        lo = (d["ratio"] - d["ratio_lo"]).clip(lower=0)
+        err = {"type": "data", "symmetric": False, "array": hi.tolist(), "arrayminus": lo.tolist(), "thickness": 1}
+    elif value == "normalized" and "normalized_std" in d and "n_pairs" in d:
         err = {"array": (d["normalized_std"] / np.sqrt(d["n_pairs"].clip(lower=1))).tolist(), "thickness": 1}
-    bar = go.Bar(x=d["normalized"], y=labels, orientation="h", error_x=err,
+    info = details(d)
+    bar = go.Bar(x=d[value], y=labels, orientation="h", error_x=err, text=None,
                  customdata=[url(h, l, c) for h, l, c in zip(d["hook"], d["layer"], d["component"])] if url else None,
-                 hovertemplate="%{y}<br>normalized %{x:.4g}<extra>click: details</extra>", marker_color="#4c78a8")
+                 hovertext=info, marker_color=colors,
+                 hovertemplate="%{y}<br>" + value + " %{x:.4g}<br>%{hovertext}<extra>click: details</extra>")
     if control:
         bar.update(name="minimal-pair edit", text=[f"q={q:.2g}" for q in d["q_value"]] if "q_value" in d else None,
                    textposition="outside")
@@ -106,13 +130,47 @@ def ranking(data: Any, position: str = "edit", k: int = 20, hook: str | None = N
     if control:
         fig.add_bar(x=d["control_normalized"], y=labels, orientation="h", name="control edit (null baseline)",
                     marker_color="#f58518", hovertemplate="%{y}<br>control %{x:.4g}<extra></extra>")
+    if value == "ratio":
+        fig.add_vline(x=1, line={"dash": "dot", "color": "#f58518"}, annotation_text="control edit",
+                      annotation_position="top")
+        if stable_ratio is not None:
+            fig.add_vline(x=stable_ratio, line={"dash": "dash", "color": "#54a24b"},
+                          annotation_text=f"stable_ratio {stable_ratio:g}", annotation_position="bottom")
     by = "" if key in ("normalized", "rank") else f" (sorted by {key})"
     where = (f", {hook}" if hook else "") + (f", layer {layer}" if layer is not None else "")
     note = "; beside: the control edit's change, text: BH q-value" if control else ""
+    if value == "ratio" and has_ci:
+        note += "; bars: confidence interval of the ratio"
+    if any(flags):
+        note += "; (offset): large constant offset, (massive): massive activation, never stable"
+    xtitle = ("mean |a−b| / mean control change (CI)" if value == "ratio" and has_ci else
+              "mean |a−b| / mean control change" if value == "ratio" else
+              "mean |a−b| / component spread (s.e. over pairs)" if value == "normalized" else value)
     return styled(fig, f"{len(d)} most stable components at '{position}'{by}{where}{note}",
                   160 + (34 if control else 22) * len(d),
-                  xaxis_title="mean |a−b| / component spread (s.e. over pairs)", yaxis={"autorange": "reversed"},
+                  xaxis_title=xtitle, yaxis={"autorange": "reversed"},
                   **({"barmode": "group"} if control else {}))
+
+
+def directions_lines(data: Any, position: str = "edit", value: str = "mean_diff_relative") -> go.Figure:
+    """``directions.parquet``: ``value`` (default ``mean_diff_relative`` = ||mean(a − b)|| /
+    ||spread||) per layer, one line per hook point, at one position mode (the pooled rows,
+    layer −1, left out)."""
+    try:
+        dr = table(data, "directions")
+    except TypeError:
+        dr = None
+    if dr is None or dr.empty or value not in dr.columns:
+        return empty(value, "no directions table")
+    d = dr[(dr["position"] == position) & (dr["layer"] >= 0)]
+    fig = go.Figure()
+    for h in sorted(set(d["hook"]), key=hook_sort_key):
+        g = d[d["hook"] == h].sort_values("layer")
+        fig.add_trace(go.Scatter(x=g["layer"], y=g[value], mode="lines+markers", name=h,
+                                 hovertemplate=h + "<br>layer %{x}<br>" + value + " %{y:.4g}<extra></extra>"))
+    return styled(fig, f"{value} per layer at '{position}' (directions.parquet)", 300,
+                  xaxis={"title": {"text": "layer"}, "dtick": 1 if d["layer"].nunique() <= 40 else None},
+                  yaxis_title=value, legend={"orientation": "h", "y": -0.25})
 
 
 def scatter_points(data: Any, position: str, x: str = "spread", y: str = "mean_abs_diff", hook: str | None = None,
@@ -152,9 +210,9 @@ def scatter(data: Any, position: str = "edit", x: str = "spread", y: str = "mean
             marker={"symbol": symbols[i % len(symbols)], "color": g["layer"], "colorscale": "Viridis",
                     "cmin": 0, "cmax": cmax, "opacity": 0.65, "size": 6,
                     "colorbar": {"title": {"text": "layer"}} if i == 0 else None, "showscale": i == 0},
-            text=[label(h, l, c) for l, c in zip(g["layer"], g["component"])],
+            text=[label(h, l, c) for l, c in zip(g["layer"], g["component"])], hovertext=details(g),
             customdata=[url(h, l, c) for l, c in zip(g["layer"], g["component"])] if url else None,
-            hovertemplate="%{text}<br>" + x + " %{x:.4g}<br>" + y + " %{y:.4g}<extra></extra>"))
+            hovertemplate="%{text}<br>" + x + " %{x:.4g}<br>" + y + " %{y:.4g}<br>%{hovertext}<extra></extra>"))
     if diagonal:
         both = d[[x, y]].to_numpy(dtype=float)
         lo, hi = float(np.nanmin(both)), float(np.nanmax(both))

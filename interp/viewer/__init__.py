@@ -11,8 +11,14 @@ Content-Security-Policy header forbids it.
 User data (sentences, categories, run and pair names) is escaped by Jinja autoescape; data for
 scripts travels as JSON in ``<script type="application/json">`` blocks written with ``|tojson``.
 
+"Stable" is decided on every page by the run's own rule (``Run.stable``: ``interp.rules.stable_mask``
+with the manifest's ``analysis.rule``, ``alpha`` and ``stable_ratio``; runs before ``analysis.rule``:
+significance), and the pages name the run's null (control pool, control edits per pair) and rule.
+Stability tables written before ``offset_dim`` existed call the offset flag ``massive``; the store
+shows it as ``offset_dim``.
+
 Layout: ``app`` (the factory), ``store`` (finding and reading run dirs), ``pages/`` (one blueprint per
-page), ``web`` (helpers the pages share), ``columns`` (the value columns offered).
+page), ``web`` (helpers the pages share), ``columns`` (the value columns offered and shown).
 ``python -m interp.view`` serves it; ``python -m interp.view export RUN_DIR`` writes the viewer's
 figures as PNG (``interp.figures.export_figures``).
 """

@@ -13,7 +13,7 @@ from werkzeug.routing import PathConverter
 
 from .pages import BLUEPRINTS
 from .store import RunStore, TokenDecoder
-from .web import fmt, marked, pct, with_args
+from .web import cell, col_doc, fmt, marked, pct, with_args
 
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
@@ -42,7 +42,7 @@ def create_app(runs_root: str | Path, decode_tokens: bool = True) -> Flask:
 
     app.jinja_env.filters["fmt"] = fmt
     app.jinja_env.filters["pct"] = pct
-    app.jinja_env.globals.update(with_args=with_args, marked=marked)
+    app.jinja_env.globals.update(with_args=with_args, marked=marked, cell=cell, col_doc=col_doc)
 
     @app.after_request
     def _headers(resp: Response) -> Response:

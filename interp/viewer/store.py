@@ -18,6 +18,7 @@ import pandas as pd
 from flask import abort
 
 from ..hooks import HOOK_POINTS, PATTERN
+from .. import rules
 from .. import rundir as R
 from ..figures.common import hook_sort_key, values
 
@@ -184,6 +185,73 @@ class Run:
     def by_category(self) -> pd.DataFrame | None:
         return self.table(R.STABILITY_BY_CATEGORY)
 
+    @property
+    def directions(self) -> pd.DataFrame | None:
+        return self.table(R.DIRECTIONS)
+
+    # ------------------------------------------------------------ the run's rule for "stable"
+
+    @property
+    def analysis(self) -> dict:
+        return (self.manifest.get("config") or {}).get("analysis") or {}
+
+    @property
+    def rule(self) -> str:
+        """The run's rule for "stable" (``analysis.rule``; runs before it existed: significance)."""
+        return str(self.analysis.get("rule") or "significance")
+
+    @property
+    def alpha(self) -> float:
+        return float(self.analysis.get("alpha", 0.05))
+
+    @property
+    def stable_ratio(self) -> float:
+        return float(self.analysis.get("stable_ratio", 0.5))
+
+    @property
+    def ci(self) -> float:
+        return float(self.analysis.get("ci", 0.95))
+
+    def stable(self, d: pd.DataFrame) -> pd.Series:
+        """Rows of ``d`` (stability rows) stable under the run's rule and thresholds
+        (``interp.rules.stable_mask``; a rule this version does not know: none)."""
+        if self.rule not in rules.RULES:
+            return pd.Series(False, index=d.index)
+        return rules.stable_mask(d, self.alpha, self.rule, self.stable_ratio)
+
+    def with_stable(self, d: pd.DataFrame) -> pd.DataFrame:
+        """``d`` with its ``stable`` column computed by the run's rule (runs with controls only: without
+        q-values no rule applies, and the column is left as it is)."""
+        if "q_value" not in d.columns:
+            return d
+        return d.assign(stable=self.stable(d))
+
+    @property
+    def inference(self) -> dict:
+        """What the pages say about how "stable" was decided: the null (control pool, edits per pair,
+        facts from the draw), the rule in words, the thresholds, the clustering and how the
+        intervals were computed, and whether the table is of the older kind."""
+        a = self.analysis
+        controls = a.get("controls") or {}
+        drawn = self.manifest.get("controls") or {}
+        n = drawn.get("k", drawn.get("n", controls.get("n")))
+        has_controls = "q_value" in self.stab.columns
+        pool = "words" if controls.get("words") else (drawn.get("pool") or controls.get("pool"))
+        facts = {k: v for k, v in drawn.items() if k not in ("pool", "k", "n", "seed", "test")}
+        known = self.rule in rules.RULES
+        definition = rules.definition(self.rule, self.alpha, self.stable_ratio, self.ci) if known \
+            else f"{self.rule}: a rule this viewer does not know (nothing counted as stable)"
+        s = self.stab
+        methods = s["se_method"].astype(str).value_counts().to_dict() if "se_method" in s.columns else {}
+        return {"rule": self.rule, "alpha": self.alpha, "stable_ratio": self.stable_ratio, "ci": self.ci,
+                "definition": definition, "rule_set": "rule" in a,
+                "null": pool if has_controls else None, "k": n if has_controls else None,
+                "null_facts": facts if has_controls else {}, "test": drawn.get("test"),
+                "cluster": a.get("cluster"), "cluster_text": CLUSTER_KINDS.get(str(a.get("cluster")), ""),
+                "se_methods": methods, "has_controls": has_controls,
+                "has_ci": "ratio_hi" in s.columns, "legacy_flag": bool(s.attrs.get("legacy_massive")),
+                "clustered_test": (self.manifest.get("inference") or {}).get("clustered_test")}
+
     def rejected(self) -> list[dict]:
         p = self.path / R.REJECTED
         if not p.is_file():
@@ -233,9 +301,23 @@ KEY_COLUMNS = ("hook", "hook_name", "position", "category", "kind", "direction",
                "mode", "where", "quantity", "group_a", "group_b")
 
 
+STABILITY_TABLES = (R.STABILITY, R.STABILITY_BY_CATEGORY)
+# analysis.cluster: what the pairs of one cluster share (the cluster-robust statistics)
+CLUSTER_KINDS = {"swap": "pairs with the same swap (token_a, token_b)",
+                 "template": "pairs with the same sentence a, edited token masked",
+                 "none": "every pair its own cluster"}
+
+
 def read_parquet(path: Path) -> pd.DataFrame:
-    """A table with its repeated text columns as categoricals: filtering 10^6 rows stays fast."""
+    """A table with its repeated text columns as categoricals: filtering 10^6 rows stays fast.
+
+    Stability tables written before ``offset_dim`` existed call the offset flag ``massive``: it is
+    renamed ``offset_dim`` here (``attrs["legacy_massive"]``), so ``massive`` always means the
+    massive-activation flag of Sun et al. on every page."""
     df = pd.read_parquet(path)
+    if path.name in STABILITY_TABLES and "massive" in df.columns and "offset_dim" not in df.columns:
+        df = df.rename(columns={"massive": "offset_dim"})
+        df.attrs["legacy_massive"] = True
     for col in KEY_COLUMNS:
         if col in df.columns and not isinstance(df[col].dtype, pd.CategoricalDtype) \
                 and (pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object):

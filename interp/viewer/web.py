@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from flask import current_app, request, url_for
 
 from ..hooks import HOOK_POINTS, head_points, neuron_points
+from .columns import DOCS, ci_parts
 from .store import Run, RunStore, TokenDecoder
 
 HEATMAP_MAX_COLUMNS = 2048   # wider hooks are shown a window at a time (cstart)
@@ -59,6 +60,23 @@ def fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, (dict, list)):
         return json.dumps(v, default=str)
     return str(v)
+
+
+def cell(rec: dict, col: str) -> str:
+    """One table cell of a stability row: ``fmt`` of the value, or ``value [lo, hi]`` for a value
+    shown with its confidence interval (``columns.CI_COLUMNS``)."""
+    parts = ci_parts(col, rec)
+    if parts is None:
+        return fmt(rec.get(col))
+    v, lo, hi = parts
+    if all(x is None or (isinstance(x, float) and math.isnan(x)) for x in (lo, hi)):
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def col_doc(col: str) -> str:
+    """The registry's description of a stability column (a header's tooltip)."""
+    return DOCS.get(col, "")
 
 
 def pct(v: Any) -> str:
@@ -190,6 +208,39 @@ def click_template(run: Run, hook: str) -> str:
 def component_urls(run: Run):
     """``component_url`` of one run, as the figure library's ``url`` argument."""
     return lambda hook, layer, component: component_url(run, hook, layer, component)
+
+
+def stable_counts(run: Run, position: str, hook: str | None = None) -> list[dict]:
+    """Per hook point at one position: components, how many are stable under the run's rule
+    (``Run.stable``), their distinct component indices and, from ``directions.parquet`` where the
+    run has it, the principal components they span (``n_pcs``, pooled over layers). Empty for runs
+    without controls (no rule applies)."""
+    from ..figures.common import hook_sort_key, values
+
+    s = run.stab
+    d = s[s["position"] == position]
+    if hook is not None:
+        d = d[d["hook"] == hook]
+    if "q_value" not in d.columns or d.empty:
+        return []
+    st = run.stable(d)
+    dirs = run.directions
+    pooled = None
+    if dirs is not None and {"hook", "layer", "position", "n_pcs"} <= set(dirs.columns):
+        pooled = dirs[(dirs["layer"] == -1) & (dirs["position"] == position)]
+    out = []
+    for h in sorted(values(d, "hook"), key=hook_sort_key):
+        m = (d["hook"] == h).to_numpy()
+        g, sg = d[m], st[m]
+        row = {"hook": h, "n": int(len(g)), "n_stable": int(sg.sum()),
+               "n_distinct": int(g.loc[sg, "component"].nunique()), "share": float(sg.mean()) if len(g) else None,
+               "n_pcs": None}
+        if pooled is not None:
+            p = pooled[pooled["hook"] == h]
+            if len(p) and not pd.isna(p["n_pcs"].iloc[0]):
+                row["n_pcs"] = int(p["n_pcs"].iloc[0])
+        out.append(row)
+    return out
 
 
 def nav(run: Run) -> dict:

@@ -1,5 +1,6 @@
-"""The comparison of two runs: their facts side by side, accuracy, heatmap and ranking of each, and
-the same components of both, one against the other."""
+"""The comparison of two runs: their facts side by side (the null and the rule for "stable" of each
+included), accuracy, stable components (each run under its own rule), heatmap and ranking of each,
+and the same components of both, one against the other."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ...figures.compare import joint, joint_rows
 from ..columns import VALUE_COLUMNS
 from ..store import Run
 from ..web import (HEATMAP_MAX_COLUMNS, arg_choice, arg_int, click_template, component_urls, fig_spec, fmt, pct,
-                   run_summary, store)
+                   run_summary, stable_counts, store)
 
 bp = Blueprint("compare", __name__)
 
@@ -35,7 +36,9 @@ def compare():
     sides = []
     for run in (a, b):
         heat = F.heatmap(run.stab, hook, position, value, cwidth=HEATMAP_MAX_COLUMNS)
-        sides.append({"run": run, "summary": run_summary(run.id, run.manifest),
+        counts = stable_counts(run, position, hook)
+        sides.append({"run": run, "summary": run_summary(run.id, run.manifest), "inf": run.inference,
+                      "stable": counts[0] if counts else None,
                       "heatmap": fig_spec(heat, click=click_template(run, hook)),
                       "ranking": fig_spec(F.ranking(run.stab, position, k, url=component_urls(run))),
                       "accuracy": run.manifest.get("accuracy", [])})
@@ -46,9 +49,12 @@ def compare():
         figs["joint"] = fig_spec(fig)
     top_a = set(map(tuple, top_rows(a.stab, position, k, hook)[["layer", "component"]].to_numpy().tolist()))
     top_b = set(map(tuple, top_rows(b.stab, position, k, hook)[["layer", "component"]].to_numpy().tolist()))
+    ia, ib = a.inference, b.inference
+    same_rule = ia["has_controls"] and ib["has_controls"] and ia["definition"] == ib["definition"]
     return render_template("compare.html", ids=ids, runs=sides, a_id=a_id, b_id=b_id, figs=figs, hooks=hooks,
                            positions=positions, hook=hook, position=position, value=value, k=k, values=values,
-                           facts=_compare_facts(a, b), overlap=len(top_a & top_b), matched=matched)
+                           facts=_compare_facts(a, b), overlap=len(top_a & top_b), matched=matched,
+                           same_rule=same_rule)
 
 
 def _compare_facts(a: Run, b: Run) -> list[tuple[str, str, str]]:
@@ -58,4 +64,16 @@ def _compare_facts(a: Run, b: Run) -> list[tuple[str, str, str]]:
             ("hooks", sa["hooks"], sb["hooks"]), ("kept", fmt(sa["kept"]), fmt(sb["kept"])),
             ("rejected", fmt(sa["rejected"]), fmt(sb["rejected"])),
             ("accuracy (grammar)", pct(sa["accuracy"]), pct(sb["accuracy"])),
-            ("positions", ", ".join(a.positions), ", ".join(b.positions))]
+            ("positions", ", ".join(a.positions), ", ".join(b.positions)),
+            ("null", _null(a), _null(b)), ("rule for stable", _rule(a), _rule(b)),
+            ("clusters", a.inference["cluster"] or "none", b.inference["cluster"] or "none")]
+
+
+def _null(run: Run) -> str:
+    i = run.inference
+    return f"{i['null']} pool, {fmt(i['k'])} control edits per pair" if i["has_controls"] else "none (no control edits)"
+
+
+def _rule(run: Run) -> str:
+    i = run.inference
+    return i["definition"] if i["has_controls"] else "none (no control edits)"

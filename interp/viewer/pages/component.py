@@ -10,7 +10,7 @@ from ... import figures as F
 from ... import rundir as R
 from ...figures.common import label
 from ...hooks import HOOK_POINTS
-from ..columns import OPTIONAL_STAB_COLUMNS
+from ..columns import OPTIONAL_STAB_COLUMNS, display_columns, headers
 from ..store import Run, records, saved_pairs
 from ..web import NEURON_POINT, component_url, fig_spec, is_neuron, nav, store
 
@@ -36,6 +36,7 @@ def _component_page(r: Run, hook: str, layer: int, comp: int):
     d = s[(s["hook"] == hook) & (s["layer"] == layer) & (s["component"] == comp)]
     if d.empty:
         abort(404, description=f"no component {hook}[{layer}].{comp} in this run")
+    d = r.with_stable(d)
     rows = []
     for rec in records(d):
         pos = rec["position"]
@@ -47,9 +48,9 @@ def _component_page(r: Run, hook: str, layer: int, comp: int):
         rec["rank_in_site"] = int((same["normalized"] < v).sum()) + 1 if ok else None
         rec["n_site"] = len(same)
         rows.append(rec)
-    cols = [c for c in ["position", "n_pairs", "normalized", "normalized_std", "mean_abs_diff", "std_abs_diff",
-                        "mean_diff", "std_diff", "act_mean", "spread", "rank"] + OPTIONAL_STAB_COLUMNS
-            if c in d.columns]
+    cols = display_columns(c for c in ["position", "n_pairs", "normalized", "normalized_std", "mean_abs_diff",
+                                       "std_abs_diff", "mean_diff", "std_diff", "act_mean", "spread", "rank"]
+                           + OPTIONAL_STAB_COLUMNS if c in d.columns)
     figs = {}
     cat_rows = []
     bc = r.by_category
@@ -90,5 +91,7 @@ def _component_page(r: Run, hook: str, layer: int, comp: int):
     return render_template("component.html", **nav(r), hook=hook, layer=layer, comp=comp, rows=rows,
                            prev_url=component_url(r, hook, layer, comp - 1) if comp > 0 else None,
                            next_url=component_url(r, hook, layer, comp + 1) if comp + 1 < n_comp else None,
-                           cols=cols, figs=figs, cat_rows=cat_rows, saved_rows=saved_rows, head=head_i,
-                           n_comp=n_comp, label=label(hook, layer, comp, head_i), is_neuron=is_neuron(hook))
+                           cols=cols, col_heads=headers(cols, d.columns), figs=figs, cat_rows=cat_rows,
+                           saved_rows=saved_rows, head=head_i,
+                           n_comp=n_comp, label=label(hook, layer, comp, head_i), is_neuron=is_neuron(hook),
+                           inf=r.inference)

@@ -1,5 +1,6 @@
-"""A run's overview page (facts, accuracy, margins, heatmap, ranking, scatter, saved figures) and its
-saved figure files."""
+"""A run's overview page (facts, accuracy, margins, what "stable" means in the run and how many
+components are, the directions they span, heatmap, ranking, scatter, saved figures) and its saved
+figure files."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from flask import Blueprint, abort, render_template, request, send_from_director
 
 from ... import figures as F
 from ... import rundir as R
+from ...figures.common import hook_sort_key
 from ...figures.stability import heatmap_window, scatter_points
 from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
-from ..store import FILE_DIRS, figure_files
+from ..store import FILE_DIRS, figure_files, records
 from ..web import (HEAD_POINT, HEAD_POINTS, HEATMAP_MAX_COLUMNS, NEURON_POINT, arg_choice, arg_int, click_template,
-                   component_urls, default_position, fig_spec, nav, store)
+                   component_urls, default_position, fig_spec, nav, stable_counts, store)
+
+RANK_KEYS = ("normalized", "rank_calibrated", "ratio_hi", "control_normalized", "ratio", "q_value", "q_cluster",
+             "adj_normalized", "p_value")
+RATIO_KEYS = ("ratio", "ratio_hi", "ratio_lo")  # rankings by these draw the ratio with its interval
+DIRECTION_COLUMNS = ["hook", "layer", "n_components", "n_stable", "n_distinct", "n_pcs", "pairs_used",
+                     "mean_diff_norm", "spread_norm", "mean_diff_relative", "mean_diff_snr"]
 
 bp = Blueprint("run", __name__)
 
@@ -26,8 +34,7 @@ def run_page(run: str):
     values = [c for c in VALUE_COLUMNS if c in r.stab.columns]
     value = arg_choice("value", values, "normalized")
     rank_hook = arg_choice("rank_hook", [""] + hooks, "")
-    rank_keys = [c for c in ("normalized", "rank_calibrated", "control_normalized", "ratio", "q_value", "p_value")
-                 if c in r.stab.columns]
+    rank_keys = [c for c in RANK_KEYS if c in r.stab.columns]
     rank_by = str(((r.manifest.get("config") or {}).get("analysis") or {}).get("rank_by") or "normalized")
     rank_key = arg_choice("rank_key", rank_keys, rank_by if rank_by in rank_keys else "normalized")
     k = arg_int("k", int(((r.manifest.get("config") or {}).get("analysis") or {}).get("top_k", 20)), 1, 200)
@@ -52,11 +59,27 @@ def run_page(run: str):
     sinfo = {"n": n, "shown": 0 if shown is None else len(shown)}
     click = url_for("head.head", run=r.id, layer=0, head=0)[: -len("/0/0")] + "/{y}/{x}" if by_head \
         and hook == HEAD_POINT else None if by_head else click_template(r, hook)
+    ratio_bars = rank_key in RATIO_KEYS and "ratio_hi" in s.columns
+    ranking = F.ranking(s, position, k, rank_hook or None, rank_key, sel_layer, url=urls,
+                        value="ratio" if ratio_bars else None,
+                        stable_ratio=r.stable_ratio if ratio_bars and r.rule == "equivalence" else None)
     figs = {"heatmap": fig_spec(heat, click=click),
-            "ranking": fig_spec(F.ranking(s, position, k, rank_hook or None, rank_key, sel_layer, url=urls)),
+            "ranking": fig_spec(ranking),
             "scatter": fig_spec(scatter),
             "margins": fig_spec(F.margins(r.pairs, url=lambda pid: url_for("pairs.pair", run=r.id, pair_id=pid))),
             "accuracy": fig_spec(F.accuracy({r.id: r.manifest}))}
+    # what "stable" means here: the null, the rule, the counts under it, the directions they span
+    inference = r.inference
+    counts = stable_counts(r, position)
+    dirs = r.directions
+    dir_rows = []
+    if dirs is not None and len(dirs) and "position" in dirs.columns:
+        here_dirs = dirs[dirs["position"] == position]
+        here_dirs = here_dirs.assign(_h=[hook_sort_key(str(h)) for h in here_dirs["hook"]]).sort_values(
+            ["_h", "layer"], kind="stable")
+        dir_rows = records(here_dirs, DIRECTION_COLUMNS)
+        if "mean_diff_relative" in dirs.columns and (here_dirs["layer"] >= 0).any():
+            figs["directions"] = fig_spec(F.directions_lines(dirs, position))
     files = figure_files(r, R.FIGURES)
     heads = []
     if HEAD_POINT in hooks and "head" in r.stab.columns:
@@ -71,7 +94,8 @@ def run_page(run: str):
         timings=r.manifest.get("timings", {}), counts=r.manifest.get("counts", {}),
         accuracy=r.manifest.get("accuracy", []), model=r.manifest.get("model", {}),
         optional=[c for c in OPTIONAL_STAB_COLUMNS if c in r.stab.columns],
-        layers=r.layers)
+        layers=r.layers, inf=inference, stable_counts=counts, dir_rows=dir_rows,
+        dir_cols=[c for c in DIRECTION_COLUMNS if dir_rows and c in dir_rows[0]])
 
 
 @bp.route("/run/<path:run>/-/files/<path:name>")
