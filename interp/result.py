@@ -254,7 +254,8 @@ class Result:
             from .figures import write_run_figures
 
             figure_info = write_run_figures(out, self.stability, self.pairs, top_k=int(acfg["top_k"]),
-                                            png=bool(acfg["png"] if png is None else png))
+                                            png=bool(acfg["png"] if png is None else png), rule=self.rule,
+                                            stable_ratio=self.stable_ratio)
             timings["figures_s"] = time.time() - t
         if self._analysis_s is not None:
             timings["total_s"] = self._analysis_s + (time.time() - t0)

@@ -15,7 +15,10 @@ from interp.run import run
 from tests.conftest import CONF, REPO, make_cfg
 
 TABLE_COLS = ("n_pairs", "mean_diff", "std_diff", "mean_abs_diff", "std_abs_diff", "spread", "normalized",
-              "control_normalized", "ratio", "t_stat", "p_value", "q_value")
+              "control_normalized", "ratio", "t_stat", "p_value", "q_value",
+              # the clustered statistics (from the kept per-pair values) and the flags (from max |activation|)
+              "ratio_lo", "ratio_hi", "n_clusters", "se_cluster", "p_cluster", "q_cluster", "adj_coef", "adj_hi",
+              "stable", "stable_layers", "max_abs", "massive", "offset_dim")
 
 
 def _cfg(pairs_file, *extra):
@@ -31,10 +34,15 @@ def _same_tables(a, b, tol=1e-9):
     assert len(sa) == len(sb)
     for col in TABLE_COLS:
         pd.testing.assert_series_equal(sa[col], sb[col], check_dtype=False, atol=tol, rtol=1e-7)
-    for name in (R.DIVERGENCE, R.CONTRAST, R.STABILITY_BY_CATEGORY):
+    for name in (R.DIVERGENCE, R.CONTRAST, R.STABILITY_BY_CATEGORY, R.DIRECTIONS):
         ta, tb = R.read_table(a, name), R.read_table(b, name)
         num = ta.select_dtypes("number").columns
         pd.testing.assert_frame_equal(ta[num], tb[num], check_dtype=False, atol=tol, rtol=1e-7)
+    keys = ["hook", "layer", "position", "pair_index", "component"]
+    va = pd.read_parquet(a / R.PAIR_VALUES).sort_values(keys).reset_index(drop=True)
+    vb = pd.read_parquet(b / R.PAIR_VALUES).sort_values(keys).reset_index(drop=True)
+    assert len(va) > 0
+    pd.testing.assert_frame_equal(va, vb, atol=1e-6, rtol=1e-6)
     pfa = R.read_table(a, R.PAIR_PROFILE).sort_values(["pair_id", "hook", "layer", "position"]).reset_index(drop=True)
     pfb = R.read_table(b, R.PAIR_PROFILE).sort_values(["pair_id", "hook", "layer", "position"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(pfa, pfb, atol=1e-5, rtol=1e-5)

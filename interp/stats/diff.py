@@ -248,17 +248,14 @@ class DiffStats:
         cached = self._pv_cache.get(point)
         if cached is not None and cached[0] == len(parts):
             return cached[1]
-        if len(parts) == 1 and parts[0][0] == 0 and np.all(np.diff(parts[0][1]) > 0):  # loaded: one block
-            self._pv_cache[point] = (1, (parts[0][1], parts[0][2]))
-            return self._pv_cache[point][1]
-        firsts = sorted({c0 for c0, _, _ in parts})
-        by_pair: dict[int, dict[int, np.ndarray]] = {}
-        for c0, idx, v in parts:
-            for j, i in enumerate(idx.tolist()):
-                by_pair.setdefault(i, {})[c0] = v[j]
-        index = np.array(sorted(by_pair), dtype=np.int64)
-        out = np.stack([np.concatenate([by_pair[i][c0] for c0 in firsts], 0) for i in index.tolist()])
-        self._pv_cache[point] = (len(parts), (index, out))
+        L = len(self.point_sites.get(point) or self.derived[point])
+        index = np.unique(np.concatenate([idx for _, idx, _ in parts]))
+        first = parts[0][2]
+        out = np.full((len(index), L, *first.shape[2:]), np.nan, dtype=np.float32)
+        for c0, idx, v in parts:  # chunks of layers (a run) or whole blocks (a checkpoint, a shard)
+            out[np.searchsorted(index, idx), c0:c0 + v.shape[1]] = v
+        self.values[point] = [(0, index, out)]  # one block from now on: the chunks' memory is freed
+        self._pv_cache[point] = (1, (index, out))
         return index, out
 
     def pair_value_state(self) -> dict[str, Tensor]:
@@ -275,6 +272,7 @@ class DiffStats:
             if key.endswith("/index"):
                 point = key[:-len("/index")]
                 self.values[point] = [(0, state[key].numpy(), state[f"{point}/values"].numpy())]
+                self._pv_cache.pop(point, None)
 
     def _sums(self, kind: str, point: str, lo: int, hi: int, shape: tuple[int, ...], shift) -> Sums:
         """The running sums of ``kind`` at ``point`` (full shape ``shape``), created on first use or

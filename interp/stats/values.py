@@ -167,3 +167,4 @@ def read_into(path: str | Path, stats) -> None:
             parts.append(np.stack(per_mode, 2))  # [N, 2, M, C]
         if parts:
             stats.values[point] = [(0, idx, np.stack(parts, 1))]  # [N, L, 2, M, C]
+            stats._pv_cache.pop(point, None)
