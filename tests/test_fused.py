@@ -7,6 +7,7 @@ built by hand so that every corner is present: edits at the first and at the las
 a tiny spread, and span-aligned pairs whose sentences differ in length.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,6 +123,26 @@ def test_fused_kernel_gives_the_pytorch_path_statistics(K, span):
     # the massive component's spread survives the shift: std ~ 1e-3, not swamped by the 1e3 mean
     sp = new.spread["resid_post"]
     assert 5e-4 < float(sp.std[0, 3]) < 2e-3
+
+
+@pytest.mark.parametrize("span", [False, True])
+def test_fused_kernel_keeps_the_same_per_pair_values_and_magnitudes(span):
+    """The clustered statistics' inputs (per-pair |a-b| and control mean) and the massive flag's
+    (max |activation| with BOS, log-magnitude histogram) are the same on both paths."""
+    dev = device()
+    sites = resolve(["resid_post", "mlp_out"], 3)
+    batches = [make_batch(7, 9, 2, span, dev, seed=1), make_batch(5, 6, 2, span, dev, seed=2)]
+    batches[1].index = torch.arange(7, 12)  # run-wide pair indices: the second batch's pairs come after
+    keep = {"resid_post": ["edit", "last", "after"], "mlp_out": ["edit"]}
+    ref, new = run_both(batches, sites, 40, dev, n_controls=2, max_offset=4, keep_values=keep)
+    for point in keep:
+        (ir, vr), (inn, vn) = ref.pair_values(point), new.pair_values(point)
+        np.testing.assert_array_equal(ir, inn)
+        assert vr.shape == (12, 3, 2, len(keep[point]), 40)
+        np.testing.assert_allclose(vn, vr, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(new.absmax[point], ref.absmax[point])
+        torch.testing.assert_close(new.abshist[point], ref.abshist[point])
+    assert np.isnan(ref.pair_values("resid_post")[1][..., 2, :]).any()  # edits at the last token: no "after"
 
 
 def test_fused_kernel_keeps_the_configured_position_modes_and_tables():
