@@ -97,7 +97,7 @@ def new_stats(cfg, lm, groups, n_controls, n_pairs: int = 1000) -> DiffStats:
 
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
     keep, _ = plan_pair_values(cfg, sites, lm.info, n_pairs)
-    return runner_stats(cfg, sites, groups, lm.device, keep_values=keep)  # per-pair values kept as a run keeps them
+    return runner_stats(cfg, sites, groups, lm.device, keep_values=keep, n_pairs=n_pairs)  # per-pair values kept as a run keeps them
 
 
 def bare_model(lm, attn: str = "sdpa"):

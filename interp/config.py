@@ -61,7 +61,7 @@ class ControlsConfig:
     pool: str = "common"
     pool_size: int = 500  # common: draw from the N most common whole-word tokens of each shape
     words: Optional[list[str]] = None  # or a fixed list of words (each must be one token)
-    bins: int = 5  # matched: log-frequency quantile bins (distance is matched by caliper)
+    bins: int = 10  # matched: log-frequency bins of equal width (distance is matched by caliper)
 
 
 @dataclass

@@ -19,8 +19,9 @@ replacements are chosen is ``analysis.controls.pool``:
   UPPER / mixed, alphabetic or not). For each pair the candidates are those of ``b``'s class
   (the tokens of ``a`` and ``b`` and every case variant of their words excluded), or, when that
   class has fewer than ``2 K x bins`` of them, every candidate with ``b``'s leading-space shape.
-  Frequency is matched by bin: the candidates in ``b``'s log-frequency quantile bin (of
-  ``analysis.controls.bins``; widened to the neighbouring bins until there are ``2 K``). Distance is
+  Frequency is matched by bin: the candidates in ``b``'s log-frequency bin (``analysis.controls.bins``
+  bins of equal width over the candidates' log-frequency proxy, so each spans the same factor of
+  frequency; widened to the neighbouring bins until there are ``2 K``). Distance is
   matched by caliper: of those, the ``2 K`` whose cosine distance to ``a``'s token in the input
   embedding (``1 - cos``) is closest to the real edit's ``dist_ab``; the ``K`` controls are drawn
   from them at random. (Quantile bins of distance are too coarse: real edits lie among the nearest
@@ -260,6 +261,14 @@ class Distances:
         return (1.0 - out).numpy()
 
 
+def width_bins(values: np.ndarray, bins: int) -> np.ndarray:
+    """The inner edges of ``bins`` bins of equal width over the range of ``values`` (log-frequency:
+    each bin spans the same factor of frequency, unlike quantile bins of the vocabulary, whose top
+    bin spans the first ~8,000 ids of a 49k vocabulary)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return np.linspace(lo, hi, bins + 1)[1:-1] if bins > 1 else np.zeros(0)
+
+
 def quantile_bins(values: np.ndarray, bins: int) -> np.ndarray:
     """The inner edges of ``bins`` quantile bins of ``values`` (``bin_of`` gives 0..bins-1)."""
     return np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1]) if bins > 1 else np.zeros(0)
@@ -306,7 +315,7 @@ def matched_draw(vocab: Vocabulary, dist_a: np.ndarray, tok_a: int, tok_b: int, 
         raise ConfigError(f"analysis.controls.n={n}: pool=matched has {len(cands)} candidates for pair "
                           f"{key} ({vocab.text(tok_a)!r} -> {vocab.text(tok_b)!r}); lower analysis.controls.n")
     f = vocab.logfreq[cands]
-    f_edges = quantile_bins(f, bins)
+    f_edges = width_bins(vocab.logfreq[vocab.candidates], bins)
     cf = bin_of(f_edges, f)
     fb = int(bin_of(f_edges, logfreq(tok_b)))
     rings = 0
@@ -401,7 +410,7 @@ def build_controls(cfg, tokenizer, embedding: torch.Tensor | None, kept, indices
     whose shape class was too small)."""
     ccfg = cfg.analysis.controls
     pool, n, seed = str(ccfg.pool), int(ccfg.n), int(cfg.seed)
-    bins = int(ccfg.get("bins", 10) or 10)
+    bins = int(ccfg.bins)
     if pool in NEW_POOLS and ccfg.get("words"):
         raise ConfigError(f"analysis.controls.words is a fixed list for pool=common; pool={pool} does not use it")
     if pool in ("matched", "nearest") and n and embedding is None:
@@ -444,12 +453,16 @@ def build_controls(cfg, tokenizer, embedding: torch.Tensor | None, kept, indices
         by_a: dict[int, list[int]] = {}
         for j, (ta, _) in enumerate(firsts):
             by_a.setdefault(ta, []).append(j)
-        toks = sorted(by_a)
-        for g in range(0, len(toks), 64):
-            group = toks[g:g + 64]
+        # a's tokens in groups of 64 fixed by the whole run (not this shard): the matrix product of a
+        # group is not bitwise the same in another group's company, and shards must draw alike
+        run_toks = sorted({tp.ids_a[tp.edit_pos] for _, tp in kept})
+        groups = [run_toks[g:g + 64] for g in range(0, len(run_toks), 64)]
+        for group in groups:
+            if not any(t in by_a for t in group):
+                continue
             D = dist.to_all(group)
             for row, ta in zip(D, group):
-                for j in by_a[ta]:
+                for j in by_a.get(ta, []):
                     p = kept[indices[j]][0]
                     tb = firsts[j][1]
                     if pool == "matched":

@@ -118,7 +118,8 @@ class Result:
         return self.manifest["config"]
 
     def stable(self, position: str | None = None, alpha: float | None = None) -> pd.DataFrame:
-        """Rows of ``stability`` that are stable beyond the control baseline (``interp.rules``)."""
+        """Rows of ``stability`` that are stable beyond the control baseline under the run's rule
+        (``interp.rules``); ``alpha`` matters to the significance rule only."""
         stab = self.stability
         if position is not None:
             stab = stab[stab["position"] == position]
@@ -215,8 +216,9 @@ class Result:
         facts = self.manifest.get("controls") or {}
         k = facts.get("k", c["n"])
         text = f"{self.null} ({k} control edit{'s' if k != 1 else ''} per pair"
-        if "median_dist_ab" in facts and "median_dist_ac" in facts:
-            text += f"; median embedding distance: real {facts['median_dist_ab']:.3f}, controls {facts['median_dist_ac']:.3f}"
+        if facts.get("median_dist_ab") is not None and facts.get("median_dist_ac_mean") is not None:
+            text += (f"; median cosine distance in the input embedding: real edit {facts['median_dist_ab']:.3f}, "
+                     f"controls {facts['median_dist_ac_mean']:.3f}")
         return text + ")"
 
     def __repr__(self) -> str:

@@ -9,7 +9,8 @@ Two rules for "stable" (``analysis.rule``), each against the run's null (``analy
   mean |a-b| / mean control change, cluster-robust where the run kept per-pair values) lies below
   ``analysis.stable_ratio``: the real edit moves the component less than half as much as a control
   edit, and the data rule out anything larger. An effect-size statement that more pairs make
-  sharper, not looser.
+  sharper, not looser. With ``analysis.ci=0.95`` the upper end of the two-sided interval is a
+  one-sided 97.5% bound (stricter than the 90% interval of a 5% two one-sided tests procedure).
 - ``significance``: the rule before clustered inference: the iid paired test says |a-b| is smaller
   than the control change (``t_stat < 0``) at FDR ``alpha`` (``q_value < alpha``). With hundreds
   of pairs any consistent small difference passes it.
@@ -23,8 +24,8 @@ import pandas as pd
 
 RULES = ("equivalence", "significance")
 DEFINITIONS = {
-    "equivalence": "ratio_hi < {stable_ratio} (upper {ci:.0%} confidence limit of mean |a-b| / mean control "
-                   "change), not constant, offset or massive",
+    "equivalence": "ratio_hi < {stable_ratio} (upper end of the two-sided {ci:.0%} interval of mean |a-b| / "
+                   "mean control change), not constant, offset or massive",
     "significance": "q_value < {alpha} and t_stat < 0, not constant, offset or massive",
 }
 STABLE_DEFINITION = DEFINITIONS["significance"]  # kept for readers of older code: the significance rule

@@ -215,13 +215,14 @@ def chunk_layers(value, device) -> int:
     return int(value)
 
 
-def new_stats(cfg: DictConfig, sites, groups: list[str], device, keep_values: dict | None = None) -> DiffStats:
+def new_stats(cfg: DictConfig, sites, groups: list[str], device, keep_values: dict | None = None,
+              n_pairs: int = 0) -> DiffStats:
     acfg = cfg.analysis
     return DiffStats(sites, groups, list(acfg.positions), device,
                      n_controls=control_count(acfg),
                      max_offset=int(acfg.max_offset), detail_pairs=int(acfg.detail_pairs),
                      detail_k=int(acfg.detail_k), chunk=chunk_layers(acfg.chunk_layers, device),
-                     fused=use_fused(acfg.fused, device), keep_values=keep_values)
+                     fused=use_fused(acfg.fused, device), keep_values=keep_values, value_capacity=n_pairs)
 
 
 def plan_pair_values(cfg: DictConfig, sites, info: dict, n_pairs: int) -> tuple[dict, dict]:
@@ -281,8 +282,9 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     t = time.time()
     controls = C.build_controls(cfg, lm.tokenizer, C.input_embedding(lm), kept, mine)
     timings["controls_s"] = time.time() - t
-    keep, kept_facts = plan_pair_values(cfg, sites, lm.info, len(mine))
-    stats = new_stats(cfg, sites, groups, lm.device, keep_values=keep)
+    # planned for the whole run, so every shard keeps the same hook points and position modes
+    keep, kept_facts = plan_pair_values(cfg, sites, lm.info, len(kept))
+    stats = new_stats(cfg, sites, groups, lm.device, keep_values=keep, n_pairs=len(mine))
     batches = make_batches([kept[i][1] for i in mine], [groups.index(kept[i][0].category) for i in mine],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device,
                            controls.ids if controls.k else None)

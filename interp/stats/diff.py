@@ -68,7 +68,7 @@ class DiffStats:
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
                  device: torch.device | str = "cpu", n_controls: int = 0, max_offset: int = 15,
                  detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8, fused: bool = False,
-                 keep_values: dict[str, list[str]] | None = None):
+                 keep_values: dict[str, list[str]] | None = None, value_capacity: int = 0):
         bad = [p for p in positions if p not in POSITION_MODES]
         if bad:
             raise ValueError(f"analysis.positions: {bad} not in {POSITION_MODES}")
@@ -109,6 +109,8 @@ class DiffStats:
                             for p, ms in (keep_values or {}).items() if self.n_controls}
         self.values: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         self._pv_cache: dict[str, tuple[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self.value_capacity = int(value_capacity)  # pairs this state will see (GPU: pinned staging size)
+        self._staged: dict[tuple[str, int], dict] = {}  # GPU: (point, first layer) -> pinned rows
         # massive activations (Sun et al. 2024), over every token of a and b, BOS included: per
         # point the max |activation| per component [L, C] and a histogram of log10 |activation| per
         # layer [L, HIST_BINS] (its median is the layer's median magnitude)
@@ -119,7 +121,7 @@ class DiffStats:
         """An empty state with the same layout and settings."""
         return DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
                          self.max_offset, self.detail_pairs, self.detail_k, self.chunk, self.fused,
-                         self.keep_values)
+                         self.keep_values, self.value_capacity)
 
     def _get(self, kind: str, site: HookSite) -> Moments | None:
         m = getattr(self, kind).get(site.point)
@@ -221,27 +223,55 @@ class DiffStats:
         if point not in self.absmax:
             self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
             self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
+        live = m[..., None]  # [2B, T, 1]: masked by value, not by index (no device sync)
         for j, x in enumerate(chunk):
-            v = x[:2 * B][m].float().abs()  # [tokens, C]
-            mx = v.amax(0).to(self.absmax[point].device)
+            v = x[:2 * B].float().abs()  # [2B, T, C]
+            mx = torch.where(live, v, 0.0).amax((0, 1)).to(self.absmax[point].device)
             self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx)
-            lg = v.clamp(min=1e-30).log10().flatten()
-            h = torch.histc(lg.clamp(HIST_LO, HIST_HI - 1e-6), HIST_BINS, HIST_LO, HIST_HI)
+            # padding goes below the histogram's range, which histc leaves out
+            lg = torch.where(live, v.clamp(min=10 ** HIST_LO).log10().clamp(max=HIST_HI - 1e-3), HIST_LO - 1.0)
+            h = torch.histc(lg, HIST_BINS, HIST_LO, HIST_HI)
             self.abshist[point][c0 + j] += h.to(torch.float64).to(self.abshist[point].device)
 
     def _keep(self, point: str, c0: int, vals: Tensor, batch: Batch) -> None:
-        """Stage the chunk's per-pair |a - b| and control mean at the kept position modes."""
+        """Stage the chunk's per-pair |a - b| and control mean at the kept position modes. On a GPU
+        they go to pinned host memory by an asynchronous copy (no device sync: the batch loop keeps
+        its overlap); ``pair_values`` waits for the copies before reading them."""
         modes = self.keep_values.get(point)
         if not modes:
             return
         ch = [self.channels.index("abs"), self.channels.index("ctrl")]
-        mi = [self.positions.index(m) for m in modes]
-        v = vals[:, :, ch][:, :, :, mi].float().cpu().numpy()  # [B, S, 2, M', C]
-        self.values.setdefault(point, []).append((c0, batch.index.cpu().numpy().copy(), v))
+        mi = torch.tensor([self.positions.index(m) for m in modes], device=vals.device)
+        v = vals[:, :, ch].index_select(3, mi).float()  # [B, S, 2, M', C]
+        idx = batch.index.cpu().numpy().copy()
+        if not v.is_cuda:
+            self.values.setdefault(point, []).append((c0, idx, v.numpy().copy()))
+            return
+        slot = self._staged.get((point, c0))
+        need = (slot["off"] if slot else 0) + v.shape[0]
+        if slot is None or need > slot["buf"].shape[0]:  # first use, or more pairs than planned: a new buffer
+            if slot is not None:
+                self._flush_staged(point, c0)
+            rows = max(self.value_capacity, v.shape[0])
+            slot = self._staged[(point, c0)] = {
+                "buf": torch.empty((rows, *v.shape[1:]), dtype=torch.float32, pin_memory=True), "off": 0, "idx": []}
+        slot["buf"][slot["off"]:slot["off"] + v.shape[0]].copy_(v, non_blocking=True)
+        slot["off"] += v.shape[0]
+        slot["idx"].append(idx)
+
+    def _flush_staged(self, point: str, c0: int) -> None:
+        """Move a pinned staging buffer's rows into ``values`` (after the copies are done)."""
+        slot = self._staged.pop((point, c0), None)
+        if slot and slot["off"]:
+            torch.cuda.synchronize()
+            rows = slot["buf"][:slot["off"]].numpy()
+            self.values.setdefault(point, []).append((c0, np.concatenate(slot["idx"]), rows))
 
     def pair_values(self, point: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The kept per-pair values of a hook point: (pair indices [N] ascending, float32
         [N, L, 2, M', C]: |a - b| and the control mean at ``keep_values[point]``), or None."""
+        for key in [k for k in self._staged if k[0] == point]:
+            self._flush_staged(*key)
         parts = self.values.get(point)
         if not parts:
             return None
@@ -482,6 +512,9 @@ class DiffStats:
                 (self.groups, self.positions, self.n_controls, self.max_offset, self.sites):
             raise ValueError("cannot merge statistics of runs with different groups, position modes, "
                              "control counts, offsets or hook sites")
+        if self.keep_values != other.keep_values:
+            raise ValueError("cannot merge statistics that kept per-pair values of different hook points or "
+                             f"position modes ({self.keep_values} vs {other.keep_values})")
         out = self._empty()
         out.shapes = {**other.shapes, **self.shapes}
         out.details = self.details + other.details

@@ -14,7 +14,7 @@ reader can take one site without reading the rest:
     pd.read_parquet(run / "pair_values.parquet",
                     filters=[("hook", "==", "resid_post"), ("layer", "==", 3), ("position", "==", "edit")])
 
-Columns: ``pair_index`` (the ``pairs.parquet`` row it belongs to), ``hook``, ``layer``,
+Columns: ``pair_index`` (joins ``pairs.parquet``'s ``pair_index`` column; failed pairs leave gaps), ``hook``, ``layer``,
 ``position``, ``component``, ``abs_diff``, ``control_diff`` (float32, exactly the values the run's
 statistics used).
 """
