@@ -33,6 +33,7 @@ from .moments import Moments, Sums
 from .significance import bh_qvalues, welch
 
 HIST_LO, HIST_HI, HIST_BINS = -12.0, 8.0, 2000  # log10 |activation| histogram: 0.01 decades a bin
+MEDIAN_EVERY = 8  # the layer's median |activation| is taken over every 8th pair (run-wide index)
 POSITION_MODES = reg.MODES  # edit, last, after: the order of the per-pair values' mode axis
 CHANNELS = tuple(c.name for c in reg.CHANNELS)  # every channel, in slot order (``interp.stats.registry``)
 
@@ -216,20 +217,30 @@ class DiffStats:
 
     def _magnitudes(self, point: str, c0: int, L: int, chunk: list[Tensor], batch: Batch) -> None:
         """Fold the chunk's |activation| over every real token of a and b (BOS included) into the
-        running max per component and the per-layer histogram of log10 |activation|."""
+        running max per component, and that of every ``MEDIAN_EVERY``-th pair (by run-wide index,
+        so shards and one pass take the same pairs) into the per-layer histogram of log10
+        |activation| whose median the massive flag compares with. Masked by value, not by index: no
+        device sync."""
         B = batch.size
-        m = batch.mask[:2 * B]
+        live = batch.mask[:2 * B, :, None]  # [2B, T, 1]
         C = chunk[0].shape[-1]
         if point not in self.absmax:
             self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
             self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
-        live = m[..., None]  # [2B, T, 1]: masked by value, not by index (no device sync)
+        picked = (batch.index.cpu() % MEDIAN_EVERY == 0).nonzero()[:, 0]  # the batch's index is on the host
+        rows = None
+        if len(picked):
+            rows = torch.cat([picked, picked + B]).to(chunk[0].device, non_blocking=True)
         for j, x in enumerate(chunk):
-            v = x[:2 * B].float().abs()  # [2B, T, C]
-            mx = torch.where(live, v, 0.0).amax((0, 1)).to(self.absmax[point].device)
-            self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx)
+            xa = x[:2 * B]
+            mx = torch.where(live, xa.abs(), 0).amax((0, 1)).float()
+            self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx.to(self.absmax[point].device))
+            if rows is None:
+                continue
+            v = xa.index_select(0, rows).float().abs()
             # padding goes below the histogram's range, which histc leaves out
-            lg = torch.where(live, v.clamp(min=10 ** HIST_LO).log10().clamp(max=HIST_HI - 1e-3), HIST_LO - 1.0)
+            lg = torch.where(live.index_select(0, rows), v.clamp(min=10 ** HIST_LO).log10().clamp(max=HIST_HI - 1e-3),
+                             HIST_LO - 1.0)
             h = torch.histc(lg, HIST_BINS, HIST_LO, HIST_HI)
             self.abshist[point][c0 + j] += h.to(torch.float64).to(self.abshist[point].device)
 
