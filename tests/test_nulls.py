@@ -167,3 +167,20 @@ def test_random_halves_of_one_category_rarely_differ(planted, pool):
     assert (ct["q_value"] < 0.05).mean() <= 0.01
     assert (ct["q_cluster"] < 0.05).mean() <= 0.01
     assert (ct["n_clusters"] > 1).all()
+
+
+def test_directions_count_the_stable_set_and_measure_the_mean_difference(runs):
+    r = runs["common"]
+    st, dr = r.stability, r.directions
+    row = dr[(dr["layer"] == 0) & (dr["position"] == "edit")].iloc[0]
+    stable = st[st["stable"]]
+    assert row["n_stable"] == len(stable) > 10 and row["n_distinct"] == stable["component"].nunique()
+    assert 1 <= row["n_pcs"] <= row["n_stable"]  # from the per-pair values of the stable components
+    assert row["pairs_used"] == "grammar"
+    assert row["mean_diff_norm"] == pytest.approx(float(np.sqrt((st["mean_diff"] ** 2).sum())), rel=1e-6)
+    assert row["mean_diff_relative"] == pytest.approx(row["mean_diff_norm"] / np.sqrt((st["spread"] ** 2).sum()),
+                                                      rel=1e-6)
+    pooled = dr[dr["layer"] == -1].iloc[0]  # one layer: pooling changes nothing
+    assert (pooled["n_stable"], pooled["n_distinct"], pooled["n_pcs"]) == (row["n_stable"], row["n_distinct"],
+                                                                            row["n_pcs"])
+    assert (st["stable_layers"] == st["stable"].astype(int)).all()  # one layer: 1 where stable

@@ -625,17 +625,22 @@ class DiffStats:
         med = _hist_median(self.abshist[s.point][i].cpu().numpy())
         return mx, (mx >= ratio * med) & (mx >= floor)
 
+    def _kept(self, point: str):
+        """(position modes, pair indices, values [N, L, 2, M', C], sites) of a point that kept
+        per-pair values, or None."""
+        modes = self.keep_values.get(point)
+        got = self.pair_values(point) if modes else None
+        if got is None:
+            return None
+        return modes, got[0], got[1], self.point_sites.get(point) or self.derived[point]
+
     def _site_values(self, s: HookSite, group: str | None, info: "PairInfo | None"):
         """The kept per-pair values of one site (restricted to ``group``'s pairs) with their pairs'
         clusters and distances: (modes, values [N, 2, M', C], info rows) or None."""
-        modes = self.keep_values.get(s.point)
-        if not modes or info is None:
+        kept = self._kept(s.point) if info is not None else None
+        if kept is None:
             return None
-        got = self.pair_values(s.point)
-        if got is None:
-            return None
-        index, v = got
-        sites = self.point_sites.get(s.point) or self.derived[s.point]
+        modes, index, v, sites = kept
         rows = info.rows(index)
         keep = np.ones(len(index), dtype=bool) if group is None else (info.group[rows] == group)
         return modes, v[keep, sites.index(s)], rows[keep], info
@@ -771,14 +776,10 @@ class DiffStats:
                info: "PairInfo | None", share: float):
         """Principal components explaining ``share`` of the variance of the stable components'
         per-pair |a - b| / spread (``comps``: layer -> component indices); None without values."""
-        modes = self.keep_values.get(site.point)
-        if not modes or mode not in modes or info is None or not any(len(c) for c in comps.values()):
+        kept = self._kept(site.point) if info is not None and any(len(c) for c in comps.values()) else None
+        if kept is None or mode not in kept[0]:
             return None
-        got = self.pair_values(site.point)
-        if got is None:
-            return None
-        _, v = got
-        sites = self.point_sites.get(site.point) or self.derived[site.point]
+        modes, _, v, sites = kept
         layer_pos = {x.layer: i for i, x in enumerate(sites)}
         cols = []
         for layer, c in comps.items():
