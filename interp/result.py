@@ -189,11 +189,17 @@ class Result:
                 sig = d[self.stable_mask(d)]
                 lines.append(f"null: {self._null_text()}")
                 lines.append(f"rule: {definition(self.rule, self.alpha, self.stable_ratio, float(a.get('ci', 0.95)))}")
-                if "se_method" in d:
-                    methods = d["se_method"].value_counts()
-                    lines.append("intervals: " + ", ".join(f"{k} ({v} components)" for k, v in methods.items()))
-                lines.append(f"stable at '{pos}': {len(sig)} of {d['q_value'].notna().sum()} components"
-                             + (f", {sig['component'].nunique()} distinct component indices" if len(sig) else ""))
+                for p in m["positions"]:  # every position mode: its count and how its intervals were computed
+                    dp = stab[stab["position"] == p]
+                    sp = dp[self.stable_mask(dp)]
+                    how = ""
+                    if "se_method" in dp:
+                        how = " (intervals: " + ", ".join(f"{k} {v}" for k, v in dp["se_method"].value_counts().items())
+                        how += "; iid = per-pair values not kept, analysis.pair_values)" if (dp["se_method"] == "iid").any() \
+                            else ")"
+                    lines.append(f"stable at '{p}': {len(sp)} of {dp['q_value'].notna().sum()} components"
+                                 + (f", {sp['component'].nunique()} distinct component indices" if len(sp) else "") + how)
+                lines.append(f"most stable at '{pos}':")
                 order = "ratio_hi" if self.rule == "equivalence" and "ratio_hi" in d else "rank_calibrated"
                 for r in sig.nsmallest(min(top_k, 10), order).itertuples():
                     ci = (f"  CI [{r.ratio_lo:.3f}, {r.ratio_hi:.3f}]" if hasattr(r, "ratio_hi") else "")
