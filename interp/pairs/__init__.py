@@ -4,6 +4,10 @@
 ``interp/pairs/bank/``; ``file``: ``pairs.path``), filters by ``types`` and ``categories``, and
 keeps ``limit`` pairs per category (a seeded sample, same every time). ``validate_pairs`` then
 checks each pair against the tokenizer; rejects keep their reason.
+
+Duplicates (a pair with the same ``a`` and ``b`` as an earlier one) are counted in
+``PairSet.duplicates``; ``pairs.duplicates=keep`` (default) keeps them, ``drop`` drops each later
+one as a ``Problem`` (reason ``duplicate``) naming the first.
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ from .records import PAIR_TYPES, Pair, PairFileError, Problem
 from .validate import TokenizedPair, check_pair
 
 BANK_DIR = Path(__file__).parent / "bank"
+DUPLICATE_POLICIES = ("keep", "drop")  # pairs.duplicates
 
 __all__ = ["Pair", "Problem", "PairFileError", "TokenizedPair", "PairSet", "load_pairs",
-           "validate_pairs", "records_to_pairs", "select_pairs", "bank_categories", "BANK_DIR", "PAIR_TYPES"]
+           "validate_pairs", "records_to_pairs", "select_pairs", "mark_duplicates", "bank_categories",
+           "BANK_DIR", "PAIR_TYPES", "DUPLICATE_POLICIES"]
 
 
 @dataclass
 class PairSet:
     pairs: list[Pair]
     problems: list[Problem] = field(default_factory=list)  # lines that gave no pair
+    # pairs with the same a and b as an earlier pair (kept or, pairs.duplicates=drop, dropped as problems)
+    duplicates: int = 0
 
 
 def bank_categories() -> dict[str, str]:
@@ -93,10 +101,12 @@ def load_pairs(pcfg) -> PairSet:
 
 
 def select_pairs(ps: PairSet, pcfg) -> PairSet:
-    """``select`` by ``pcfg.types``, ``categories``, ``limit`` and ``seed``; then pair ids made
-    unique within the run (a repeated id gets ``~1``, ``~2``...)."""
-    ps.pairs = select(ps.pairs, pcfg.get("types"), pcfg.get("categories"), pcfg.get("limit"),
-                      int(pcfg.get("seed", 0)))
+    """``select`` by ``pcfg.types`` and ``categories``; duplicates counted (and with
+    ``pcfg.duplicates=drop`` dropped, see ``mark_duplicates``); then ``limit`` per category
+    (``seed``), and pair ids made unique within the run (a repeated id gets ``~1``, ``~2``...)."""
+    ps.pairs = select(ps.pairs, pcfg.get("types"), pcfg.get("categories"))
+    mark_duplicates(ps, pcfg.get("duplicates", "keep") or "keep")
+    ps.pairs = select(ps.pairs, limit=pcfg.get("limit"), seed=int(pcfg.get("seed", 0)))
     seen: dict[str, int] = {}
     for p in ps.pairs:  # ids unique within a run
         if p.pair_id in seen:
@@ -104,6 +114,32 @@ def select_pairs(ps: PairSet, pcfg) -> PairSet:
             p.pair_id = f"{p.pair_id}~{seen[p.pair_id]}"
         else:
             seen[p.pair_id] = 0
+    return ps
+
+
+def mark_duplicates(ps: PairSet, policy: str = "keep") -> PairSet:
+    """Count the pairs whose ``a`` and ``b`` (stripped) repeat an earlier pair's into
+    ``ps.duplicates``. ``keep``: they stay; ``drop``: each goes to ``ps.problems`` (reason
+    ``duplicate``, naming where the first one is). The count is of this call's ``ps.pairs``."""
+    if policy not in DUPLICATE_POLICIES:
+        raise ConfigError(f"pairs.duplicates={policy!r} is not one of {', '.join(DUPLICATE_POLICIES)}")
+    first: dict[tuple[str, str], Pair] = {}
+    kept: list[Pair] = []
+    ps.duplicates = 0
+    for p in ps.pairs:
+        key = (p.a.strip(), p.b.strip())
+        if key not in first:
+            first[key] = p
+        else:
+            ps.duplicates += 1
+            if policy == "drop":
+                f = first[key]
+                where = f"{f.source}:{f.line}" if f.line is not None else (f.source or f.pair_id)
+                ps.problems.append(Problem(p.source, p.line, "duplicate", f"same a and b as {where}",
+                                           p.a, p.b, p.category, p.pair_id))
+                continue
+        kept.append(p)
+    ps.pairs = kept
     return ps
 
 

@@ -9,12 +9,17 @@ empty means none). Other fields are kept in ``Pair.meta``.
 A malformed line (bad JSON, missing field, empty or identical sentences, bytes that are not UTF-8,
 absurd length) becomes a ``Problem`` naming the file, the line and the reason. With ``strict=True``
 the first one raises ``PairFileError`` instead.
+
+Both formats may start with a UTF-8 byte order mark (Excel writes one). CSV is read by the ``csv``
+module over the whole file: a quoted field may hold newlines, and a record's line is the line it
+starts on. Its first row must be a header naming the sentence columns (a file without one is refused
+with ``ConfigError``); a row with a field over ``MAX_FIELD_CHARS`` characters is rejected
+(``field_too_large``), not the file.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -24,6 +29,7 @@ FIELD_NAMES = (("a", "b"), ("good", "bad"), ("sentence_good", "sentence_bad"))
 # read_pair_file reads CSV (.csv) and JSON lines (any other name); these it cannot read
 UNREADABLE_SUFFIXES = (".parquet", ".arrow", ".feather", ".xlsx", ".xls", ".gz", ".zip", ".bz2", ".xz", ".pkl")
 MAX_CHARS = 2000  # a "sentence" longer than this is a mistake, not a minimal pair
+MAX_FIELD_CHARS = 100_000  # a CSV field longer than this rejects its row (field_too_large), not the file
 
 
 def pair_from_record(rec: dict, source: str, line: int, default_category: str) -> Pair | Problem:
@@ -94,6 +100,15 @@ def check_pair_file(path: str | Path) -> None:
             f.read(1)
     except OSError as err:
         raise ConfigError(f"pairs.path={path}: cannot be read ({err.strerror or err})") from None
+    if p.suffix.lower() == ".csv":
+        records = _csv_records(p, str(p))
+        if records and (msg := _header_problem(records[0][1])):
+            raise ConfigError(f"pairs.path={path}: {msg}")
+
+
+def _decode(raw: bytes, line: int) -> str:
+    """One line's bytes as text; a byte order mark at the start of the file is dropped."""
+    return raw.decode("utf-8-sig" if line == 1 else "utf-8")
 
 
 def _lines(path: Path) -> list[tuple[int, str | None]]:
@@ -101,10 +116,83 @@ def _lines(path: Path) -> list[tuple[int, str | None]]:
     out = []
     for i, raw in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            out.append((i, raw.decode("utf-8")))
+            out.append((i, _decode(raw, i)))
         except UnicodeDecodeError:
             out.append((i, None))
     return out
+
+
+def _csv_records(path: Path, source: str) -> list[tuple[int, list[str] | Problem]]:
+    """(line the record starts on, its cells) per non-blank CSV record, read by the ``csv`` module
+    over the whole file (a quoted field may span lines). A record that cannot be read comes as a
+    ``Problem`` instead of cells: bytes that are not UTF-8, a quote never closed, a csv error."""
+    raw = path.read_bytes().splitlines(keepends=True)
+    bad: set[int] = set()
+
+    def text():
+        for i, b in enumerate(raw, start=1):
+            try:
+                yield _decode(b, i)
+            except UnicodeDecodeError:
+                bad.add(i)
+                yield b.decode("utf-8", errors="replace")
+
+    out: list[tuple[int, list[str] | Problem]] = []
+    reader = csv.reader(text())
+    old_limit = csv.field_size_limit()
+    # no field can be longer than the file; MAX_FIELD_CHARS rejects rows, not the csv module
+    csv.field_size_limit(max(old_limit, sum(map(len, raw)) + 1))
+    try:
+        end = 0
+        while True:
+            start = end + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                end = reader.line_num
+                out.append((start, Problem(source, start, "bad_csv", str(err))))
+                continue
+            end = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            broken = sorted(b for b in bad if start <= b <= end)
+            if broken:
+                where = "" if broken == [start] else f" (line {broken[0]})"
+                out.append((start, Problem(source, start, "not_utf8", f"the line's bytes are not valid UTF-8{where}")))
+            elif end == len(raw) and start < end and _unclosed(raw[start - 1:end]):
+                out.append((start, Problem(source, start, "unclosed_quote",
+                                           f"a quoted field opened here is never closed; it runs to the end "
+                                           f"of the file (line {end})")))
+            else:
+                out.append((start, row))
+    finally:
+        csv.field_size_limit(old_limit)
+    return out
+
+
+def _unclosed(raw: list[bytes]) -> bool:
+    """Whether these lines (a record running to the end of the file) end inside a quoted field."""
+    text = b"".join(raw).decode("utf-8", errors="replace")
+    try:
+        list(csv.reader(text.splitlines(keepends=True), strict=True))
+    except csv.Error as err:
+        return "unexpected end of data" in str(err)
+    return False
+
+
+def _header_problem(first: list[str] | Problem) -> str | None:
+    """Why a CSV's first record is not a header naming the sentence columns (None: it is one)."""
+    need = "a CSV pairs file needs a header row naming its columns: a,b (or good,bad or sentence_good,sentence_bad)"
+    if isinstance(first, Problem):
+        return f"{need}; its first row cannot be read ({first.reason})"
+    names = {c.strip() for c in first}
+    if any(fa in names and fb in names for fa, fb in FIELD_NAMES):
+        return None
+    shown = ",".join(first)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"{need}; its first row is {shown!r}"
 
 
 def read_pair_file(path: str | Path, strict: bool = False,
@@ -119,23 +207,29 @@ def read_pair_file(path: str | Path, strict: bool = False,
     problems: list[Problem] = []
 
     take = collect(pairs, problems, strict)
-    lines = _lines(path)
     if path.suffix.lower() == ".csv":
-        header_line = next(((i, t) for i, t in lines if t is not None and t.strip()), None)
-        if header_line is None:
+        records = _csv_records(path, source)
+        if not records:
             return pairs, problems
-        for i, text in lines:
-            if i <= header_line[0]:
+        msg = _header_problem(records[0][1])
+        if msg:
+            from ..config import ConfigError
+            raise ConfigError(f"{path}: {msg}")
+        names = [c.strip() for c in records[0][1]]
+        for i, cells in records[1:]:
+            if isinstance(cells, Problem):
+                take(cells)
                 continue
-            if text is None:
-                take(Problem(source, i, "not_utf8", "the line's bytes are not valid UTF-8"))
+            longest = max(map(len, cells), default=0)
+            if longest > MAX_FIELD_CHARS:
+                take(Problem(source, i, "field_too_large", f"a field of {longest} characters > {MAX_FIELD_CHARS}"))
                 continue
-            if not text.strip():
-                continue
-            row = next(csv.DictReader(io.StringIO(header_line[1] + "\n" + text)))
-            take(pair_from_record({k: v for k, v in row.items() if k is not None}, source, i, category))
+            # as csv.DictReader: a missing cell is None, cells past the header are dropped
+            rec = {h: cells[k] if k < len(cells) else None for k, h in enumerate(names)}
+            take(pair_from_record(rec, source, i, category))
         return pairs, problems
 
+    lines = _lines(path)
     for i, text in lines:
         if text is None:
             take(Problem(source, i, "not_utf8", "the line's bytes are not valid UTF-8"))

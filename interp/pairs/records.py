@@ -36,7 +36,8 @@ class Pair:
 
 @dataclass
 class Problem:
-    """A line of an input file that gave no pair, or a pair the tokenizer check rejected."""
+    """A line of an input file that gave no pair (a record that spans lines: the line it starts on),
+    a duplicate dropped under ``pairs.duplicates=drop``, or a pair the tokenizer check rejected."""
 
     source: str
     line: int | None
