@@ -1,12 +1,15 @@
 """``python -m interp.view``: browse run directories in a web browser; export the figures as PNG.
 
-    python -m interp.view [serve] [--runs outputs] [--host 127.0.0.1] [--port 8050]
+    python -m interp.view [serve] [--runs outputs] [--host 127.0.0.1] [--port 8050] [--allow-host NAME]...
     python -m interp.view export RUN_DIR [--out DIR] [--width 1100]
 
 The server reads every run dir (a folder holding ``manifest.json``) under ``--runs``; when
 ``--runs`` is itself a run dir, its parent folder is served. Nothing is fetched from the network:
 plotly.js and the CircuitsVis bundle come from the installed packages, token strings from a
-tokenizer file already on this machine (otherwise token ids are shown).
+tokenizer file already on this machine (otherwise token ids are shown). The server answers only
+requests addressed to itself (``Host``: the ``--host`` address and ``--port``, plus localhost,
+127.0.0.1 and [::1] when it listens on a loopback or wildcard address); a remote setup names its
+other addresses with ``--allow-host``. Files are served only from inside the runs folder.
 
 ``export`` writes the viewer's figures of one run (accuracy, margins, heatmaps of every hook and
 position, rankings, scatter plots, layer profiles, causal results when present) as PNG through
@@ -47,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", default="outputs", help="folder searched (recursively) for run dirs [outputs]")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
     s.add_argument("--port", type=int, default=8050, help="port [8050]")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (any port) or NAME:PORT, e.g. the "
+                        "name a reverse proxy or another machine uses (repeatable); other foreign Host "
+                        "headers get 400 (DNS rebinding)")
     s.add_argument("--no-tokenizer", action="store_true", help="show token ids instead of token strings")
     s.add_argument("--debug", action="store_true", help="Flask debug mode (reloader, debugger)")
     e = sub.add_parser("export", help="write the viewer's figures of one run as PNG (kaleido)",
@@ -71,8 +78,13 @@ def serve(args: argparse.Namespace) -> None:
     except ImportError as err:  # flask or circuitsvis: the viewer extra
         _fail(f"the viewer needs {err.name or 'flask'}: pip install 'interp[viewer]'")
 
-    app = create_app(root, decode_tokens=not args.no_tokenizer)
-    print(f"interp viewer: runs under {root.resolve()} at http://{args.host}:{args.port}/", flush=True)
+    app = create_app(root, decode_tokens=not args.no_tokenizer, host=args.host,
+                     port=args.port or None, allowed_hosts=args.allow_host)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"interp viewer: runs under {root.resolve()} at http://{shown}:{args.port}/", flush=True)
+    if args.host in ("0.0.0.0", "::", "") and not args.allow_host:
+        print("interp viewer: listening on every address, answering only localhost names; name the others "
+              "with --allow-host", file=sys.stderr, flush=True)
     app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
 
 

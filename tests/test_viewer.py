@@ -396,6 +396,7 @@ def test_security_headers(client):
     assert "default-src 'self'" in csp and "connect-src 'self'" in csp
     assert "'unsafe-inline'" not in csp.split("style-src")[0]  # no inline scripts
     assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in csp and r.headers["X-Frame-Options"] == "DENY"  # see test_viewer_security
 
 
 def test_broken_files_give_an_error_page_not_a_traceback(viewer_runs, tmp_path):  # noqa: F811

@@ -2,7 +2,9 @@
 
 The app is served by werkzeug on 127.0.0.1 in a thread. Each page must draw its plotly figures and
 CircuitsVis patterns, log no console error, and request nothing from any other host. A screenshot
-of each page goes to ``test-artifacts/``. Also: the PNG export through kaleido.
+of each page goes to ``test-artifacts/``. Also: the PNG export through kaleido, and file safety (a
+figure symlinked out of the runs folder shows nothing of it, a rebound host name gets 400, no page
+can be framed).
 """
 
 from __future__ import annotations
@@ -145,6 +147,96 @@ def test_drill_down_compare_and_causal_pages_render(server, browser):
         plotly_rendered(page, n)
     p.check_clean()
     p.close()
+
+
+SECRET = "SECRET-OUTSIDE-THE-RUNS-FOLDER"
+
+
+@pytest.fixture(scope="module")
+def linked_server(viewer_runs, tmp_path_factory):  # noqa: F811
+    """A copy of run_a whose figures/passwd.png links out of the runs folder, and a run whose figures
+    folder is a symlink out of it; served on 127.0.0.1 with its own address (port known)."""
+    from werkzeug.serving import make_server
+
+    from interp.viewer import create_app
+
+    _, runs = viewer_runs
+    base = tmp_path_factory.mktemp("linked")
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(SECRET)
+    (outside / "fig.html").write_text(f"<html><body><p>{SECRET}</p></body></html>")
+    root = base / "runs"
+    run = root / "run_a"
+    shutil.copytree(runs["a"], run, ignore=shutil.ignore_patterns("*.safetensors"))
+    (run / "figures").mkdir(exist_ok=True)
+    (run / "figures" / "passwd.png").symlink_to(outside / "secret.txt")
+    (run / "figures" / "page.html").symlink_to(outside / "fig.html")
+    other = root / "linked"
+    other.mkdir()
+    shutil.copy(run / R.MANIFEST, other / R.MANIFEST)
+    (other / "figures").symlink_to(outside)
+    holder = {}
+    srv = make_server("127.0.0.1", 0, lambda env, start: holder["app"](env, start), threaded=True)
+    holder["app"] = create_app(root, host="127.0.0.1", port=srv.server_port)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}", srv.server_port
+    srv.shutdown()
+    thread.join(timeout=10)
+
+
+def test_symlinked_figures_show_nothing_from_outside(linked_server, browser):
+    base, _ = linked_server
+    page = browser.new_page()
+    for path in ("/run/run_a/-/files/figures/passwd.png", "/run/run_a/-/files/figures/page.html",
+                 "/run/linked/-/files/figures/fig.html", "/run/linked/-/files/figures/secret.txt"):
+        resp = page.goto(base + path)
+        assert resp is not None and resp.status == 404, path
+        assert SECRET not in page.content() and SECRET not in resp.text(), path
+    page.close()
+    p = Page(browser, base)  # a normal page of the same run still renders, without links to them
+    pg = p.open("/run/run_a", "run_linked")
+    plotly_rendered(pg, 5)
+    assert "passwd.png" not in pg.content() and SECRET not in pg.content()
+    p.check_clean()
+    p.close()
+
+
+def test_rebound_host_name_and_framing_are_refused(linked_server, browser):
+    base, port = linked_server
+    # a second browser in which evil.test resolves to 127.0.0.1: DNS rebinding
+    b = browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                    args=ARGS + ["--host-resolver-rules=MAP evil.test 127.0.0.1"])
+    try:
+        page = b.new_page()
+        resp = page.goto(f"http://evil.test:{port}/run/run_a")
+        assert resp is not None and resp.status == 400
+        assert "Host" in page.content() and page.locator("[data-plotly]").count() == 0
+        resp = page.goto(f"http://evil.test:{port}/run/run_a/-/files/figures/passwd.png")
+        assert resp is not None and resp.status == 400 and SECRET not in page.content()
+        # a page of another origin (another port of 127.0.0.1) framing the viewer: the frame is refused
+        from werkzeug.serving import make_server
+        from werkzeug.wrappers import Response
+
+        framing = Response(f'<iframe src="{base}/run/run_a" width="800" height="600"></iframe>', mimetype="text/html")
+        outer = make_server("127.0.0.1", 0, framing)
+        thread = threading.Thread(target=outer.serve_forever, daemon=True)
+        thread.start()
+        try:
+            page.goto(f"http://127.0.0.1:{outer.server_port}/")
+            page.wait_for_timeout(2000)
+            frames = [f for f in page.frames if f != page.main_frame]
+            assert len(frames) == 1 and not frames[0].url.startswith(base), frames[0].url  # an error page
+            assert frames[0].locator("[data-plotly]").count() == 0
+        finally:
+            outer.shutdown()
+            thread.join(timeout=10)
+        resp = page.goto(base + "/run/run_a")
+        assert resp.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
+    finally:
+        b.close()
 
 
 def test_png_export_of_the_viewer_figures(viewer_runs, tmp_path):  # noqa: F811

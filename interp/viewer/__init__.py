@@ -8,6 +8,12 @@ Attention patterns are drawn by the CircuitsVis bundle shipped inside the instal
 package (``/vendor/circuitsvis/iife.js``). No page loads anything from another host, and a
 Content-Security-Policy header forbids it.
 
+Safety: files (saved figures, static and vendored scripts, the tables a page reads) are read only
+when their resolved path stays inside their folder (``store.contained_file``: a symlink out of the
+runs folder is a 404); requests whose ``Host`` header is not the viewer's own address get 400
+(``create_app(host=, port=, allowed_hosts=)``, DNS rebinding); no response may be framed
+(``frame-ancestors 'none'``, ``X-Frame-Options: DENY``).
+
 User data (sentences, categories, run and pair names) is escaped by Jinja autoescape; data for
 scripts travels as JSON in ``<script type="application/json">`` blocks written with ``|tojson``.
 

@@ -1,6 +1,11 @@
 """Finding and reading run dirs for the viewer: the run store (every run dir under a root, with path
 checks), one run's manifest and tables (cached, repeated text columns as categoricals), the saved
 activations and attention patterns, and token strings from a tokenizer already on this machine.
+
+Every file the viewer reads or serves goes through ``contained_file``: its path is resolved
+(``Path.resolve``, symlinks at any depth followed) and refused when the real path leaves the folder
+it must lie in (the run's own directory, inside the runs folder; for served figure files the
+figure folder itself). A symlink out of the runs folder is never read, listed or served.
 """
 
 from __future__ import annotations
@@ -39,6 +44,25 @@ FILE_DIRS = ("figures", "causal/figures")  # folders of a run dir whose files ar
 
 HOOK_TEMPLATES = {p.point: p.template for p in HOOK_POINTS.values()}  # from the one hook-point table
 PATTERN_TEMPLATE = PATTERN.template
+
+
+def contained_file(base: Path, rel: str) -> Path | None:
+    """The real path of the file ``base / rel`` when it lies inside ``base`` (as given: pass a
+    resolved ``base`` to allow symlinks that stay inside its real location); None when ``rel`` is
+    absolute, has empty, ``.`` or ``..`` parts or a NUL, when the file is missing or not a regular
+    file, or when its resolved path (symlinks at any depth followed) leaves ``base``."""
+    rel = str(rel)
+    if not rel or "\x00" in rel or rel.startswith("/"):
+        return None
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        return None
+    try:
+        real = (base / rel).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
+        return None
+    if not real.is_relative_to(base) or not real.is_file():
+        return None
+    return real
 
 
 class _LRU:
@@ -162,12 +186,17 @@ class Run:
         self.store, self.id, self.path = store, run_id, path
         self.manifest = store.manifest(path)
 
+    def file(self, name: str) -> Path | None:
+        """The real path of ``RUN/name`` when it is a file inside the run dir (``contained_file``):
+        a symlink leading out of the run dir reads as a missing file."""
+        return contained_file(self.path, name)
+
     def has(self, name: str) -> bool:
-        return (self.path / name).is_file()
+        return self.file(name) is not None
 
     def table(self, name: str) -> pd.DataFrame | None:
-        p = self.path / name
-        if not p.is_file():
+        p = self.file(name)
+        if p is None:
             return None
         return self.store.tables.get(p, read_parquet)
 
@@ -253,14 +282,14 @@ class Run:
                 "clustered_test": (self.manifest.get("inference") or {}).get("clustered_test")}
 
     def rejected(self) -> list[dict]:
-        p = self.path / R.REJECTED
-        if not p.is_file():
+        p = self.file(R.REJECTED)
+        if p is None:
             return []
         return self.store.tables.get(p, _read_jsonl_lenient)
 
     def saved(self, name: str) -> SavedTensors | None:
-        p = self.path / name
-        if not p.is_file():
+        p = self.file(name)
+        if p is None:
             return None
         try:
             return self.store.tables.get(p, SavedTensors)
@@ -346,7 +375,12 @@ class RunStore:
         self.manifests = _LRU(256)
 
     def manifest(self, path: Path) -> dict:
-        return self.manifests.get(path / R.MANIFEST, lambda p: json.loads(p.read_text()))
+        """The manifest of the run dir ``path``; a ``manifest.json`` whose real path leaves the run dir
+        is not read (``FileNotFoundError``)."""
+        p = contained_file(Path(path).resolve(), R.MANIFEST)
+        if p is None:
+            raise FileNotFoundError(f"{path}/{R.MANIFEST}: missing or outside the run dir")
+        return self.manifests.get(p, lambda f: json.loads(f.read_text()))
 
     def list(self) -> list[tuple[str, Path]]:
         out = []
@@ -366,7 +400,7 @@ class RunStore:
         if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             return None
         path = (self.root / run_id).resolve()
-        if not path.is_relative_to(self.root) or path == self.root or not (path / R.MANIFEST).is_file():
+        if not path.is_relative_to(self.root) or path == self.root or contained_file(path, R.MANIFEST) is None:
             return None
         if path.name in RUN_SUBDIRS and (path.parent / R.MANIFEST).is_file():
             return None  # e.g. RUN/causal holds the manifest of the causal tests, not of a run
@@ -453,13 +487,25 @@ def attention_spec(pats: SavedTensors, i: int, layer: int, n_a: int, n_b: int, l
     return out
 
 
+def served_file(run: Run, name: str) -> Path | None:
+    """The real path of a saved figure file ``name`` (``figures/x.html``, ``causal/figures/x.png``)
+    of a run, as the viewer serves it: directly in one of ``FILE_DIRS``, and its resolved path inside
+    that folder of the run dir (so inside the run dir and the runs folder). A symlinked file or
+    figure folder that leads anywhere else, even elsewhere in the run dir: None."""
+    for d in FILE_DIRS:
+        if name.startswith(d + "/") and "/" not in name[len(d) + 1:]:
+            return contained_file(run.path / d, name[len(d) + 1:])
+    return None
+
+
 def figure_files(run: Run, folder: str) -> list[str]:
-    """The saved figure files of one folder of a run (HTML, PNG, SVG, PDF) as paths inside the run."""
+    """The saved figure files of one folder of a run (HTML, PNG, SVG, PDF) as paths inside the run;
+    only those the viewer serves (``served_file``)."""
     fdir = run.path / folder
     if not fdir.is_dir():
         return []
     return [f"{folder}/{p.name}" for p in sorted(fdir.iterdir())
-            if p.is_file() and p.suffix in (".html", ".png", ".svg", ".pdf")]
+            if p.suffix in (".html", ".png", ".svg", ".pdf") and served_file(run, f"{folder}/{p.name}") is not None]
 
 
 def pattern_layers(pats: SavedTensors) -> list[int]:

@@ -22,10 +22,10 @@ def causal(run: str):
     if not r.causal:
         abort(404, description="this run has no causal results (python -m interp.patch writes RUN/causal/)")
     ctx: dict[str, Any] = {"figs": {}, "files": figure_files(r, "causal/figures")}
-    cm_path = r.path / CAUSAL / R.MANIFEST
+    cm_path = r.file(f"{CAUSAL}/{R.MANIFEST}")
     try:
-        cm = json.loads(cm_path.read_text()) if cm_path.is_file() else {}
-    except ValueError:
+        cm = json.loads(cm_path.read_text()) if cm_path is not None else {}
+    except (OSError, ValueError):
         cm = {}
     ctx["cman"] = {"created": cm.get("created"), "status": cm.get("status"), "rank_column": cm.get("rank_column"),
                    "counts": cm.get("counts", {}),

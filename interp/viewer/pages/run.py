@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, abort, render_template, request, send_from_directory, url_for
+from flask import Blueprint, abort, render_template, request, send_file, url_for
 
 from ... import figures as F
 from ... import rundir as R
 from ...figures.common import hook_sort_key
 from ...figures.stability import heatmap_window, scatter_points
 from ..columns import OPTIONAL_STAB_COLUMNS, VALUE_COLUMNS
-from ..store import FILE_DIRS, figure_files, records
+from ..store import figure_files, records, served_file
 from ..web import (HEAD_POINT, HEAD_POINTS, HEATMAP_MAX_COLUMNS, NEURON_POINT, arg_choice, arg_int, click_template,
                    component_urls, default_position, fig_spec, nav, stable_counts, store)
 
@@ -100,9 +100,10 @@ def run_page(run: str):
 
 @bp.route("/run/<path:run>/-/files/<path:name>")
 def run_file(run: str, name: str):
-    """Saved figure files of a run (figures/ and causal/figures/ only), served as they are."""
+    """Saved figure files of a run (figures/ and causal/figures/ only), served as they are; a file
+    whose resolved path leaves its figure folder (a symlink, of the file or of the folder) is a 404."""
     r = store().get(run)
-    for d in FILE_DIRS:
-        if name.startswith(d + "/") and "/" not in name[len(d) + 1:]:
-            return send_from_directory(r.path / d, name[len(d) + 1:], max_age=0)
-    abort(404, description="only files of figures/ and causal/figures/ are served")
+    path = served_file(r, name)
+    if path is None:
+        abort(404, description="only files of figures/ and causal/figures/ are served")
+    return send_file(path, download_name=name.rsplit("/", 1)[-1], max_age=0)  # the real path, checked

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, send_file
 
+from ..store import contained_file
+
 bp = Blueprint("vendor", __name__)
 _cache: dict[str, bytes] = {}
 
@@ -36,8 +38,13 @@ def plotly_js():
 def circuitsvis_js(name: str):
     if name not in ("iife.js", "iife.js.map"):
         abort(404)
-    path = _circuitsvis_bundle().with_name(name)
-    if not path.is_file():
+    bundle = _circuitsvis_bundle()
+    try:
+        folder = bundle.parent.resolve(strict=True)
+    except OSError:
+        abort(404, description="circuitsvis is not installed")
+    path = contained_file(folder, name)  # resolved; refused when it leads out of the package's folder
+    if path is None:
         abort(404, description="circuitsvis is not installed")
     return send_file(path, mimetype="application/json" if name.endswith(".map") else "application/javascript",
                      max_age=86400)
