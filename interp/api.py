@@ -154,6 +154,7 @@ _RUN_ONLY = {
     "path": "the pairs argument", "source": "the pairs argument",
     "checkpoint_every": "checkpoints belong to run dirs: python -m interp.run, or interp.run.run(cfg, dir)",
     "shard": "shards belong to python -m interp.run / interp.shards",
+    "overwrite": "Result.save(dir, overwrite=True)",
 }
 
 
@@ -196,7 +197,7 @@ def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bo
     pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)))
     with open_dict(cfg):
         keep = {k: cfg.pairs.get(k) for k in ("types", "categories", "limit", "seed", "strict", "alignment",
-                                                "max_edit_tokens")}
+                                                "max_edit_tokens", "duplicates")}
         cfg.pairs = {**keep, **pairs_cfg}
         cfg.model = (OmegaConf.to_container(lm.model_config, resolve=True) if lm.model_config is not None
                      else {"source": "python", "name": lm.name})

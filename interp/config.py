@@ -28,6 +28,7 @@ CONTROL_POOLS = ("common", "edits", "matched", "nearest", "grammatical")
 CLUSTERS = ("swap", "template", "none")
 STABLE_RULES = ("equivalence", "significance")
 ALIGNMENTS = ("strict", "same_length", "span")
+DUPLICATE_POLICIES = ("keep", "drop")
 PAIR_SOURCES = ("bank", "file", "blimp", "python")
 MODEL_SOURCES = ("gguf", "hf", "random", "python")
 
@@ -162,6 +163,7 @@ class RunConfig:
     seed: int = 0
     progress: bool = True  # progress bar on stderr
     checkpoint_every: int = 20  # batches between checkpoints (resume after a crash); 0 = never
+    overwrite: bool = False  # replace a finished run of another config in the run dir (else refused)
     max_tokens: int = 256  # longer sentences are rejected
     # analyse every count-th kept pair from index; python -m interp.merge combines shards
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -334,6 +336,7 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
 def _validate_pairs(p: DictConfig, check_files: bool) -> None:
     _choice(p.get("source"), PAIR_SOURCES, "pairs.source")
     _choice(p.get("alignment") or "strict", ALIGNMENTS, "pairs.alignment")
+    _choice(p.get("duplicates") or "keep", DUPLICATE_POLICIES, "pairs.duplicates")
     _at_least(p.get("max_edit_tokens", 4), 1, "pairs.max_edit_tokens")
     if p.get("limit") is not None:
         _at_least(p.limit, 1, "pairs.limit")

@@ -27,7 +27,7 @@ from .run.assemble import assemble
 from .run.checkpoint import combine_forward
 from .run.pipeline import new_stats
 
-IGNORED = ("shard", "hydra", "progress", "checkpoint_every")
+IGNORED = ("shard", "hydra", "progress", "checkpoint_every", "overwrite")
 
 
 class MergeError(ValueError):
@@ -56,11 +56,13 @@ def load_stats(run_dir: Path, cfg, keep_values: dict | None = None):
     return stats, json.loads(meta["group_types"])
 
 
-def merge_runs(shards: list[str | Path], out: str | Path) -> Path:
+def merge_runs(shards: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     t0 = time.time()
     shards = [Path(s) for s in shards]
     if not shards:
         raise MergeError("no shard dirs given")
+    if R.is_complete(out) and not overwrite:
+        raise MergeError(f"--out {out} already holds a finished run; choose another folder or --overwrite to replace it")
     manifests = []
     for s in shards:
         if not R.is_complete(s):
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("shards", nargs="+", metavar="SHARD_DIR",
                     help="complete shard run dirs of one config, shard.index 0..count-1")
     ap.add_argument("--out", required=True, metavar="DIR", help="the merged run dir (created)")
+    ap.add_argument("--overwrite", action="store_true", help="replace a finished run in --out entirely")
     args = ap.parse_args(argv)
     for s in args.shards:
         if not Path(s).is_dir():
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         fail("interp.merge", f"--out {args.out}: exists and is not a directory")
     with user_errors("interp.merge", MergeError):
-        out = merge_runs(args.shards, args.out)
+        out = merge_runs(args.shards, args.out, overwrite=args.overwrite)
     from .result import load_run
 
     print(load_run(out).summary(), flush=True)

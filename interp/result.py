@@ -47,6 +47,17 @@ def check_target(out: Path, own: Path | None = None, overwrite: bool = False) ->
         raise FileExistsError(f"{out} already holds a complete run; save to a new folder (or overwrite=True)")
 
 
+def clear_run(run_dir: Path) -> None:
+    """Remove a finished run's result files (tables, tensors, figures, causal checks, manifest),
+    keeping what is not the run's output (Hydra's ``.hydra/``, logs)."""
+    names = {*TABLES.values(), *TENSOR_FILES, R.REJECTED, R.MANIFEST, *(f"{n}.parquet" for n in BLIMP_TABLES)}
+    for p in run_dir.iterdir():
+        if p.name in names and p.is_file():
+            p.unlink()
+        elif p.name in (R.FIGURES, "causal") and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+
+
 class RunDirError(ValueError):
     """A folder is not a complete run directory; the message says why."""
 
@@ -244,6 +255,8 @@ class Result:
         t0 = time.time()
         out = Path(run_dir)
         check_target(out, self.run_dir, overwrite)
+        if R.is_complete(out) and (self.run_dir is None or out.resolve() != self.run_dir.resolve()):
+            clear_run(out)  # replaced entirely: nothing of the old run stays beside the new one
         out.mkdir(parents=True, exist_ok=True)
         for name, file in TABLES.items():
             df = self.table(name)

@@ -33,6 +33,22 @@ def run(cfg: DictConfig, out_dir: str | Path, lm=None) -> Path:
     return run_result(cfg, out_dir, lm).run_dir
 
 
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse (``RunConfigMismatch``) a run dir that holds a checkpoint of another config, or a
+    finished run of another config unless ``overwrite=true`` (which replaces it entirely). The same
+    config again resumes its checkpoint, or replaces its finished run."""
+    from .. import rundir as R
+
+    ckpt = Checkpoint(run_dir, config_hash(cfg))
+    ckpt.check()
+    if R.is_complete(run_dir) and not cfg.get("overwrite", False):
+        found = R.read_manifest(run_dir).get("config_hash")
+        if found != ckpt.hash:
+            raise RunConfigMismatch(
+                f"{run_dir} holds a finished run of another config (hash {found}, this one {ckpt.hash}); "
+                "use another hydra.run.dir, or overwrite=true to replace it")
+
+
 def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     """Run the analysis described by ``cfg``; write the run directory ``out_dir``; return the Result.
 
@@ -46,9 +62,9 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     t0 = time.time()
     validate(cfg)  # every setting that needs no model, before anything loads or is written
     run_dir = Path(out_dir)
+    check_run_dir(cfg, run_dir)  # a checkpoint or finished run of another config: refused, nothing touched
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(run_dir, config_hash(cfg))
-    ckpt.check()  # a checkpoint of another config is refused before anything loads
     timings: dict[str, float] = {}
     import torch
 

@@ -36,10 +36,10 @@ _HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "
 def user_error_types() -> tuple[type[BaseException], ...]:
     from ..model import ModelLoadError
     from ..pairs import PairFileError
-    from .checkpoint import RunConfigMismatch
+    from .checkpoint import CheckpointError, RunConfigMismatch
     from .pipeline import NoPairsError
 
-    return ConfigError, ModelLoadError, PairFileError, RunConfigMismatch, NoPairsError
+    return ConfigError, ModelLoadError, PairFileError, RunConfigMismatch, CheckpointError, NoPairsError
 
 
 def job_overrides(argv: list[str]) -> list[list[str]] | None:
@@ -64,7 +64,9 @@ def job_overrides(argv: list[str]) -> list[list[str]] | None:
 
 
 def precheck(argv: list[str]) -> None:
-    """Compose and check the config of every job; raise ``ConfigError`` at the first problem."""
+    """Compose and check the config of every job; raise ``ConfigError`` at the first problem. A
+    single run into a named ``hydra.run.dir`` that holds a checkpoint or a finished run of another
+    config is refused here, before Hydra writes anything there (its ``.hydra/`` files included)."""
     jobs = job_overrides(argv)
     for overrides in jobs or []:
         cfg = compose(overrides)
@@ -74,6 +76,15 @@ def precheck(argv: list[str]) -> None:
             if len(jobs) > 1:
                 raise ConfigError(f"sweep job {' '.join(overrides)}: {err}") from None
             raise
+    named = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if jobs and len(jobs) == 1 and named and "${" not in named[-1]:
+        from . import check_run_dir
+        from .checkpoint import RunConfigMismatch
+
+        try:
+            check_run_dir(compose(jobs[0]), Path(named[-1]))
+        except RunConfigMismatch as err:
+            raise ConfigError(str(err)) from None
 
 
 def _remove_if_empty(run_dir: Path) -> None:

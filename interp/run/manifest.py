@@ -30,7 +30,7 @@ EXCLUDED = {
 def config_hash(cfg: DictConfig) -> str:
     """Hash of what determines a run's numbers (not progress bars or output placement)."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    for k in ("progress", "hydra", "checkpoint_every"):
+    for k in ("progress", "hydra", "checkpoint_every", "overwrite"):
         c.pop(k, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -76,7 +76,8 @@ def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_ro
             "pairs_loaded": facts["pairs_loaded"], "unreadable_lines": facts["unreadable_lines"],
             "kept": n_kept, "rejected": facts["rejected"], "failed_in_forward": n_failed,
             "rejected_by_reason": rejected_by_reason(rejected_rows), "batches": facts["batches"],
-            "resumed_from_batch": facts["resumed_from_batch"], **facts["inspect"],
+            "resumed_from_batch": facts["resumed_from_batch"], "duplicate_pairs": facts.get("duplicates", 0),
+            **facts["inspect"],
         },
         "controls": {**(facts.get("controls") or {}), "n": n_controls, "seed": int(cfg.seed),
                      "pool": (("words" if acfg.controls.words else acfg.controls.pool)

@@ -200,6 +200,27 @@ def shard_indices(n: int, shard) -> list[int]:
     return list(range(index, n, count))
 
 
+class CountError(RuntimeError):
+    """The finished batches do not add up to the pairs of the run (never expected: a run that would
+    count a pair twice or lose one stops instead of saying complete)."""
+
+
+def check_counts(rows: list[dict], failed: list[dict], n_mine: int, n_kept: int, n_rejected: int, n_loaded: int,
+                 sharded: bool) -> None:
+    """kept + failed = the pairs this process analysed, each once; unsharded, kept + rejected =
+    loaded (lines that gave no pair are counted apart)."""
+    index = [r["pair_index"] for r in rows] + [f["pair_index"] for f in failed]
+    problems = []
+    if len(set(index)) != len(index):
+        problems.append(f"{len(index) - len(set(index))} pairs counted twice")
+    if len(index) != n_mine:
+        problems.append(f"{len(rows)} kept + {len(failed)} failed != {n_mine} pairs analysed")
+    if not sharded and n_kept + n_rejected != n_loaded:
+        problems.append(f"{n_kept} kept + {n_rejected} rejected != {n_loaded} loaded")
+    if problems:
+        raise CountError("the run's counts do not add up (" + "; ".join(problems) + "); not saved as complete")
+
+
 def control_count(acfg) -> int:
     """Control sentences per pair: ``analysis.controls.n``, one for the ``grammatical`` pool (the
     pair's own alternative), 0 without controls."""
@@ -329,6 +350,8 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
         forward_facts.update(compiled=False, compile_error=lm.plain.compile_error)
     forward_facts = combine_forward(earlier + [forward_facts])
     timings["forward_s"] = time.time() - t
+    check_counts(pair_rows, failed, len(mine), len(kept), len(rejected), len(pair_set.pairs),
+                 sharded=bool(cfg.get("shard")) and int(cfg.shard.count) > 1)
     if not pair_rows:  # every pair failed: a bug or a bad setting, not bad pairs
         raise RuntimeError(f"every pair failed in the forward pass; first error: {failed[0]['detail']}")
     wait_for_statistics(lm.device)
@@ -344,6 +367,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     facts = {
         "model": lm.info, "forward": forward_facts, "group_types": group_types, "pairs_loaded": len(pair_set.pairs),
         "unreadable_lines": len(problems), "rejected": len(rejected), "batches": len(batches),
+        "duplicates": getattr(pair_set, "duplicates", 0),
         "resumed_from_batch": start, "inspect": {"n_saved_pairs": inspection.n_pairs},
         "shard": OmegaConf.to_container(shard) if shard else None,
         "controls": controls.facts, "pair_values": kept_facts,
