@@ -38,6 +38,7 @@ LEGACY_COLUMNS = {
 LEGACY_COLUMNS["stability_by_category"] = LEGACY_COLUMNS["stability"] + ["category"]
 LEGACY_STATE = ("diff/", "spread/", "profile/")  # stats.safetensors keys of the reference (not absmax/abshist)
 LEGACY_CONTROLS = ("n", "seed", "pool", "test")
+NEW_COUNTS = ("duplicate_pairs",)
 
 MANIFEST_KEYS = ["config", "config_hash", "hooks", "positions", "groups", "group_types", "counts", "controls",
                  "accuracy", "excluded", "notes"]
@@ -92,6 +93,8 @@ def digest(run_dir: str | Path) -> dict:
     rej = run / "rejected.jsonl"
     out["rejected"] = _sha(rej.read_bytes()) if rej.exists() else None
     man = json.loads((run / "manifest.json").read_text())
+    if man.get("counts"):  # counts added since the reference: not in it
+        man["counts"] = {k: v for k, v in man["counts"].items() if k not in NEW_COUNTS}
     if man.get("controls"):
         man["controls"] = {k: v for k, v in man["controls"].items() if k in LEGACY_CONTROLS}
     out["manifest"] = {k: _sha(json.dumps(man.get(k), sort_keys=True, default=str).encode()) for k in MANIFEST_KEYS}
