@@ -363,7 +363,21 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
     assert pt.loc[pt["level"] == "pair", "pair_id"].nunique() == 3  # n_pairs=1 per grammar category
     assert pt.loc[(pt["level"] == "pair") & (pt["offset"] < 0), "normalized"].abs().max() < 1e-4
 
+    # attribution patching for every component of the run's hook points, the stability columns beside it
+    atp = pd.read_parquet(cdir / "atp.parquet")
+    for col in ("hook", "layer", "component", "position", "atp_mean", "atp_lo", "atp_hi", "n_pairs", "rank",
+                "ratio", "ratio_hi", "stable"):
+        assert col in atp.columns
+    assert set(atp["position"]) == {"edit", "after"}
+    assert set(atp["hook"]) <= set(stab["hook"]) and len(atp) > 0
+    assert (atp["n_pairs"] == len(g)).all()  # every grammar pair
+    keys = ["hook", "layer", "component", "position"]
+    joined = atp[keys + ["ratio"]].merge(stab[keys + ["ratio"]], on=keys, how="left", suffixes=("", "_stab"))
+    np.testing.assert_array_equal(joined["ratio"], joined["ratio_stab"])  # joined on hook, layer, component, position
+    assert atp["normalized"].notna().any()
     man = json.loads((cdir / "manifest.json").read_text())
+    assert man["atp"]["metric"] == "post_edit_margin" and man["atp"]["validated_components"] == 20
+    assert np.isfinite(man["atp"]["pearson"]) and len(pd.read_parquet(cdir / "atp_validation.parquet")) == 20
     assert man["status"] == "complete" and man["config"]["k"] == [1, 3]
     figs = {p.name for p in (cdir / "figures").iterdir()}
     assert "plotly.min.js" in figs and "effect_vs_k_mean_edit.html" in figs

@@ -21,6 +21,11 @@ ABLATION_SUMMARY = "ablation_summary.parquet"
 ABLATION_PAIRS = "ablation_pairs.parquet"
 SELECTIONS = "selections.parquet"
 PATCHING = "patching.parquet"
+ATP = "atp.parquet"
+ATP_VALIDATION = "atp_validation.parquet"
+# stability columns shown beside each component's attribution in atp.parquet
+ATP_STABILITY_COLUMNS = ("normalized", "ratio", "ratio_lo", "ratio_hi", "adj_coef", "q_cluster", "stable",
+                         "constant", "offset_dim", "massive")
 
 
 def check_config(cfg: DictConfig) -> Path:
@@ -113,6 +118,19 @@ def run_causal(cfg: DictConfig) -> dict:
         counts["patched_pairs"] = int(pt.loc[pt["level"] == "pair", "pair_id"].nunique()) if not pt.empty else 0
         timings["patching_s"] = time.time() - t
 
+    atp_facts = None
+    if cfg.get("atp") is not None and cfg.atp.enabled:
+        t = time.time()
+        table, atp_facts = _attribution(cfg, lm, man, stab, pairs_all)
+        R.write_parquet(out_dir / ATP, table)
+        written.append(ATP)
+        if atp_facts.get("components") is not None:
+            R.write_parquet(out_dir / ATP_VALIDATION, atp_facts.pop("components"))
+            written.append(ATP_VALIDATION)
+        result["atp"], result["atp_facts"] = table, atp_facts
+        counts["atp_pairs"] = atp_facts["n_pairs"]
+        timings["atp_s"] = time.time() - t
+
     figure_info: dict = {}
     if cfg.figures.enabled:
         t = time.time()
@@ -146,10 +164,16 @@ def run_causal(cfg: DictConfig) -> dict:
             "patching": "normalized = (metric(patched) - metric(base)) / (metric(source) - metric(base)); "
                         "denoising: base b (wrong), source a (correct); noising: base a, source b; "
                         "category rows average pairs at the same offset from the edit",
+            "atp": "attribution patching (interp.causal.atp): per pair, (act_a - act_b) . d/dact of b's summed "
+                   "log-probability of the tokens after the edit (post_edit_margin's b term), on b's run; "
+                   "atp_mean > 0: patching the component from a into b raises b's post-edit log-probability, "
+                   "lowering post_edit_margin by as much; edit = the edited token, after = summed over the "
+                   "tokens after it; validated against real patching on a sample (atp.pearson, atp.spearman)",
             "transformer_lens_patching": "transformer_lens.patching works with TransformerBridge (TL "
                                          "4.3); tests/test_patching.py checks interp.causal.patching.generic_patch "
                                          "against it",
         },
+        "atp": atp_facts,
         "files": written,  # tables written by this invocation (a disabled part leaves older files alone)
         "figures": figure_info,
         "timings": timings,
@@ -157,6 +181,38 @@ def run_causal(cfg: DictConfig) -> dict:
     R.write_json(out_dir / "manifest.json", manifest)
     result["manifest"] = manifest
     return result
+
+
+def _attribution(cfg: DictConfig, lm, man: dict, stab, pairs_all) -> tuple:
+    """Attribution patching for every component of the run's hook points (``interp.causal.atp``),
+    with the stability columns beside it and its validation against real patching."""
+    from ..config import ConfigError
+    from .atp import atp_table, validate
+
+    a = cfg.atp
+    points = list(cfg.get("hook_points") or dict.fromkeys(s["point"] for s in man["hooks"]))
+    points = [p for p in points if p != "resid_mid"]  # no plain-tree hook may replace it
+    if not points:
+        raise ConfigError("atp: no hook point of the run can be patched (resid_mid cannot)")
+    pairs = filter_pairs(pairs_all, a.types, a.categories, a.limit)
+    pairs, tps = tokenize_pairs(pairs, lm.tokenizer)
+    if pairs.empty:
+        raise RunDirError(f"no pair of types {list(a.types or [])} for attribution patching")
+    table = atp_table(lm, tps, points, int(cfg.batch_size), list(a.modes), cfg.get("layers"))
+    keys = ["hook", "layer", "component", "position"]
+    cols = [c for c in ATP_STABILITY_COLUMNS if c in stab]
+    table = table.merge(stab[keys + cols], on=keys, how="left")
+    facts = {"n_pairs": int(table.attrs.get("n_pairs", len(tps))) if table.attrs else len(tps),
+             "skipped_span_pairs": int(table.attrs.get("skipped_span_pairs", 0)) if table.attrs else 0,
+             "metric": "post_edit_margin", "modes": list(a.modes), "hook_points": points}
+    if int(a.validate):
+        v = validate(lm, tps, table, n=int(a.validate), seed=int(cfg.seed), batch_size=int(cfg.batch_size))
+        facts.update(pearson=v["pearson"], spearman=v["spearman"], validated_components=v["n_components"],
+                     validated_pairs=v["n_pairs"], components=v["components"])
+    if "stable" in table:  # do the stable components matter? mean |AtP| of stable vs the others
+        by = table.groupby(["position", table["stable"].fillna(False).astype(bool)])["atp_abs_mean"].mean()
+        facts["mean_abs_atp"] = {f"{pos}/{'stable' if st else 'other'}": float(v) for (pos, st), v in by.items()}
+    return table, facts
 
 
 def summary_text(result: dict) -> str:
@@ -170,6 +226,15 @@ def summary_text(result: dict) -> str:
             spread = f" +- {r.margin_change_std:.3f}" if r.n_seeds > 1 else ""
             lines.append(f"  {r.selection:<13} k={r.k:<4} {r.mode:<9} {r.where:<6} "
                          f"margin change {r.margin_change_mean:+.3f}{spread}  accuracy change {r.accuracy_change_mean:+.3f}")
+    f = result.get("atp_facts")
+    if f:
+        line = f"attribution patching (post_edit_margin) over {f['n_pairs']} pairs -> atp.parquet"
+        if "pearson" in f:
+            line += (f"; against real patching on {f['validated_components']} components: "
+                     f"r = {f['pearson']:.2f} (Spearman {f['spearman']:.2f})")
+        lines.append(line)
+        for k, v in sorted((f.get("mean_abs_atp") or {}).items()):
+            lines.append(f"  mean |AtP| {k:<16} {v:.4g}")
     return "\n".join(lines)
 
 
