@@ -26,6 +26,16 @@ def seed_everything():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The test machine's 2 cores are shared: one intra-op thread is many times faster here
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_cfg(*overrides: str) -> DictConfig:
     """Compose the main config like ``python -m interp.run`` does, with the given overrides."""
     from interp.config import compose as compose_config  # registers the typed schema the configs start from

@@ -27,12 +27,7 @@ SITES = [("resid_pre", 1), ("resid_post", 0), ("resid_post", 1), ("attn_out", 0)
          ("mlp_post", 0)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokenized(lm, rows):

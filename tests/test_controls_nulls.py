@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import math
@@ -113,55 +114,14 @@ def test_the_bank_is_read_with_its_alts():
 
 # --- common and edits: the draws of the implementation before the new pools --------------------
 
-def _old_build_pool(tokenizer, size=500, words=None):
-    if words:
-        space, bare = [], []
-        for w in words:
-            for text, out in ((" " + w.strip(), space), (w.strip().capitalize(), bare)):
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                if len(ids) == 1:
-                    out.append(ids[0])
-        return space, bare
-    space, bare = [], []
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for tid in range(len(tokenizer)):
-        if tid in special:
-            continue
-        text = tokenizer.decode([tid])
-        word = text[1:] if text.startswith(" ") else text
-        if not (word.isascii() and word.isalpha() and 3 <= len(word) <= 12):
-            continue
-        if text.startswith(" ") and word.islower() and len(space) < size:
-            space.append(tid)
-        elif not text.startswith(" ") and word[0].isupper() and word[1:].islower() and len(bare) < size:
-            bare.append(tid)
-        if len(space) >= size and len(bare) >= size:
-            break
-    return space, bare
-
-
-def _old_edits_pool(tokenized):
-    toks = {}
-    for tp in tokenized:
-        toks[tp.ids_a[tp.edit_pos]] = tp.token_a
-        toks[tp.ids_b[tp.edit_pos]] = tp.token_b
-    return (sorted(t for t, s in toks.items() if s.startswith(" ")),
-            sorted(t for t, s in toks.items() if not s.startswith(" ")))
-
-
-def _old_control_ids(pool, ids_a, edit_pos, token_a, exclude, n, seed, key):
-    space, bare = pool
-    candidates = [t for t in (space if token_a.startswith(" ") or not bare else bare) if t not in exclude]
-    if len(candidates) < n:
-        candidates += [t for t in (bare if candidates and candidates[0] in space else space)
-                       if t not in exclude and t not in candidates]
-    rng = random.Random(f"{seed}:{key}")
-    out = []
-    for t in rng.sample(candidates, n):
-        ids = list(ids_a)
-        ids[edit_pos] = t
-        out.append(ids)
-    return out
+# sha256 of the control sentences (json of the token-id lists) that the implementation before the
+# new pools drew for these settings (recorded with that code's functions, which this file copied
+# until the digests were taken)
+DRAWN_BEFORE = {
+    "common": "4950e2f4894cbf94bcf538568bc13eed6ee24b8d0926bf6e9553e222e9809448",
+    "edits": "a27532952005d4b6f0c2c543fa5721ba74a14d233549804bda5bdc98f5ce87e1",
+    "common-words": "9ab602b2d719d8bfc3d940648622ab2b6c71704127ca32611b0f6401d0bb2b02",
+}
 
 
 @pytest.mark.parametrize("pool,words", [("common", None), ("edits", None),
@@ -172,15 +132,10 @@ def test_common_and_edits_draw_exactly_what_they_drew_before(tiny_lm, emb, kept,
     cfg = cfg_for(pool, 3, "seed=7", "analysis.controls.pool_size=200", *more)
     indices = list(range(0, len(kept), 2))
     cs = build_controls(cfg, tok, emb, kept, indices)
-    old_pool = _old_build_pool(tok, 200, words) if pool == "common" else _old_edits_pool([tp for _, tp in kept])
-    old = []
-    for i in indices:
-        p, tp = kept[i]
-        own = {tp.ids_a[tp.edit_pos], tp.ids_b[tp.edit_pos]}
-        old.append(_old_control_ids(old_pool, tp.ids_a, tp.edit_pos, tp.token_a, own, 3, 7, p.pair_id))
-    assert cs.k == 3 and cs.ids == old
+    digest = hashlib.sha256(json.dumps(cs.ids).encode()).hexdigest()
+    assert cs.k == 3 and digest == DRAWN_BEFORE[pool + ("-words" if words else "")]
     edit = [kept[i][1].edit_pos for i in indices]
-    assert [r["control_ids"] for r in cs.rows] == [[ids[e] for ids in o] for e, o in zip(edit, old)]
+    assert [r["control_ids"] for r in cs.rows] == [[ids[e] for ids in o] for e, o in zip(edit, cs.ids)]
 
 
 # --- every pool ----------------------------------------------------------------------------------

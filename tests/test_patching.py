@@ -33,13 +33,7 @@ GRAMMAR = [
 AN, AT = 354, 418  # SmolLM2 ids of " an" and " at": the "correct" tokens of the planted component
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's 2 cores are shared: one intra-op thread is many times faster here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def patch_cfg(*overrides: str):
