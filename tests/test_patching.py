@@ -318,6 +318,14 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
     assert (rnd.groupby(["k", "mode", "where"]).size() == 3).all()
     spread = rnd.groupby(["k", "mode", "where"])["margin_change"].std()
     assert (spread > 0).sum() >= len(spread) - 1  # seeds pick different components
+    # an ablation at the edit cannot change the edited token's own probability (it depends on the prefix
+    # only): the whole margin moves exactly as post_edit_margin does; ablating every token can differ
+    pp = pd.read_parquet(cdir / "ablation_pairs.parquet")
+    at_edit = pp[pp["where"] == "edit"]
+    np.testing.assert_allclose(at_edit["margin_change"], at_edit["post_edit_margin_change"], atol=2e-4)
+    everywhere = pp[pp["where"] == "all"]
+    assert (everywhere["margin_change"] - everywhere["post_edit_margin_change"]).abs().max() > 1e-3
+    assert abl["post_edit_margin_change_se"].notna().all() and abl["baseline_post_edit_margin"].notna().all()
     summ = pd.read_parquet(cdir / "ablation_summary.parquet")
     assert (summ.loc[summ["selection"] == "random", "n_seeds"] == 3).all()
     assert summ.loc[summ["selection"] == "random", "margin_change_std"].notna().all()

@@ -207,7 +207,17 @@ def ablated_margins(bridge, batch: Batch, sites: Sequence[SiteAblation], mode: s
 
 ABLATION_COLUMNS = ["selection", "k", "seed", "mode", "where", "category", "margin_change", "accuracy",
                     "accuracy_change", "n_pairs", "n_components", "margin", "baseline_margin",
-                    "baseline_accuracy", "margin_change_se"]
+                    "baseline_accuracy", "margin_change_se",
+                    # the part of the margin an intervention at or after the edit can move: the tokens
+                    # after the edit (interp.causal.atp.post_edit_margin)
+                    "post_edit_margin_change", "post_edit_margin_change_se", "baseline_post_edit_margin"]
+
+
+def both_margins(logits: Float[Tensor, "VB T d_vocab"], batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """(whole-sentence margin, post_edit_margin) of every pair of the batch."""
+    from .atp import post_edit_margin
+
+    return pair_margins(logits, batch).cpu().numpy(), post_edit_margin(logits, batch).cpu().numpy()
 
 
 def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.DataFrame,
@@ -277,7 +287,9 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
     batches = make_batches(tps, [groups.index(c) for c in pairs["category"]], lm.bos_token_id,
                            lm.pad_token_id, int(cfg.batch_size), lm.device)
     margins = {r: np.full(len(pairs), np.nan) for r in runs}
+    post = {r: np.full(len(pairs), np.nan) for r in runs}
     baseline = np.full(len(pairs), np.nan)
+    baseline_post = np.full(len(pairs), np.nan)
     bar = tqdm(total=len(batches) * (1 + len(runs)), unit="pass", desc="ablation",
                disable=not cfg.get("progress", True), file=sys.stderr)
     for bi, batch in enumerate(batches):
@@ -285,7 +297,7 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
         clean: dict = {}
         need_clean = "resample" in modes
         logits = forward(lm.bridge, batch, capture_hooks(hook_names, clean, union) if need_clean else [])
-        baseline[idx] = pair_margins(logits, batch).cpu().numpy()
+        baseline[idx], baseline_post[idx] = both_margins(logits, batch)
         del logits
         bar.update(1)
         masks = {w: where_mask(batch, w) for w in wheres}
@@ -299,7 +311,7 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
                 donor = donors[rs]
             hooks = ablation_hooks(sites[(sel, k, s)], masks[where], mode, donor=donor, clean=clean)
             logits = forward(lm.bridge, batch, hooks)
-            margins[run][idx] = pair_margins(logits, batch).cpu().numpy()
+            margins[run][idx], post[run][idx] = both_margins(logits, batch)
             del logits
             bar.update(1)
     bar.close()
@@ -315,10 +327,12 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
         pair_frames.append(pd.DataFrame({
             "selection": sel, "k": k, "seed": rs, "mode": mode, "where": where,
             "pair_id": pairs["pair_id"], "category": cats, "baseline_margin": baseline, "margin": m,
-            "margin_change": m - baseline}))
+            "margin_change": m - baseline, "baseline_post_edit_margin": baseline_post,
+            "post_edit_margin_change": post[run] - baseline_post}))
         for cat in groups + ["all"]:
             sel_mask = np.ones(len(pairs), bool) if cat == "all" else (pairs["category"] == cat).to_numpy()
             d = m[sel_mask] - baseline[sel_mask]
+            dp = post[run][sel_mask] - baseline_post[sel_mask]
             n = int(sel_mask.sum())
             acc = float((m[sel_mask] > 0).mean())
             base_acc = float(base_correct[sel_mask].mean())
@@ -328,6 +342,9 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
                 "n_pairs": n, "n_components": n_comp, "margin": float(m[sel_mask].mean()),
                 "baseline_margin": float(baseline[sel_mask].mean()), "baseline_accuracy": base_acc,
                 "margin_change_se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+                "post_edit_margin_change": float(dp.mean()),
+                "post_edit_margin_change_se": float(dp.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+                "baseline_post_edit_margin": float(baseline_post[sel_mask].mean()),
             })
     table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
     return {"table": table, "summary": summarize_ablation(table), "pairs": pd.concat(pair_frames, ignore_index=True),
@@ -342,7 +359,9 @@ def summarize_ablation(table: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(n_seeds=("seed", "nunique"), margin_change_mean=("margin_change", "mean"),
                 margin_change_std=("margin_change", "std"), margin_change_min=("margin_change", "min"),
                 margin_change_max=("margin_change", "max"), accuracy_change_mean=("accuracy_change", "mean"),
-                accuracy_change_std=("accuracy_change", "std"), n_pairs=("n_pairs", "first"),
+                accuracy_change_std=("accuracy_change", "std"),
+                post_edit_margin_change_mean=("post_edit_margin_change", "mean"),
+                post_edit_margin_change_std=("post_edit_margin_change", "std"), n_pairs=("n_pairs", "first"),
                 n_components=("n_components", "mean")).reset_index()
     return out
 

@@ -153,7 +153,9 @@ def run_causal(cfg: DictConfig) -> dict:
         "versions": versions(),
         "counts": counts,
         "method": {
-            "ablation": "components replaced in both sentences of every pair; margin = log P(a) - log P(b)",
+            "ablation": "components replaced in both sentences of every pair; margin = log P(a) - log P(b); "
+                        "post_edit_margin = the same over the tokens after the edit only (what an intervention "
+                        "at or after the edit can move)",
             "mean_source": mean_source,
             "random_control": "k components drawn from the same (hook, layer) sites as the k most stable, "
                               "excluding them when the site has enough others",
@@ -221,11 +223,14 @@ def summary_text(result: dict) -> str:
     summ = result.get("ablation_summary")
     if summ is not None and not summ.empty:
         d = summ[summ["category"] == "all"]
-        lines.append("ablation, all grammar pairs: mean margin change (random: mean +- std over seeds)")
+        lines.append("ablation, all grammar pairs: mean change of the margin and of post_edit_margin (the tokens "
+                     "after the edit; random: mean +- std over seeds)")
         for r in d.itertuples():
             spread = f" +- {r.margin_change_std:.3f}" if r.n_seeds > 1 else ""
+            pspread = f" +- {r.post_edit_margin_change_std:.3f}" if r.n_seeds > 1 else ""
             lines.append(f"  {r.selection:<13} k={r.k:<4} {r.mode:<9} {r.where:<6} "
-                         f"margin change {r.margin_change_mean:+.3f}{spread}  accuracy change {r.accuracy_change_mean:+.3f}")
+                         f"margin change {r.margin_change_mean:+.3f}{spread}  post-edit {r.post_edit_margin_change_mean:+.3f}"
+                         f"{pspread}  accuracy change {r.accuracy_change_mean:+.3f}")
     f = result.get("atp_facts")
     if f:
         line = f"attribution patching (post_edit_margin) over {f['n_pairs']} pairs -> atp.parquet"
