@@ -346,6 +346,7 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
     sel = pd.read_parquet(cdir / "selections.parquet")
     stab = R.read_table(run_dir, R.STABILITY)
     ranked = stab[(stab["position"] == "edit") & stab[out["rank_column"]].notna()]
+    ranked = ranked[~(ranked["offset_dim"] | ranked["massive"] | ranked["constant"])]  # never candidates
     ranked = ranked[~((ranked["hook"] == "resid_pre") & (ranked["layer"] >= 1))]  # dedupe: = resid_post[l-1]
     top3 = ranked.nsmallest(3, out["rank_column"])
     s3 = sel[(sel["selection"] == "stable") & (sel["k"] == 3)]
@@ -476,3 +477,16 @@ def test_ablating_every_mlp_post_neuron_equals_zeroing_the_mlp_output(tiny_lm, b
     hand = forward(bridge, batch, [("blocks.1.hook_mlp_out", by_hand)])
     torch.testing.assert_close(ours, hand, atol=1e-5, rtol=0)
     assert (ours - forward(bridge, batch)).abs().max() > 1e-3
+
+
+def test_flagged_components_are_never_ablation_candidates():
+    from interp.causal.selection import candidates
+
+    stab = pd.DataFrame({"hook": "resid_post", "hook_name": "blocks.0.hook_resid_post", "layer": 0,
+                         "component": range(5), "position": "edit", "rank_calibrated": [1, 2, 3, 4, 5],
+                         "constant": False, "offset_dim": [True, False, False, False, False],
+                         "massive": [False, True, False, False, False]})
+    c = candidates(stab, "edit", "rank_calibrated")
+    assert list(c["component"]) == [2, 3, 4] and c.attrs["flagged_excluded"] == 2
+    older = stab.drop(columns=["offset_dim"]).assign(massive=[True, False, False, False, False])  # old tables
+    assert list(candidates(older, "edit", "rank_calibrated")["component"]) == [1, 2, 3, 4]

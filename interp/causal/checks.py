@@ -102,7 +102,7 @@ def run_causal(cfg: DictConfig) -> dict:
         result.update(ablation=abl["table"], ablation_summary=abl["summary"], selections=abl["selections"])
         counts.update(ablation_pairs=len(pairs), ablation_runs=abl["n_runs"],
                       ablation_forward_passes=abl["n_forward_passes"], ablation_batches=abl["n_batches"],
-                      candidates=len(cands))
+                      candidates=len(cands), candidates_flagged_excluded=int(cands.attrs.get("flagged_excluded", 0)))
         mean_source = abl["mean_source"]
         timings["ablation_s"] = time.time() - t
 

@@ -55,11 +55,18 @@ def rank_column(stab: pd.DataFrame, cfg_rank_by, run_cfg: dict) -> str:
 
 def candidates(stab: pd.DataFrame, position: str, rank_col: str, hooks=None, layers=None,
                dedupe: bool = True) -> pd.DataFrame:
-    """Rows of the stability table that may be selected: one position mode, ranked components
-    (``dedupe``: without the resid_pre rows that repeat the previous layer's resid_post)."""
+    """Rows of the stability table that may be selected: one position mode, ranked components, none
+    flagged constant, offset or massive (``interp.rules.flagged``: a large constant offset or a
+    massive activation would dominate any ablation; ``attrs["flagged_excluded"]`` counts them;
+    ``dedupe``: without the resid_pre rows that repeat the previous layer's resid_post)."""
+    from ..rules import flagged
+
     if position not in set(stab["position"]):
         raise RunDirError(f"position={position!r} is not in stability.parquet (has {sorted(set(stab['position']))})")
     d = stab[(stab["position"] == position) & stab[rank_col].notna()]
+    bad = flagged(d)
+    n_flagged = int(bad.sum())
+    d = d[~bad]
     if dedupe:
         # blocks.{l}.hook_resid_pre is blocks.{l-1}.hook_resid_post: keep one name per activation
         post_layers = set(d.loc[d["hook"] == "resid_post", "layer"])
@@ -72,7 +79,9 @@ def candidates(stab: pd.DataFrame, position: str, rank_col: str, hooks=None, lay
         raise RunDirError("no ranked component is left after the hooks/layers filters")
     d = d.copy()
     d["_rank"] = d[rank_col].astype("float64")
-    return d.sort_values(["_rank", "hook_name", "component"], kind="stable").reset_index(drop=True)
+    out = d.sort_values(["_rank", "hook_name", "component"], kind="stable").reset_index(drop=True)
+    out.attrs["flagged_excluded"] = n_flagged
+    return out
 
 
 def select_components(cands: pd.DataFrame, selection: str, k: int, seed: int = 0) -> pd.DataFrame:
