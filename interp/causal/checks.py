@@ -201,11 +201,11 @@ def _attribution(cfg: DictConfig, lm, man: dict, stab, pairs_all) -> tuple:
     if pairs.empty:
         raise RunDirError(f"no pair of types {list(a.types or [])} for attribution patching")
     table = atp_table(lm, tps, points, int(cfg.batch_size), list(a.modes), cfg.get("layers"))
+    attrs = dict(table.attrs)  # before the merge, which need not carry them
     keys = ["hook", "layer", "component", "position"]
     cols = [c for c in ATP_STABILITY_COLUMNS if c in stab]
     table = table.merge(stab[keys + cols], on=keys, how="left")
-    facts = {"n_pairs": int(table.attrs.get("n_pairs", len(tps))) if table.attrs else len(tps),
-             "skipped_span_pairs": int(table.attrs.get("skipped_span_pairs", 0)) if table.attrs else 0,
+    facts = {"n_pairs": int(attrs["n_pairs"]), "skipped_span_pairs": int(attrs["skipped_span_pairs"]),
              "metric": "post_edit_margin", "modes": list(a.modes), "hook_points": points}
     if int(a.validate):
         v = validate(lm, tps, table, n=int(a.validate), seed=int(cfg.seed), batch_size=int(cfg.batch_size))

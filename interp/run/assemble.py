@@ -65,7 +65,7 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
     pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
     for col in LIST_COLUMNS:  # as a parquet file reads them back: numpy arrays
         if col in pairs_df:
-            pairs_df[col] = [np.asarray(v, dtype=t) for v, t in zip(pairs_df[col], [LIST_COLUMNS[col]] * len(pairs_df))]
+            pairs_df[col] = [np.asarray(v, dtype=LIST_COLUMNS[col]) for v in pairs_df[col]]
     info = PairInfo(pairs_df, str(acfg.cluster)) if not pairs_df.empty else None
     table_kw = {"offset_factor": float(acfg.offset.factor), "offset_cv": float(acfg.offset.max_cv),
                 "massive_ratio": float(acfg.massive.ratio), "massive_min": float(acfg.massive.min_abs),

@@ -195,6 +195,7 @@ class DiffStats:
         if self.fused:
             from ..kernels import statistics as kern  # imports Triton
         seg = kern.segments(batch, len(self.groups)) if kern is not None else None
+        picked = median_rows(batch)
         for point, ss in self.point_sites.items():
             missing = [s.name for s, a in zip(ss, acts[point]) if a is None]
             if missing:
@@ -204,7 +205,7 @@ class DiffStats:
             kernel = self.fused and heads is None  # per-head norms (z_head) take the PyTorch path
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
-                self._magnitudes(point, c0, len(ss), chunk, batch)
+                self._magnitudes(point, c0, len(ss), chunk, batch, picked)
                 if kernel:
                     self._fold(point, c0, *self._values_fused(point, c0, chunk, batch), batch, seg)
                     continue
@@ -215,22 +216,20 @@ class DiffStats:
                                batch, seg)
                 del X
 
-    def _magnitudes(self, point: str, c0: int, L: int, chunk: list[Tensor], batch: Batch) -> None:
+    def _magnitudes(self, point: str, c0: int, L: int, chunk: list[Tensor], batch: Batch,
+                    picked: Tensor | None) -> None:
         """Fold the chunk's |activation| over every real token of a and b (BOS included) into the
         running max per component, and that of every ``MEDIAN_EVERY``-th pair (by run-wide index,
         so shards and one pass take the same pairs) into the per-layer histogram of log10
-        |activation| whose median the massive flag compares with. Masked by value, not by index: no
-        device sync."""
+        |activation| whose median the massive flag compares with (``picked``: their a and b rows,
+        ``median_rows``). Masked by value, not by index: no device sync."""
         B = batch.size
         live = batch.mask[:2 * B, :, None]  # [2B, T, 1]
         C = chunk[0].shape[-1]
         if point not in self.absmax:
             self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
             self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
-        picked = (batch.index.cpu() % MEDIAN_EVERY == 0).nonzero()[:, 0]  # the batch's index is on the host
-        rows = None
-        if len(picked):
-            rows = torch.cat([picked, picked + B]).to(chunk[0].device, non_blocking=True)
+        rows = None if picked is None else picked.to(chunk[0].device, non_blocking=True)
         for j, x in enumerate(chunk):
             xa = x[:2 * B]
             mx = torch.where(live, xa.abs(), 0).amax((0, 1)).float()
@@ -731,6 +730,8 @@ class DiffStats:
             return pd.DataFrame()
         grammar = [g for g in self.groups if group_types.get(g) == "grammar"]
         used = grammar or None
+        by_site = dict(iter(stab.groupby(["hook", "layer", "position"], sort=False)))
+        empty = stab.iloc[:0]
         rows = []
         for s in self.all_sites():
             if s.point not in self.diff:
@@ -739,7 +740,7 @@ class DiffStats:
             spread = np.nan_to_num(self._spread(s)[1].cpu().numpy())
             signed = s.point not in self.head_points.values()
             for k, mode in enumerate(self.positions):
-                sel = stab[(stab["hook"] == s.point) & (stab["layer"] == s.layer) & (stab["position"] == mode)]
+                sel = by_site.get((s.point, s.layer, mode), empty)
                 comps = sel.loc[sel["stable"], "component"].to_numpy()
                 di = self.channels.index("diff")
                 mean = np.nan_to_num(m.mean[di, k].cpu().numpy())
@@ -850,6 +851,14 @@ class DiffStats:
         return cat(prof), cat(comp)
 
 
+def median_rows(batch: Batch) -> Tensor | None:
+    """The a and b rows of the batch's pairs whose run-wide index is a multiple of ``MEDIAN_EVERY``
+    (the pairs the layer's median |activation| is taken over), or None; from the batch's index,
+    which is on the host."""
+    picked = (batch.index.cpu() % MEDIAN_EVERY == 0).nonzero()[:, 0]
+    return torch.cat([picked, picked + batch.size]) if len(picked) else None
+
+
 def _hist_median(h: np.ndarray) -> float:
     """The median |activation| from a histogram of log10 |activation| (``HIST_BINS`` bins)."""
     total = h.sum()
@@ -875,11 +884,15 @@ class PairInfo:
         nan = np.full(len(pairs), np.nan)
         self.x_ab = pairs["dist_ab"].to_numpy(np.float64) if "dist_ab" in pairs else nan
         self.x_ac = pairs["dist_ac_mean"].to_numpy(np.float64) if "dist_ac_mean" in pairs else nan
-        self._pos = {int(i): j for j, i in enumerate(self.pair_index)}
+        self._order = np.argsort(self.pair_index, kind="stable")
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Row positions of the pairs with these run-wide indices."""
-        return np.array([self._pos[int(i)] for i in index], dtype=np.int64)
+        at = np.searchsorted(self.pair_index, index, sorter=self._order)
+        found = self._order[np.minimum(at, len(self._order) - 1)]
+        if (self.pair_index[found] != index).any():
+            raise KeyError("per-pair values of a pair that is not in the pairs table")
+        return found
 
 
 class _Captured(dict):
