@@ -74,6 +74,29 @@ def plan(acfg, points: list[str], layers: dict[str, int], info: dict, n_pairs: i
                   "max_mb": int(pv.max_mb), "dropped": dropped}
 
 
+def _blocks(stats, hook: str | None = None, layer: int | None = None, position: str | None = None):
+    """The kept per-pair values, one hook site and position mode at a time: (rows, columns), with
+    ``hook``, ``layer`` and ``position`` as scalars of the block; None selects every one."""
+    for point, modes in stats.keep_values.items():
+        if hook is not None and point != hook:
+            continue
+        got = stats.pair_values(point)
+        if got is None:
+            continue
+        index, v = got  # [N, L, 2, M, C]
+        sites = stats.point_sites.get(point) or stats.derived[point]
+        N, C = v.shape[0], v.shape[-1]
+        for li, site in enumerate(sites):
+            if layer is not None and site.layer != layer:
+                continue
+            for mi, mode in enumerate(modes):
+                if position is not None and mode != position:
+                    continue
+                yield N * C, {"pair_index": np.repeat(index, C), "hook": point, "layer": np.int32(site.layer),
+                              "position": mode, "component": np.tile(np.arange(C, dtype=np.int32), N),
+                              "abs_diff": v[:, li, 0, mi].reshape(-1), "control_diff": v[:, li, 1, mi].reshape(-1)}
+
+
 def write(path: str | Path, stats) -> int:
     """Write the kept per-pair values of ``stats`` (a ``DiffStats``) to ``path``; rows written."""
     import pyarrow as pa
@@ -84,22 +107,11 @@ def write(path: str | Path, stats) -> int:
                         ("control_diff", pa.float32())])
     rows = 0
     with pq.ParquetWriter(str(path), schema, compression="zstd") as w:
-        for point, modes in stats.keep_values.items():
-            got = stats.pair_values(point)
-            if got is None:
-                continue
-            index, v = got  # [N, L, 2, M, C]
-            sites = stats.point_sites.get(point) or stats.derived[point]
-            N, C = v.shape[0], v.shape[-1]
-            for li, site in enumerate(sites):
-                for mi, mode in enumerate(modes):
-                    w.write_table(pa.table({
-                        "pair_index": np.repeat(index, C), "hook": pa.array([point] * (N * C)),
-                        "layer": np.full(N * C, site.layer, dtype=np.int32), "position": pa.array([mode] * (N * C)),
-                        "component": np.tile(np.arange(C, dtype=np.int32), N),
-                        "abs_diff": v[:, li, 0, mi].reshape(-1), "control_diff": v[:, li, 1, mi].reshape(-1),
-                    }, schema=schema))
-                    rows += N * C
+        for n, cols in _blocks(stats):
+            cols.update(hook=pa.array([cols["hook"]] * n), position=pa.array([cols["position"]] * n),
+                        layer=np.full(n, cols["layer"], dtype=np.int32))
+            w.write_table(pa.table(cols, schema=schema))
+            rows += n
     return rows
 
 
@@ -114,26 +126,7 @@ class PairValues:
         return write(path, self.stats)
 
     def frame(self, hook: str | None = None, layer: int | None = None, position: str | None = None) -> pd.DataFrame:
-        frames = []
-        for point, modes in self.stats.keep_values.items():
-            if hook is not None and point != hook:
-                continue
-            got = self.stats.pair_values(point)
-            if got is None:
-                continue
-            index, v = got
-            sites = self.stats.point_sites.get(point) or self.stats.derived[point]
-            N, C = v.shape[0], v.shape[-1]
-            for li, site in enumerate(sites):
-                if layer is not None and site.layer != layer:
-                    continue
-                for mi, mode in enumerate(modes):
-                    if position is not None and mode != position:
-                        continue
-                    frames.append(pd.DataFrame({
-                        "pair_index": np.repeat(index, C), "hook": point, "layer": np.int32(site.layer),
-                        "position": mode, "component": np.tile(np.arange(C, dtype=np.int32), N),
-                        "abs_diff": v[:, li, 0, mi].reshape(-1), "control_diff": v[:, li, 1, mi].reshape(-1)}))
+        frames = [pd.DataFrame(cols) for _, cols in _blocks(self.stats, hook, layer, position)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
