@@ -388,6 +388,13 @@ class ControlSet:
     facts: dict = field(default_factory=dict)  # for the manifest
 
 
+def control_count(ccfg) -> int:
+    """Control sentences per pair for ``analysis.controls`` (``ccfg``): ``n``, one for the
+    ``grammatical`` pool (the pair's own alternative), 0 without controls."""
+    n = int(ccfg.n)
+    return min(n, 1) if ccfg.pool == "grammatical" else n
+
+
 def _median(values) -> float | None:
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
     return float(np.median(v)) if len(v) else None
@@ -415,7 +422,7 @@ def build_controls(cfg, tokenizer, embedding: torch.Tensor | None, kept, indices
         raise ConfigError(f"analysis.controls.words is a fixed list for pool=common; pool={pool} does not use it")
     if pool in ("matched", "nearest") and n and embedding is None:
         raise ValueError(f"analysis.controls.pool={pool} needs the input embedding")
-    k = 0 if not n else 1 if pool == "grammatical" else n
+    k = control_count(ccfg)
     dist = Distances(embedding) if embedding is not None else None
     vocab = Vocabulary(tokenizer, embedding.shape[0] if embedding is not None else None) \
         if k and pool in ("matched", "nearest") else None

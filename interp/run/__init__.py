@@ -33,10 +33,11 @@ def run(cfg: DictConfig, out_dir: str | Path, lm=None) -> Path:
     return run_result(cfg, out_dir, lm).run_dir
 
 
-def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> Checkpoint:
     """Refuse (``RunConfigMismatch``) a run dir that holds a checkpoint of another config, or a
     finished run of another config unless ``overwrite=true`` (which replaces it entirely). The same
-    config again resumes its checkpoint, or replaces its finished run."""
+    config again resumes its checkpoint, or replaces its finished run. Returns the run dir's
+    ``Checkpoint``."""
     from .. import rundir as R
 
     ckpt = Checkpoint(run_dir, config_hash(cfg))
@@ -47,6 +48,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
             raise RunConfigMismatch(
                 f"{run_dir} holds a finished run of another config (hash {found}, this one {ckpt.hash}); "
                 "use another hydra.run.dir, or overwrite=true to replace it")
+    return ckpt
 
 
 def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
@@ -62,9 +64,8 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     t0 = time.time()
     validate(cfg)  # every setting that needs no model, before anything loads or is written
     run_dir = Path(out_dir)
-    check_run_dir(cfg, run_dir)  # a checkpoint or finished run of another config: refused, nothing touched
+    ckpt = check_run_dir(cfg, run_dir)  # a checkpoint or finished run of another config: refused, nothing touched
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpoint(run_dir, config_hash(cfg))
     timings: dict[str, float] = {}
     import torch
 

@@ -221,13 +221,6 @@ def check_counts(rows: list[dict], failed: list[dict], n_mine: int, n_kept: int,
         raise CountError("the run's counts do not add up (" + "; ".join(problems) + "); not saved as complete")
 
 
-def control_count(acfg) -> int:
-    """Control sentences per pair: ``analysis.controls.n``, one for the ``grammatical`` pool (the
-    pair's own alternative), 0 without controls."""
-    n = int(acfg.controls.n)
-    return min(n, 1) if acfg.controls.pool == "grammatical" else n
-
-
 def chunk_layers(value, device) -> int:
     """Layers of a hook point reduced together: ``auto`` = 8 on a GPU (fewer, larger launches), 1
     on the CPU (stacking layers there only copies memory; per-layer ops are large enough)."""
@@ -240,7 +233,7 @@ def new_stats(cfg: DictConfig, sites, groups: list[str], device, keep_values: di
               n_pairs: int = 0) -> DiffStats:
     acfg = cfg.analysis
     return DiffStats(sites, groups, list(acfg.positions), device,
-                     n_controls=control_count(acfg),
+                     n_controls=C.control_count(acfg.controls),
                      max_offset=int(acfg.max_offset), detail_pairs=int(acfg.detail_pairs),
                      detail_k=int(acfg.detail_k), chunk=chunk_layers(acfg.chunk_layers, device),
                      fused=use_fused(acfg.fused, device), keep_values=keep_values, value_capacity=n_pairs)
