@@ -46,6 +46,7 @@ import pandas as pd
 
 from . import rundir as R
 from . import rules
+from .rules import Rule
 from .result import Result, RunDirError, load_run
 
 COMPARE = "compare.parquet"
@@ -71,25 +72,6 @@ def stable_mask(stab: pd.DataFrame, alpha: float = 0.05, rule: str = "significan
     if "q_value" not in stab.columns or (rule == "equivalence" and "ratio_hi" not in stab.columns):
         return pd.Series(np.nan, index=stab.index)
     return rules.stable_mask(stab, alpha, rule, stable_ratio).astype(float)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A rule for "stable" with its thresholds (the ones it uses: ``alpha`` for significance,
-    ``stable_ratio`` and the interval's level ``ci`` for equivalence)."""
-
-    rule: str
-    alpha: float = 0.05
-    stable_ratio: float = 0.5
-    ci: float = 0.95
-
-    @property
-    def definition(self) -> str:
-        return rules.definition(self.rule, self.alpha, self.stable_ratio, self.ci)
-
-    @property
-    def key(self) -> tuple:
-        return (self.rule, self.alpha) if self.rule == "significance" else (self.rule, self.stable_ratio, self.ci)
 
 
 class CompareError(ValueError):
@@ -142,9 +124,7 @@ class Side:
     @property
     def own_rule(self) -> Rule:
         """The run's rule and thresholds (older runs: significance)."""
-        a = self.analysis
-        return Rule(str(a.get("rule") or "significance"), float(a.get("alpha", 0.05)),
-                    float(a.get("stable_ratio", 0.5)), float(a.get("ci", 0.95)))
+        return Rule.of_run(self.analysis)
 
     @property
     def divergence(self) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from . import rundir as R
-from .rules import STABLE_DEFINITION, definition, stable_mask, summarize
+from .rules import STABLE_DEFINITION, Rule, stable_mask, summarize
 
 # table name -> file; the order is the order ``save`` writes them in
 TABLES = {
@@ -141,17 +141,22 @@ class Result:
         return stable_mask(stab, self.alpha if alpha is None else alpha, rule or self.rule, self.stable_ratio)
 
     @property
+    def run_rule(self) -> Rule:
+        """The run's rule for "stable" and its thresholds (``interp.rules.Rule.of_run``)."""
+        return Rule.of_run(self.config["analysis"])
+
+    @property
     def alpha(self) -> float:
-        return float(self.config["analysis"]["alpha"])
+        return self.run_rule.alpha
 
     @property
     def rule(self) -> str:
         """The run's rule for "stable" (runs before ``analysis.rule`` existed: significance)."""
-        return str(self.config["analysis"].get("rule", "significance"))
+        return self.run_rule.rule
 
     @property
     def stable_ratio(self) -> float:
-        return float(self.config["analysis"].get("stable_ratio", 0.5))
+        return self.run_rule.stable_ratio
 
     @property
     def null(self) -> str:
@@ -196,10 +201,9 @@ class Result:
             pos = m["positions"][0]
             d = stab[stab["position"] == pos]
             if "q_value" in d:
-                a = m["config"]["analysis"]
                 sig = d[self.stable_mask(d)]
                 lines.append(f"null: {self._null_text()}")
-                lines.append(f"rule: {definition(self.rule, self.alpha, self.stable_ratio, float(a.get('ci', 0.95)))}")
+                lines.append(f"rule: {self.run_rule.definition}")
                 for p in m["positions"]:  # every position mode: its count and how its intervals were computed
                     dp = stab[stab["position"] == p]
                     sp = dp[self.stable_mask(dp)]

@@ -20,6 +20,9 @@ Under both, components flagged ``constant``, ``offset_dim`` or ``massive`` are n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Mapping
+
 import pandas as pd
 
 RULES = ("equivalence", "significance")
@@ -62,6 +65,37 @@ def stable_mask(stab: pd.DataFrame, alpha: float = 0.05, rule: str = "significan
     else:
         ok = (stab["q_value"] < alpha) & (stab["t_stat"] < 0)
     return (ok & ~flagged(stab)).fillna(False).astype(bool)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule for "stable" with its thresholds (the ones it uses: ``alpha`` for significance,
+    ``stable_ratio`` and the interval's level ``ci`` for equivalence)."""
+
+    rule: str
+    alpha: float = 0.05
+    stable_ratio: float = 0.5
+    ci: float = 0.95
+
+    @classmethod
+    def of_run(cls, analysis: Mapping | None) -> "Rule":
+        """A run's rule from the ``analysis`` section of its config (runs from before
+        ``analysis.rule`` existed: significance)."""
+        a = analysis or {}
+        return cls(str(a.get("rule") or "significance"), float(a.get("alpha", 0.05)),
+                   float(a.get("stable_ratio", 0.5)), float(a.get("ci", 0.95)))
+
+    @property
+    def definition(self) -> str:
+        return definition(self.rule, self.alpha, self.stable_ratio, self.ci)
+
+    @property
+    def key(self) -> tuple:
+        return (self.rule, self.alpha) if self.rule == "significance" else (self.rule, self.stable_ratio, self.ci)
+
+    def mask(self, stab: pd.DataFrame) -> pd.Series:
+        """``stable_mask`` under this rule."""
+        return stable_mask(stab, self.alpha, self.rule, self.stable_ratio)
 
 
 def correct(margin: float, pair_type: str) -> bool | None:

@@ -136,9 +136,10 @@ def write_run_figures(run_dir: str | Path, stab: pd.DataFrame | None = None, pai
     read from its manifest (older runs: significance)."""
     run_dir = Path(run_dir)
     if stab is None and rule is None and (run_dir / R.MANIFEST).is_file():
-        analysis = (R.read_manifest(run_dir).get("config") or {}).get("analysis") or {}
-        rule = str(analysis.get("rule") or "significance")
-        stable_ratio = float(analysis.get("stable_ratio", 0.5))
+        from ..rules import Rule
+
+        own = Rule.of_run((R.read_manifest(run_dir).get("config") or {}).get("analysis"))
+        rule, stable_ratio = own.rule, own.stable_ratio
     stab = R.read_table(run_dir, R.STABILITY) if stab is None else stab
     pairs = R.read_table(run_dir, R.PAIRS) if pairs is None else pairs
     fdir = run_dir / R.FIGURES

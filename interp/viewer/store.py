@@ -225,21 +225,25 @@ class Run:
         return (self.manifest.get("config") or {}).get("analysis") or {}
 
     @property
+    def run_rule(self) -> rules.Rule:
+        """The run's rule for "stable" and its thresholds (runs before ``analysis.rule``: significance)."""
+        return rules.Rule.of_run(self.analysis)
+
+    @property
     def rule(self) -> str:
-        """The run's rule for "stable" (``analysis.rule``; runs before it existed: significance)."""
-        return str(self.analysis.get("rule") or "significance")
+        return self.run_rule.rule
 
     @property
     def alpha(self) -> float:
-        return float(self.analysis.get("alpha", 0.05))
+        return self.run_rule.alpha
 
     @property
     def stable_ratio(self) -> float:
-        return float(self.analysis.get("stable_ratio", 0.5))
+        return self.run_rule.stable_ratio
 
     @property
     def ci(self) -> float:
-        return float(self.analysis.get("ci", 0.95))
+        return self.run_rule.ci
 
     def stable(self, d: pd.DataFrame) -> pd.Series:
         """Rows of ``d`` (stability rows) stable under the run's rule and thresholds
