@@ -118,6 +118,9 @@ def test_merge_into_a_finished_run_is_refused_without_overwrite(whole, tmp_path)
     out = tmp_path / "m"
     assert _cli([*shards, "--out", str(out)], module="interp.merge").returncode == 0
     assert _cli([*shards, "--out", str(out), "--overwrite"], module="interp.merge").returncode == 0
+    m = R.read_manifest(out)  # replaced: a new complete run with the same pairs
+    assert m["status"] == "complete" and m["counts"]["kept"] == R.read_manifest(ref)["counts"]["kept"]
+    assert len(m["merged_from"]) == 2
 
 
 def test_counts_that_do_not_add_up_stop_the_run():
