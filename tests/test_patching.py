@@ -362,9 +362,16 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
                 "metric", "normalized"):
         assert col in pt.columns
     assert set(pt["level"]) == {"pair", "category"} and set(pt["direction"]) == {"denoising", "noising"}
-    assert set(pt["hook"]) == {"resid_pre", "z"}
+    assert set(pt["hook"]) == {"resid_pre"}  # patching.heads=false by default
     assert pt.loc[pt["level"] == "pair", "pair_id"].nunique() == 3  # n_pairs=1 per grammar category
-    assert pt.loc[(pt["level"] == "pair") & (pt["offset"] < 0), "normalized"].abs().max() < 1e-4
+    # positions=modes by default: per layer the edit token and the tokens after it; at layer 0 the edit
+    # cell swaps the edited token's embedding, the whole effect
+    assert set(pt["positions"]) == {"edit", "after"} and pt["position"].isna().all()
+    first = pt[(pt["level"] == "pair") & (pt["layer"] == 0) & (pt["positions"] == "edit")]
+    np.testing.assert_allclose(first["normalized"], 1.0, atol=1e-4)
+    for col in ("normalized_lo", "normalized_hi", "n_excluded", "denominator", "post_edit_margin"):
+        assert col in pt.columns
+    assert set(pt.loc[pt["level"] == "category", "category"]) == {"article", "preposition", "agreement", "all"}
 
     # attribution patching for every component of the run's hook points, the stability columns beside it
     atp = pd.read_parquet(cdir / "atp.parquet")

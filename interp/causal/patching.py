@@ -5,7 +5,7 @@ with its value from the other sentence moves the output.
     the other sentence (the *source* run), then measure how far the output moves towards the source
     run. Both sentences have the same length and the same tokens except at the edit, so positions
     align. Directions: ``denoising`` = base is the wrong sentence (b), source the correct one (a);
-    ``noising`` = base a, source b. The normalized effect is
+    ``noising`` = base a, source b. The normalized effect of a pair is
 
         (metric(patched) - metric(base)) / (metric(source) - metric(base))
 
@@ -18,11 +18,36 @@ with its value from the other sentence moves the output.
     edit token's own probability depends only on the prefix: what patching can move is the
     log-probability of the tokens after the edit.
 
+    The denominator. ``denominator = metric(source) - metric(base)``: the source run scores the
+    base sentence's tokens with the source sentence's context, so the prefix and the edited token's
+    own log-prob cancel and only the tokens after the edit remain. With ``post_edit_margin`` =
+    sum over t > edit of log p_a(token_t) - log p_b(token_t) (``interp.causal.atp``):
+    ``margin`` (both directions): denominator = -post_edit_margin; ``logprob``: denominator =
+    +post_edit_margin (denoising) and -post_edit_margin (noising). So ``|denominator| =
+    |post_edit_margin|`` for every metric and direction (tested to float error): a pair whose
+    tokens after the edit barely care which sentence came first has nothing to recover, and its
+    ratio is noise. Such pairs (``|denominator| < patching.min_denominator`` nats) stay in the
+    per-pair rows but are left out of the category rows (``n_excluded``).
+
+    Cells. ``positions=each``: every (layer, position) separately. ``positions=modes``: per layer
+    two cells, the edit token alone (``edit``) and every token after it at once (``after``, one
+    block). Head kinds (``hook_z`` per head) patch every position (``positions`` = ``all``).
+
+    Category rows (``category_rows``) are a ratio of means over the category's pairs with a large
+    enough denominator, ``mean(patched - base) / mean(source - base)`` (not a mean of ratios,
+    which small denominators blow up), each pair oriented so that its denominator is positive
+    (pairs whose post-edit margins have opposite signs would otherwise cancel in the denominator),
+    with a percentile bootstrap CI over pairs (one resample
+    matrix per category, applied to every cell at once; the excluded pairs are resampled too,
+    so the CI covers which pairs pass the threshold). ``all`` pools every category.
+
     ``generic_patch`` mirrors ``transformer_lens.patching.generic_activation_patch`` (one generic
     function + small setters ``(activation, index, source_activation) -> activation``), but runs
     many cells (e.g. every (layer, position)) in one forward pass by stacking copies of the base
     input, and passes an attention mask. ``tests/test_patching.py`` checks that it gives the same
     numbers as ``transformer_lens.patching`` (which works with a ``TransformerBridge`` in TL 4.3).
+    ``patch_group`` patches several pairs of the same length and both directions in the same
+    passes (rows stacked along the batch), ``patch_pair`` is one pair.
 """
 
 
@@ -71,15 +96,39 @@ def head_pos_setter(act: Float[Tensor, "n pos head d_head"], index: tuple,
     return act
 
 
+def block_setter(masks: Bool[Tensor, "block n pos"]) -> Setter:
+    """Setters of position blocks: index = (layer, block) writes every position of ``masks[block]``
+    (per row: rows may be different pairs with their edit at different positions); index =
+    (layer, block, head) writes one head's output (``hook_z``) there."""
+    def setter(act: Tensor, index: tuple, source: Tensor) -> Tensor:
+        m = masks[index[1]].to(act.device)
+        if len(index) == 3:
+            view, src = act[:, :, index[2]], source[:, :, index[2]]
+            view[m] = src[m]  # a view: writes into act
+        else:
+            act[m] = source[m]
+        return act
+    return setter
+
+
+def position_blocks(T: int, edit: Int[Tensor, "n"]) -> Bool[Tensor, "block n pos"]:
+    """The blocks of ``positions=modes`` per row: ``edit`` (the edit position) and ``after`` (edit+1..T-1)."""
+    t = torch.arange(T, device=edit.device)[None, :]
+    e = edit[:, None]
+    return torch.stack([t == e, t > e])
+
+
 def all_setter(act: Tensor, index: tuple, source: Tensor) -> Tensor:
     """index = (layer,): the whole activation (every position)."""
     act[:] = source
     return act
 
 
-def axis_ranges(bridge, tokens: Tensor, axes: Sequence[str], layers: Sequence[int] | None = None) -> list[list[int]]:
+def axis_ranges(bridge, tokens: Tensor, axes: Sequence[str], layers: Sequence[int] | None = None,
+                axis_values: Mapping[str, Sequence[int]] | None = None) -> list[list[int]]:
     n = {"layer": list(layers) if layers is not None else list(range(bridge.cfg.n_layers)),
-         "pos": list(range(tokens.shape[-1])), "head": list(range(bridge.cfg.n_heads))}
+         "pos": list(range(tokens.shape[-1])), "head": list(range(bridge.cfg.n_heads)),
+         **{k: list(v) for k, v in (axis_values or {}).items()}}
     unknown = [a for a in axes if a not in n]
     if unknown or not axes or axes[0] != "layer":
         raise ValueError(f"index axes must start with 'layer' and come from {sorted(n)}; got {list(axes)}")
@@ -92,7 +141,7 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
                   attention_mask: Bool[Tensor, "batch pos"] | None = None,
                   layers: Sequence[int] | None = None, rows_per_pass: int = 64,
                   base_cache: Mapping[str, Tensor] | None = None, base_value: Tensor | None = None,
-                  ) -> Float[Tensor, "..."]:
+                  axis_values: Mapping[str, Sequence[int]] | None = None) -> Float[Tensor, "..."]:
     """Patch every cell of ``index_axis_names`` (one at a time) from ``source_cache`` into the base run.
 
     ``hook_point`` is a short name from ``interp.hooks.HOOK_POINTS`` (``resid_pre``, ``z``, ...);
@@ -104,10 +153,11 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
     With ``base_cache`` (the base run's own activations) and ``base_value`` (the metric of the
     unpatched base run), cells where the patch would write the values already there (e.g. positions
     before the edit of a minimal pair) are not run: their value is ``base_value``, exactly what the
-    forward pass would give.
+    forward pass would give. ``axis_values`` names further axes (or overrides one), e.g.
+    ``{"block": [0, 1]}`` for the setters of ``block_setter``.
     """
     hp = HOOK_POINTS[hook_point]
-    ranges = axis_ranges(bridge, base_tokens, index_axis_names, layers)
+    ranges = axis_ranges(bridge, base_tokens, index_axis_names, layers, axis_values)
     cells = list(itertools.product(*ranges))
     B = base_tokens.shape[0]
     per = max(1, rows_per_pass // B)
@@ -205,74 +255,268 @@ CELLS = {"pos": ("{point}", ("layer", "pos"), pos_setter),
 PATCH_KINDS = {CELLS[c][0].format(point=hp.point): (hp.point, CELLS[c][1], CELLS[c][2])
                for hp in HOOK_POINTS.values() for c in hp.patch}
 
+POSITIONS = ("modes", "each")  # patching.positions
+BLOCKS = ("edit", "after")  # the cells of positions=modes per layer
+# the columns of patch_pair / patch_group (patch_group adds ``pair`` first) and of patching.parquet
+PAIR_COLUMNS = ["hook", "kind", "layer", "positions", "position", "offset", "head", "direction", "metric",
+                "patched", "base", "source", "denominator", "normalized", "post_edit_margin"]
+COLUMNS = ["level", "pair_id", "category", "hook", "kind", "layer", "positions", "position", "offset", "head",
+           "direction", "metric", "patched", "base", "source", "denominator", "normalized", "normalized_lo",
+           "normalized_hi", "post_edit_margin", "n_pairs", "n_excluded", "token"]
+# a category row per (category, cell); the cell of a row
+CELL_KEYS = ["hook", "kind", "layer", "positions", "offset", "head", "direction", "metric"]
+
+
+def _check(kinds: Sequence[str], directions: Sequence[str], metrics: Sequence[str], positions: str) -> None:
+    for what, values, known in (("patching kinds", kinds, sorted(PATCH_KINDS)), ("direction", directions, DIRECTIONS),
+                                ("metric", metrics, METRICS), ("positions", [positions], POSITIONS)):
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise ValueError(f"unknown {what} {bad}; known: {list(known)}")
+
+
+def patch_group(bridge, tokens_a: Int[Tensor, "G pos"], tokens_b: Int[Tensor, "G pos"], edit: Int[Tensor, "G"], *,
+                kinds: Sequence[str] = ("resid_pre",), directions: Sequence[str] = DIRECTIONS,
+                metrics: Sequence[str] = ("margin",), positions: str = "modes",
+                rows_per_pass: int = 64) -> pd.DataFrame:
+    """Activation patching of ``G`` pairs of the same length (BOS first), every direction in the same
+    forward passes: the base rows of all directions and pairs are stacked along the batch and every
+    cell patches all of them at once (``generic_patch``). ``edit`` is each pair's model-input position
+    of the edited token. Returns one row per (pair, direction, metric, kind, cell) with the columns
+    ``pair`` (0..G-1) and ``PAIR_COLUMNS``.
+
+    One forward pass per cell gives the change of the base sentence's log-prob; both metrics come
+    from it (``margin`` = the other sentence's unpatched log-prob minus it, or it minus that)."""
+    _check(kinds, directions, metrics, positions)
+    if tokens_a.shape != tokens_b.shape or tokens_a.ndim != 2:
+        raise ValueError("the two sentences of a pair must have the same number of tokens")
+    G, T = tokens_a.shape
+    edit = torch.as_tensor(edit, dtype=torch.long, device=tokens_a.device).reshape(G)
+    n_layers = bridge.cfg.n_layers
+    names = sorted({HOOK_POINTS[PATCH_KINDS[k][0]].name(layer) for k in kinds for layer in range(n_layers)})
+    tok = {"a": tokens_a, "b": tokens_b}
+    runs = {s: run_with_source_cache(bridge, tok[s], names) for s in ("a", "b")}
+    ones = torch.ones_like(tokens_a, dtype=torch.bool)
+
+    def lp(run: str, sentence: str) -> Tensor:  # log P(sentence's tokens) read from run's logits, float64
+        return sentence_logprobs(runs[run][0], tok[sentence], ones).cpu()
+
+    own = {s: lp(s, s) for s in ("a", "b")}
+    cross = {("a", "b"): lp("a", "b"), ("b", "a"): lp("b", "a")}  # (run, sentence)
+    from .atp import post_edit_logprobs
+
+    last = torch.full_like(edit, T - 1)
+    pem = (post_edit_logprobs(runs["a"][0], tokens_a, edit, last)
+           - post_edit_logprobs(runs["b"][0], tokens_b, edit, last)).cpu().numpy()
+    sides = [("b", "a") if d == "denoising" else ("a", "b") for d in directions]  # (base, source)
+    base_tokens = torch.cat([tok[b] for b, _ in sides])
+    base_lp = torch.cat([own[b] for b, _ in sides])
+    source_cache = {n: torch.cat([runs[s][1][n] for _, s in sides]) for n in names}
+    base_cache = {n: torch.cat([runs[b][1][n] for b, _ in sides]) for n in names}
+    R = len(sides) * G
+    row_ones = torch.ones_like(base_tokens, dtype=torch.bool)
+
+    def delta(logits: Tensor) -> Tensor:  # change of the base sentence's log-prob; small, so float32 keeps it
+        return sentence_logprobs(logits, base_tokens, row_ones).cpu() - base_lp
+
+    masks = position_blocks(T, edit.repeat(len(sides))).cpu()
+    grids = {}
+    for kind in kinds:
+        point, axes, setter = PATCH_KINDS[kind]
+        axis_values = None
+        if positions == "modes" and "pos" in axes:
+            axes = tuple("block" if a == "pos" else a for a in axes)
+            setter, axis_values = block_setter(masks), {"block": range(len(BLOCKS))}
+        vals = generic_patch(bridge, base_tokens, source_cache, delta, setter, point, axes,
+                             rows_per_pass=rows_per_pass, base_cache=base_cache,
+                             base_value=torch.zeros(R), axis_values=axis_values)
+        cells = np.array(list(itertools.product(*[range(s) for s in vals.shape[:-1]])), dtype=np.int64)
+        grids[kind] = (point, axes, cells, vals.reshape(len(cells), R).double().numpy())
+
+    cols: dict[str, list] = {c: [] for c in ["pair"] + PAIR_COLUMNS}
+    edit_np = edit.cpu().numpy()
+    for g in range(G):
+        for di, (direction, (b, s)) in enumerate(zip(directions, sides)):
+            r = di * G + g
+            x = float(cross[s, b][g])  # the base sentence's tokens scored in the source run
+            for metric_name in metrics:
+                if metric_name == "logprob":
+                    m_base, m_source, sign = float(own[b][g]), x, 1.0
+                elif b == "a":  # margin, noising: log P(a | patched) - log P(b)
+                    m_base, m_source, sign = float(own["a"][g] - own["b"][g]), x - float(own["b"][g]), 1.0
+                else:  # margin, denoising: log P(a) - log P(b | patched)
+                    m_base, m_source, sign = float(own["a"][g] - own["b"][g]), float(own["a"][g]) - x, -1.0
+                for kind in kinds:
+                    point, axes, cells, vals = grids[kind]
+                    n = len(cells)
+                    ax = {a: cells[:, i] for i, a in enumerate(axes)}
+                    patched = m_base + sign * vals[:, r]
+                    if "pos" in ax:
+                        position = ax["pos"].astype(object)
+                        offset = (ax["pos"] - edit_np[g]).astype(object)
+                        pos_label = np.full(n, "each", dtype=object)
+                    elif "block" in ax:
+                        position = np.full(n, None, dtype=object)
+                        offset = np.where(ax["block"] == 0, 0, None).astype(object)
+                        pos_label = np.array(BLOCKS, dtype=object)[ax["block"]]
+                    else:
+                        position = offset = np.full(n, None, dtype=object)
+                        pos_label = np.full(n, "all", dtype=object)
+                    den = m_source - m_base
+                    norm = (patched - m_base) / den + 0.0 if abs(den) > 1e-6 else np.full(n, np.nan)
+                    for c, v in (("pair", g), ("hook", point), ("kind", kind), ("layer", ax["layer"]),
+                                 ("positions", pos_label), ("position", position), ("offset", offset),
+                                 ("head", ax["head"].astype(object) if "head" in ax else np.full(n, None, dtype=object)),
+                                 ("direction", direction), ("metric", metric_name), ("patched", patched),
+                                 ("base", m_base), ("source", m_source), ("denominator", den),
+                                 ("normalized", norm), ("post_edit_margin", float(pem[g]))):
+                        cols[c].append(np.broadcast_to(np.asarray(v, dtype=object if isinstance(v, str) else None), (n,)))
+    out = pd.DataFrame({c: np.concatenate(v) for c, v in cols.items()})
+    for c in ("position", "offset", "head"):
+        out[c] = pd.array(out[c].tolist(), dtype="Int64")
+    for c in ("pair", "layer"):
+        out[c] = out[c].astype(np.int64)
+    for c in ("patched", "base", "source", "denominator", "normalized", "post_edit_margin"):
+        out[c] = out[c].astype(np.float64)
+    return out
+
 
 def patch_pair(bridge, tokens_a: Int[Tensor, "pos"], tokens_b: Int[Tensor, "pos"], edit: int, *,
                kinds: Sequence[str] = ("resid_pre", "z"), directions: Sequence[str] = DIRECTIONS,
-               metrics: Sequence[str] = ("margin",), rows_per_pass: int = 64) -> pd.DataFrame:
+               metrics: Sequence[str] = ("margin",), rows_per_pass: int = 64,
+               positions: str = "each") -> pd.DataFrame:
     """Activation patching between the two sentences of one pair (BOS first, same length).
 
-    ``edit`` is the model-input position of the edited token. One row per (kind, direction, metric,
-    cell): ``hook, layer, position, offset (position - edit), head, direction, metric, patched,
-    base, source, normalized``.
+    ``edit`` is the model-input position of the edited token. One row per (direction, metric, kind,
+    cell) with ``PAIR_COLUMNS``: ``hook, kind, layer, positions, position, offset (position - edit),
+    head, direction, metric, patched, base, source, denominator (source - base), normalized,
+    post_edit_margin``. ``positions="each"``: position cells (``positions`` = ``each``);
+    ``"modes"``: the ``edit`` / ``after`` blocks (position NA, offset 0 for edit and NA for after).
     """
     if tokens_a.shape != tokens_b.shape:
         raise ValueError("the two sentences of a pair must have the same number of tokens")
-    bad = [k for k in kinds if k not in PATCH_KINDS]
-    if bad:
-        raise ValueError(f"unknown patching kinds {bad}; known: {sorted(PATCH_KINDS)}")
-    n_layers = bridge.cfg.n_layers
-    names = sorted({HOOK_POINTS[PATCH_KINDS[k][0]].name(layer) for k in kinds for layer in range(n_layers)})
-    tok = {"a": tokens_a[None, :], "b": tokens_b[None, :]}
-    runs = {s: run_with_source_cache(bridge, tok[s], names) for s in ("a", "b")}
-    lp = {s: float(logprob_metric(tok[s][0])(runs[s][0])[0]) for s in ("a", "b")}
-    frames = []
-    for direction in directions:
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction={direction!r} is not one of {DIRECTIONS}")
-        base, source = ("b", "a") if direction == "denoising" else ("a", "b")
-        for metric_name in metrics:
-            if metric_name == "logprob":
-                metric = logprob_metric(tok[base][0])
-            elif metric_name == "margin":
-                metric = margin_metric(tok[base][0], lp[source], base_is_correct=base == "a")
-            else:
-                raise ValueError(f"metric={metric_name!r} is not one of {METRICS}")
-            m_base = float(metric(runs[base][0])[0])
-            m_source = float(metric(runs[source][0])[0])
-            for kind in kinds:
-                point, axes, setter = PATCH_KINDS[kind]
-                vals = generic_patch(bridge, tok[base], runs[source][1], metric, setter, point, axes,
-                                     rows_per_pass=rows_per_pass, base_cache=runs[base][1],
-                                     base_value=metric(runs[base][0]))[..., 0]
-                grid = np.array(list(itertools.product(*[range(s) for s in vals.shape])), dtype=np.int64)
-                df = pd.DataFrame({a: grid[:, i] for i, a in enumerate(axes)})
-                df = df.rename(columns={"pos": "position"})
-                df["patched"] = vals.reshape(-1).double().numpy()
-                df.insert(0, "hook", point)
-                df.insert(1, "kind", kind)
-                df["direction"], df["metric"] = direction, metric_name
-                df["base"], df["source"] = m_base, m_source
-                df["normalized"] = normalized_effect(torch.tensor(df["patched"].to_numpy()), m_base, m_source).numpy()
-                frames.append(df)
-    out = pd.concat(frames, ignore_index=True)
-    for col in ("position", "head"):
-        if col not in out:
-            out[col] = pd.NA
-        out[col] = out[col].astype("Int64")
-    out["offset"] = (out["position"] - edit).astype("Int64")
-    cols = ["hook", "kind", "layer", "position", "offset", "head", "direction", "metric",
-            "patched", "base", "source", "normalized"]
-    return out[cols]
+    out = patch_group(bridge, tokens_a[None], tokens_b[None], torch.tensor([int(edit)]), kinds=kinds,
+                      directions=directions, metrics=metrics, positions=positions, rows_per_pass=rows_per_pass)
+    return out[PAIR_COLUMNS]
+
+
+# ---------------------------------------------------------------- category rows
+
+def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] how often each of ``n`` items is drawn in each resample (with replacement)."""
+    idx = rng.integers(0, n, size=(n_boot, n))
+    counts = np.zeros((n_boot, n), dtype=np.float64)
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    return counts
+
+
+def _category_cells(g: pd.DataFrame, category: str, min_denominator: float, n_boot: int, ci: float,
+                    seed: int) -> pd.DataFrame:
+    """The category rows of one category's pair rows ``g``: per cell, a ratio of means over the
+    pairs with ``|denominator| >= min_denominator`` (each pair oriented by the sign of its
+    denominator), a percentile bootstrap CI over pairs."""
+    import zlib
+
+    cell = g.groupby(CELL_KEYS, dropna=False, sort=False).ngroup().to_numpy()
+    pair, pair_ids = pd.factorize(g["pair_id"].astype(str))
+    C, P = int(cell.max()) + 1, len(pair_ids)
+
+    def mat(values, fill=0.0) -> np.ndarray:
+        m = np.full((C, P), fill)
+        m[cell, pair] = values
+        return m
+
+    present = mat(1.0) > 0
+    den = mat(g["denominator"].to_numpy(float))
+    used = present & (np.abs(den) >= min_denominator) & np.isfinite(den)
+    w = used.astype(float)
+    sign = np.sign(den)  # each pair oriented so that its denominator is positive
+    num = np.where(used, sign * mat((g["patched"] - g["base"]).to_numpy(float)), 0.0)
+    den0 = np.where(used, np.abs(den), 0.0)
+    n_used = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        def mean(col):
+            return np.where(used, mat(g[col].to_numpy(float)), 0.0).sum(1) / n_used
+
+        normalized = num.sum(1) / den0.sum(1) + 0.0
+        lo = hi = np.full(C, np.nan)
+        if n_boot > 0 and P > 0:
+            rng = np.random.default_rng([int(seed), zlib.crc32(str(category).encode())])
+            W = bootstrap_counts(P, int(n_boot), rng)
+            boot = (W @ num.T) / (W @ den0.T)  # [n_boot, C]
+            boot[~np.isfinite(boot)] = np.nan
+            q = 100 * (1 - float(ci)) / 2
+            ok = np.isfinite(boot).any(0)
+            lo, hi = np.full(C, np.nan), np.full(C, np.nan)
+            if ok.any():
+                lo[ok], hi[ok] = np.nanpercentile(boot[:, ok], [q, 100 - q], axis=0)
+        first = g.groupby(cell, sort=True)[CELL_KEYS].first()
+        out = first.reset_index(drop=True)
+        out["patched"], out["base"], out["source"] = mean("patched"), mean("base"), mean("source")
+        out["denominator"], out["post_edit_margin"] = den0.sum(1) / n_used, mean("post_edit_margin")
+    none = n_used == 0
+    normalized[none] = np.nan
+    lo[none] = hi[none] = np.nan
+    out["normalized"], out["normalized_lo"], out["normalized_hi"] = normalized, lo, hi
+    out["n_pairs"] = n_used.astype(np.int64)
+    out["n_excluded"] = (present & ~used).sum(1).astype(np.int64)
+    out.insert(0, "category", category)
+    return out
+
+
+def category_rows(pair_rows: pd.DataFrame, min_denominator: float = 0.5, n_boot: int = 1000, ci: float = 0.95,
+                  seed: int = 0, pooled: str | None = "all") -> pd.DataFrame:
+    """Category rows (level ``category``) of per-pair patching rows (columns ``pair_id``, ``category``,
+    ``CELL_KEYS``, ``patched``, ``base``, ``source``, ``denominator``, ``post_edit_margin``): per
+    category and cell, over the pairs with ``|denominator| >= min_denominator`` (``n_pairs``; the
+    others are counted in ``n_excluded``; NaN when none is left),
+
+        normalized = mean(s * (patched - base)) / mean(|source - base|),  s = sign(source - base)
+
+    i.e. ``mean(patched - base) / mean(source - base)`` with every pair oriented so that its
+    denominator is positive (the two coincide when the denominators share a sign; with mixed signs
+    the plain ratio would let pairs cancel in the denominator). Equivalently a mean of the pairs'
+    ratios weighted by ``|denominator|``. ``normalized_lo`` / ``normalized_hi``: percentile
+    bootstrap interval (``n_boot`` resamples of the category's pairs, seeded by ``seed`` and the
+    category's name, level ``ci``). ``patched``, ``base``, ``source``, ``post_edit_margin``: means
+    over the pairs used; ``denominator``: the mean of ``|source - base|`` over them.
+    ``pooled`` names one more category pooling every pair."""
+    if pair_rows.empty:
+        return pd.DataFrame()
+    groups = [(str(c), d) for c, d in pair_rows.groupby("category", sort=False)]
+    if pooled is not None:
+        groups.append((pooled, pair_rows))
+    out = pd.concat([_category_cells(d, c, float(min_denominator), int(n_boot), float(ci), int(seed))
+                     for c, d in groups], ignore_index=True)
+    out.insert(0, "level", "category")
+    out["pair_id"], out["position"], out["token"] = None, pd.array([pd.NA] * len(out), dtype="Int64"), None
+    for c in ("offset", "head"):
+        out[c] = out[c].astype("Int64")
+    return out
+
+
+# ---------------------------------------------------------------- the run's patching table
+
+def group_size(n_layers: int, n_positions: int, n_directions: int, positions: str, rows_per_pass: int) -> int:
+    """How many pairs of one length are patched together: enough that one pass is full (a pair alone
+    fills ``n_directions`` x its cells rows), never more."""
+    cells = n_layers * (len(BLOCKS) if positions == "modes" else n_positions)
+    return max(1, -(-int(rows_per_pass) // max(1, n_directions * cells)))
 
 
 def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.DataFrame:
-    import torch
-
-
+    """``patching.parquet``: per-pair rows (level ``pair``) of the first ``patching.n_pairs`` pairs of
+    each category (or ``patching.pair_ids``) and the category rows (``category_rows``); columns
+    ``COLUMNS``. Pairs of the same length are patched together (``patch_group``)."""
     pcfg = cfg.patching
     if pcfg.resid not in ("resid_pre", "resid_post"):
         raise ValueError(f"patching.resid must be resid_pre or resid_post, got {pcfg.resid!r}")
-    kinds = [str(pcfg.resid)] + (["z"] if pcfg.heads else [])
+    positions = str(pcfg.get("positions", "modes"))
+    if positions not in POSITIONS:
+        raise ValueError(f"patching.positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    kinds = [str(pcfg.resid)] + (["z"] if pcfg.get("heads", False) else [])
+    directions, metrics = list(pcfg.directions), list(pcfg.metrics)
+    _check(kinds, directions, metrics, positions)
     if pcfg.get("pair_ids"):
         want = [str(p) for p in pcfg.pair_ids]
         unknown = sorted(set(want) - set(pairs["pair_id"].astype(str)))
@@ -280,38 +524,47 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
             raise ValueError(f"patching.pair_ids not among the run's pairs: {unknown}")
         chosen = [i for i, p in enumerate(pairs["pair_id"].astype(str)) if p in want]
     else:
-        chosen = list(pairs.groupby("category", sort=False).head(int(pcfg.n_pairs)).index)
-    frames = []
+        chosen = [pairs.index.get_loc(i) for i in pairs.groupby("category", sort=False).head(int(pcfg.n_pairs)).index]
+    rows_per_pass = int(pcfg.rows_per_pass)
+    order = {i: k for k, i in enumerate(chosen)}
+    by_length: dict[int, list[int]] = {}
     for i in chosen:
-        r, tp = pairs.iloc[i], tps[i]
-        ta = torch.tensor([lm.bos_token_id] + tp.ids_a, device=lm.device)
-        tb = torch.tensor([lm.bos_token_id] + tp.ids_b, device=lm.device)
-        df = patch_pair(lm.bridge, ta, tb, tp.edit_pos + 1, kinds=kinds, directions=list(pcfg.directions),
-                          metrics=list(pcfg.metrics), rows_per_pass=int(pcfg.rows_per_pass))
-        toks = [lm.tokenizer.decode([t]) for t in ta.tolist()]
-        toks[tp.edit_pos + 1] = f"{tp.token_a}/{tp.token_b}"
-        toks[0] = "<bos>"
-        df["token"] = [toks[p] if pd.notna(p) else None for p in df["position"]]
-        df.insert(0, "pair_id", r["pair_id"])
-        df.insert(1, "category", r["category"])
-        frames.append(df)
+        by_length.setdefault(len(tps[i].ids_a), []).append(i)
+    frames = []
+    for length, members in by_length.items():
+        size = group_size(lm.bridge.cfg.n_layers, length + 1, len(directions), positions, rows_per_pass)
+        for start in range(0, len(members), size):
+            group = members[start:start + size]
+            bos = [lm.bos_token_id]
+            ta = torch.tensor([bos + tps[i].ids_a for i in group], device=lm.device)
+            tb = torch.tensor([bos + tps[i].ids_b for i in group], device=lm.device)
+            edit = torch.tensor([tps[i].edit_pos + 1 for i in group], device=lm.device)
+            df = patch_group(lm.bridge, ta, tb, edit, kinds=kinds, directions=directions, metrics=metrics,
+                             positions=positions, rows_per_pass=rows_per_pass)
+            labels = []
+            for g, i in enumerate(group):
+                tp = tps[i]
+                toks = ["<bos>"] + [lm.tokenizer.decode([t]) for t in tp.ids_a]
+                toks[tp.edit_pos + 1] = f"{tp.token_a}/{tp.token_b}"
+                labels.append({"each": toks, "edit": toks[tp.edit_pos + 1], "after": "".join(toks[tp.edit_pos + 2:])})
+            df["token"] = [labels[g]["each"][p] if pd.notna(p) else labels[g].get(m)
+                           for g, p, m in zip(df["pair"], df["position"], df["positions"])]
+            df.insert(0, "order", [order[group[g]] for g in df["pair"]])
+            df.insert(1, "pair_id", [pairs.iloc[group[g]]["pair_id"] for g in df["pair"]])
+            df.insert(2, "category", [pairs.iloc[group[g]]["category"] for g in df["pair"]])
+            frames.append(df.drop(columns="pair"))
     if not frames:
-        return pd.DataFrame()
-    per_pair = pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=COLUMNS)
+    per_pair = pd.concat(frames, ignore_index=True).sort_values("order", kind="stable").drop(columns="order")
+    per_pair = per_pair.reset_index(drop=True)
+    min_den = float(pcfg.get("min_denominator", 0.5))
     per_pair.insert(0, "level", "pair")
-    per_pair["n_pairs"] = 1
-    keys = ["category", "hook", "kind", "layer", "offset", "head", "direction", "metric"]
-    cat = (per_pair.groupby(keys, dropna=False, sort=False)
-           .agg(normalized=("normalized", "mean"), patched=("patched", "mean"), base=("base", "mean"),
-                source=("source", "mean"), n_pairs=("normalized", "count"))
-           .reset_index())
-    cat.insert(0, "level", "category")
-    cat["pair_id"] = None
-    cat["position"] = pd.array([pd.NA] * len(cat), dtype="Int64")
-    cat["token"] = None
-    out = pd.concat([per_pair, cat[per_pair.columns]], ignore_index=True)
+    used = per_pair["denominator"].abs() >= min_den
+    per_pair["n_pairs"], per_pair["n_excluded"] = used.astype(np.int64), (~used).astype(np.int64)
+    per_pair["normalized_lo"] = per_pair["normalized_hi"] = np.nan
+    cat = category_rows(per_pair, min_den, int(pcfg.get("n_boot", 1000)), float(pcfg.get("ci", 0.95)),
+                        int(cfg.get("seed", 0)))
+    out = pd.concat([per_pair[COLUMNS], cat[COLUMNS]], ignore_index=True)
     for col in ("position", "offset", "head"):
         out[col] = out[col].astype("Int64")
     return out
-
-
