@@ -116,28 +116,32 @@ def add_causal(run_dir: Path) -> None:
     R.write_parquet(out / "selections.parquet", pd.DataFrame(sel_rows))
     prow = []
     first = gram.iloc[0]
-    n = int(first["n_tokens"]) + 1
-    edit = int(first["edit_pos"]) + 1
+    # as interp.patch writes it by default (patching.positions=modes; heads on here): per layer the
+    # edit token and the tokens after it, per pair and per category with the bootstrap CI
+    common = {"category": first["category"], "metric": "margin", "position": None, "patched": 0.5, "base": 0.0,
+              "source": 1.0, "denominator": 1.0, "post_edit_margin": -1.0}
     for direction in ("denoising", "noising"):
         for layer in layers:
-            for pos in range(n):
-                prow.append({"level": "pair", "pair_id": first["pair_id"], "category": first["category"],
-                             "hook": "resid_pre", "kind": "resid_pre", "layer": layer, "position": pos,
-                             "offset": pos - edit, "head": None, "direction": direction, "metric": "margin",
-                             "normalized": float(rng.uniform(-1, 1)), "token": "<bos>" if pos == 0 else f"t{pos}",
-                             "n_pairs": 1})
-                prow.append({"level": "category", "pair_id": None, "category": first["category"],
-                             "hook": "resid_pre", "kind": "resid_pre", "layer": layer, "position": None,
-                             "offset": pos - edit, "head": None, "direction": direction, "metric": "margin",
-                             "normalized": float(rng.uniform(-1, 1)), "token": None, "n_pairs": 1})
+            for block, offset, token in (("edit", 0, "an/a"), ("after", None, " apple today.")):
+                v = float(rng.uniform(-1, 1))
+                prow.append({**common, "level": "pair", "pair_id": first["pair_id"], "hook": "resid_pre",
+                             "kind": "resid_pre", "layer": layer, "positions": block, "offset": offset, "head": None,
+                             "direction": direction, "normalized": v, "normalized_lo": None, "normalized_hi": None,
+                             "token": token, "n_pairs": 1, "n_excluded": 0})
+                prow.append({**common, "level": "category", "pair_id": None, "hook": "resid_pre",
+                             "kind": "resid_pre", "layer": layer, "positions": block, "offset": offset, "head": None,
+                             "direction": direction, "normalized": v, "normalized_lo": v - 0.2,
+                             "normalized_hi": v + 0.2, "token": None, "n_pairs": 1, "n_excluded": 1})
             for h in range(n_heads):
-                prow.append({"level": "pair", "pair_id": first["pair_id"], "category": first["category"],
-                             "hook": "z", "kind": "z", "layer": layer, "position": None, "offset": None, "head": h,
-                             "direction": direction, "metric": "margin", "normalized": float(rng.uniform(-1, 1)),
-                             "token": None, "n_pairs": 1})
+                prow.append({**common, "level": "pair", "pair_id": first["pair_id"], "hook": "z", "kind": "z",
+                             "layer": layer, "positions": "all", "offset": None, "head": h, "direction": direction,
+                             "normalized": float(rng.uniform(-1, 1)), "normalized_lo": None, "normalized_hi": None,
+                             "token": None, "n_pairs": 1, "n_excluded": 0})
     pt = pd.DataFrame(prow)
     for col in ("position", "offset", "head"):
         pt[col] = pt[col].astype("Int64")
+    for col in ("normalized_lo", "normalized_hi"):
+        pt[col] = pt[col].astype(float)
     R.write_parquet(out / "patching.parquet", pt)
     (out / "figures" / "effect_vs_k_mean_edit.html").write_text("<html><body>saved figure</body></html>\n")
     R.write_json(out / "manifest.json", {

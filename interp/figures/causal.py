@@ -3,9 +3,11 @@
 - ``effect_vs_k``: margin change and accuracy change against k for the stable, least stable and
   random selections (random: mean over seeds, error bars = standard deviation across seeds, faint
   markers = each seed), one figure per ablation mode x where;
-- ``patching_heatmap``: normalized patching effect, layer x position (residual stream; per category
-  the position is the offset from the edit) or layer x head (points with a per-head view, ``hook_z``),
-  denoising and noising side by side.
+- ``patching_heatmap``: normalized patching effect, layer x position (residual stream,
+  ``patching.positions=each``; per category the position is the offset from the edit), layer x
+  {edit, after} (``positions=modes``) or layer x head (points with a per-head view, ``hook_z``),
+  denoising and noising side by side; the hover shows the category rows' bootstrap CI and the
+  pairs used / left out for a small denominator.
 
 - ``ablation`` and ``patching_panels``: the viewer's interactive variants (one selection of mode,
   where and category; one figure per patched hook kind and metric).
@@ -20,6 +22,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -64,35 +67,82 @@ def effect_vs_k(ablation: pd.DataFrame, mode: str, where: str, category: str = "
     return fig
 
 
+# columns of patching.parquet shown in the hover text where a table has them (older tables do not)
+PATCH_HOVER = ("normalized_lo", "normalized_hi", "n_pairs", "n_excluded", "denominator")
+BLOCK_ORDER = ("edit", "after", "each", "all")
+
+
+def patch_x(d: pd.DataFrame, kind: str | None = None, pair: bool = False) -> str | None:
+    """The column a patching heatmap puts on x: ``head`` (per-head kinds), ``positions`` (the
+    edit / after blocks of ``positions=modes``), ``position`` (one pair) or ``offset`` (a category)."""
+    if (kind in HOOK_POINTS and HOOK_POINTS[kind].heads and "head" in d) or ("head" in d and d["head"].notna().any()):
+        return "head"
+    if "positions" in d and d["positions"].isin(["edit", "after"]).any():
+        return "positions"
+    for col in (("position", "offset") if pair else ("offset", "position")):
+        if col in d and d[col].notna().any():
+            return col
+    return None
+
+
+def patch_grid(d: pd.DataFrame, x: str, value: str = "normalized", agg: str = "mean"):
+    """(z, x values, layers, customdata, hover text) of a layer x ``x`` heatmap of patching rows; the
+    hover shows the CI, the pairs used and left out, and the denominator where the rows have them."""
+    grid = d.pivot_table(observed=True, index="layer", columns=x, values=value, aggfunc=agg, dropna=False).sort_index()
+    cols = list(grid.columns)
+    if x == "positions":
+        cols = [c for c in BLOCK_ORDER if c in cols] + [c for c in cols if c not in BLOCK_ORDER]
+    grid = grid.reindex(columns=cols)
+    extra = [c for c in PATCH_HOVER if c in d and pd.to_numeric(d[c], errors="coerce").notna().any()]
+    custom, hover = None, ""
+    if extra:
+        custom = np.stack([d.assign(_v=pd.to_numeric(d[c], errors="coerce").astype(float))
+                           .pivot_table(observed=True, index="layer", columns=x, values="_v", aggfunc="first")
+                           .reindex(index=grid.index, columns=cols).to_numpy(dtype=float) for c in extra], axis=-1)
+        at = {c: f"%{{customdata[{i}]" for i, c in enumerate(extra)}
+        if "normalized_lo" in at and "normalized_hi" in at:
+            hover += f"<br>CI [{at['normalized_lo']}:.3f}}, {at['normalized_hi']}:.3f}}]"
+        if "n_pairs" in at:
+            hover += f"<br>pairs used {at['n_pairs']}:.0f}}"
+        if "n_excluded" in at:
+            hover += f"<br>excluded (small denominator) {at['n_excluded']}:.0f}}"
+        if "denominator" in at:
+            hover += f"<br>source - base {at['denominator']}:.3f}}"
+    return grid.to_numpy(dtype=float), cols, list(grid.index), custom, hover
+
+
 def patching_heatmap(patching: pd.DataFrame, kind: str, *, pair_id=None, category=None,
                      metric: str | None = None) -> go.Figure:
-    """Normalized effect per layer x position (or offset) or layer x head; one panel per direction."""
+    """Normalized effect per layer x position (or offset), layer x {edit, after} (``positions=modes``)
+    or layer x head; one panel per direction. Hover: the bootstrap CI and the pairs used / left out."""
     d = patching[patching["kind"] == kind]
     if pair_id is not None:
         d = d[(d["level"] == "pair") & (d["pair_id"] == pair_id)]
         where = f"pair {pair_id}"
     else:
         d = d[(d["level"] == "category") & (d["category"] == category)]
-        where = f"category {category} (mean over pairs, positions aligned on the edit)"
+        where = (f"category {category} (ratio of means over pairs"
+                 + (", positions aligned on the edit)" if "positions" not in d or (d["positions"] == "each").any()
+                    else ")"))
     metric = metric or (d["metric"].iloc[0] if len(d) else "margin")
     d = d[d["metric"] == metric]
     directions = [x for x in ("denoising", "noising") if x in set(d["direction"])]
     fig = make_subplots(rows=1, cols=max(1, len(directions)),
                         subplot_titles=[f"{x} ({'a into b' if x == 'denoising' else 'b into a'})" for x in directions])
-    per_head = kind in HOOK_POINTS and HOOK_POINTS[kind].heads
-    xcol = "head" if per_head else ("position" if pair_id is not None else "offset")
+    xcol = patch_x(d, kind, pair=pair_id is not None) or "position"
     for c, direction in enumerate(directions, start=1):
         dd = d[d["direction"] == direction]
-        grid = dd.pivot_table(index="layer", columns=xcol, values="normalized", aggfunc="first", dropna=False).sort_index()
-        x = list(grid.columns)
-        if xcol == "position":
-            tok = dd.drop_duplicates("position").set_index("position")["token"]
-            x = [f"{p}:{tok.get(p, '')}" for p in grid.columns]
-        fig.add_trace(go.Heatmap(z=grid.to_numpy(dtype=float), x=x, y=list(grid.index), zmid=0,
+        z, cols, layers, custom, hover = patch_grid(dd, xcol, agg="first")
+        x = [str(v) for v in cols]
+        if xcol in ("position", "positions") and "token" in dd:
+            tok = dd.dropna(subset=[xcol]).drop_duplicates(xcol).set_index(xcol)["token"]
+            x = [f"{p}:{tok.get(p, '')}" if pd.notna(tok.get(p)) else str(p) for p in cols]
+        fig.add_trace(go.Heatmap(z=z, x=x, y=layers, zmid=0, customdata=custom,
                                  colorscale="RdBu", reversescale=True, coloraxis="coloraxis",
-                                 hovertemplate=f"layer %{{y}}<br>{xcol} %{{x}}<br>normalized %{{z:.3f}}<extra></extra>"),
+                                 hovertemplate=f"layer %{{y}}<br>{xcol} %{{x}}<br>normalized %{{z:.3f}}{hover}"
+                                               "<extra></extra>"),
                       row=1, col=c)
-        fig.update_xaxes(title_text={"head": "head", "position": "position:token",
+        fig.update_xaxes(title_text={"head": "head", "position": "position:token", "positions": "positions",
                                      "offset": "offset from the edit"}[xcol], row=1, col=c)
         fig.update_yaxes(title_text="layer", row=1, col=c)
     hook = d["hook"].iloc[0] if len(d) else kind
@@ -181,7 +231,8 @@ def ablation(d: pd.DataFrame, summary: pd.DataFrame | None, metric: str, mode: s
 
 def patching_panels(d: pd.DataFrame) -> list[tuple[str, go.Figure]]:
     """(name, figure) per patched hook kind and metric of ``patching.parquet`` rows: layer x position /
-    offset / head, one panel per direction."""
+    offset / {edit, after} / head, one panel per direction; the hover shows the CI and the pairs used
+    and left out where the rows have them."""
     if d.empty or "layer" not in d:
         return []
     numeric_metric = "metric" in d and pd.api.types.is_numeric_dtype(d["metric"])
@@ -193,29 +244,25 @@ def patching_panels(d: pd.DataFrame) -> list[tuple[str, go.Figure]]:
     out = []
     for kind, dk in (d.groupby(kind_col, observed=True, sort=True) if kind_col else [("", d)]):
         for metric, dm in (dk.groupby(metric_col, observed=True, sort=True) if metric_col else [("", dk)]):
-            if "head" in dm and dm["head"].notna().any():
-                x = "head"
-            elif "position" in dm and dm["position"].notna().any():
-                x = "position"
-            elif "offset" in dm and dm["offset"].notna().any():
-                x = "offset"
-            else:
+            x = patch_x(dm, pair="pair_id" in dm and dm["pair_id"].nunique() == 1 and dm["pair_id"].notna().all())
+            if x is None:
                 continue
             dirs = sorted(set(dm["direction"].astype(str))) if "direction" in dm else [""]
             fig = make_subplots(rows=1, cols=len(dirs), subplot_titles=[esc(t) for t in dirs], shared_yaxes=True,
                                 horizontal_spacing=0.06)
             labels = {}
-            if x == "position" and "token" in dm:
-                labels = {int(q): str(t) for q, t in zip(dm["position"], dm["token"]) if pd.notna(q) and pd.notna(t)}
+            if x in ("position", "positions") and "token" in dm:
+                labels = {(q if x == "positions" else int(q)): str(t) for q, t in zip(dm[x], dm["token"])
+                          if pd.notna(q) and pd.notna(t)}
             for i, direction in enumerate(dirs, start=1):
                 g = dm[dm["direction"].astype(str) == direction] if direction else dm
-                grid = g.pivot_table(observed=True, index="layer", columns=x, values=value, aggfunc="mean").sort_index()
-                cols = [int(c) for c in grid.columns]
+                z, cols, layers, custom, hover = patch_grid(g, x, value)
+                cols = [c if x == "positions" else int(c) for c in cols]
                 xs = [f"{c}:{esc(labels[c])}" if c in labels else str(c) for c in cols]
-                fig.add_trace(go.Heatmap(z=grid.to_numpy(dtype=float), x=xs, y=[int(l) for l in grid.index],
+                fig.add_trace(go.Heatmap(z=z, x=xs, y=[int(l) for l in layers], customdata=custom,
                                          coloraxis="coloraxis",
                                          hovertemplate=f"{esc(direction)}<br>layer %{{y}}<br>{x} %{{x}}"
-                                                       "<br>%{z:.3f}<extra></extra>"),
+                                                       f"<br>%{{z:.3f}}{hover}<extra></extra>"),
                               row=1, col=i)
                 fig.update_xaxes(title_text=x, row=1, col=i)
             fig.update_yaxes(title_text="layer", row=1, col=1)

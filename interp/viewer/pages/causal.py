@@ -81,7 +81,8 @@ def causal(run: str):
         d = pt[pt["level"].astype(str) == level] if level else pt
         subj_col = "pair_id" if level == "pair" and "pair_id" in d else ("category" if "category" in d else None)
         subjects = sorted(set(d[subj_col].dropna().astype(str))) if subj_col else []
-        subject = arg_choice("subject", subjects, subjects[0] if subjects else None)
+        subject = arg_choice("subject", subjects, "all" if "all" in subjects and level == "category"
+                             else (subjects[0] if subjects else None))
         if subject is not None:
             d = d[d[subj_col].astype(str) == subject]
         ctx.update(pt_levels=levels, pt_level=level, pt_subjects=subjects, pt_subject=subject, pt_subj_col=subj_col,
