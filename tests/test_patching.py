@@ -298,7 +298,7 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
     from interp.causal import run_causal as patch
     from interp.causal.ablation import ABLATION_COLUMNS
 
-    cfg = patch_cfg(f"run={run_dir}", "k=[1,3]", "ablation.seeds=3", "ablation.modes=[mean,resample,zero]",
+    cfg = patch_cfg(f"run={run_dir}", "k=[1,3]", "ablation.seeds=3", "ablation.split=null", "ablation.random=site", "ablation.modes=[mean,resample,zero]",
                     "ablation.where=[edit,all]", "patching.n_pairs=1", "figures.png=false", "figures.n_pairs=1")
     out = patch(cfg)
     cdir = run_dir / "causal"
@@ -396,10 +396,13 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
     assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
 
 
-def test_patch_picks_rank_calibrated_unless_rank_by_is_set(run_dir):
+def test_patch_picks_ratio_hi_unless_rank_by_is_set(run_dir):
     from interp.causal.selection import rank_column
 
-    stab = pd.DataFrame({"rank": [1, 2], "rank_calibrated": [2, 1], "q_value": [0.1, 0.2]})
+    stab = pd.DataFrame({"rank": [1, 2], "rank_calibrated": [2, 1], "q_value": [0.1, 0.2], "ratio_hi": [0.3, 0.9]})
+    assert rank_column(stab, None, {"analysis": {}}) == "ratio_hi"
+    assert rank_column(stab, "rank_calibrated", {"analysis": {}}) == "rank_calibrated"
+    stab = stab.drop(columns="ratio_hi")
     assert rank_column(stab, None, {"analysis": {}}) == "rank_calibrated"
     assert rank_column(stab.drop(columns="rank_calibrated"), None, {}) == "rank"
     assert rank_column(stab, None, {"analysis": {"rank_by": "rank"}}) == "rank"
@@ -410,7 +413,7 @@ def test_the_cli_runs_on_a_tiny_run_dir_and_an_unknown_run_dir_gives_a_clear_err
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = tmp_path / "cli"
     ok = subprocess.run([sys.executable, "-m", "interp.patch", f"run={run_dir}", f"out={out}", "k=[2]",
-                         "ablation.seeds=2", "ablation.modes=[zero]", "patching.n_pairs=1",
+                         "ablation.seeds=2", "ablation.modes=[zero]", "ablation.split=null", "patching.n_pairs=1",
                          "patching.heads=false", "figures.enabled=false", "progress=false"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]

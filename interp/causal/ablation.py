@@ -205,26 +205,152 @@ def ablated_margins(bridge, batch: Batch, sites: Sequence[SiteAblation], mode: s
     return pair_margins(logits, batch)
 
 
+# ===================================================================== batched conditions
+
+METRICS = ("post_edit_margin", "margin", "downstream_divergence")
 ABLATION_COLUMNS = ["selection", "k", "seed", "mode", "where", "category", "margin_change", "accuracy",
                     "accuracy_change", "n_pairs", "n_components", "margin", "baseline_margin",
                     "baseline_accuracy", "margin_change_se",
                     # the part of the margin an intervention at or after the edit can move: the tokens
-                    # after the edit (interp.causal.atp.post_edit_margin)
-                    "post_edit_margin_change", "post_edit_margin_change_se", "baseline_post_edit_margin"]
+                    # after the edit (interp.causal.metrics.post_edit_margin)
+                    "post_edit_margin_change", "post_edit_margin_change_se", "baseline_post_edit_margin",
+                    # how far a's and b's next-token distributions after the edit are apart
+                    # (interp.causal.metrics.downstream_divergence)
+                    "downstream_divergence_change", "downstream_divergence_change_se",
+                    "baseline_downstream_divergence"]
+VS_RANDOM_COLUMNS = ["selection", "k", "mode", "where", "category", "metric", "change", "change_lo",
+                     "change_hi", "random_mean", "random_sd", "random_min", "random_max", "diff_vs_random",
+                     "diff_se", "diff_lo", "diff_hi", "n_clusters", "p_perm", "share_random_below",
+                     "beyond_all_random", "n_seeds", "n_pairs", "pairs"]
 
 
-def both_margins(logits: Float[Tensor, "VB T d_vocab"], batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """(whole-sentence margin, post_edit_margin) of every pair of the batch."""
-    from .atp import post_edit_margin
+@dataclass
+class Condition:
+    """One ablation: a set of components (per hook), a replacement mode, the positions, and for
+    ``resample`` the seed of its donor draw."""
 
-    return pair_margins(logits, batch).cpu().numpy(), post_edit_margin(logits, batch).cpu().numpy()
+    selection: str
+    k: int
+    seed: int
+    mode: str
+    where: str
+    draw: int
+    sites: list[SiteAblation]
+
+
+def condition_hooks(conds: Sequence[Condition], batch: Batch, *, clean: Mapping[str, Tensor] | None = None,
+                    batch_seed: int = 0) -> list[tuple[str, HookFn]]:
+    """Hooks for one forward pass over ``len(conds)`` stacked copies of the batch's a and b rows
+    (condition ``c`` = rows ``c * 2B .. (c + 1) * 2B - 1``), all of one ``mode`` and ``where``: each
+    copy has its own components replaced, exactly as ``ablation_hooks`` would for that condition
+    alone. ``clean[hook_name]``: the unablated [2B, T, C] activations (``resample``)."""
+    modes, wheres = {c.mode for c in conds}, {c.where for c in conds}
+    if len(modes) != 1 or len(wheres) != 1:
+        raise ValueError("the conditions of one pass must share mode and where")
+    mode, where = modes.pop(), wheres.pop()
+    B2 = 2 * batch.size
+    pos = where_mask(batch, where)[:B2]  # [2B, T]
+    device = batch.tokens.device
+    by_hook: dict[str, list[tuple[int, SiteAblation]]] = {}
+    for ci, cond in enumerate(conds):
+        for site in cond.sites:
+            by_hook.setdefault(site.hook_name, []).append((ci, site))
+    donors = [draw_donors(batch, c.draw * 1_000_003 + batch_seed) for c in conds] if mode == "resample" else None
+
+    def make(name: str, entries: list[tuple[int, SiteAblation]]) -> HookFn:
+        def hook(act: Tensor, hook=None) -> Tensor:
+            shape = act.shape
+            flat = act.reshape(len(conds), B2, shape[1], -1)
+            n = flat.shape[-1]
+            sel = torch.zeros((len(conds), n), dtype=torch.bool, device=device)
+            mean = torch.zeros(n, dtype=flat.dtype, device=device)
+            for ci, site in entries:
+                sel[ci, site.index] = True
+                mean[site.index] = site.mean.to(flat.dtype)
+            m = sel[:, None, None, :] & pos[None, :, :, None]
+            if mode == "zero":
+                value = torch.zeros((), dtype=flat.dtype, device=device)
+            elif mode == "mean":
+                value = mean
+            else:
+                src = clean[name].reshape(B2, shape[1], -1).to(flat.dtype)
+                t = torch.arange(shape[1], device=device)[None, :]
+                value = torch.stack([torch.where((d >= 0)[..., None], src[d.clamp(min=0), t], mean)
+                                     for d in donors])
+            return torch.where(m, value, flat).reshape(shape)
+        return hook
+
+    return [(name, make(name, entries)) for name, entries in by_hook.items()]
+
+
+def run_conditions(model, batch: Batch, conds: Sequence[Condition], *, clean=None, batch_seed: int = 0,
+                   ) -> dict[str, np.ndarray]:
+    """Metrics of every pair of ``batch`` under each condition: one forward pass over the stacked
+    copies. Returns ``{metric: [len(conds), B]}`` (``interp.causal.metrics.pair_metrics``)."""
+    from .metrics import pair_metrics
+
+    C, B2 = len(conds), 2 * batch.size
+    tokens, mask = batch.tokens[:B2].repeat(C, 1), batch.mask[:B2].repeat(C, 1)
+    with torch.inference_mode(), model.hooks(fwd_hooks=condition_hooks(conds, batch, clean=clean,
+                                                                       batch_seed=batch_seed)):
+        logits = model(tokens, attention_mask=mask.long(), return_type="logits")
+    out = [pair_metrics(logits[c * B2:(c + 1) * B2], batch) for c in range(C)]
+    return {m: np.stack([o[m] for o in out]) for m in METRICS}
+
+
+def _conditions(cfg: DictConfig, cands: pd.DataFrame, means, device) -> tuple[list[Condition], pd.DataFrame, dict]:
+    """Every ablation of the run: the stable, least-stable and random selections at each k, mode and
+    where; the selections table; facts on the random matching."""
+    from .selection import matched_random, select_components
+
+    acfg = cfg.ablation
+    base_seed = int(cfg.seed)
+    seeds = [base_seed + i for i in range(max(1, int(acfg.seeds)))]
+    draws = seeds[:max(1, int(acfg.get("resample_draws", 5)))]
+    random_kind = str(acfg.get("random", "matched"))
+    pool = int(acfg.get("match_pool", 10))
+    chosen: dict[tuple, pd.DataFrame] = {}
+    for k in sorted({int(k) for k in cfg.k}):
+        top = select_components(cands, "stable", k)
+        for sel in acfg.selections:
+            if sel != "random":
+                chosen[(sel, k, base_seed)] = select_components(cands, sel, k)
+                continue
+            for s in seeds:
+                chosen[(sel, k, s)] = (matched_random(cands, top, s, pool) if random_kind == "matched"
+                                       else select_components(cands, "random", k, s))
+    cols = ["selection", "k", "seed", "hook", "hook_name", "layer", "component", "_rank", "normalized", "act_mean",
+            "spread"]
+    sel_rows = pd.concat([d.assign(selection=sel, k=k, seed=s)[[c for c in cols + ["head"] if c in d or c in
+                                                               ("selection", "k", "seed")]]
+                          for (sel, k, s), d in chosen.items()], ignore_index=True)
+    sel_rows = sel_rows.rename(columns={"_rank": "rank_value"})
+    sites = {key: group_components(d, means, device) for key, d in chosen.items()}
+    conds = []
+    for (sel, k, s), site in sites.items():
+        for mode in acfg.modes:
+            for where in acfg.where:
+                if sel == "random":
+                    conds.append(Condition(sel, k, s, mode, where, s, site))
+                else:
+                    for d in (draws if mode == "resample" else [base_seed]):
+                        conds.append(Condition(sel, k, s, mode, where, d, site))
+    facts = {"random": random_kind, "match_pool": pool if random_kind == "matched" else None,
+             "seeds": len(seeds), "resample_draws": len(draws)}
+    if "spread" in sel_rows:  # how well the random selections match the stable ones in spread
+        med = sel_rows.groupby(["selection", "k"])["spread"].median()
+        facts["median_spread"] = {f"{sel}/k={k}": float(v) for (sel, k), v in med.items()}
+    return conds, sel_rows, facts
 
 
 def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.DataFrame,
-                 run_dir: Path) -> dict:
-    import torch
+                 run_dir: Path, clusters: np.ndarray | None = None) -> dict:
+    """Ablate every condition (``_conditions``) on ``pairs`` (the test pairs), many conditions per
+    forward pass (``ablation.rows_per_pass`` rows); tables per pair, per category and seed, over seeds,
+    and against the matched random selections (``vs_random``)."""
     from tqdm.auto import tqdm
 
+    from .atp import _model
 
     acfg = cfg.ablation
     modes, wheres = list(acfg.modes), list(acfg.where)
@@ -234,36 +360,11 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
     sels = list(acfg.selections)
     if any(s not in SELECTION_KINDS for s in sels):
         raise ValueError(f"ablation.selections must come from {SELECTION_KINDS}, got {sels}")
-    base_seed = int(cfg.seed)
-    seeds = [base_seed + i for i in range(max(1, int(acfg.seeds)))]
     ks = sorted({int(k) for k in cfg.k})
     if not ks or min(ks) < 1:
         raise ValueError(f"k must be a list of positive integers, got {list(cfg.k)}")
 
-    # which components each (selection, k, seed) ablates
-    chosen: dict[tuple, pd.DataFrame] = {}
-    for k in ks:
-        for sel in sels:
-            for s in (seeds if sel == "random" else [base_seed]):
-                chosen[(sel, k, s)] = select_components(cands, sel, k, s)
-    sel_rows = pd.concat([d.assign(selection=sel, k=k, seed=s)[
-        ["selection", "k", "seed", "hook", "hook_name", "layer", "component", "_rank", "normalized", "act_mean"]
-        + (["head"] if "head" in d else [])] for (sel, k, s), d in chosen.items()], ignore_index=True)
-    sel_rows = sel_rows.rename(columns={"_rank": "rank_value"})
-
-    # the runs: (selection, k, selection seed, mode, where, resample seed)
-    runs = []
-    for (sel, k, s), _ in chosen.items():
-        for mode in modes:
-            for where in wheres:
-                if sel == "random":
-                    runs.append((sel, k, s, mode, where, s))
-                elif mode == "resample":
-                    runs += [(sel, k, s, mode, where, rs) for rs in seeds]
-                else:
-                    runs.append((sel, k, s, mode, where, base_seed))
-
-    hook_names = sorted(set(sel_rows["hook_name"]))
+    hook_names = sorted(set(cands["hook_name"]))
     if str(acfg.mean_from) == "run":
         means = None  # act_mean of the stability table, carried by the selected rows
         mean_source = "run act_mean (all sentence tokens of the run, BOS excluded)"
@@ -276,80 +377,167 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
             sentences = read_sentences(acfg.mean_from)
             mean_source = f"computed over the sentences of {acfg.mean_from}"
         means = reference_means(lm, sentences, set(hook_names), int(cfg.batch_size))
-
-    sites = {key: group_components(d, means, lm.device) for key, d in chosen.items()}
+    conds, sel_rows, facts = _conditions(cfg, cands, means, lm.device)
     sel_rows["mean_used"] = (sel_rows["act_mean"] if means is None else
                              [float(means[h][c]) for h, c in zip(sel_rows["hook_name"], sel_rows["component"])])
-    union = {n: torch.tensor(sorted(set(sel_rows.loc[sel_rows["hook_name"] == n, "component"])),
-                             device=lm.device) for n in hook_names}
+    used_hooks = sorted(set(sel_rows["hook_name"]))
 
+    model = _model(lm)
     groups = sorted(set(pairs["category"]))
     batches = make_batches(tps, [groups.index(c) for c in pairs["category"]], lm.bos_token_id,
                            lm.pad_token_id, int(cfg.batch_size), lm.device)
-    margins = {r: np.full(len(pairs), np.nan) for r in runs}
-    post = {r: np.full(len(pairs), np.nan) for r in runs}
-    baseline = np.full(len(pairs), np.nan)
-    baseline_post = np.full(len(pairs), np.nan)
-    bar = tqdm(total=len(batches) * (1 + len(runs)), unit="pass", desc="ablation",
-               disable=not cfg.get("progress", True), file=sys.stderr)
+    N = len(pairs)
+    vals = {m: np.full((len(conds), N), np.nan) for m in METRICS}
+    base = {m: np.full(N, np.nan) for m in METRICS}
+    # conditions of one mode and where share a pass; as many as fit ablation.rows_per_pass
+    passes: list[list[int]] = []
+    for key in dict.fromkeys((c.mode, c.where) for c in conds):
+        idx = [i for i, c in enumerate(conds) if (c.mode, c.where) == key]
+        passes.append(idx)
+    rows_per_pass = int(acfg.get("rows_per_pass", 256))
+    n_forward = 0
+    bar = tqdm(total=len(batches), unit="batch", desc="ablation", disable=not cfg.get("progress", True),
+               file=sys.stderr)
     for bi, batch in enumerate(batches):
         idx = batch.index.numpy()
+        per = max(1, rows_per_pass // (2 * batch.size))
         clean: dict = {}
-        need_clean = "resample" in modes
-        logits = forward(lm.bridge, batch, capture_hooks(hook_names, clean, union) if need_clean else [])
-        baseline[idx], baseline_post[idx] = both_margins(logits, batch)
+        from .metrics import pair_metrics
+
+        with torch.inference_mode(), model.hooks(fwd_hooks=capture_hooks(used_hooks, clean) if "resample" in modes
+                                                 else []):
+            logits = model(batch.tokens[:2 * batch.size], attention_mask=batch.mask[:2 * batch.size].long(),
+                           return_type="logits")
+        for m, v in pair_metrics(logits, batch).items():
+            base[m][idx] = v
         del logits
+        n_forward += 1
+        for group in passes:
+            for start in range(0, len(group), per):
+                chunk = group[start:start + per]
+                got = run_conditions(model, batch, [conds[i] for i in chunk], clean=clean, batch_seed=bi)
+                for m, v in got.items():
+                    vals[m][np.array(chunk)[:, None], idx[None, :]] = v
+                n_forward += 1
         bar.update(1)
-        masks = {w: where_mask(batch, w) for w in wheres}
-        donors = {}
-        for run in runs:
-            sel, k, s, mode, where, rs = run
-            donor = None
-            if mode == "resample":
-                if rs not in donors:
-                    donors[rs] = draw_donors(batch, rs * 1_000_003 + bi)
-                donor = donors[rs]
-            hooks = ablation_hooks(sites[(sel, k, s)], masks[where], mode, donor=donor, clean=clean)
-            logits = forward(lm.bridge, batch, hooks)
-            margins[run][idx], post[run][idx] = both_margins(logits, batch)
-            del logits
-            bar.update(1)
     bar.close()
 
-    # tables
-    cats = list(pairs["category"])
-    pair_frames, rows = [], []
-    base_correct = baseline > 0
-    for run in runs:
-        sel, k, s, mode, where, rs = run
-        m = margins[run]
-        n_comp = len(chosen[(sel, k, s)])
-        pair_frames.append(pd.DataFrame({
-            "selection": sel, "k": k, "seed": rs, "mode": mode, "where": where,
-            "pair_id": pairs["pair_id"], "category": cats, "baseline_margin": baseline, "margin": m,
-            "margin_change": m - baseline, "baseline_post_edit_margin": baseline_post,
-            "post_edit_margin_change": post[run] - baseline_post}))
+    g = clusters if clusters is not None else np.arange(N)
+    pair_table = ablation_pairs(conds, pairs, vals, base)
+    table = category_table(conds, pairs, vals, base)
+    vs = vs_random(conds, pairs, vals, base, g, level=float(acfg.get("ci", 0.95)))
+    rows = sum(2 * b.size * (1 + len(conds)) for b in batches)
+    return {"table": table, "summary": summarize_ablation(table), "pairs": pair_table, "vs_random": vs,
+            "selections": sel_rows, "mean_source": mean_source, "n_runs": len(conds),
+            "n_forward_passes": n_forward, "n_batches": len(batches), "n_rows": rows, "random_facts": facts}
+
+
+def _change(vals, base, m, ci=None):
+    v = vals[m] if ci is None else vals[m][ci]
+    return v - base[m]
+
+
+def ablation_pairs(conds, pairs: pd.DataFrame, vals, base) -> pd.DataFrame:
+    """One row per condition x pair."""
+    frames = []
+    for ci, c in enumerate(conds):
+        frames.append(pd.DataFrame({
+            "selection": c.selection, "k": c.k, "seed": c.draw if c.selection != "random" else c.seed,
+            "mode": c.mode, "where": c.where, "pair_id": pairs["pair_id"].to_numpy(),
+            "category": pairs["category"].to_numpy(), "baseline_margin": base["margin"],
+            "margin": vals["margin"][ci], "margin_change": _change(vals, base, "margin", ci),
+            "baseline_post_edit_margin": base["post_edit_margin"],
+            "post_edit_margin_change": _change(vals, base, "post_edit_margin", ci),
+            "baseline_downstream_divergence": base["downstream_divergence"],
+            "downstream_divergence_change": _change(vals, base, "downstream_divergence", ci)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    x = x[np.isfinite(x)]
+    n = len(x)
+    return (float(x.mean()) if n else float("nan"),
+            float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"))
+
+
+def category_table(conds, pairs: pd.DataFrame, vals, base) -> pd.DataFrame:
+    """One row per condition x category (and ``all``): mean changes with their iid SE over pairs."""
+    cats = pairs["category"].to_numpy()
+    groups = sorted(set(cats))
+    base_correct = base["margin"] > 0
+    rows = []
+    for ci, c in enumerate(conds):
+        m = vals["margin"][ci]
         for cat in groups + ["all"]:
-            sel_mask = np.ones(len(pairs), bool) if cat == "all" else (pairs["category"] == cat).to_numpy()
-            d = m[sel_mask] - baseline[sel_mask]
-            dp = post[run][sel_mask] - baseline_post[sel_mask]
-            n = int(sel_mask.sum())
-            acc = float((m[sel_mask] > 0).mean())
-            base_acc = float(base_correct[sel_mask].mean())
-            rows.append({
-                "selection": sel, "k": k, "seed": rs, "mode": mode, "where": where, "category": cat,
-                "margin_change": float(d.mean()), "accuracy": acc, "accuracy_change": acc - base_acc,
-                "n_pairs": n, "n_components": n_comp, "margin": float(m[sel_mask].mean()),
-                "baseline_margin": float(baseline[sel_mask].mean()), "baseline_accuracy": base_acc,
-                "margin_change_se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
-                "post_edit_margin_change": float(dp.mean()),
-                "post_edit_margin_change_se": float(dp.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
-                "baseline_post_edit_margin": float(baseline_post[sel_mask].mean()),
-            })
-    table = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
-    return {"table": table, "summary": summarize_ablation(table), "pairs": pd.concat(pair_frames, ignore_index=True),
-            "selections": sel_rows, "mean_source": mean_source, "n_runs": len(runs),
-            "n_forward_passes": len(batches) * (1 + len(runs)), "n_batches": len(batches)}
+            sel = np.ones(len(cats), bool) if cat == "all" else cats == cat
+            n = int(sel.sum())
+            acc, base_acc = float((m[sel] > 0).mean()), float(base_correct[sel].mean())
+            row = {"selection": c.selection, "k": c.k, "seed": c.draw if c.selection != "random" else c.seed,
+                   "mode": c.mode, "where": c.where, "category": cat, "accuracy": acc,
+                   "accuracy_change": acc - base_acc, "n_pairs": n,
+                   "n_components": int(sum(len(s.index) for s in c.sites)), "margin": float(m[sel].mean()),
+                   "baseline_accuracy": base_acc}
+            for metric in METRICS:
+                mean, se = _mean_se(_change(vals, base, metric, ci)[sel])
+                row[f"{metric}_change"], row[f"{metric}_change_se"] = mean, se
+                row[f"baseline_{metric}"] = _mean_se(base[metric][sel])[0]
+            rows.append(row)
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def vs_random(conds, pairs: pd.DataFrame, vals, base, clusters: np.ndarray, level: float = 0.95) -> pd.DataFrame:
+    """The stable (and least-stable) selection against its matched random selections, per k x mode
+    x where x category x metric, on the same pairs:
+
+    - ``change`` (with its clustered CI ``change_lo``/``change_hi``): the selection's mean change
+      (over resample draws first);
+    - ``random_mean``/``_sd``/``_min``/``_max``: over the random seeds' mean changes;
+    - ``diff_vs_random``: the mean over pairs of (the selection's change - the mean change of the
+      random selections on that pair), its cluster-robust SE and t interval (``diff_lo``/``diff_hi``,
+      clusters of the run's ``analysis.cluster``);
+    - ``p_perm``: the Monte Carlo permutation p-value of the selection among its random draws,
+      ``(1 + #{seeds whose mean change lies at least as far from the random mean}) / (seeds + 1)``,
+      two-sided; ``share_random_below``: the share of seeds with a smaller mean change;
+      ``beyond_all_random``: the selection's change lies outside every seed's.
+    """
+    from ..stats.clustered import mean_ci
+
+    cats = pairs["category"].to_numpy()
+    keyed: dict[tuple, list[int]] = {}
+    for ci, c in enumerate(conds):
+        keyed.setdefault((c.selection, c.k, c.mode, c.where), []).append(ci)
+    rows = []
+    for (sel, k, mode, where), cis in keyed.items():
+        if sel == "random" or ("random", k, mode, where) not in keyed:
+            continue
+        rnd = keyed[("random", k, mode, where)]
+        for metric in METRICS:
+            s_all = _change(vals, base, metric)[cis].mean(0)  # [N]: over resample draws
+            r_all = _change(vals, base, metric)[rnd]  # [S, N]
+            for cat in sorted(set(cats)) + ["all"]:
+                m = np.ones(len(cats), bool) if cat == "all" else cats == cat
+                m &= np.isfinite(s_all) & np.isfinite(r_all).all(0)
+                s, r = s_all[m], r_all[:, m]
+                if not m.any():
+                    continue
+                sbar, rbar = float(s.mean()), r.mean(1)
+                centre = float(rbar.mean())
+                ch = mean_ci(s, clusters[m], level)
+                d = mean_ci(s - r.mean(0), clusters[m], level)
+                far = np.abs(rbar - centre) >= abs(sbar - centre) - 1e-12
+                rows.append({"selection": sel, "k": k, "mode": mode, "where": where, "category": cat,
+                             "metric": metric, "change": sbar, "change_lo": float(ch["lo"]),
+                             "change_hi": float(ch["hi"]), "random_mean": centre,
+                             "random_sd": float(rbar.std(ddof=1)) if len(rbar) > 1 else float("nan"),
+                             "random_min": float(rbar.min()), "random_max": float(rbar.max()),
+                             "diff_vs_random": float(d["mean"]), "diff_se": float(d["se"]),
+                             "diff_lo": float(d["lo"]), "diff_hi": float(d["hi"]),
+                             "n_clusters": int(d["n_clusters"]),
+                             "p_perm": float((1 + far.sum()) / (len(rbar) + 1)),
+                             "share_random_below": float((rbar < sbar).mean()),
+                             "beyond_all_random": bool(sbar < rbar.min() or sbar > rbar.max()),
+                             "n_seeds": len(rbar), "n_pairs": int(m.sum()), "pairs": ""})
+    return pd.DataFrame(rows, columns=VS_RANDOM_COLUMNS)
 
 
 def summarize_ablation(table: pd.DataFrame) -> pd.DataFrame:
@@ -361,8 +549,8 @@ def summarize_ablation(table: pd.DataFrame) -> pd.DataFrame:
                 margin_change_max=("margin_change", "max"), accuracy_change_mean=("accuracy_change", "mean"),
                 accuracy_change_std=("accuracy_change", "std"),
                 post_edit_margin_change_mean=("post_edit_margin_change", "mean"),
-                post_edit_margin_change_std=("post_edit_margin_change", "std"), n_pairs=("n_pairs", "first"),
-                n_components=("n_components", "mean")).reset_index()
+                post_edit_margin_change_std=("post_edit_margin_change", "std"),
+                downstream_divergence_change_mean=("downstream_divergence_change", "mean"),
+                downstream_divergence_change_std=("downstream_divergence_change", "std"),
+                n_pairs=("n_pairs", "first"), n_components=("n_components", "mean")).reset_index()
     return out
-
-

@@ -19,6 +19,7 @@ CAUSAL = "causal"
 ABLATION = "ablation.parquet"
 ABLATION_SUMMARY = "ablation_summary.parquet"
 ABLATION_PAIRS = "ablation_pairs.parquet"
+ABLATION_VS_RANDOM = "ablation_vs_random.parquet"
 SELECTIONS = "selections.parquet"
 PATCHING = "patching.parquet"
 ATP = "atp.parquet"
@@ -47,6 +48,17 @@ def check_config(cfg: DictConfig) -> Path:
         bad = [v for v in values if v not in allowed]
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    if a.get("random", "matched") not in ("matched", "site"):
+        raise ConfigError(f"ablation.random: {a.random!r} is not one of matched, site")
+    split = a.get("split")
+    if split is not None and not (isinstance(split, (int, float)) and 0 < float(split) < 1):
+        raise ConfigError(f"ablation.split={split!r} must be a share in (0, 1) of the pairs that select, "
+                          "or null (select and test on the same pairs)")
+    for key, value in (("ablation.match_pool", a.get("match_pool", 10)),
+                       ("ablation.resample_draws", a.get("resample_draws", 5)),
+                       ("ablation.rows_per_pass", a.get("rows_per_pass", 256))):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be a whole number >= 1")
     for key, value in (("k", min(cfg.k, default=1)), ("batch_size", cfg.batch_size), ("ablation.seeds", a.seeds),
                        ("patching.n_pairs", p.n_pairs), ("patching.rows_per_pass", p.rows_per_pass)):
         if not isinstance(value, int) or value < 1:
@@ -87,22 +99,19 @@ def run_causal(cfg: DictConfig) -> dict:
 
     if cfg.ablation.enabled:
         t = time.time()
-        cands = candidates(stab, str(cfg.position), rank_col, cfg.get("hook_points"), cfg.get("layers"),
-                           dedupe=bool(cfg.get("dedupe", True)))
-        pairs = filter_pairs(pairs_all, cfg.ablation.types, cfg.ablation.categories, cfg.ablation.limit)
-        pairs, tps = tokenize_pairs(pairs, lm.tokenizer)
-        if pairs.empty:
-            raise RunDirError(f"{run_dir}: no pair of types {list(cfg.ablation.types or [])} to ablate")
-        abl = run_ablation(cfg, lm, pairs, tps, cands, run_dir)
+        abl, facts = _ablation(cfg, lm, run_dir, rcfg, stab, pairs_all, rank_col)
         R.write_parquet(out_dir / ABLATION, abl["table"])
         R.write_parquet(out_dir / ABLATION_SUMMARY, abl["summary"])
         R.write_parquet(out_dir / ABLATION_PAIRS, abl["pairs"])
+        R.write_parquet(out_dir / ABLATION_VS_RANDOM, abl["vs_random"])
         R.write_parquet(out_dir / SELECTIONS, abl["selections"])
-        written += [ABLATION, ABLATION_SUMMARY, ABLATION_PAIRS, SELECTIONS]
-        result.update(ablation=abl["table"], ablation_summary=abl["summary"], selections=abl["selections"])
-        counts.update(ablation_pairs=len(pairs), ablation_runs=abl["n_runs"],
+        written += [ABLATION, ABLATION_SUMMARY, ABLATION_PAIRS, ABLATION_VS_RANDOM, SELECTIONS]
+        result.update(ablation=abl["table"], ablation_summary=abl["summary"], selections=abl["selections"],
+                      ablation_vs_random=abl["vs_random"], ablation_facts=facts)
+        counts.update(ablation_pairs=len(abl["pairs"]["pair_id"].unique()), ablation_runs=abl["n_runs"],
                       ablation_forward_passes=abl["n_forward_passes"], ablation_batches=abl["n_batches"],
-                      candidates=len(cands), candidates_flagged_excluded=int(cands.attrs.get("flagged_excluded", 0)))
+                      ablation_rows=abl["n_rows"], candidates=facts["candidates"],
+                      candidates_flagged_excluded=facts["candidates_flagged_excluded"])
         mean_source = abl["mean_source"]
         timings["ablation_s"] = time.time() - t
 
@@ -157,8 +166,17 @@ def run_causal(cfg: DictConfig) -> dict:
                         "post_edit_margin = the same over the tokens after the edit only (what an intervention "
                         "at or after the edit can move)",
             "mean_source": mean_source,
-            "random_control": "k components drawn from the same (hook, layer) sites as the k most stable, "
-                              "excluding them when the site has enough others",
+            "random_control": "matched (ablation.random=matched): per component of the k most stable, one of the "
+                              "ablation.match_pool components of its hook point and layer nearest in log spread, "
+                              "never a stable one, seeded; site: any components of those sites; "
+                              "ablation.seeds draws",
+            "selection": "ablation.split of the run's pairs (whole clusters of analysis.cluster, per category) "
+                         "rank the candidates by the clustered ratio_hi recomputed on them from "
+                         "pair_values.parquet; the other pairs are ablated (split=null: the run's ranking "
+                         "column, same pairs)",
+            "vs_random": "ablation_vs_random.parquet: diff_vs_random = mean over pairs of the selection's change "
+                         "minus the random selections' mean change on that pair, cluster-robust t interval; "
+                         "p_perm = the selection's place among the random draws (two-sided Monte Carlo)",
             "resample": "per (row, position) a donor row of another pair of the batch with a real token "
                         "there, from the clean pass; seeded by seed and batch; mean where none",
             "where": {"edit": "the edited token", "after": "tokens after the edit",
@@ -176,6 +194,7 @@ def run_causal(cfg: DictConfig) -> dict:
                                          "against it",
         },
         "atp": atp_facts,
+        "ablation": result.get("ablation_facts"),
         "files": written,  # tables written by this invocation (a disabled part leaves older files alone)
         "figures": figure_info,
         "timings": timings,
@@ -183,6 +202,46 @@ def run_causal(cfg: DictConfig) -> dict:
     R.write_json(out_dir / "manifest.json", manifest)
     result["manifest"] = manifest
     return result
+
+
+def _ablation(cfg: DictConfig, lm, run_dir: Path, rcfg: dict, stab, pairs_all, rank_col: str) -> tuple:
+    """Candidates, the held-out split, and the ablation on the test pairs (``interp.causal.ablation``)."""
+    import numpy as np
+
+    from ..stats.clustered import cluster_keys
+    from .selection import heldout_ranking, split_pairs
+
+    a = cfg.ablation
+    cands = candidates(stab, str(cfg.position), rank_col, cfg.get("hook_points"), cfg.get("layers"),
+                       dedupe=bool(cfg.get("dedupe", True)))
+    cluster = str((rcfg.get("analysis") or {}).get("cluster", "swap"))
+    facts = {"candidates_flagged_excluded": int(cands.attrs.get("flagged_excluded", 0)), "cluster": cluster}
+    split = a.get("split")
+    test = pairs_all
+    if split is not None:
+        select = split_pairs(pairs_all, cluster, float(split), int(cfg.seed))
+        cands, missing = heldout_ranking(run_dir, cands, pairs_all, select, str(cfg.position), cluster,
+                                         float(a.get("ci", 0.95)))
+        test = pairs_all[~select]
+        facts.update(selection="held_out", split=float(split), select_pairs=int(select.sum()),
+                     test_pairs=int((~select).sum()), rank_column="ratio_hi (selecting pairs)",
+                     hooks_without_values=missing)
+    else:
+        facts.update(selection="in_sample", rank_column=rank_col)
+    facts["candidates"] = len(cands)
+    pairs = filter_pairs(test.reset_index(drop=True), a.types, a.categories, a.limit)
+    pairs, tps = tokenize_pairs(pairs, lm.tokenizer)
+    ones = [i for i, tp in enumerate(tps) if tp.one_token]
+    facts["skipped_span_pairs"] = len(tps) - len(ones)
+    pairs, tps = pairs.iloc[ones].reset_index(drop=True), [tps[i] for i in ones]
+    if pairs.empty:
+        raise RunDirError(f"{run_dir}: no one-token pair of types {list(a.types or [])} to ablate"
+                          + (" among the held-out pairs" if split is not None else ""))
+    abl = run_ablation(cfg, lm, pairs, tps, cands, run_dir, clusters=cluster_keys(pairs, cluster))
+    abl["vs_random"]["pairs"] = "held_out" if split is not None else "in_sample"
+    facts.update(abl["random_facts"])
+    facts["test_pairs_ablated"] = len(pairs)
+    return abl, facts
 
 
 def _attribution(cfg: DictConfig, lm, man: dict, stab, pairs_all) -> tuple:
@@ -231,6 +290,17 @@ def summary_text(result: dict) -> str:
             lines.append(f"  {r.selection:<13} k={r.k:<4} {r.mode:<9} {r.where:<6} "
                          f"margin change {r.margin_change_mean:+.3f}{spread}  post-edit {r.post_edit_margin_change_mean:+.3f}"
                          f"{pspread}  accuracy change {r.accuracy_change_mean:+.3f}")
+    vs = result.get("ablation_vs_random")
+    if vs is not None and not vs.empty:
+        facts = result.get("ablation_facts") or {}
+        d = vs[(vs["category"] == "all") & (vs["metric"].isin(["post_edit_margin", "downstream_divergence"]))]
+        lines.append(f"against matched random selections ({facts.get('seeds')} seeds, {facts.get('random')}; "
+                     f"{'held-out' if facts.get('selection') == 'held_out' else 'IN-SAMPLE'} pairs, "
+                     f"{facts.get('test_pairs_ablated')} ablated): diff_vs_random [CI] and permutation p")
+        for r in d.itertuples():
+            lines.append(f"  {r.selection:<13} k={r.k:<4} {r.mode:<9} {r.where:<6} {r.metric:<22} "
+                         f"change {r.change:+.3f}  random {r.random_mean:+.3f} (sd {r.random_sd:.3f})  "
+                         f"diff {r.diff_vs_random:+.3f} [{r.diff_lo:+.3f}, {r.diff_hi:+.3f}]  p_perm {r.p_perm:.3f}")
     f = result.get("atp_facts")
     if f:
         line = f"attribution patching (post_edit_margin) over {f['n_pairs']} pairs -> atp.parquet"

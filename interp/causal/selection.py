@@ -42,15 +42,20 @@ def check_run_dir(run) -> Path:
 
 
 def rank_column(stab: pd.DataFrame, cfg_rank_by, run_cfg: dict) -> str:
-    """Which column orders components: rank_by (patch config, else the run's analysis.rank_by), else
-    ``rank_calibrated`` when present, else ``rank``."""
+    """Which column orders components when they are selected on the run's own table (``ablation.split``
+    null): rank_by (patch config, else the run's analysis.rank_by), else ``ratio_hi`` (the upper
+    bound of the clustered ratio interval: the equivalence rule's statistic) when present, else
+    ``rank_calibrated``, else ``rank``."""
     rank_by = cfg_rank_by or (run_cfg.get("analysis") or {}).get("rank_by")
     if rank_by:
         if rank_by not in stab.columns:
             raise RunDirError(f"rank_by={rank_by!r} is not a column of stability.parquet "
                               f"({sorted(stab.columns)})")
         return str(rank_by)
-    return "rank_calibrated" if "rank_calibrated" in stab.columns else "rank"
+    for col in ("ratio_hi", "rank_calibrated"):
+        if col in stab.columns:
+            return col
+    return "rank"
 
 
 def candidates(stab: pd.DataFrame, position: str, rank_col: str, hooks=None, layers=None,
@@ -184,3 +189,104 @@ def reference_means(lm, sentences: list[str], hook_names: set[str], batch_size: 
     return {n: (s / count).float() for n, s in sums.items()}
 
 
+
+
+# ---------------------------------------------------------------- held-out selection
+
+def split_pairs(pairs: pd.DataFrame, cluster: str, fraction: float, seed: int) -> np.ndarray:
+    """Which pairs of a run's pairs table select components (True) and which test them (False).
+
+    Whole clusters (``interp.stats.clustered.cluster_keys``: with ``swap``, every pair of one token
+    swap) go to one side, so no swap is both selected on and tested on; within each category the
+    clusters are shuffled (seeded) and taken until ``fraction`` of its pairs select. A cluster that
+    spans categories goes where its first category puts it."""
+    from ..stats.clustered import cluster_keys
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"ablation.split={fraction!r}: the share of pairs that select must be in (0, 1)")
+    g = cluster_keys(pairs, cluster)
+    rng = np.random.default_rng([int(seed), 7])
+    side: dict[int, bool] = {}
+    cats = pairs["category"].to_numpy()
+    for cat in sorted(set(cats)):
+        in_cat = cats == cat
+        cl, sizes = np.unique(g[in_cat], return_counts=True)
+        order = rng.permutation(len(cl))
+        want, got = fraction * in_cat.sum(), sum(side.get(int(c), False) * s for c, s in zip(cl, sizes))
+        for i in order:
+            c = int(cl[i])
+            if c in side:
+                continue
+            side[c] = bool(got < want)
+            got += sizes[i] * side[c]
+    return np.array([side[int(c)] for c in g], dtype=bool)
+
+
+def heldout_ranking(run_dir: Path, cands: pd.DataFrame, pairs: pd.DataFrame, select: np.ndarray,
+                    position: str, cluster: str, level: float = 0.95) -> tuple[pd.DataFrame, list[str]]:
+    """Rank the candidates on the selecting pairs only: the clustered ratio interval of mean |a-b| /
+    mean control (``interp.stats.clustered.paired``) recomputed from ``pair_values.parquet`` over the
+    pairs with ``select``; ``_rank`` = its upper bound ``ratio_hi`` (the equivalence rule's
+    statistic: ascending = most confidently stable). Hook points whose per-pair values the run did
+    not keep cannot be ranked held-out: their candidates are dropped and the hook points returned."""
+    import pyarrow.parquet as pq
+
+    from ..stats.clustered import cluster_keys, paired
+
+    path = run_dir / R.PAIR_VALUES
+    kept_hooks = set(pq.read_table(path, columns=["hook"]).column("hook").unique().to_pylist()) if path.exists() else set()
+    missing = sorted(set(cands["hook"]) - kept_hooks)
+    cands = cands[cands["hook"].isin(kept_hooks)]
+    if cands.empty:
+        raise RunDirError(f"{run_dir}: no per-pair values ({R.PAIR_VALUES}) for the candidate hook points "
+                          f"{missing}: a held-out selection needs them (run with analysis.pair_values.hooks "
+                          "covering them), or set ablation.split=null to select and test on the same pairs")
+    sel_index = pairs["pair_index"].to_numpy()[select]
+    g_all = cluster_keys(pairs, cluster)
+    g_of = dict(zip(pairs["pair_index"].to_numpy().tolist(), g_all.tolist()))
+    parts = []
+    for (hook, layer), site in cands.groupby(["hook", "layer"], sort=False):
+        v = pd.read_parquet(path, filters=[("hook", "==", hook), ("layer", "==", int(layer)),
+                                           ("position", "==", position)],
+                            columns=["pair_index", "component", "abs_diff", "control_diff"])
+        v = v[v["pair_index"].isin(sel_index)]
+        if v.empty:
+            continue
+        A = v.pivot(index="pair_index", columns="component", values="abs_diff")
+        Rm = v.pivot(index="pair_index", columns="component", values="control_diff").loc[A.index, A.columns]
+        st = paired(A.to_numpy(np.float64), Rm.to_numpy(np.float64),
+                    np.array([g_of[i] for i in A.index]), level)
+        ranks = pd.DataFrame({"component": A.columns.to_numpy(), "_rank": st["ratio_hi"],
+                              "select_ratio_hi": st["ratio_hi"], "select_n_pairs": len(A)})
+        parts.append(site.drop(columns=["_rank"]).merge(ranks, on="component", how="inner"))
+    out = pd.concat(parts, ignore_index=True) if parts else cands.iloc[:0]
+    out = out[out["_rank"].notna()]
+    out = out.sort_values(["_rank", "hook_name", "component"], kind="stable").reset_index(drop=True)
+    out.attrs.update(cands.attrs)
+    return out, missing
+
+
+def matched_random(cands: pd.DataFrame, top: pd.DataFrame, seed: int, pool: int = 10) -> pd.DataFrame:
+    """Random components matched to ``top`` one for one: for each component of ``top``, one drawn
+    uniformly from the ``pool`` components of the same hook point and layer nearest to it in log
+    spread (the component's own standard deviation over sentence tokens), never a component of
+    ``top`` and never one drawn twice; the draw is seeded. Where a site has too few others, the
+    nearest unused ones are taken."""
+    rng = np.random.default_rng([int(seed), len(top), 11])
+    out = []
+    for (hook_name, layer), want in top.groupby(["hook_name", "layer"], sort=False):
+        site = cands[(cands["hook_name"] == hook_name) & (cands["layer"] == layer)]
+        site = site[~site["component"].isin(want["component"])]
+        if site.empty:
+            site = cands[(cands["hook_name"] == hook_name) & (cands["layer"] == layer)]
+        logs = np.log(np.maximum(site["spread"].to_numpy(np.float64), 1e-30))
+        used = np.zeros(len(site), dtype=bool)
+        for s in rng.permutation(np.log(np.maximum(want["spread"].to_numpy(np.float64), 1e-30))):
+            free = np.flatnonzero(~used)
+            if not len(free):
+                break
+            near = free[np.argsort(np.abs(logs[free] - s), kind="stable")[:pool]]
+            pick = int(rng.choice(near))
+            used[pick] = True
+        out.append(site.iloc[np.flatnonzero(used)])
+    return pd.concat(out) if out else top.iloc[:0]

@@ -195,3 +195,23 @@ def ratio_ci_iid(mean_a, var_a, mean_r, var_r, var_d, n, level: float = 0.95):
         zero = (mean_a == 0) & (mean_r > 0) & (n > 1)
         return (np.where(live, np.exp(lr - q * se), np.where(zero, 0.0, np.nan)),
                 np.where(live, np.exp(lr + q * se), np.where(zero, 0.0, np.nan)))
+
+
+def mean_ci(x: np.ndarray, g: np.ndarray, level: float = 0.95) -> dict[str, np.ndarray]:
+    """The mean of per-pair values x ([N] or [N, C]) with its CR1 standard error and t interval
+    (``G - 1`` degrees of freedom): ``mean``, ``se``, ``lo``, ``hi``, ``n``, ``n_clusters``
+    (non-finite values dropped; NaN below two clusters)."""
+    x = np.asarray(x, dtype=np.float64)
+    one = x.ndim == 1
+    gt, G, (v,) = _prep(g, x[:, None] if one else x)
+    C = v.shape[1]
+    nan = np.full(C, np.nan)
+    N = v.shape[0]
+    mean = v.mean(0).numpy() if N else nan
+    out = {"mean": mean, "se": nan, "lo": nan.copy(), "hi": nan.copy(), "n": np.full(C, N),
+           "n_clusters": np.full(C, G)}
+    if G >= 2:
+        se = (_crv(v - v.mean(0), gt, G).sqrt() / N).numpy()
+        q = _tq(level, G)
+        out.update(se=se, lo=mean - q * se, hi=mean + q * se)
+    return {k: (a[0] if one else a) for k, a in out.items()}
