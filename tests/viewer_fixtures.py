@@ -4,7 +4,8 @@
 - ``sweeps/S/0_b`` (nested like a sweep job): hook points resid_post, z and mlp_post, activations of
   the first 4 pairs only, no ``pair_profile.parquet`` (the pair page falls back to the saved
   activations) and a ``causal/`` folder shaped like the one ``python -m interp.patch`` writes
-  (fabricated numbers: the viewer only displays them).
+  (fabricated numbers: the viewer only displays them), ``ablation_vs_random.parquet`` included
+  (``add_causal(..., vs_random=False)`` gives an older causal dir without it).
 
 Sentences include markup (``<b>``, ``<script>``) that must come out escaped.
 """
@@ -75,8 +76,9 @@ def viewer_runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     return _CACHE["runs"]
 
 
-def add_causal(run_dir: Path) -> None:
-    """RUN/causal/ with the tables of ``python -m interp.patch`` (columns as it writes them)."""
+def add_causal(run_dir: Path, vs_random: bool = True) -> None:
+    """RUN/causal/ with the tables of ``python -m interp.patch`` (columns as it writes them); without
+    ``ablation_vs_random.parquet`` unless ``vs_random``."""
     rng = np.random.default_rng(0)
     pairs = R.read_table(run_dir, R.PAIRS)
     m = R.read_manifest(run_dir)
@@ -100,7 +102,8 @@ def add_causal(run_dir: Path) -> None:
                         rows.append({"selection": sel, "k": k, "seed": seed, "mode": mode, "where": "edit",
                                      "category": cat, "margin_change": d, "accuracy": 0.5, "accuracy_change": 0.0,
                                      "n_pairs": 2, "n_components": k, "margin": d, "baseline_margin": 0.0,
-                                     "baseline_accuracy": 0.5, "margin_change_se": 0.1})
+                                     "baseline_accuracy": 0.5, "margin_change_se": 0.1,
+                                     "post_edit_margin_change": d / 2, "downstream_divergence_change": abs(d) / 4})
                     for pid, cat in zip(gram["pair_id"], gram["category"]):
                         pair_rows.append({"selection": sel, "k": k, "seed": seed, "mode": mode, "where": "edit",
                                           "pair_id": pid, "category": cat, "baseline_margin": 0.1, "margin": 0.2,
@@ -113,6 +116,8 @@ def add_causal(run_dir: Path) -> None:
         accuracy_change_std=("accuracy_change", "std"), n_pairs=("n_pairs", "first")).reset_index()
     R.write_parquet(out / "ablation_summary.parquet", summ)
     R.write_parquet(out / "ablation_pairs.parquet", pd.DataFrame(pair_rows))
+    if vs_random:
+        R.write_parquet(out / "ablation_vs_random.parquet", vs_random_table(ab))
     R.write_parquet(out / "selections.parquet", pd.DataFrame(sel_rows))
     prow = []
     first = gram.iloc[0]
@@ -148,3 +153,32 @@ def add_causal(run_dir: Path) -> None:
         "status": "complete", "created": "2026-01-01T00:00:00", "run_dir": str(run_dir),
         "rank_column": "rank_calibrated", "counts": {"ablation_pairs": len(gram)},
         "method": {"patching": "normalized = ..."}, "config": {"k": [1, 4]}})
+
+
+VS_METRICS = {"post_edit_margin": "post_edit_margin_change", "margin": "margin_change",
+              "downstream_divergence": "downstream_divergence_change"}
+
+
+def vs_random_table(ab: pd.DataFrame) -> pd.DataFrame:
+    """An ``ablation_vs_random.parquet`` (columns of ``interp.causal.ablation.VS_RANDOM_COLUMNS``)
+    from the fixture's ablation rows: each selection against the random seeds' mean changes."""
+    rows = []
+    for (sel, k, mode, where, cat), g in ab.groupby(["selection", "k", "mode", "where", "category"], sort=True):
+        if sel == "random":
+            continue
+        rnd = ab[(ab["selection"] == "random") & (ab["k"] == k) & (ab["mode"] == mode) & (ab["where"] == where)
+                 & (ab["category"] == cat)]
+        for metric, col in VS_METRICS.items():
+            change, r = float(g[col].iloc[0]), rnd[col].to_numpy(float)
+            diff = change - float(r.mean())
+            far = np.abs(r - r.mean()) >= abs(change - r.mean())
+            rows.append({"selection": sel, "k": int(k), "mode": mode, "where": where, "category": cat, "metric": metric,
+                         "change": change, "change_lo": change - 0.2, "change_hi": change + 0.2,
+                         "random_mean": float(r.mean()), "random_sd": float(r.std(ddof=1)),
+                         "random_min": float(r.min()), "random_max": float(r.max()), "diff_vs_random": diff,
+                         "diff_se": 0.1, "diff_lo": diff - 0.2, "diff_hi": diff + 0.2, "n_clusters": 2,
+                         "p_perm": float((1 + far.sum()) / (len(r) + 1)),
+                         "share_random_below": float((r < change).mean()),
+                         "beyond_all_random": bool(change < r.min() or change > r.max()), "n_seeds": len(r),
+                         "n_pairs": int(g["n_pairs"].iloc[0]), "pairs": "held_out"})
+    return pd.DataFrame(rows)

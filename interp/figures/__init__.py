@@ -9,7 +9,8 @@ Each figure function takes a table (a DataFrame of the run dir) or a result obje
   and bars, the directions of the stable set per layer;
 - ``pairs``: margins, accuracy, one pair's change per layer and position;
 - ``divergence``: layer x offset profiles, the contrast volcano;
-- ``causal``: ablation and activation patching (``interp.patch``);
+- ``causal``: ablation (against k; against matched random selections) and activation patching
+  (``interp.patch``);
 - ``compare``: two runs side by side (by relative depth; component by component);
 - ``export``: writing HTML (offline) and PNG (kaleido), the run's ``figures/`` and the viewer's export.
 
@@ -18,7 +19,7 @@ Each figure function takes a table (a DataFrame of the run dir) or a result obje
 
 from __future__ import annotations
 
-from .causal import ablation, effect_vs_k, patching_heatmap, patching_panels, write_causal_figures
+from .causal import ablation, effect_vs_k, patching_heatmap, patching_panels, vs_random, write_causal_figures
 from .cli import main
 from .common import table
 from .divergence import divergence, divergence_heatmap, divergence_lines, volcano
@@ -32,6 +33,6 @@ __all__ = [
     "ablation", "accuracy", "category_bars", "category_boxes", "directions_lines", "divergence", "divergence_heatmap",
     "divergence_lines", "effect_vs_k", "export_figures", "head_dimensions", "heatmap", "layer_profile", "main",
     "margins", "pair_change", "patching_heatmap", "patching_panels", "ranking", "run_figures", "save_html",
-    "save_pngs", "scatter", "table", "viewer_figures", "volcano", "write_causal_figures", "write_figures",
+    "save_pngs", "scatter", "table", "viewer_figures", "volcano", "vs_random", "write_causal_figures", "write_figures",
     "write_plotlyjs", "write_pngs", "write_run_figures",
 ]

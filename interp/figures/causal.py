@@ -9,10 +9,14 @@
   denoising and noising side by side; the hover shows the category rows' bootstrap CI and the
   pairs used / left out for a small denominator.
 
+- ``vs_random``: per k, the matched random selections' distribution (each seed's mean change) and
+  the stable / least-stable selection's change with its clustered CI, annotated with the permutation
+  p-value and diff_vs_random [CI] (``ablation_vs_random.parquet``), one figure per mode x where;
+
 - ``ablation`` and ``patching_panels``: the viewer's interactive variants (one selection of mode,
   where and category; one figure per patched hook kind and metric).
 
-``write_causal_figures`` writes the first two under ``RUN/causal/figures/`` (HTML that works
+``write_causal_figures`` writes the first three under ``RUN/causal/figures/`` (HTML that works
 offline, PNG when kaleido works); ``python -m interp.figures --causal RUN_DIR`` rewrites them.
 """
 
@@ -29,7 +33,7 @@ from plotly.subplots import make_subplots
 
 from .. import rundir as R
 from ..hooks import HOOK_POINTS
-from .common import esc, styled
+from .common import empty, esc, styled
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +158,137 @@ def patching_heatmap(patching: pd.DataFrame, kind: str, *, pair_id=None, categor
     return fig
 
 
+# what each metric of ablation_vs_random.parquet measures (interp.causal.metrics), for axis titles
+METRIC_UNITS = {
+    "post_edit_margin": "nats; log-prob of the tokens after the edit, a minus b",
+    "margin": "nats; log P(a) - log P(b), whole sentences",
+    "downstream_divergence": "nats; mean KL(p_a || p_b) of the predictions after the edit",
+}
+VS_SELECTIONS = ("stable", "least_stable")
+
+
+def _pick(values: list, preferred: str, given: str | None) -> str | None:
+    if given is not None:
+        return given
+    return preferred if preferred in values else (values[0] if values else None)
+
+
+def vs_random(table: pd.DataFrame, metric: str = "post_edit_margin", mode: str | None = None,
+              where: str | None = None, category: str = "all", ablation: pd.DataFrame | None = None) -> go.Figure:
+    """The stable and least-stable selections against their matched random selections, per k.
+
+    ``table``: rows of ``ablation_vs_random.parquet``; ``ablation``: rows of ``ablation.parquet``,
+    whose ``random`` rows give each seed's mean change (column ``{metric}_change``), drawn as a box
+    with every seed as a point. Without it (or without that column) the box is drawn from the
+    table's summary: mean (line), mean +- sd (box), min .. max (whiskers). The selections are
+    markers with their clustered CI (``change_lo``/``change_hi``), annotated with ``p_perm`` and
+    ``diff_vs_random [diff_lo, diff_hi]``. ``mode``/``where`` default to mean/edit (else the first)."""
+    d = table[(table["metric"] == metric) & (table["category"].astype(str) == str(category))]
+    mode = _pick(sorted(set(d["mode"].astype(str))), "mean", mode)
+    where = _pick(sorted(set(d["where"].astype(str))), "edit", where)
+    d = d[(d["mode"].astype(str) == str(mode)) & (d["where"].astype(str) == str(where))]
+    title = f"{metric}: selections against matched random ones, {mode} ablation at '{where}', category {category}"
+    if d.empty:
+        return empty(title, "no rows of ablation_vs_random.parquet for this choice")
+    rnd = None
+    col = f"{metric}_change"
+    if ablation is not None and col in ablation and "selection" in ablation:
+        rnd = ablation[(ablation["selection"] == "random") & (ablation["mode"].astype(str) == str(mode))
+                       & (ablation["where"].astype(str) == str(where))
+                       & (ablation["category"].astype(str) == str(category))]
+        rnd = rnd if len(rnd) else None
+    ks = sorted({int(k) for k in d["k"]} | ({int(k) for k in rnd["k"]} if rnd is not None else set()))
+    xpos = {k: i for i, k in enumerate(ks)}
+    fig = go.Figure()
+    n_seeds = int(d["n_seeds"].max())
+    if rnd is not None:
+        fig.add_trace(go.Box(
+            x=[xpos[int(k)] for k in rnd["k"]], y=rnd[col], name=f"random ({rnd['seed'].nunique()} seeds)",
+            boxpoints="all", jitter=0.4, pointpos=0, width=0.35, marker={"color": COLORS["random"], "size": 4,
+                                                                         "opacity": 0.6},
+            line={"color": COLORS["random"]}, fillcolor="rgba(127,127,127,0.15)", customdata=rnd["seed"],
+            hovertemplate="random seed %{customdata}<br>mean change %{y:.4f}<extra></extra>"))
+    else:
+        r = d.drop_duplicates("k").sort_values("k")
+        mean, sd = r["random_mean"].to_numpy(float), np.nan_to_num(r["random_sd"].to_numpy(float))
+        fig.add_trace(go.Box(
+            x=[xpos[int(k)] for k in r["k"]], q1=mean - sd, median=mean, q3=mean + sd, mean=mean,
+            lowerfence=r["random_min"], upperfence=r["random_max"], width=0.35,
+            name=f"random ({n_seeds} seeds: mean +- sd, min..max)", line={"color": COLORS["random"]},
+            fillcolor="rgba(127,127,127,0.15)"))
+    sels = [s for s in VS_SELECTIONS if s in set(d["selection"])] + sorted(set(d["selection"]) - set(VS_SELECTIONS))
+    shift = {s: 0.3 * (-1 if i % 2 == 0 else 1) * (1 + i // 2) for i, s in enumerate(sels)}
+    for i, sel in enumerate(sels):
+        g = d[d["selection"] == sel].sort_values("k")
+        x = [xpos[int(k)] + shift[sel] for k in g["k"]]
+        y = g["change"].to_numpy(float)
+        hi = (g["change_hi"].to_numpy(float) - y)
+        lo = (y - g["change_lo"].to_numpy(float))
+        custom = np.stack([g["diff_vs_random"], g["diff_lo"], g["diff_hi"], g["p_perm"], g["n_pairs"]], -1)
+        color = COLORS.get(sel, ["#2ca02c", "#9467bd", "#8c564b"][i % 3])
+        fig.add_trace(go.Scatter(
+            x=x, y=y, mode="markers", name=f"{esc(sel)} (clustered CI)",
+            marker={"color": color, "size": 11, "symbol": "diamond"},
+            error_y={"type": "data", "array": np.nan_to_num(hi), "arrayminus": np.nan_to_num(lo), "visible": True},
+            customdata=custom,
+            hovertemplate=(f"{esc(sel)}<br>change %{{y:.4f}}<br>diff vs random %{{customdata[0]:+.4f}} "
+                           "[%{customdata[1]:+.4f}, %{customdata[2]:+.4f}]<br>p_perm %{customdata[3]:.3f}"
+                           "<br>%{customdata[4]:.0f} pairs<extra></extra>")))
+        for xx, rec in zip(x, g.itertuples()):
+            top = rec.change_hi if np.isfinite(rec.change_hi) else rec.change
+            fig.add_annotation(x=xx, y=top, yshift=8, showarrow=False, yanchor="bottom",
+                               font={"size": 10, "color": color},
+                               text=(f"p_perm {rec.p_perm:.3f}<br>diff {rec.diff_vs_random:+.3f}<br>"
+                                     f"[{rec.diff_lo:+.3f}, {rec.diff_hi:+.3f}]"))
+    fig.add_hline(y=0, line_dash="dot", line_color="#999")
+    kinds = set(d["pairs"].astype(str)) if "pairs" in d else set()
+    held = ("held-out pairs (the selection was ranked on the other pairs)" if kinds == {"held_out"} else
+            "IN-SAMPLE pairs (selected and tested on the same pairs)" if kinds == {"in_sample"} else
+            "pairs: " + (", ".join(sorted(kinds)) or "not recorded"))
+    n_pairs = int(d["n_pairs"].max())
+    styled(fig, title, 480,
+           xaxis={"title": {"text": "k (components ablated)"}, "tickvals": list(range(len(ks))),
+                  "ticktext": [f"k={k}" for k in ks], "range": [-0.8, len(ks) - 0.2]},
+           yaxis_title=f"change in {esc(metric)}<br>({esc(METRIC_UNITS.get(metric, 'mean change'))})",
+           legend={"orientation": "h", "y": -0.2})
+    fig.update_layout(title={"text": f"{esc(title)}<br><sup>{esc(held)}, {n_pairs} ablated; random: each "
+                                     f"seed's mean change ({n_seeds} seeds); annotated: permutation p and "
+                                     "diff vs random [cluster-robust CI]</sup>"},
+                      margin={"t": 80, "l": 90})
+    return fig
+
+
+vs_random_figure = vs_random  # its name inside write_causal_figures, whose argument ``vs_random`` is a table
+
+
 def _slug(x) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(x))[:60]
 
 
 def write_causal_figures(causal_dir: str | Path, ablation: pd.DataFrame | None = None,
                          patching: pd.DataFrame | None = None, n_pair_figures: int = 3, png: bool = True,
-                         read_tables: bool = True) -> dict:
+                         read_tables: bool = True, vs_random: pd.DataFrame | None = None) -> dict:
     """Write the causal figures under ``causal_dir/figures``; returns the file names (and PNG errors).
 
-    Tables not given are read from ``causal_dir`` when ``read_tables``."""
+    Tables not given are read from ``causal_dir`` when ``read_tables``; ``ablation_vs_random.parquet``
+    also when an ablation table was given (``interp.patch`` writes it before drawing the figures),
+    giving ``vs_random_{mode}_{where}`` (post_edit_margin, category all)."""
     causal_dir = Path(causal_dir)
     if read_tables and ablation is None and (causal_dir / "ablation.parquet").exists():
         ablation = pd.read_parquet(causal_dir / "ablation.parquet")
     if read_tables and patching is None and (causal_dir / "patching.parquet").exists():
         patching = pd.read_parquet(causal_dir / "patching.parquet")
+    vs_path = causal_dir / "ablation_vs_random.parquet"
+    if vs_random is None and (read_tables or ablation is not None) and vs_path.exists():
+        vs_random = pd.read_parquet(vs_path)
     figs: dict[str, go.Figure] = {}
     if ablation is not None and not ablation.empty:
         for (mode, where), _ in ablation.groupby(["mode", "where"], sort=True):
             figs[f"effect_vs_k_{mode}_{where}"] = effect_vs_k(ablation, mode, where)
+    if vs_random is not None and not vs_random.empty:
+        d = vs_random[(vs_random["metric"] == "post_edit_margin") & (vs_random["category"].astype(str) == "all")]
+        for (mode, where), _ in d.groupby(["mode", "where"], sort=True):
+            figs[f"vs_random_{mode}_{where}"] = vs_random_figure(d, "post_edit_margin", mode, where, "all", ablation)
     if patching is not None and not patching.empty:
         kinds = sorted(set(patching["kind"]))
         pair_ids = list(dict.fromkeys(patching.loc[patching["level"] == "pair", "pair_id"]))[:n_pair_figures]

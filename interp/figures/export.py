@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from .. import rundir as R
 from ..hooks import head_points, neuron_points
-from .causal import ablation, patching_panels
+from .causal import ablation, patching_panels, vs_random
 from .common import hook_sort_key, values
 from .divergence import divergence, divergence_heatmap
 from .pairs import accuracy, margins
@@ -185,6 +185,11 @@ def viewer_figures(run_dir: str | Path) -> dict[str, go.Figure]:
             figs["ablation_" + "_".join(map(str, key))] = ablation(
                 d, summ, "margin_change" if "margin_change" in d else "accuracy", mode=str(key[0]),
                 where=str(key[1]) if len(key) > 1 else None, category=cat)
+    vs = _optional(run_dir, "causal/ablation_vs_random.parquet")
+    if vs is not None and len(vs) and {"metric", "mode", "where", "category"} <= set(vs.columns):
+        d = vs[(vs["metric"] == "post_edit_margin") & (vs["category"].astype(str) == "all")]
+        for (mode, where), _ in d.groupby(["mode", "where"], sort=True):
+            figs[f"vs_random_{mode}_{where}"] = vs_random(d, "post_edit_margin", mode, where, "all", ablation=ab)
     pt = _optional(run_dir, "causal/patching.parquet")
     if pt is not None and len(pt):
         d = pt[pt["level"] == "category"] if "level" in pt else pt

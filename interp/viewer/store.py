@@ -37,6 +37,7 @@ CAUSAL = "causal"
 ABLATION = "causal/ablation.parquet"
 ABLATION_SUMMARY = "causal/ablation_summary.parquet"
 ABLATION_PAIRS = "causal/ablation_pairs.parquet"
+ABLATION_VS_RANDOM = "causal/ablation_vs_random.parquet"  # older causal dirs have none
 SELECTIONS = "causal/selections.parquet"
 PATCHING = "causal/patching.parquet"
 RUN_SUBDIRS = {"causal", "figures", "checkpoint"}  # folders of a run dir that are never run dirs

@@ -1,5 +1,6 @@
 """A run's causal results (``RUN/causal/`` of ``python -m interp.patch``): ablation against k per
-selection, the selected components, activation patching heatmaps, the saved figure files."""
+selection, the selections against their matched random ones (``ablation_vs_random.parquet``, when
+the causal dir has it), the selected components, activation patching heatmaps, the saved figure files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flask import Blueprint, abort, render_template
 
 from ... import figures as F
 from ... import rundir as R
-from ..store import ABLATION, ABLATION_SUMMARY, CAUSAL, PATCHING, SELECTIONS, figure_files, records
+from ..store import ABLATION, ABLATION_SUMMARY, ABLATION_VS_RANDOM, CAUSAL, PATCHING, SELECTIONS, figure_files, records
 from ..web import PER_PAGE_MAX, arg_choice, component_url, fig_spec, nav, patching_specs, store
 
 bp = Blueprint("causal", __name__)
@@ -37,7 +38,8 @@ def causal(run: str):
         modes = sorted(set(ab["mode"].astype(str))) if "mode" in ab else []
         wheres = sorted(set(ab["where"].astype(str))) if "where" in ab else []
         cats = sorted(set(ab["category"].astype(str))) if "category" in ab else []
-        metrics = [c for c in ("margin_change", "accuracy_change", "accuracy", "margin") if c in ab]
+        metrics = [c for c in ("margin_change", "post_edit_margin_change", "downstream_divergence_change",
+                               "accuracy_change", "accuracy", "margin") if c in ab]
         f = {"mode": arg_choice("mode", modes, modes[0] if modes else None),
              "where": arg_choice("where", wheres, wheres[0] if wheres else None),
              "category": arg_choice("acat", cats, "all" if "all" in cats else (cats[0] if cats else None)),
@@ -55,6 +57,9 @@ def causal(run: str):
         ctx.update(ab_f=f, ab_modes=modes, ab_wheres=wheres, ab_cats=cats, ab_metrics=metrics, ab_cols=cols,
                    ab_rows=records(d.sort_values(order, kind="stable") if order else d, cols)[:PER_PAGE_MAX],
                    ab_n=len(d))
+    vs = r.table(ABLATION_VS_RANDOM)
+    if vs is not None and len(vs) and {"selection", "k", "mode", "where", "category", "metric"} <= set(vs.columns):
+        ctx.update(vs_random_context(vs, ab, ctx.get("ab_f") or {}))
     sel = r.table(SELECTIONS)
     if sel is not None and len(sel):
         sels = [x for x in ("stable", "random", "least_stable") if x in set(sel["selection"])] + sorted(
@@ -88,3 +93,49 @@ def causal(run: str):
         ctx.update(pt_levels=levels, pt_level=level, pt_subjects=subjects, pt_subject=subject, pt_subj_col=subj_col,
                    patching=patching_specs(d), pt_n=len(pt))
     return render_template("causal.html", **nav(r), **ctx)
+
+
+VS_COLUMNS = ["selection", "k", "mode", "where", "metric", "change", "change CI", "random mean ± sd",
+              "diff vs random [CI]", "p_perm", "beyond all random", "n_seeds", "n_pairs", "pairs"]
+
+
+def _num(x, spec: str) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if x != x else format(x, spec)
+
+
+def vs_random_context(vs, ab, ab_f: dict) -> dict:
+    """The vs-random table (category all, every selection x k x mode x where x metric) and its
+    figure for one metric (``vmetric``) at the ablation form's mode and where."""
+    d = vs[vs["category"].astype(str) == "all"]
+    if d.empty:
+        d = vs[vs["category"].astype(str) == sorted(set(vs["category"].astype(str)))[0]]
+    metric_order = ("post_edit_margin", "downstream_divergence", "margin")
+    metrics = [m for m in metric_order if m in set(d["metric"])] + sorted(set(d["metric"]) - set(metric_order))
+    sel_order = {"stable": 0, "least_stable": 1}
+    d = d.assign(_s=d["selection"].map(sel_order).fillna(2), _m=d["metric"].map({m: i for i, m in enumerate(metrics)}))
+    d = d.sort_values(["mode", "where", "_m", "_s", "selection", "k"], kind="stable")
+    rows = []
+    for rec in records(d):
+        rows.append({
+            "selection": rec["selection"], "k": rec["k"], "mode": rec["mode"], "where": rec["where"],
+            "metric": rec["metric"], "change": rec.get("change"),
+            "change CI": f"[{_num(rec.get('change_lo'), '+.3f')}, {_num(rec.get('change_hi'), '+.3f')}]",
+            "random mean ± sd": f"{_num(rec.get('random_mean'), '+.3f')} ± {_num(rec.get('random_sd'), '.3f')}",
+            "diff vs random [CI]": f"{_num(rec.get('diff_vs_random'), '+.3f')} [{_num(rec.get('diff_lo'), '+.3f')}, "
+                                   f"{_num(rec.get('diff_hi'), '+.3f')}]",
+            "p_perm": rec.get("p_perm"), "beyond all random": rec.get("beyond_all_random"),
+            "n_seeds": rec.get("n_seeds"), "n_pairs": rec.get("n_pairs"), "pairs": rec.get("pairs") or "–"})
+    modes, wheres = sorted(set(d["mode"].astype(str))), sorted(set(d["where"].astype(str)))
+    mode = ab_f.get("mode") if ab_f.get("mode") in modes else ("mean" if "mean" in modes else modes[0])
+    where = ab_f.get("where") if ab_f.get("where") in wheres else ("edit" if "edit" in wheres else wheres[0])
+    metric = arg_choice("vmetric", metrics, metrics[0])
+    cat = str(d["category"].iloc[0])
+    fig = fig_spec(F.vs_random(vs, metric, mode, where, cat, ablation=ab))
+    kinds = sorted(set(d["pairs"].astype(str)) - {""}) if "pairs" in d else []
+    return {"vs_cols": VS_COLUMNS, "vs_rows": rows[:PER_PAGE_MAX], "vs_n": len(d), "vs_metrics": metrics,
+            "vs_metric": metric, "vs_mode": mode, "vs_where": where, "vs_category": cat, "vs_pairs": kinds,
+            "vs_fig": fig}
