@@ -101,6 +101,7 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
                   "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()}),
                   "sites": json.dumps([vars(x) for x in stats.sites])}
     files = {R.STATS: (stats.state_dict, stats_meta), **(tensor_files or {})}
+    stats.flush_values()  # on a GPU the last chunks are still staged in pinned memory
     if stats.values:
         files[R.PAIR_VALUES] = (pair_values.PairValues(stats), None)
     timings["total_s"] = time.time() - t0

@@ -277,6 +277,12 @@ class DiffStats:
             rows = slot["buf"][:slot["off"]].numpy()
             self.values.setdefault(point, []).append((c0, np.concatenate(slot["idx"]), rows))
 
+    def flush_values(self) -> None:
+        """Move every staged (GPU) chunk of per-pair values into ``values``: before anything reads
+        ``values`` as a whole (the run's file, a checkpoint, a merge)."""
+        for key in list(self._staged):
+            self._flush_staged(*key)
+
     def pair_values(self, point: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The kept per-pair values of a hook point: (pair indices [N] ascending, float32
         [N, L, 2, M', C]: |a - b| and the control mean at ``keep_values[point]``), or None."""
@@ -301,6 +307,7 @@ class DiffStats:
     def pair_value_state(self) -> dict[str, Tensor]:
         """The kept per-pair values as tensors (checkpoints; ``load_pair_value_state`` reads them)."""
         out = {}
+        self.flush_values()
         for point in self.values:
             index, v = self.pair_values(point)
             out[f"{point}/index"] = torch.from_numpy(index)
@@ -528,6 +535,8 @@ class DiffStats:
         out = self._empty()
         out.shapes = {**other.shapes, **self.shapes}
         out.details = self.details + other.details
+        self.flush_values()
+        other.flush_values()
         for point in set(self.values) | set(other.values):
             out.values[point] = self.values.get(point, []) + other.values.get(point, [])
         for point in set(self.absmax) | set(other.absmax):
