@@ -43,6 +43,7 @@ def check_config(cfg: DictConfig) -> Path:
         ("patching.resid", [p.resid], ("resid_pre", "resid_post")),
         ("patching.directions", p.directions, ("denoising", "noising")),
         ("patching.metrics", p.metrics, ("margin", "logprob")),
+        ("patching.positions", [p.get("positions", "modes")], ("modes", "each")),
     ]
     for key, values, allowed in checks:
         bad = [v for v in values if v not in allowed]
@@ -183,7 +184,11 @@ def run_causal(cfg: DictConfig) -> dict:
                       "all": "every sentence token (BOS never ablated)"},
             "patching": "normalized = (metric(patched) - metric(base)) / (metric(source) - metric(base)); "
                         "denoising: base b (wrong), source a (correct); noising: base a, source b; "
-                        "category rows average pairs at the same offset from the edit",
+                        "|denominator| = |post_edit_margin|; category rows: ratio of means over pairs with "
+                        "|denominator| >= patching.min_denominator (the rest counted in n_excluded), pairs oriented "
+                        "by the sign of their denominator, percentile bootstrap CI over pairs "
+                        "(normalized_lo/normalized_hi); positions=modes: per layer the edit token and the tokens "
+                        "after it as one block",
             "atp": "attribution patching (interp.causal.atp): per pair, (act_a - act_b) . d/dact of b's summed "
                    "log-probability of the tokens after the edit (post_edit_margin's b term), on b's run; "
                    "atp_mean > 0: patching the component from a into b raises b's post-edit log-probability, "
