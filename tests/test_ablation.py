@@ -218,6 +218,10 @@ def test_split_keeps_whole_clusters_on_one_side():
         assert len(set(sel[g == c])) == 1  # a swap is selected on or tested on, never both
     assert 0 < sel[:10].sum() < 10
     assert np.array_equal(sel, split_pairs(pairs, "swap", 0.5, 0))
+    two = pd.DataFrame({"category": "c", "token_id_a": [1] * 10 + [2] * 11, "token_id_b": [9] * 10 + [8] * 11})
+    two["a"] = two["b"] = "x"
+    for seed in range(5):  # two clusters: one selects, the other is tested
+        assert split_pairs(two, "swap", 0.5, seed).sum() in (10, 11)
     with pytest.raises(ValueError, match="share of pairs"):
         split_pairs(pairs, "swap", 1.0, 0)
 
@@ -264,7 +268,7 @@ def test_a_selection_made_on_one_half_is_tested_on_the_other(split_run, tmp_path
 
     vs = pd.read_parquet(out / "ablation_vs_random.parquet")
     assert list(vs.columns) == A.VS_RANDOM_COLUMNS and set(vs["pairs"]) == {"held_out"}
-    assert set(vs["selection"]) == {"stable", "least_stable"} and (vs["n_seeds"] == 20).all()
+    assert set(vs["selection"]) == {"stable"} and (vs["n_seeds"] == 20).all()
     assert set(vs["where"]) == {"edit", "after"} and set(vs["metric"]) == set(A.METRICS)
     assert ((vs["p_perm"] >= 1 / 21) & (vs["p_perm"] <= 1)).all()
     assert ((vs["diff_lo"] <= vs["diff_vs_random"]) & (vs["diff_vs_random"] <= vs["diff_hi"])).all()

@@ -486,8 +486,9 @@ def category_table(conds, pairs: pd.DataFrame, vals, base) -> pd.DataFrame:
 
 
 def vs_random(conds, pairs: pd.DataFrame, vals, base, clusters: np.ndarray, level: float = 0.95) -> pd.DataFrame:
-    """The stable (and least-stable) selection against its matched random selections, per k x mode
-    x where x category x metric, on the same pairs:
+    """The stable selection against the random selections matched to it, per k x mode x where x
+    category x metric, on the same pairs (the least-stable selection is not compared: the random
+    draws are matched to the stable components' sites and spreads, not to its):
 
     - ``change`` (with its clustered CI ``change_lo``/``change_hi``): the selection's mean change
       (over resample draws first);
@@ -508,8 +509,8 @@ def vs_random(conds, pairs: pd.DataFrame, vals, base, clusters: np.ndarray, leve
         keyed.setdefault((c.selection, c.k, c.mode, c.where), []).append(ci)
     rows = []
     for (sel, k, mode, where), cis in keyed.items():
-        if sel == "random" or ("random", k, mode, where) not in keyed:
-            continue
+        if sel != "stable" or ("random", k, mode, where) not in keyed:
+            continue  # the random draws are matched to the stable selection only
         rnd = keyed[("random", k, mode, where)]
         for metric in METRICS:
             s_all = _change(vals, base, metric)[cis].mean(0)  # [N]: over resample draws

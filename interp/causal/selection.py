@@ -198,8 +198,9 @@ def split_pairs(pairs: pd.DataFrame, cluster: str, fraction: float, seed: int) -
 
     Whole clusters (``interp.stats.clustered.cluster_keys``: with ``swap``, every pair of one token
     swap) go to one side, so no swap is both selected on and tested on; within each category the
-    clusters are shuffled (seeded) and taken until ``fraction`` of its pairs select. A cluster that
-    spans categories goes where its first category puts it."""
+    clusters are shuffled (seeded) and each goes to the selecting side when that brings the side's
+    count closer to ``fraction`` of the category's pairs (so a category of two equal clusters
+    gives one to each side). A cluster that spans categories goes where its first category puts it."""
     from ..stats.clustered import cluster_keys
 
     if not 0 < fraction < 1:
@@ -217,7 +218,7 @@ def split_pairs(pairs: pd.DataFrame, cluster: str, fraction: float, seed: int) -
             c = int(cl[i])
             if c in side:
                 continue
-            side[c] = bool(got < want)
+            side[c] = bool(abs(got + sizes[i] - want) < abs(got - want))
             got += sizes[i] * side[c]
     return np.array([side[int(c)] for c in g], dtype=bool)
 
