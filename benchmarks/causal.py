@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from benchmarks.throughput import _sync, timed
 from interp.causal.ablation import Condition, condition_hooks, group_components, run_conditions
 from interp.causal.atp import _model, atp_table, batches_of
 from interp.causal.patching import group_size, patch_group
@@ -65,17 +66,6 @@ from interp.run import get_model
 ABLATED_POINTS = ("resid_post", "attn_out", "mlp_out")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
 
 
 # ------------------------------------------------------------------ pairs and conditions
