@@ -66,8 +66,6 @@ from interp.run import get_model
 ABLATED_POINTS = ("resid_post", "attn_out", "mlp_out")
 
 
-
-
 # ------------------------------------------------------------------ pairs and conditions
 
 def prepare(cfg: DictConfig, lm) -> list:
