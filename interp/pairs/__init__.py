@@ -62,7 +62,7 @@ def _source_pairs(pcfg) -> PairSet:
         return _read_many(sorted(BANK_DIR.glob("*.jsonl")), strict=True)
     if source == "file":
         if not pcfg.get("path"):
-            raise ConfigError("pairs=file needs pairs.path=FILE (a JSONL or CSV file)")
+            raise ConfigError("pairs=file needs pairs.path=FILE (JSONL, CSV, parquet or a JSON array)")
         return _read_many([Path(pcfg.path)], strict=bool(pcfg.get("strict", False)))
     if source == "blimp":  # a folder of BLiMP paradigm files; pairs.paradigms selects (see blimp.py)
         from .blimp import read_blimp

@@ -1,4 +1,5 @@
-"""Reading pairs from JSONL and CSV files (user files, the built-in bank, BLiMP paradigms).
+"""Reading pairs from JSONL, CSV, parquet and JSON-array files (user files, the built-in bank,
+BLiMP paradigms).
 
 Accepted field names, first match wins: ``a``/``b``, ``good``/``bad``,
 ``sentence_good``/``sentence_bad`` (BLiMP). Optional: ``category`` (default: the file's stem),
@@ -10,11 +11,23 @@ A malformed line (bad JSON, missing field, empty or identical sentences, bytes t
 absurd length) becomes a ``Problem`` naming the file, the line and the reason. With ``strict=True``
 the first one raises ``PairFileError`` instead.
 
-Both formats may start with a UTF-8 byte order mark (Excel writes one). CSV is read by the ``csv``
+The text formats may start with a UTF-8 byte order mark (Excel writes one). CSV is read by the ``csv``
 module over the whole file: a quoted field may hold newlines, and a record's line is the line it
 starts on. Its first row must be a header naming the sentence columns (a file without one is refused
 with ``ConfigError``); a row with a field over ``MAX_FIELD_CHARS`` characters is rejected
 (``field_too_large``), not the file.
+
+The format (``pair_file_format``) comes from the content and the name: a file that starts with the
+parquet magic ``PAR1`` is parquet, and must be named ``.parquet`` (a parquet file named ``.jsonl`` is
+refused, as is a ``.parquet`` file without the magic); ``.csv`` is CSV; ``.json`` is one JSON value:
+an array of objects, or an object holding that array under ``"pairs"`` or ``"data"``; any other name is
+JSON lines, unless the whole file is a JSON array (its first character ``[``). Parquet and JSON
+arrays have the columns (fields) and checks of JSON lines; their ``line`` is the row number, 1-based
+(the n-th row of the table, the n-th element of the array). A parquet file needs columns naming the
+sentences (``a``/``b`` or an alias); a file that is binary (NUL bytes, a compressed archive...), JSON
+that is not an array of pairs, or a parquet file that cannot be read is refused with ``ConfigError``
+(one line naming the file and the reason), by ``check_pair_file`` before any model loads and by
+``read_pair_file`` alike.
 """
 
 from __future__ import annotations
@@ -26,8 +39,18 @@ from pathlib import Path
 from .records import PAIR_TYPES, Pair, PairFileError, Problem
 
 FIELD_NAMES = (("a", "b"), ("good", "bad"), ("sentence_good", "sentence_bad"))
-# read_pair_file reads CSV (.csv) and JSON lines (any other name); these it cannot read
-UNREADABLE_SUFFIXES = (".parquet", ".arrow", ".feather", ".xlsx", ".xls", ".gz", ".zip", ".bz2", ".xz", ".pkl")
+FORMATS = ("jsonl", "csv", "parquet", "json")  # what pair_file_format answers
+# read_pair_file reads these by name (.csv, .parquet, .json; JSON lines: any other name) but not these
+UNREADABLE_SUFFIXES = (".arrow", ".feather", ".xlsx", ".xls", ".gz", ".zip", ".bz2", ".xz", ".pkl", ".npy",
+                       ".npz", ".pt", ".safetensors")
+PARQUET_MAGIC = b"PAR1"
+JSON_LIST_KEYS = ("pairs", "data")  # a top-level JSON object may hold its array of pairs under one of these
+# the start of a binary file, for the message that refuses it
+BINARY_MAGIC = ((b"\x1f\x8b", "gzip-compressed data"), (b"PK\x03\x04", "a zip archive (.xlsx, .zip)"),
+                (b"BZh", "bzip2-compressed data"), (b"\xfd7zXZ\x00", "xz-compressed data"),
+                (b"ARROW1", "an Arrow file"), (b"\x93NUMPY", "a NumPy array"),
+                (b"\xd0\xcf\x11\xe0", "an old Office file (.xls)"), (b"\x80", "a pickle"))
+SNIFF_BYTES = 8192
 MAX_CHARS = 2000  # a "sentence" longer than this is a mistake, not a minimal pair
 MAX_FIELD_CHARS = 100_000  # a CSV field longer than this rejects its row (field_too_large), not the file
 
@@ -84,7 +107,8 @@ def collect(pairs: list[Pair], problems: list[Problem], strict: bool):
 
 def check_pair_file(path: str | Path) -> None:
     """Refuse, before any model loads, a pairs file that cannot be read: missing, a folder, not
-    readable, or of a type this reader does not know. Raises ``ConfigError`` (one line)."""
+    readable, or of a type this reader does not know (see ``pair_file_format``); a CSV without a
+    header. Raises ``ConfigError`` (one line naming ``pairs.path`` and the reason)."""
     from ..config import ConfigError
 
     p = Path(path)
@@ -92,18 +116,123 @@ def check_pair_file(path: str | Path) -> None:
         raise ConfigError(f"pairs.path={path}: no such file")
     if not p.is_file():
         raise ConfigError(f"pairs.path={path}: not a file")
-    if p.suffix.lower() in UNREADABLE_SUFFIXES:
-        raise ConfigError(f"pairs.path={path}: a {p.suffix} file cannot be read as pairs; "
-                          "pairs files are JSON lines (.jsonl) or CSV (.csv)")
     try:
-        with open(p, "rb") as f:
-            f.read(1)
-    except OSError as err:
-        raise ConfigError(f"pairs.path={path}: cannot be read ({err.strerror or err})") from None
-    if p.suffix.lower() == ".csv":
+        fmt, _ = _sniff(p)
+    except _Refused as err:
+        raise ConfigError(f"pairs.path={path}: {err}") from None
+    if fmt == "csv":
         records = _csv_records(p, str(p))
         if records and (msg := _header_problem(records[0][1])):
             raise ConfigError(f"pairs.path={path}: {msg}")
+
+
+class _Refused(Exception):
+    """Why a file cannot be read as pairs (the message, without the file's name)."""
+
+
+def pair_file_format(path: str | Path) -> str:
+    """The format of a pairs file, one of ``FORMATS``, from its content and name (module docstring).
+    A file that is none of them raises ``ConfigError`` naming the file and the reason."""
+    from ..config import ConfigError
+
+    try:
+        return _sniff(Path(path))[0]
+    except _Refused as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+KNOWN = "pairs files are JSON lines (.jsonl), CSV (.csv), parquet (.parquet) or a JSON array (.json)"
+
+
+def _sniff(p: Path) -> tuple[str, list | None]:
+    """The format of ``p`` and, for a JSON array, its elements (parsed once); ``_Refused`` if none."""
+    suffix = p.suffix.lower()
+    if suffix in UNREADABLE_SUFFIXES:
+        raise _Refused(f"a {p.suffix} file cannot be read as pairs; {KNOWN}")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as err:
+        raise _Refused(f"cannot be read ({err.strerror or err})") from None
+    if head.startswith(PARQUET_MAGIC):
+        if suffix != ".parquet":
+            raise _Refused(f"a parquet file (it starts with {PARQUET_MAGIC.decode()}) named {p.suffix or 'without a suffix'}; "
+                           "name it .parquet to read it as parquet")
+        _parquet_columns(p)
+        return "parquet", None
+    if suffix == ".parquet":
+        raise _Refused(f"not a parquet file (it does not start with {PARQUET_MAGIC.decode()})")
+    for magic, what in BINARY_MAGIC:
+        if head.startswith(magic):
+            raise _Refused(f"binary content ({what}), not text; {KNOWN}")
+    if b"\x00" in head:
+        raise _Refused(f"binary content (NUL bytes; UTF-16 text?), not UTF-8 text; {KNOWN}")
+    if suffix == ".csv":
+        return "csv", None
+    if suffix == ".json":
+        return "json", _json_rows(p)
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"[":  # a JSON array under another name
+        try:
+            return "json", _json_rows(p)
+        except _Refused:
+            pass  # JSON lines whose first line is an array: each line reported as JSON lines are
+    return "jsonl", None
+
+
+def _parquet_columns(p: Path) -> list[str]:
+    """The column names of a parquet file; refused where it cannot be read or names no sentence columns."""
+    try:
+        import pyarrow.parquet as pq
+
+        names = list(pq.read_schema(p).names)
+    except Exception as err:  # pyarrow's errors: ArrowInvalid, OSError...
+        msg = " ".join(str(err).split())
+        raise _Refused(f"cannot be read as parquet ({msg[:200]})") from None
+    if not any(fa in names and fb in names for fa, fb in FIELD_NAMES):
+        shown = ", ".join(names)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise _Refused("a parquet pairs file needs columns a and b (or good/bad, sentence_good/sentence_bad); "
+                       f"its columns are [{shown}]")
+    return names
+
+
+def _json_rows(p: Path) -> list:
+    """The array of a JSON pairs file (each element one pair, numbered from 1); refused where the file
+    is not UTF-8, not JSON, or not an array (an object holding one under ``JSON_LIST_KEYS`` is taken)."""
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _Refused(f"not UTF-8 text (byte {err.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = " (JSON lines, one object a line, belong in a .jsonl file)" if err.msg == "Extra data" else ""
+        raise _Refused(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}{hint}") from None
+    if isinstance(value, dict):
+        for key in JSON_LIST_KEYS:
+            if isinstance(value.get(key), list):
+                return value[key]
+        raise _Refused("a JSON object, not a list of pairs: a JSON pairs file is an array of objects "
+                       f"(or an object with that array under {' or '.join(repr(k) for k in JSON_LIST_KEYS)}); "
+                       "JSON lines belong in a .jsonl file")
+    if not isinstance(value, list):
+        raise _Refused(f"a JSON {type(value).__name__}, not a list of pairs (an array of objects)")
+    return value
+
+
+def _parquet_rows(p: Path) -> list[dict]:
+    """The rows of a parquet pairs file as dicts of Python values, null cells left out."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(p).to_pylist()
+        # a null cell is a field the row does not have (a table of mixed aliases has every column);
+        # pandas keeps a DataFrame's index as a column: not a field of the pair
+        return [{k: v for k, v in r.items() if v is not None and not k.startswith("__index_level_")}
+                for r in rows]
+    except Exception as err:
+        msg = " ".join(str(err).split())
+        raise _Refused(f"cannot be read as parquet ({msg[:200]})") from None
 
 
 def _decode(raw: bytes, line: int) -> str:
@@ -197,7 +326,11 @@ def _header_problem(first: list[str] | Problem) -> str | None:
 
 def read_pair_file(path: str | Path, strict: bool = False,
                    default_category: str | None = None) -> tuple[list[Pair], list[Problem]]:
-    """Read a JSONL or CSV file of pairs. Returns the pairs and the problems, in file order."""
+    """Read a JSONL, CSV, parquet or JSON-array file of pairs (the format: ``pair_file_format``).
+    Returns the pairs and the problems, in file order. A file of no known format raises
+    ``ConfigError`` (one line naming the file and the reason)."""
+    from ..config import ConfigError
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pairs file not found: {path}")
@@ -207,13 +340,22 @@ def read_pair_file(path: str | Path, strict: bool = False,
     problems: list[Problem] = []
 
     take = collect(pairs, problems, strict)
-    if path.suffix.lower() == ".csv":
+    try:
+        fmt, rows = _sniff(path)
+        if fmt == "parquet":
+            rows = _parquet_rows(path)
+    except _Refused as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if rows is not None:  # parquet, JSON array: the n-th row is "line" n
+        for i, rec in enumerate(rows, start=1):
+            take(pair_from_record(rec, source, i, category))
+        return pairs, problems
+    if fmt == "csv":
         records = _csv_records(path, source)
         if not records:
             return pairs, problems
         msg = _header_problem(records[0][1])
         if msg:
-            from ..config import ConfigError
             raise ConfigError(f"{path}: {msg}")
         names = [c.strip() for c in records[0][1]]
         for i, cells in records[1:]:
