@@ -318,6 +318,10 @@ def load_run(run_dir: str | Path) -> Result:
         raise RunDirError(f"{run / R.MANIFEST}: unreadable ({err})") from err
     if manifest.get("status") != "complete":
         raise RunDirError(f"{run}: the run is not complete (status {manifest.get('status')!r})")
+    version = manifest.get("schema_version", 0)  # a run older than the key: read as it is
+    if not isinstance(version, int) or isinstance(version, bool) or version > R.SCHEMA_VERSION:
+        raise RunDirError(f"{run}: written by a newer interp (run-dir schema_version {version!r}, this code reads "
+                          f"up to {R.SCHEMA_VERSION}); upgrade interp to read it")
 
     def reader(file: str) -> Callable[[], pd.DataFrame | None]:
         return lambda: pd.read_parquet(run / file) if (run / file).exists() else None

@@ -3,7 +3,7 @@ a crash never leaves a half-written table that a reader would take as complete.
 
 Layout (the output contract; README.md documents it for other tools):
 
-    manifest.json            resolved config, model, versions, counts, timings, exclusions
+    manifest.json            schema_version, resolved config, model, versions, counts, timings, exclusions
     pairs.parquet            one row per kept pair (scores, edit position and tokens)
     stability.parquet        one row per hook x layer x component x position mode
     stability_by_category.parquet  the same per category
@@ -30,6 +30,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+# The version of the run-dir layout that manifest.json's "schema_version" records. Raise it when a
+# reader of the old layout would misread a new run dir; interp.load_run refuses a newer one and reads
+# an older one (a run without the key is older than the key).
+SCHEMA_VERSION = 1
 
 MANIFEST = "manifest.json"
 PAIRS = "pairs.parquet"

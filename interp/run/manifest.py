@@ -1,6 +1,6 @@
 """The manifest: what a run directory's ``manifest.json`` says about the run that made it.
 
-Status, the resolved config and its hash, the model, how the forward pass ran, package versions,
+The layout's ``schema_version`` (``interp.rundir.SCHEMA_VERSION``), status, the resolved config and its hash, the model, how the forward pass ran, package versions,
 hooks, groups, counts (loaded, kept, rejected by reason, failed), the control baseline, notes,
 what is excluded from the statistics, accuracy per category, figures and timings.
 """
@@ -55,9 +55,12 @@ def rejected_by_reason(rows: list[dict]) -> dict[str, int]:
 def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_rows: list[dict], n_failed: int,
                    notes: dict, accuracy: list[dict], timings: dict) -> dict:
     """The manifest of a finished analysis; ``run_dir`` and ``figures`` are filled in when it is saved."""
+    from ..rundir import SCHEMA_VERSION
+
     acfg = cfg.analysis
     n_controls = stats.n_controls
     return {
+        "schema_version": SCHEMA_VERSION,
         "status": "complete",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": None,
