@@ -156,7 +156,8 @@ def _sniff(p: Path) -> tuple[str, list | None]:
         raise _Refused(f"cannot be read ({err.strerror or err})") from None
     if head.startswith(PARQUET_MAGIC):
         if suffix != ".parquet":
-            raise _Refused(f"a parquet file (it starts with {PARQUET_MAGIC.decode()}) named {p.suffix or 'without a suffix'}; "
+            named = p.suffix or "without a suffix"
+            raise _Refused(f"a parquet file (it starts with {PARQUET_MAGIC.decode()}) named {named}; "
                            "name it .parquet to read it as parquet")
         _parquet_columns(p)
         return "parquet", None
