@@ -1,8 +1,9 @@
 """The manifest: what a run directory's ``manifest.json`` says about the run that made it.
 
 The layout's ``schema_version`` (``interp.rundir.SCHEMA_VERSION``), status, the resolved config and
-its hash, the model, how the forward pass ran, package versions, hooks, groups, counts (loaded, kept, rejected by reason, failed), the control baseline, notes,
-what is excluded from the statistics, accuracy per category, figures and timings.
+its hash, the model, how the forward pass ran, package versions, hooks, groups, counts (loaded, kept,
+rejected by reason, failed), the control baseline, notes, what is excluded from the statistics,
+accuracy per category, figures and timings.
 """
 
 from __future__ import annotations
