@@ -109,7 +109,7 @@ def as_loaded_model(model: Any, bos_token: str | None = None) -> LoadedModel:
 
 def as_pair_set(pairs: Any, strict: bool = False) -> tuple[PairSet, dict]:
     """``pairs`` as a ``PairSet`` and the ``pairs`` config that describes where they came from.
-    Accepts a file path (JSONL or CSV), a list of ``(a, b)`` tuples or of dicts, a pandas DataFrame,
+    Accepts a file path (JSONL, CSV, parquet or a JSON array), a list of ``(a, b)`` tuples or of dicts, a pandas DataFrame,
     a ``datasets.Dataset`` (any iterable of dicts)."""
     from .pairs import records_to_pairs
     from .pairs.files import read_pair_file

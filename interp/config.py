@@ -353,7 +353,7 @@ def _validate_pairs(p: DictConfig, check_files: bool) -> None:
             raise ConfigError(f"pairs.categories: {bad[0]!r} is not a category of the bank ({', '.join(sorted(known))})")
     if p.source == "file":
         if OmegaConf.is_missing(p, "path") or not p.get("path"):
-            raise ConfigError("pairs=file needs pairs.path=FILE (JSONL or CSV)")
+            raise ConfigError("pairs=file needs pairs.path=FILE (JSONL, CSV, parquet or a JSON array)")
         if check_files:
             from .pairs.files import check_pair_file
             check_pair_file(p.path)

@@ -45,7 +45,7 @@ MISTAKES = [
     (["pairs=file", "pairs.path=/nonexistent/pairs.jsonl"], "pairs.path=/nonexistent/pairs.jsonl: no such file"),
     (["pairs=file"], "pairs=file needs pairs.path=FILE"),
     (["pairs=file", "pairs.path={tmp}"], "not a file"),
-    (["pairs=file", "pairs.path={tmp}/pairs.parquet"], "a .parquet file cannot be read as pairs"),
+    (["pairs=file", "pairs.path={tmp}/pairs.parquet"], "cannot be read as parquet"),
     (["analysis.contrast=[grammar,grammar]"], "analysis.contrast compares a group with itself"),
     (["pairs.categories=[nope]"], "pairs.categories: 'nope' is not a category of the bank"),
     (["pairs.path=my_pairs.jsonl"], "is not read by the built-in bank; use pairs=file"),
