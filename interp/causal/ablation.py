@@ -40,7 +40,9 @@ from torch import Tensor
 
 from .. import rundir as R
 from ..engine import Batch, HookFn, forward, make_batches, sentence_logprobs
-from .selection import SELECTION_KINDS, read_sentences, reference_means, select_components
+from .atp import _model
+from .metrics import pair_metrics
+from .selection import SELECTION_KINDS, matched_random, read_sentences, reference_means, select_components
 
 MODES = ("mean", "resample", "zero")
 WHERE = ("edit", "after", "all")
@@ -226,8 +228,10 @@ VS_RANDOM_COLUMNS = ["selection", "k", "mode", "where", "category", "metric", "c
 
 @dataclass
 class Condition:
-    """One ablation: a set of components (per hook), a replacement mode, the positions, and for
-    ``resample`` the seed of its donor draw."""
+    """One ablation: a set of components (per hook), a replacement mode, the positions, and
+    ``draw``: the seed of its resample donors and the seed its rows are labelled with (a random
+    selection's own seed; for the stable and least-stable selections the resample draw, else the
+    base seed)."""
 
     selection: str
     k: int
@@ -287,8 +291,6 @@ def run_conditions(model, batch: Batch, conds: Sequence[Condition], *, clean=Non
                    ) -> dict[str, np.ndarray]:
     """Metrics of every pair of ``batch`` under each condition: one forward pass over the stacked
     copies. Returns ``{metric: [len(conds), B]}`` (``interp.causal.metrics.pair_metrics``)."""
-    from .metrics import pair_metrics
-
     C, B2 = len(conds), 2 * batch.size
     tokens, mask = batch.tokens[:B2].repeat(C, 1), batch.mask[:B2].repeat(C, 1)
     with torch.inference_mode(), model.hooks(fwd_hooks=condition_hooks(conds, batch, clean=clean,
@@ -301,8 +303,6 @@ def run_conditions(model, batch: Batch, conds: Sequence[Condition], *, clean=Non
 def _conditions(cfg: DictConfig, cands: pd.DataFrame, means, device) -> tuple[list[Condition], pd.DataFrame, dict]:
     """Every ablation of the run: the stable, least-stable and random selections at each k, mode and
     where; the selections table; facts on the random matching."""
-    from .selection import matched_random, select_components
-
     acfg = cfg.ablation
     base_seed = int(cfg.seed)
     seeds = [base_seed + i for i in range(max(1, int(acfg.seeds)))]
@@ -350,8 +350,6 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
     and against the matched random selections (``vs_random``)."""
     from tqdm.auto import tqdm
 
-    from .atp import _model
-
     acfg = cfg.ablation
     modes, wheres = list(acfg.modes), list(acfg.where)
     bad = [m for m in modes if m not in MODES] + [w for w in wheres if w not in WHERE]
@@ -390,10 +388,10 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
     vals = {m: np.full((len(conds), N), np.nan) for m in METRICS}
     base = {m: np.full(N, np.nan) for m in METRICS}
     # conditions of one mode and where share a pass; as many as fit ablation.rows_per_pass
-    passes: list[list[int]] = []
-    for key in dict.fromkeys((c.mode, c.where) for c in conds):
-        idx = [i for i, c in enumerate(conds) if (c.mode, c.where) == key]
-        passes.append(idx)
+    by_pass: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(conds):
+        by_pass.setdefault((c.mode, c.where), []).append(i)
+    passes = list(by_pass.values())
     rows_per_pass = int(acfg.get("rows_per_pass", 256))
     n_forward = 0
     bar = tqdm(total=len(batches), unit="batch", desc="ablation", disable=not cfg.get("progress", True),
@@ -402,12 +400,7 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
         idx = batch.index.numpy()
         per = max(1, rows_per_pass // (2 * batch.size))
         clean: dict = {}
-        from .metrics import pair_metrics
-
-        with torch.inference_mode(), model.hooks(fwd_hooks=capture_hooks(used_hooks, clean) if "resample" in modes
-                                                 else []):
-            logits = model(batch.tokens[:2 * batch.size], attention_mask=batch.mask[:2 * batch.size].long(),
-                           return_type="logits")
+        logits = forward(model, batch, capture_hooks(used_hooks, clean) if "resample" in modes else [])
         for m, v in pair_metrics(logits, batch).items():
             base[m][idx] = v
         del logits
@@ -442,7 +435,7 @@ def ablation_pairs(conds, pairs: pd.DataFrame, vals, base) -> pd.DataFrame:
     frames = []
     for ci, c in enumerate(conds):
         frames.append(pd.DataFrame({
-            "selection": c.selection, "k": c.k, "seed": c.draw if c.selection != "random" else c.seed,
+            "selection": c.selection, "k": c.k, "seed": c.draw,
             "mode": c.mode, "where": c.where, "pair_id": pairs["pair_id"].to_numpy(),
             "category": pairs["category"].to_numpy(), "baseline_margin": base["margin"],
             "margin": vals["margin"][ci], "margin_change": _change(vals, base, "margin", ci),
@@ -472,7 +465,7 @@ def category_table(conds, pairs: pd.DataFrame, vals, base) -> pd.DataFrame:
             sel = np.ones(len(cats), bool) if cat == "all" else cats == cat
             n = int(sel.sum())
             acc, base_acc = float((m[sel] > 0).mean()), float(base_correct[sel].mean())
-            row = {"selection": c.selection, "k": c.k, "seed": c.draw if c.selection != "random" else c.seed,
+            row = {"selection": c.selection, "k": c.k, "seed": c.draw,
                    "mode": c.mode, "where": c.where, "category": cat, "accuracy": acc,
                    "accuracy_change": acc - base_acc, "n_pairs": n,
                    "n_components": int(sum(len(s.index) for s in c.sites)), "margin": float(m[sel].mean()),
@@ -513,8 +506,9 @@ def vs_random(conds, pairs: pd.DataFrame, vals, base, clusters: np.ndarray, leve
             continue  # the random draws are matched to the stable selection only
         rnd = keyed[("random", k, mode, where)]
         for metric in METRICS:
-            s_all = _change(vals, base, metric)[cis].mean(0)  # [N]: over resample draws
-            r_all = _change(vals, base, metric)[rnd]  # [S, N]
+            change = _change(vals, base, metric)  # [conditions, N]
+            s_all = change[cis].mean(0)  # [N]: over resample draws
+            r_all = change[rnd]  # [S, N]
             for cat in sorted(set(cats)) + ["all"]:
                 m = np.ones(len(cats), bool) if cat == "all" else cats == cat
                 m &= np.isfinite(s_all) & np.isfinite(r_all).all(0)

@@ -56,12 +56,16 @@ def one_token(batch: Batch) -> None:
         raise ValueError("post_edit_margin and AtP need one-token edits (a and b of the same length)")
 
 
+def after_slots(edit: Int[Tensor, "R"], last: Int[Tensor, "R"], n: int) -> Bool[Tensor, "R n"]:
+    """Of ``n`` positions, those whose prediction is a token after the edit: edit .. last - 1."""
+    t = torch.arange(n, device=edit.device)[None, :]
+    return (t >= edit[:, None]) & (t < last[:, None])
+
+
 def post_edit_logprobs(logits: Float[Tensor, "R T vocab"], tokens: Int[Tensor, "R T"],
                        edit: Int[Tensor, "R"], last: Int[Tensor, "R"]) -> Float[Tensor, "R"]:
     """Per row: sum of log p(token_t) for t = edit+1..last (predicted from positions edit..last-1), float64."""
-    T = tokens.shape[1]
-    t = torch.arange(T - 1, device=tokens.device)[None, :]
-    slots = (t >= edit[:, None]) & (t < last[:, None])
+    slots = after_slots(edit, last, tokens.shape[1] - 1)
     lg = logits[:, :-1].float()
     lp = lg.gather(-1, tokens[:, 1:, None])[..., 0] - lg.logsumexp(-1)
     return (lp.double() * slots).sum(-1)
@@ -97,8 +101,7 @@ def _run(model, tokens: Tensor, mask: Tensor, edit: Tensor, last: Tensor,
     """One forward pass with hooks; each row's post-edit log-prob sum (float32, differentiable when
     grad is enabled). Only the predictions edit..last-1 are unembedded."""
     R, T = tokens.shape
-    t = torch.arange(T, device=tokens.device)[None, :]
-    flat = ((t >= edit[:, None]) & (t < last[:, None])).flatten().nonzero()[:, 0]
+    flat = after_slots(edit, last, T).flatten().nonzero()[:, 0]
     kept: dict[str, Tensor] = {}
 
     def keep_final(x, hook=None):

@@ -18,14 +18,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..engine import Batch, sentence_logprobs
-from .atp import one_token, post_edit_logprobs
+from ..engine import Batch
+from .atp import after_slots, one_token
 
 
 def _kl_after(la: Tensor, lb: Tensor, batch: Batch) -> Float[Tensor, "B"]:
     """Mean over the predictions at edit .. last - 1 of KL(p_a || p_b), from log-softmaxes [B, T-1, V]."""
-    t = torch.arange(la.shape[1], device=la.device)[None, :]
-    slots = (t >= batch.edit[:, None]) & (t < batch.last[:, None])  # [B, T-1]
+    slots = after_slots(batch.edit, batch.last, la.shape[1])  # [B, T-1]
     kl = (la.exp() * (la - lb)).sum(-1).double()
     n = slots.sum(-1)
     out = (kl * slots).sum(-1) / n.clamp(min=1)
@@ -42,17 +41,14 @@ def downstream_divergence(logits: Float[Tensor, "VB T vocab"], batch: Batch) -> 
 def pair_metrics(logits: Float[Tensor, "VB T vocab"], batch: Batch) -> dict[str, np.ndarray]:
     """``margin``, ``post_edit_margin`` and ``downstream_divergence`` of every pair of ``batch``
     from the logits of its a rows then b rows (float64 numpy arrays of length B); one log-softmax
-    serves all three (``sentence_logprobs``, ``post_edit_logprobs`` and ``downstream_divergence``
-    give the same numbers, tested)."""
+    serves all three (``interp.engine.sentence_logprobs``, ``interp.causal.atp.post_edit_logprobs``
+    and ``downstream_divergence`` give the same numbers, tested)."""
     one_token(batch)
     B = batch.size
     tokens, mask = batch.tokens[:2 * B], batch.mask[:2 * B]
     lsm = logits[:2 * B, :-1].float().log_softmax(-1)  # [2B, T-1, V]
     lp = lsm.gather(-1, tokens[:, 1:, None])[..., 0].double()  # [2B, T-1]: log p(token_t+1)
-    T1 = lp.shape[1]
-    t = torch.arange(T1, device=lp.device)[None, :]
-    edit, last = batch.edit.repeat(2)[:, None], batch.last.repeat(2)[:, None]
     whole = (lp * mask[:, 1:]).sum(-1)
-    post = (lp * ((t >= edit) & (t < last))).sum(-1)
+    post = (lp * after_slots(batch.edit.repeat(2), batch.last.repeat(2), lp.shape[1])).sum(-1)
     return {"margin": (whole[:B] - whole[B:]).cpu().numpy(), "post_edit_margin": (post[:B] - post[B:]).cpu().numpy(),
             "downstream_divergence": _kl_after(lsm[:B], lsm[B:], batch).cpu().numpy()}
