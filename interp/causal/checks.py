@@ -148,7 +148,7 @@ def run_causal(cfg: DictConfig) -> dict:
 
         figure_info = write_causal_figures(out_dir, result.get("ablation"), result.get("patching"),
                                            n_pair_figures=int(cfg.figures.n_pairs), png=bool(cfg.figures.png),
-                                           read_tables=False)
+                                           read_tables=False, vs_random=result.get("ablation_vs_random"))
         timings["figures_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
 

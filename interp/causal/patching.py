@@ -319,7 +319,7 @@ def patch_group(bridge, tokens_a: Int[Tensor, "G pos"], tokens_b: Int[Tensor, "G
     def delta(logits: Tensor) -> Tensor:  # change of the base sentence's log-prob; small, so float32 keeps it
         return sentence_logprobs(logits, base_tokens, row_ones).cpu() - base_lp
 
-    masks = position_blocks(T, edit.repeat(len(sides))).cpu()
+    masks = position_blocks(T, edit.repeat(len(sides)))  # on the model's device, where the setters use them
     grids = {}
     for kind in kinds:
         point, axes, setter = PATCH_KINDS[kind]
@@ -363,7 +363,7 @@ def patch_group(bridge, tokens_a: Int[Tensor, "G pos"], tokens_b: Int[Tensor, "G
                         position = offset = np.full(n, None, dtype=object)
                         pos_label = np.full(n, "all", dtype=object)
                     den = m_source - m_base
-                    norm = (patched - m_base) / den + 0.0 if abs(den) > 1e-6 else np.full(n, np.nan)
+                    norm = normalized_effect(torch.from_numpy(patched), m_base, m_source).numpy() + 0.0
                     for c, v in (("pair", g), ("hook", point), ("kind", kind), ("layer", ax["layer"]),
                                  ("positions", pos_label), ("position", position), ("offset", offset),
                                  ("head", ax["head"].astype(object) if "head" in ax else np.full(n, None, dtype=object)),
@@ -550,8 +550,9 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
             df["token"] = [labels[g]["each"][p] if pd.notna(p) else labels[g].get(m)
                            for g, p, m in zip(df["pair"], df["position"], df["positions"])]
             df.insert(0, "order", [order[group[g]] for g in df["pair"]])
-            df.insert(1, "pair_id", [pairs.iloc[group[g]]["pair_id"] for g in df["pair"]])
-            df.insert(2, "category", [pairs.iloc[group[g]]["category"] for g in df["pair"]])
+            rows = np.asarray(group)[df["pair"].to_numpy()]
+            df.insert(1, "pair_id", pairs["pair_id"].to_numpy()[rows])
+            df.insert(2, "category", pairs["category"].to_numpy()[rows])
             frames.append(df.drop(columns="pair"))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
