@@ -1,7 +1,8 @@
 """Minimal pairs: where they come from and which of them a model's tokenizer accepts.
 
 ``load_pairs(cfg.pairs)`` reads the configured source (``bank``: the built-in files under
-``interp/pairs/bank/``; ``file``: ``pairs.path``), filters by ``types`` and ``categories``, and
+``interp/pairs/bank/``; ``file``: ``pairs.path``; ``blimp``: BLiMP paradigm files, ``blimp.py``;
+``hf``: a Hugging Face ``datasets`` dataset, ``hf.py``), filters by ``types`` and ``categories``, and
 keeps ``limit`` pairs per category (a seeded sample, same every time). ``validate_pairs`` then
 checks each pair against the tokenizer; rejects keep their reason.
 
@@ -47,10 +48,10 @@ def bank_categories() -> dict[str, str]:
     return out
 
 
-def _read_many(paths: list[Path], strict: bool) -> PairSet:
+def _read_many(paths: list[Path], strict: bool, pcfg=None) -> PairSet:
     ps = PairSet([])
     for p in paths:
-        pairs, problems = read_pair_file(p, strict=strict)
+        pairs, problems = read_pair_file(p, strict=strict, **edit_limits(pcfg))
         ps.pairs += pairs
         ps.problems += problems
     return ps
@@ -63,11 +64,22 @@ def _source_pairs(pcfg) -> PairSet:
     if source == "file":
         if not pcfg.get("path"):
             raise ConfigError("pairs=file needs pairs.path=FILE (JSONL, CSV, parquet or a JSON array)")
-        return _read_many([Path(pcfg.path)], strict=bool(pcfg.get("strict", False)))
+        return _read_many([Path(pcfg.path)], strict=bool(pcfg.get("strict", False)), pcfg=pcfg)
     if source == "blimp":  # a folder of BLiMP paradigm files; pairs.paradigms selects (see blimp.py)
         from .blimp import read_blimp
         return read_blimp(pcfg)
-    raise ConfigError(f"pairs.source={source!r} is not one of bank, file, blimp")
+    if source == "hf":  # a Hugging Face datasets dataset: the hub or a local copy (see hf.py)
+        from .hf import read_hf
+        return read_hf(pcfg)
+    raise ConfigError(f"pairs.source={source!r} is not one of bank, file, blimp, hf")
+
+
+def edit_limits(pcfg) -> dict:
+    """``alignment`` and ``max_edit_tokens`` of a pairs config (or mapping), for the word-level check
+    of CausalGym records (``files.pair_from_record``); nothing known: ``{}``."""
+    if pcfg is None:
+        return {}
+    return {"alignment": pcfg.get("alignment") or "strict", "max_edit_tokens": pcfg.get("max_edit_tokens", 4)}
 
 
 def select(pairs: list[Pair], types=None, categories=None, limit=None, seed: int = 0) -> list[Pair]:
@@ -144,10 +156,12 @@ def mark_duplicates(ps: PairSet, policy: str = "keep") -> PairSet:
 
 
 def records_to_pairs(records: list, source: str, strict: bool = False,
-                     default_category: str = "pairs") -> PairSet:
+                     default_category: str = "pairs", alignment: str | None = None,
+                     max_edit_tokens: int | None = None) -> PairSet:
     """Pairs from Python objects: ``(a, b)`` (or ``(a, b, category)``, ``(a, b, category, type)``)
-    tuples, or dicts with the fields a pair file has. Item ``i`` counts as line ``i + 1`` of
-    ``source``; problems are kept like a file's (``strict``: the first raises ``PairFileError``)."""
+    tuples, or dicts with the fields a pair file has (CausalGym records too). Item ``i`` counts as
+    line ``i + 1`` of ``source``; problems are kept like a file's (``strict``: the first raises
+    ``PairFileError``)."""
     from .files import collect, pair_from_record
 
     ps = PairSet([])
@@ -158,7 +172,7 @@ def records_to_pairs(records: list, source: str, strict: bool = False,
                 take(Problem(source, i, "bad_tuple", f"expected (a, b[, category[, type]]), got {len(item)} items"))
                 continue
             item = dict(zip(("a", "b", "category", "type"), item))
-        take(pair_from_record(item, source, i, default_category))
+        take(pair_from_record(item, source, i, default_category, alignment, max_edit_tokens))
     return ps
 
 

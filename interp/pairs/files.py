@@ -36,9 +36,11 @@ import csv
 import json
 from pathlib import Path
 
+from .causalgym import GYM_FIELDS, gym_to_ab, is_gym_record, not_minimal
 from .records import PAIR_TYPES, Pair, PairFileError, Problem
 
 FIELD_NAMES = (("a", "b"), ("good", "bad"), ("sentence_good", "sentence_bad"))
+SENTENCE_FIELDS = "a and b (or good/bad, sentence_good/sentence_bad, or CausalGym's base/src)"
 FORMATS = ("jsonl", "csv", "parquet", "json")  # what pair_file_format answers
 # read_pair_file reads these by name (.csv, .parquet, .json; JSON lines: any other name) but not these
 UNREADABLE_SUFFIXES = (".arrow", ".feather", ".xlsx", ".xls", ".gz", ".zip", ".bz2", ".xz", ".pkl", ".npy",
@@ -55,14 +57,24 @@ MAX_CHARS = 2000  # a "sentence" longer than this is a mistake, not a minimal pa
 MAX_FIELD_CHARS = 100_000  # a CSV field longer than this rejects its row (field_too_large), not the file
 
 
-def pair_from_record(rec: dict, source: str, line: int, default_category: str) -> Pair | Problem:
+def pair_from_record(rec: dict, source: str, line: int, default_category: str, alignment: str | None = None,
+                     max_edit_tokens: int | None = None) -> Pair | Problem:
+    """One record as a ``Pair``, or the ``Problem`` that says why it is none. A CausalGym record
+    (``base``/``src``, no ``a``/``b``) is turned into a/b first and refused (``not_minimal``) where
+    its words can never make a minimal pair under ``alignment`` and ``max_edit_tokens``
+    (``causalgym``; None: only what no alignment accepts)."""
     if not isinstance(rec, dict):
         return Problem(source, line, "not_an_object", f"expected a JSON object, got {type(rec).__name__}")
+    gym = not any(fa in rec or fb in rec for fa, fb in FIELD_NAMES) and is_gym_record(rec)
+    if gym:
+        rec = gym_to_ab(rec)
+        if isinstance(rec, tuple):
+            return Problem(source, line, *rec)
     for fa, fb in FIELD_NAMES:
         if fa in rec or fb in rec:
             break
     else:
-        return Problem(source, line, "missing_field", "needs fields a and b (or good/bad, sentence_good/sentence_bad)")
+        return Problem(source, line, "missing_field", f"needs fields {SENTENCE_FIELDS}")
     a, b = rec.get(fa), rec.get(fb)
     if a is None or b is None:
         return Problem(source, line, "missing_field", f"field {fb if a is not None else fa!r} is missing")
@@ -86,6 +98,8 @@ def pair_from_record(rec: dict, source: str, line: int, default_category: str) -
     known = {fa, fb, "type", "category", "id", "pair_id", "alt"}
     meta = {k: v for k, v in rec.items() if k not in known and isinstance(v, (str, int, float, bool))}
     pid = rec.get("pair_id", rec.get("id"))
+    if gym and (why := not_minimal(a, b, alignment, max_edit_tokens)):
+        return Problem(source, line, "not_minimal", why, a, b, category, str(pid) if pid is not None else None)
     return Pair(a=a, b=b, category=category, type=ptype, pair_id=str(pid) if pid is not None else "",
                 source=source, line=line, alt=alt, meta=meta)
 
@@ -189,11 +203,10 @@ def _parquet_columns(p: Path) -> list[str]:
     except Exception as err:  # pyarrow's errors: ArrowInvalid, OSError...
         msg = " ".join(str(err).split())
         raise _Refused(f"cannot be read as parquet ({msg[:200]})") from None
-    if not any(fa in names and fb in names for fa, fb in FIELD_NAMES):
+    if not any(fa in names and fb in names for fa, fb in (*FIELD_NAMES, GYM_FIELDS)):
         shown = ", ".join(names)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        raise _Refused("a parquet pairs file needs columns a and b (or good/bad, sentence_good/sentence_bad); "
-                       f"its columns are [{shown}]")
+        raise _Refused(f"a parquet pairs file needs columns {SENTENCE_FIELDS}; its columns are [{shown}]")
     return names
 
 
@@ -314,22 +327,25 @@ def _unclosed(raw: list[bytes]) -> bool:
 
 def _header_problem(first: list[str] | Problem) -> str | None:
     """Why a CSV's first record is not a header naming the sentence columns (None: it is one)."""
-    need = "a CSV pairs file needs a header row naming its columns: a,b (or good,bad or sentence_good,sentence_bad)"
+    need = ("a CSV pairs file needs a header row naming its columns: a,b (or good,bad or sentence_good,sentence_bad, "
+            "or CausalGym's base,src)")
     if isinstance(first, Problem):
         return f"{need}; its first row cannot be read ({first.reason})"
     names = {c.strip() for c in first}
-    if any(fa in names and fb in names for fa, fb in FIELD_NAMES):
+    if any(fa in names and fb in names for fa, fb in (*FIELD_NAMES, GYM_FIELDS)):
         return None
     shown = ",".join(first)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return f"{need}; its first row is {shown!r}"
 
 
-def read_pair_file(path: str | Path, strict: bool = False,
-                   default_category: str | None = None) -> tuple[list[Pair], list[Problem]]:
+def read_pair_file(path: str | Path, strict: bool = False, default_category: str | None = None,
+                   alignment: str | None = None,
+                   max_edit_tokens: int | None = None) -> tuple[list[Pair], list[Problem]]:
     """Read a JSONL, CSV, parquet or JSON-array file of pairs (the format: ``pair_file_format``).
     Returns the pairs and the problems, in file order. A file of no known format raises
-    ``ConfigError`` (one line naming the file and the reason)."""
+    ``ConfigError`` (one line naming the file and the reason). ``alignment``/``max_edit_tokens``
+    (``pairs.*``): what CausalGym records must meet at the word level (``pair_from_record``)."""
     from ..config import ConfigError
 
     path = Path(path)
@@ -349,7 +365,7 @@ def read_pair_file(path: str | Path, strict: bool = False,
         raise ConfigError(f"{path}: {err}") from None
     if rows is not None:  # parquet, JSON array: the n-th row is "line" n
         for i, rec in enumerate(rows, start=1):
-            take(pair_from_record(rec, source, i, category))
+            take(pair_from_record(rec, source, i, category, alignment, max_edit_tokens))
         return pairs, problems
     if fmt == "csv":
         records = _csv_records(path, source)
@@ -369,7 +385,7 @@ def read_pair_file(path: str | Path, strict: bool = False,
                 continue
             # as csv.DictReader: a missing cell is None, cells past the header are dropped
             rec = {h: cells[k] if k < len(cells) else None for k, h in enumerate(names)}
-            take(pair_from_record(rec, source, i, category))
+            take(pair_from_record(rec, source, i, category, alignment, max_edit_tokens))
         return pairs, problems
 
     lines = _lines(path)
@@ -384,5 +400,5 @@ def read_pair_file(path: str | Path, strict: bool = False,
         except json.JSONDecodeError as err:
             take(Problem(source, i, "bad_json", err.msg))
             continue
-        take(pair_from_record(rec, source, i, category))
+        take(pair_from_record(rec, source, i, category, alignment, max_edit_tokens))
     return pairs, problems
