@@ -29,7 +29,7 @@ CLUSTERS = ("swap", "template", "none")
 STABLE_RULES = ("equivalence", "significance")
 ALIGNMENTS = ("strict", "same_length", "span")
 DUPLICATE_POLICIES = ("keep", "drop")
-PAIR_SOURCES = ("bank", "file", "blimp", "python")
+PAIR_SOURCES = ("bank", "file", "blimp", "hf", "python")
 MODEL_SOURCES = ("gguf", "hf", "random", "python")
 
 
@@ -362,4 +362,7 @@ def _validate_pairs(p: DictConfig, check_files: bool) -> None:
         folder = blimp_dir(p)
         if not folder.is_dir():
             raise ConfigError(f"pairs.path={folder}: no BLiMP folder there")
+    if p.source == "hf":  # datasets installed, the dataset, its split and mapped columns (interp/pairs/hf.py)
+        from .pairs.hf import check_hf_source
+        check_hf_source(p, check_files)
 
