@@ -101,10 +101,17 @@ def categories(run_dir: Path, position: str = "edit") -> dict:
             "stable_in_any_grammar_category": int(len(counts))}
 
 
+def read_manifest(d: Path) -> dict:
+    """A run dir's (or causal folder's) manifest; a run newer than this interp is refused."""
+    from interp.rundir import read_manifest as read
+
+    return read(d)
+
+
 def causal(cdir: Path) -> tuple[dict, pd.DataFrame]:
     """The fair ablation and AtP of one causal folder: every vs-random row, the per-seed random means
     (for the figure), the AtP of stable vs other components."""
-    man = json.loads((cdir / "manifest.json").read_text())
+    man = read_manifest(cdir)
     out: dict = {"ablation_facts": man.get("ablation"), "counts": man.get("counts"), "atp": None}
     seeds = pd.DataFrame()
     if (cdir / "ablation_vs_random.parquet").exists():
@@ -162,7 +169,7 @@ def patching(cdir: Path) -> tuple[dict, pd.DataFrame]:
 def e2_tables(d: Path) -> tuple[dict, pd.DataFrame]:
     par = pd.read_parquet(d / "blimp_paradigms.parquet")
     phe = pd.read_parquet(d / "blimp_phenomena.parquet")
-    man = json.loads((d / "manifest.json").read_text())
+    man = read_manifest(d)
     res = {"counts": man["counts"], "controls": man.get("controls")}
     res["phenomena"] = phe[["linguistics_term", "n_paradigms", "n_total", "n_kept", "accuracy", "gpt2", "txl",
                             "lstm", "ngram", "human"]].round(4).to_dict("records")
@@ -187,7 +194,7 @@ def tables(out: Path) -> dict:
         if not (d / "stability.parquet").exists():
             res[name] = "missing"
             continue
-        man = json.loads((d / "manifest.json").read_text())
+        man = read_manifest(d)
         stab = pd.read_parquet(d / "stability.parquet")
         r = {"model": man.get("model", {}).get("name"), "counts": {k: man["counts"].get(k) for k in
                                                                   ("kept", "rejected", "read")},

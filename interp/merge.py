@@ -67,7 +67,10 @@ def merge_runs(shards: list[str | Path], out: str | Path, overwrite: bool = Fals
     for s in shards:
         if not R.is_complete(s):
             raise MergeError(f"{s}: not a complete run dir (no manifest.json with status complete)")
-        manifests.append(R.read_manifest(s))
+        try:
+            manifests.append(R.read_manifest(s))
+        except R.SchemaVersionError as err:  # a shard newer than this code
+            raise MergeError(str(err)) from None
     ref = _comparable(manifests[0]["config"])
     for s, m in zip(shards[1:], manifests[1:]):
         if _comparable(m["config"]) != ref:

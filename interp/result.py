@@ -12,7 +12,6 @@ the run directory every command and the viewer read (``README.md``: the output c
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from . import rundir as R
+from .rundir import RunDirError
 from .rules import STABLE_DEFINITION, Rule, stable_mask, summarize
 
 # table name -> file; the order is the order ``save`` writes them in
@@ -56,10 +56,6 @@ def clear_run(run_dir: Path) -> None:
             p.unlink()
         elif p.name in (R.FIGURES, "causal") and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
-
-
-class RunDirError(ValueError):
-    """A folder is not a complete run directory; the message says why."""
 
 
 class Result:
@@ -313,15 +309,13 @@ def load_run(run_dir: str | Path) -> Result:
     if not (run / R.MANIFEST).is_file():
         raise RunDirError(f"{run}: not a run directory (no {R.MANIFEST})")
     try:
-        manifest = json.loads((run / R.MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        manifest = R.read_manifest(run)  # a run newer than this code: SchemaVersionError, a RunDirError
+    except R.SchemaVersionError:
+        raise
+    except (OSError, ValueError) as err:
         raise RunDirError(f"{run / R.MANIFEST}: unreadable ({err})") from err
     if manifest.get("status") != "complete":
         raise RunDirError(f"{run}: the run is not complete (status {manifest.get('status')!r})")
-    version = manifest.get("schema_version", 0)  # a run older than the key: read as it is
-    if not isinstance(version, int) or isinstance(version, bool) or version > R.SCHEMA_VERSION:
-        raise RunDirError(f"{run}: written by a newer interp (run-dir schema_version {version!r}, this code reads "
-                          f"up to {R.SCHEMA_VERSION}); upgrade interp to read it")
 
     def reader(file: str) -> Callable[[], pd.DataFrame | None]:
         return lambda: pd.read_parquet(run / file) if (run / file).exists() else None

@@ -1,23 +1,9 @@
 """Reading and writing a run directory. Every file is written atomically (temp file + rename), so
 a crash never leaves a half-written table that a reader would take as complete.
 
-Layout (the output contract; README.md documents it for other tools):
-
-    manifest.json            schema_version, resolved config, model, versions, counts, timings, exclusions
-    pairs.parquet            one row per kept pair (scores, edit position and tokens)
-    stability.parquet        one row per hook x layer x component x position mode
-    stability_by_category.parquet  the same per category
-    contrast.parquet         Welch test per component between two groups of pairs (analysis.contrast)
-    divergence.parquet       normalized |a-b| per hook x layer x category x token offset from the edit
-    directions.parquet       per hook x layer x position: distinct directions of the stable set, mean a-b
-    pair_values.parquet      per pair x hook x layer x component x position: |a-b| and the control mean
-    pair_profile.parquet     per pair: ||a-b|| and ||a|| per hook x layer x position (drill-down)
-    pair_components.parquet  per pair: the most changed and most stable components per hook x layer
-    rejected.jsonl           pairs and lines that were not used, with the reason
-    stats.safetensors        the mergeable running statistics (input of interp.merge)
-    activations.safetensors  raw activations of the first N kept pairs, [N, 2, pos, ...]
-    patterns.safetensors     attention patterns of the same pairs, [N, 2, head, q, k]
-    figures/                 plotly HTML (offline) and PNG
+The layout (the output contract): ``interp.run.contract`` lists every file, and every table's
+columns; README.md's table is rendered from it. ``read_manifest`` refuses a run dir newer than
+this code (``SCHEMA_VERSION``), for every reader.
 """
 
 from __future__ import annotations
@@ -32,8 +18,9 @@ from typing import Any, Iterator
 import pandas as pd
 
 # The version of the run-dir layout that manifest.json's "schema_version" records. Raise it when a
-# reader of the old layout would misread a new run dir; interp.load_run refuses a newer one and reads
-# an older one (a run without the key is older than the key).
+# reader of the old layout would misread a new run dir; every reader (``read_manifest``: load_run,
+# the viewer, compare, merge, patch) refuses a newer one and reads an older one (a run without the
+# key is older than the key). Every file of the layout: ``interp.run.contract``.
 SCHEMA_VERSION = 1
 
 MANIFEST = "manifest.json"
@@ -101,8 +88,37 @@ def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] 
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def read_manifest(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / MANIFEST).read_text())
+class RunDirError(ValueError):
+    """A folder is not a complete run directory (or not one this code can read); the message says why."""
+
+
+class SchemaVersionError(RunDirError):
+    """A run dir written by a newer interp: its manifest's ``schema_version`` is above ``SCHEMA_VERSION``."""
+
+    def __init__(self, run_dir: str | Path, version: Any):
+        self.run_dir, self.version, self.supported = Path(run_dir), version, SCHEMA_VERSION
+        super().__init__(f"{run_dir}: written by a newer interp (run-dir schema_version {version!r}, this code reads "
+                         f"up to {SCHEMA_VERSION}); upgrade interp to read it")
+
+
+def check_schema(manifest: dict, run_dir: str | Path) -> dict:
+    """``manifest`` if this code can read its run dir, else ``SchemaVersionError`` (one line naming
+    ``run_dir``, the run's version and this code's). A manifest without the key is older than it."""
+    version = manifest.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise SchemaVersionError(run_dir, version)
+    return manifest
+
+
+def read_manifest(run_dir: str | Path, check: bool = True) -> dict:
+    """The run dir's ``manifest.json``; ``SchemaVersionError`` for a run newer than this code
+    (``check=False``: read it anyway, e.g. to see whether it is complete). ``OSError`` when it is
+    missing, ``ValueError`` when it is not a JSON object."""
+    path = Path(run_dir) / MANIFEST
+    manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return check_schema(manifest, run_dir) if check else manifest
 
 
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
@@ -117,8 +133,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """A run dir is complete once its manifest says so (written last)."""
+    """A run dir is complete once its manifest says so (written last), whatever its schema_version."""
     try:
-        return read_manifest(run_dir).get("status") == "complete"
+        return read_manifest(run_dir, check=False).get("status") == "complete"
     except (OSError, ValueError):
         return False

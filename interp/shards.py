@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import rundir as R
 from .cli import FAILURE, USAGE_ERROR, Parser, fail, positive_int
 from .config import ConfigError
 from .merge import MergeError, merge_runs
@@ -88,9 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     from .result import load_run
 
     print(load_run(merged).summary(), flush=True)  # the merged run's summary, as a single run prints it
-    manifest = json.loads((merged / "manifest.json").read_text())
-    forward = [json.loads((out / f"shard_{i}" / "manifest.json").read_text())["timings"]["forward_s"]
-               for i in range(args.n)]
+    manifest = R.read_manifest(merged)
+    forward = [R.read_manifest(out / f"shard_{i}")["timings"]["forward_s"] for i in range(args.n)]
     kept = manifest["counts"]["kept"]
     print(json.dumps({"shards": args.n, "devices": devices, "wall_s": round(wall, 2), "pairs": kept,
                       "shard_forward_s": [round(f, 3) for f in forward],

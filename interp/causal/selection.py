@@ -35,6 +35,10 @@ def check_run_dir(run) -> Path:
                           "or that run has not finished")
     if not R.is_complete(run_dir):
         raise RunDirError(f"{run_dir}: the run is not complete (manifest status != complete)")
+    try:
+        R.read_manifest(run_dir)
+    except R.SchemaVersionError as err:  # a run newer than this code
+        raise RunDirError(str(err)) from None
     missing = [f for f in (R.PAIRS, R.STABILITY) if not (run_dir / f).exists()]
     if missing:
         raise RunDirError(f"{run_dir} lacks {missing}")

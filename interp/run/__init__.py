@@ -43,7 +43,10 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> Checkpoint:
     ckpt = Checkpoint(run_dir, config_hash(cfg))
     ckpt.check()
     if R.is_complete(run_dir) and not cfg.get("overwrite", False):
-        found = R.read_manifest(run_dir).get("config_hash")
+        try:
+            found = R.read_manifest(run_dir).get("config_hash")
+        except R.SchemaVersionError as err:  # a finished run of a newer interp: not replaced unasked
+            raise RunConfigMismatch(f"{err}; use another hydra.run.dir, or overwrite=true to replace it") from None
         if found != ckpt.hash:
             raise RunConfigMismatch(
                 f"{run_dir} holds a finished run of another config (hash {found}, this one {ckpt.hash}); "

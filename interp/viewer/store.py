@@ -371,6 +371,19 @@ def _read_jsonl_lenient(path: Path) -> list[dict]:
     return out
 
 
+def _json_object(f: Path) -> dict:
+    obj = json.loads(f.read_text())
+    if not isinstance(obj, dict):
+        raise ValueError(f"{f.name}: not a JSON object")
+    return obj
+
+
+def newer_text(err: "R.SchemaVersionError") -> str:
+    """A run too new for this code, in the viewer's words (no file paths)."""
+    return (f"written by a newer interp (run-dir schema_version {err.version!r}, this viewer reads up to "
+            f"{err.supported}); upgrade interp to view it")
+
+
 class RunStore:
     """Every run dir under ``root`` (recursively); path checks keep every lookup inside it."""
 
@@ -381,11 +394,11 @@ class RunStore:
 
     def manifest(self, path: Path) -> dict:
         """The manifest of the run dir ``path``; a ``manifest.json`` whose real path leaves the run dir
-        is not read (``FileNotFoundError``)."""
+        is not read (``FileNotFoundError``); a run newer than this code: ``rundir.SchemaVersionError``."""
         p = contained_file(Path(path).resolve(), R.MANIFEST)
         if p is None:
             raise FileNotFoundError(f"{path}/{R.MANIFEST}: missing or outside the run dir")
-        return self.manifests.get(p, lambda f: json.loads(f.read_text()))
+        return self.manifests.get(p, lambda f: R.check_schema(_json_object(f), path))
 
     def list(self) -> list[tuple[str, Path]]:
         out = []
@@ -417,6 +430,8 @@ class RunStore:
             abort(404, description=f"no run {run_id!r} under the runs folder")
         try:
             return Run(self, run_id, path)
+        except R.SchemaVersionError as err:
+            abort(404, description=f"run {run_id!r}: {newer_text(err)}")
         except (OSError, ValueError):
             abort(404, description=f"run {run_id!r} has an unreadable manifest.json")
 
