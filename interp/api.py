@@ -107,25 +107,35 @@ def as_loaded_model(model: Any, bos_token: str | None = None) -> LoadedModel:
                     f"got {type(model).__name__}")
 
 
-def as_pair_set(pairs: Any, strict: bool = False) -> tuple[PairSet, dict]:
+def as_pair_set(pairs: Any, strict: bool = False, alignment: str | None = None,
+                max_edit_tokens: int | None = None) -> tuple[PairSet, dict]:
     """``pairs`` as a ``PairSet`` and the ``pairs`` config that describes where they came from.
     Accepts a file path (JSONL, CSV, parquet or a JSON array), a list of ``(a, b)`` tuples or of dicts, a pandas DataFrame,
-    a ``datasets.Dataset`` (any iterable of dicts)."""
+    a ``datasets.Dataset`` (read as ``pairs=hf`` reads a split: BLiMP's ``UID`` as the category, None
+    cells left out; pick a split of a ``DatasetDict``), any iterable of dicts. CausalGym records
+    (``base``/``src``) become pairs in every form; ``alignment``/``max_edit_tokens`` (``pairs.*``): what
+    their words must meet (``interp.pairs.causalgym``)."""
     from .pairs import records_to_pairs
     from .pairs.files import read_pair_file
 
+    limits = {"alignment": alignment, "max_edit_tokens": max_edit_tokens}
     if isinstance(pairs, (str, Path)):
         path = Path(pairs)
-        got, problems = read_pair_file(path, strict=strict)
+        got, problems = read_pair_file(path, strict=strict, **limits)
         return PairSet(got, problems), {"source": "file", "path": str(path)}
     if isinstance(pairs, pd.DataFrame):
-        return records_to_pairs(pairs.to_dict("records"), "<DataFrame>", strict), {"source": "python",
-                                                                                  "path": "<DataFrame>"}
+        return records_to_pairs(pairs.to_dict("records"), "<DataFrame>", strict, **limits), {"source": "python",
+                                                                                            "path": "<DataFrame>"}
     kind = type(pairs).__name__
     if isinstance(pairs, Mapping) or not isinstance(pairs, Iterable):
         raise TypeError(f"pairs must be a file path, a list of (a, b) or dicts, a DataFrame or a Dataset; got {kind}")
     source = f"<{type(pairs).__module__.split('.')[0]}.{kind}>" if kind != "list" else "<list>"
-    return records_to_pairs(list(pairs), source, strict), {"source": "python", "path": source}
+    if type(pairs).__module__.startswith("datasets.") and hasattr(pairs, "column_names"):
+        if kind.endswith("DatasetDict"):
+            raise TypeError(f"pairs: a {kind} holds several splits ({', '.join(pairs)}); pass one: pairs['train']")
+        from .pairs.hf import dataset_pairs
+        return dataset_pairs(pairs, source, strict=strict, **limits), {"source": "python", "path": source}
+    return records_to_pairs(list(pairs), source, strict, **limits), {"source": "python", "path": source}
 
 
 def analysis_config(hooks: str | list[str] = "resid_post", overrides: Iterable[str] = (),
@@ -178,7 +188,8 @@ def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bo
 
     ``model``: ``interp.load_model(...)``, a ``TransformerBridge``, or ``(hf_model, tokenizer)``
     (its BOS token: ``bos_token``, else the tokenizer's BOS, else its EOS).
-    ``pairs``: a file path, a list of ``(a, b)`` tuples or of dicts, a DataFrame, a ``datasets.Dataset``.
+    ``pairs``: a file path, a list of ``(a, b)`` tuples or of dicts, a DataFrame, a ``datasets.Dataset``
+    (BLiMP rows: ``UID`` is the category); CausalGym records (``base``/``src``) in any of these forms.
     ``hooks``: a ``conf/hooks`` option (``resid_post``, ``standard``, ``z``, ``mlp_post``...) or a
     list of hook points. ``options``: any key of the run config by name (``positions``, ``controls``,
     ``alpha``, ``contrast``, ``batch_size``, ``layers``, ``limit``, ``categories``, ``seed``...;
@@ -194,7 +205,9 @@ def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bo
         check_target(Path(save))  # before the work, not after it
     cfg = analysis_config(hooks, overrides, progress=progress, **options)
     lm = as_loaded_model(model, bos_token)
-    pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)))
+    pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)),
+                                      alignment=cfg.pairs.get("alignment"),
+                                      max_edit_tokens=cfg.pairs.get("max_edit_tokens"))
     with open_dict(cfg):
         keep = {k: cfg.pairs.get(k) for k in ("types", "categories", "limit", "seed", "strict", "alignment",
                                                 "max_edit_tokens", "duplicates")}
