@@ -127,12 +127,13 @@ def as_pair_set(pairs: Any, strict: bool = False, alignment: str | None = None,
         return records_to_pairs(pairs.to_dict("records"), "<DataFrame>", strict, **limits), {"source": "python",
                                                                                             "path": "<DataFrame>"}
     kind = type(pairs).__name__
+    from_datasets = type(pairs).__module__.startswith("datasets.") and hasattr(pairs, "column_names")
+    if from_datasets and kind.endswith("DatasetDict"):
+        raise TypeError(f"pairs: a {kind} holds several splits ({', '.join(pairs)}); pass one: pairs['train']")
     if isinstance(pairs, Mapping) or not isinstance(pairs, Iterable):
         raise TypeError(f"pairs must be a file path, a list of (a, b) or dicts, a DataFrame or a Dataset; got {kind}")
     source = f"<{type(pairs).__module__.split('.')[0]}.{kind}>" if kind != "list" else "<list>"
-    if type(pairs).__module__.startswith("datasets.") and hasattr(pairs, "column_names"):
-        if kind.endswith("DatasetDict"):
-            raise TypeError(f"pairs: a {kind} holds several splits ({', '.join(pairs)}); pass one: pairs['train']")
+    if from_datasets:
         from .pairs.hf import dataset_pairs
         return dataset_pairs(pairs, source, strict=strict, **limits), {"source": "python", "path": source}
     return records_to_pairs(list(pairs), source, strict, **limits), {"source": "python", "path": source}
