@@ -5,7 +5,8 @@ Accepted field names, first match wins: ``a``/``b``, ``good``/``bad``,
 ``sentence_good``/``sentence_bad`` (BLiMP). Optional: ``category`` (default: the file's stem),
 ``type`` (``grammar`` or ``semantic``; default ``grammar`` since a good/bad pair has a correct side),
 ``id``/``pair_id``; ``alt`` (a grammatical alternative for a's edited word, read into ``Pair.alt``;
-empty means none). Other fields are kept in ``Pair.meta``.
+empty means none). Other fields are kept in ``Pair.meta``. A record with CausalGym's ``base`` and
+``src`` instead (``causalgym.py``) is turned into ``a``/``b`` first, in every format.
 
 A malformed line (bad JSON, missing field, empty or identical sentences, bytes that are not UTF-8,
 absurd length) becomes a ``Problem`` naming the file, the line and the reason. With ``strict=True``
@@ -24,7 +25,7 @@ an array of objects, or an object holding that array under ``"pairs"`` or ``"dat
 JSON lines, unless the whole file is a JSON array (its first character ``[``). Parquet and JSON
 arrays have the columns (fields) and checks of JSON lines; their ``line`` is the row number, 1-based
 (the n-th row of the table, the n-th element of the array). A parquet file needs columns naming the
-sentences (``a``/``b`` or an alias); a file that is binary (NUL bytes, a compressed archive...), JSON
+sentences (``a``/``b``, an alias, or ``base``/``src``); a file that is binary (NUL bytes, a compressed archive...), JSON
 that is not an array of pairs, or a parquet file that cannot be read is refused with ``ConfigError``
 (one line naming the file and the reason), by ``check_pair_file`` before any model loads and by
 ``read_pair_file`` alike.
