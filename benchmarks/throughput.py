@@ -50,17 +50,32 @@ from omegaconf import DictConfig
 from interp.stats import DiffStats
 from interp.engine import make_batches
 from interp.hooks import resolve
-from interp.pairs import load_pairs, validate_pairs
+from interp.pairs import validate_pairs
 from interp.backends import analysis_model
 from interp.run import get_model
 from interp import controls as C
 from interp.run.pipeline import BatchPipeline
 from interp.run.pipeline import new_stats as runner_stats
 
+from .workloads import workload_pairs
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _out_dir():
+    """This benchmark run's output folder (Hydra's run dir; a temporary folder outside Hydra)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="interp-benchmark-"))
 
 
 def peak_rss_mb() -> float:
@@ -73,7 +88,8 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
     sentence lengths (peak memory depends on the longest batch, not on the number of pairs)."""
     import random
 
-    kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer, int(cfg.max_tokens))
+    pairs, _ = workload_pairs(cfg, _out_dir())
+    kept, _ = validate_pairs(pairs, lm.tokenizer, int(cfg.max_tokens))
     if not kept:
         raise SystemExit("no valid pairs")
     random.Random(int(cfg.seed)).shuffle(kept)
@@ -144,14 +160,24 @@ def pipeline(cfg, lm, kept, groups, n_controls):
 def time_interleaved(cfg, lm, kept, groups, batches, n_controls, bare: dict) -> dict:
     """Per batch: every model of ``bare`` (no hooks), then the full analysis, one after the other,
     so that a change in machine load hits all alike. Returns total seconds of each and finalization."""
-    stats, pipe, _ = pipeline(cfg, lm, kept, groups, n_controls)
+    stats, pipe, facts = pipeline(cfg, lm, kept, groups, n_controls)
+    counts = lm.plain.counts if facts["compiled"] else None
     tot = dict.fromkeys([*bare, "analysis"], 0.0)
+    tot["graph_calls"] = []  # per batch: calls of compiled graphs during its analysis (compiled runs)
     for b in batches:
         for name, model in bare.items():
             tot[name] += timed(lambda: bare_pass(model, b), lm.device)
+        before = counts.graph_calls if counts else 0
         tot["analysis"] += timed(lambda: (pipe.submit(b), pipe.flush()), lm.device)
+        tot["graph_calls"].append(counts.graph_calls - before if counts else 0)
     tot["finalize"] = timed(stats.table, lm.device)
     return tot
+
+
+def compiled_share(graph_calls: list[int], per_pass: int) -> float:
+    """The share of batches whose analysis ran compiled: every compiled module called a compiled
+    graph (``per_pass`` calls at least; a module ``torch._dynamo`` gave up on runs its own forward)."""
+    return sum(c >= per_pass for c in graph_calls) / max(1, len(graph_calls))
 
 
 def time_analysis(cfg, lm, kept, groups, batches, n_controls) -> tuple[float, float]:
@@ -187,6 +213,15 @@ def matmul_flop(lm, batches, scored_only: bool = False, last_position: bool = Fa
         unembedded = rows * last_position + b.scored_slots().n if scored_only else rows * b.seq_len
         flop += 2 * (b.seq_len * rows * body + unembedded * emb_out.numel())
     return flop
+
+
+def workload_facts(kept, batches) -> dict:
+    """Lengths of the pairs' sentences (BOS included) and of the padded batches."""
+    import numpy as np
+
+    lengths = np.array([tp.n_tokens + 1 for _, tp in kept])
+    return {"tokens_p50_p90_p99_max": [int(np.percentile(lengths, q)) for q in (50, 90, 99)] + [int(lengths.max())],
+            "distinct_padded_lengths": len({b.seq_len for b in batches})}
 
 
 def per_call(fn, device, reps: int, warmup: int = 3) -> float:
@@ -232,7 +267,11 @@ def measure(cfg: DictConfig) -> dict:
         bare["bare_compiled"] = lm.plain
     t = time.perf_counter()
     warm = warm_batches(batches, int(cfg.warmup_batches), facts["compiled"])
+    graphs_first = None
     if warm:
+        if facts["compiled"]:  # the first length compiles every module once; later lengths may recompile
+            time_interleaved(cfg, lm, kept, groups, warm[:1], n_controls, bare)
+            graphs_first = lm.plain.counts.graphs
         time_interleaved(cfg, lm, kept, groups, warm, n_controls, bare)
     warmup_s = time.perf_counter() - t
     if lm.device.type == "cuda":
@@ -260,6 +299,7 @@ def measure(cfg: DictConfig) -> dict:
         "threads": torch.get_num_threads(), "batch_size_pairs": int(cfg.batch_size),
         "sentences_per_pair": rows_per_pair, "tokens_per_sentence": round(tokens, 2),
         "padded_tokens_per_sentence": round(sum(b.seq_len * b.size for b in batches) / n, 2),
+        "workload": str(cfg.get("workload", "bank")), **workload_facts(kept, batches),
         "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(resolve(list(cfg.hooks.points), lm.info["n_layers"])),
         "analysis_forward": facts, "warmup_s": round(warmup_s, 2),
         **{f"{k}_s": round(best[k], 3) for k in bare}, "analysis_s": round(an, 3),
@@ -274,6 +314,14 @@ def measure(cfg: DictConfig) -> dict:
         "analysis_loop_page_faults_per_batch": round((f2 - f1) / per_batch),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
+    if facts["compiled"]:
+        from torch._dynamo import config as dynamo_config
+
+        per_pass = 4 * lm.info["n_layers"] + 1  # each layer's two norms, attention and MLP, the final norm
+        out.update({"graphs_compiled": lm.plain.counts.graphs,
+                    "recompiles": lm.plain.counts.graphs - (graphs_first or 0),
+                    "recompile_limit": dynamo_config.recompile_limit,
+                    "compiled_batch_share": round(compiled_share(best["graph_calls"], per_pass), 4)})
     if lm.device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(lm.device) / 2 ** 20, 1)
         # roofline: every sentence token costs 2 x (parameters) FLOP in matrix products

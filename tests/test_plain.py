@@ -387,3 +387,34 @@ print("triton" in sys.modules)
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@_INTERPRETER
+def test_a_compiled_tree_with_short_attention_compiles_once_for_every_sentence_length(tiny_lm):
+    """Lengths are dynamic: a new padded length costs no recompilation, so no batch falls back to
+    uncompiled modules (``torch._dynamo``'s recompilation limit is 8 per function). The kernel's
+    own size limits are range guards: one more compilation where sentences pass ``SHORT_MAX_KEYS``."""
+    import torch._dynamo
+
+    from interp.kernels.attention import SHORT_MAX_KEYS
+
+    short = PlainModel(twin(tiny_lm.plain.original_model), "short")
+    eager = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    short.compile()
+    per_pass = 4 * tiny_lm.info["n_layers"] + 1  # norms, attention and MLP per layer, the final norm
+    lengths = [9, 10, *range(11, 12 + torch._dynamo.config.recompile_limit), 25, 40, SHORT_MAX_KEYS + 3, 12]
+    gen = torch.Generator().manual_seed(0)
+    graphs = {}
+    for T in lengths:
+        tokens = torch.randint(0, 1000, (3, T), generator=gen)
+        mask = torch.ones(3, T, dtype=torch.long)
+        mask[0, -2:] = 0  # a padded row
+        before = short.counts.graph_calls
+        with torch.inference_mode():
+            got, ref = short(tokens, mask), eager(tokens, mask)
+        assert short.counts.graph_calls - before == per_pass, f"length {T} ran modules uncompiled"
+        torch.testing.assert_close(got[mask.bool()], ref[mask.bool()], rtol=1e-4, atol=1e-4)
+        graphs[T] = short.counts.graphs
+    assert short.compile_error is None
+    assert graphs[lengths[-4]] == graphs[10]  # every length up to 40 after the first two: no recompilation
+    assert graphs[lengths[-1]] <= graphs[10] + 2  # past the kernel's key limit: eager attention, compiled once

@@ -109,6 +109,38 @@ def twin(model: nn.Module) -> nn.Module:
     return tree
 
 
+class CompileCounts:
+    """What ``torch.compile`` did for a ``PlainModel``: ``graphs`` compiled (the first shapes, then
+    one more per recompilation) and ``graph_calls``, the calls of compiled graphs so far. A pass
+    that ran compiled calls one graph per compiled module (more where a module's code breaks into
+    several graphs); a module that ``torch._dynamo`` gave up on (a recompilation limit hit) runs its
+    own forward and calls none, so the calls per pass show whether a pass ran compiled."""
+
+    def __init__(self):
+        self.graphs = 0
+        self.graph_calls = 0
+
+    def counting(self, backend):
+        """``backend`` (a ``torch.compile`` backend: a name or a callable) counting what it does."""
+        from torch._dynamo import lookup_backend
+
+        inner = lookup_backend(backend) if isinstance(backend, str) else backend
+
+        def compile_graph(gm, example_inputs):
+            compiled = inner(gm, example_inputs)
+            self.graphs += 1
+
+            def call(*args):
+                self.graph_calls += 1
+                return compiled(*args)
+
+            if getattr(compiled, "_boxed_call", False):  # called with one list of inputs: passed on as is
+                call._boxed_call = True
+            return call
+
+        return compile_graph
+
+
 class PlainModel:
     """Hugging Face forward pass with plain hooks at TransformerLens hook names (module docstring)."""
 
@@ -125,6 +157,7 @@ class PlainModel:
         self.compiled = False
         self.compile_error: str | None = None  # why compilation was given up, if it was
         self._eager: list[tuple[nn.Module, object]] = []  # (module, its own forward) while compiled
+        self.counts = CompileCounts()
         self.set_attention(attn)
 
     def set_attention(self, attn: str) -> None:
@@ -146,6 +179,7 @@ class PlainModel:
         if self.compiled:
             return
         self.compile_error = None
+        kwargs["backend"] = self.counts.counting(kwargs.get("backend", "inductor"))
         children = [c for layer in self.layers
                     for c in (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)]
         for child in [*children, self.original_model.model.norm]:

@@ -60,6 +60,21 @@ def _row_blocks(G: int, T: int) -> tuple[int, int]:
 MAX_BLOCK = 128 * 128  # query rows x head size of one program: the largest measured (4 heads x 32 tokens x 128)
 
 
+def max_query_tokens(G: int, D: int) -> int:
+    """The longest sentence whose block of ``_row_blocks(G, T)`` query rows x head size ``D`` stays
+    within ``MAX_BLOCK`` (0: none does). ``kernel_applies`` compares the length with this bound
+    instead of computing the block from the length: under ``torch.compile`` a comparison of the
+    (symbolic) length with a constant is one range guard, while rounding the length up to a power
+    of two would specialize the compiled code on every new length (a recompilation per padded
+    length, until ``torch._dynamo`` gives up and runs the layer uncompiled)."""
+    BG = _pow2(G)
+    best = 0
+    for T in (1 << i for i in range(16)):  # BT is a power of two >= T: the bound is the largest that fits
+        if BG * _row_blocks(G, T)[1] * D <= MAX_BLOCK:
+            best = T
+    return best
+
+
 def kernel_applies(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, training: bool) -> bool:
     """Whether ``short_attention`` takes this call (else eager attention does): a device it runs on,
     inference (it has no backward), keys up to ``SHORT_MAX_KEYS``, a power-of-two head size, one
@@ -74,8 +89,7 @@ def kernel_applies(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | Non
         return False
     if key.dtype != query.dtype or value.dtype != query.dtype or H % Hkv or tuple(value.shape) != tuple(key.shape):
         return False
-    BG, BT = _row_blocks(H // Hkv, T)
-    if BG * BT * D > MAX_BLOCK:
+    if T > max_query_tokens(H // Hkv, D):
         return False
     return mask is None or (mask.dim() == 4 and mask.is_floating_point() and mask.shape[0] in (1, B)
                             and mask.shape[1] == 1 and mask.shape[2] == T and mask.shape[3] >= S)

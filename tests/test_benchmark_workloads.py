@@ -1,0 +1,43 @@
+"""The throughput benchmark's realistic workload: BLiMP plus a file with a long tail of lengths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from benchmarks.throughput import compiled_share
+from benchmarks.workloads import long_tail_records, workload_pairs
+from interp.pairs import Pair
+from interp.pairs.blimp import default_blimp_dir
+
+
+def test_long_tail_pairs_keep_the_edit_and_have_a_long_tail_of_context():
+    base = [Pair(f"The cat {i} sleeps.", f"The cat {i} sleep.", "agreement") for i in range(50)]
+    recs = long_tail_records(base, 2000, p=0.35, max_context=8, seed=0)
+    assert recs == long_tail_records(base, 2000, p=0.35, max_context=8, seed=0)  # seeded
+    ks = [r["k_context"] for r in recs]
+    assert min(ks) == 0 and max(ks) == 8
+    assert 0.3 < ks.count(0) / len(ks) < 0.4  # P(k=0) = p
+    for r in recs:
+        pre_a, pre_b = r["a"][:-len("sleeps.")], r["b"][:-len("sleep.")]
+        assert pre_a == pre_b and r["a"].endswith("sleeps.") and r["b"].endswith("sleep.")  # one edit, at the end
+        assert pre_a.count("sleeps.") == r["k_context"]  # k grammatical context sentences before it
+
+
+@pytest.mark.skipif(not default_blimp_dir().is_dir(), reason="needs ../shared/data/blimp")
+def test_the_realistic_workload_reads_blimp_and_its_tail_file_back(tmp_path):
+    cfg = OmegaConf.create({"seed": 0, "workload": "realistic", "pairs": {},
+                            "realistic": {"blimp_path": None, "blimp_pairs": 100, "tail_pairs": 40,
+                                          "context_p": 0.35, "max_context": 8}})
+    pairs, facts = workload_pairs(cfg, tmp_path)
+    assert len(pairs) == 140 and facts["tail_pairs"] == 40 and facts["tail_unreadable"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "long_tail_pairs.jsonl").read_text().splitlines()]
+    assert [p.a for p in pairs[100:]] == [r["a"] for r in rows]  # through the pair-file reader
+    assert len({p.category for p in pairs[:100]}) > 20  # paradigms as categories
+
+
+def test_compiled_share_counts_batches_whose_modules_all_ran_compiled():
+    assert compiled_share([9, 9, 7, 9], per_pass=9) == 0.75
+    assert compiled_share([18, 9], per_pass=9) == 1.0  # graph breaks: more graphs per pass
