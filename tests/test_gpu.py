@@ -79,3 +79,13 @@ def test_the_plain_backend_on_cuda_keeps_the_prefix_invariant_and_agrees_with_th
 def cfg_overrides(cfg) -> list[str]:
     return ["model=tiny", "pairs=file", "hooks=all", "analysis.figures=false", "analysis.n_saved_pairs=0",
             f"pairs.path={cfg.pairs.path}", "device=cuda", "dtype=bfloat16", *tokenizer_overrides()]
+
+
+def test_compiled_short_attention_on_cuda_compiles_once_for_every_sentence_length(pairs_file):
+    """The Triton kernel on CUDA under torch.compile: new padded lengths cost no recompilation and
+    every pass runs compiled (tests/test_plain.py runs the same check through the interpreter)."""
+    from interp.run import get_model
+    from tests.test_plain import check_short_attention_compiles_once
+
+    check_short_attention_compiles_once(get_model(_cfg(f"pairs.path={pairs_file}", "device=cuda", "dtype=float32")))
+
