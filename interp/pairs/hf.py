@@ -66,16 +66,19 @@ def _datasets():
 def _quiet():
     """No progress bars or warnings of ``datasets`` (the command's error is one line on stderr)."""
     ds = _datasets()
-    bars = ds.is_progress_bar_enabled()
-    level = ds.logging.get_verbosity()
-    ds.disable_progress_bars()
+    # the plural names are newer than the hf extra's floor (datasets 2.14); the singular ones older
+    disabled = getattr(ds, "are_progress_bars_disabled", lambda: not ds.is_progress_bar_enabled())
+    off = getattr(ds, "disable_progress_bars", None) or ds.disable_progress_bar
+    on = getattr(ds, "enable_progress_bars", None) or ds.enable_progress_bar
+    bars, level = not disabled(), ds.logging.get_verbosity()
+    off()
     ds.logging.set_verbosity_error()
     try:
         yield ds
     finally:
         ds.logging.set_verbosity(level)
         if bars:
-            ds.enable_progress_bars()
+            on()
 
 
 def kind_of(name: str) -> tuple[str, Path | None]:
