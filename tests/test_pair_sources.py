@@ -330,3 +330,5 @@ def test_analyze_reads_causalgym_records_from_a_list_and_a_dataset(tiny):
         assert sorted(r.rejected["reason"]) == ["not_minimal", "not_minimal"]
     with pytest.raises(TypeError, match=r"a DatasetDict holds several splits \(train\); pass one"):
         interp.analyze(tiny, datasets.DatasetDict(train=datasets.Dataset.from_list(GYM)))
+    with pytest.raises(ConfigError, match=r"no sentence columns .*rename them .*its columns are \[text\]"):
+        interp.analyze(tiny, datasets.Dataset.from_list([{"text": "A cat."}]))

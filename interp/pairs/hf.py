@@ -203,8 +203,10 @@ def column_mapping(columns_cfg, names: list[str] | None, where: str) -> dict[str
                           "(or neither: a/b, good/bad, sentence_good/sentence_bad or base/src are found by name)")
     if names is not None and "a" not in given and not any(fa in names and fb in names
                                                            for fa, fb in (*FIELD_NAMES, GYM_FIELDS)):
+        how = ("rename them (Dataset.rename_columns)" if where.startswith("<")  # analyze's Dataset
+               else "name them with pairs.columns.a=COLUMN pairs.columns.b=COLUMN")
         raise ConfigError(f"pairs.dataset={where}: no sentence columns (a/b, good/bad, sentence_good/sentence_bad "
-                          f"or base/src); name them with pairs.columns.a=COLUMN pairs.columns.b=COLUMN; {shown}")
+                          f"or base/src); {how}; {shown}")
     mapping = dict(given)
     if "category" not in mapping and names is not None and "category" not in names and "UID" in names:
         mapping["category"] = "UID"  # BLiMP: the paradigm
