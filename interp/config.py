@@ -132,6 +132,15 @@ class AnalysisConfig:
     fused: Any = "auto"  # per-pair values by one Triton kernel per site (auto: on CUDA; false: PyTorch ops)
     top_k: int = 20  # components listed in the summary and the bar chart
     n_saved_pairs: int = 8  # first N kept pairs: raw activations and attention patterns saved (-1 = all)
+    # stats.safetensors, the mergeable running statistics (the input of interp.merge): auto = when the
+    # run is a shard (shard.count > 1); true / false. Checkpoints keep their own copy either way.
+    save_state: Any = "auto"
+    # stability_by_category.parquet (and per-category divergence rows): auto = when the table has at
+    # most by_category_max_rows rows (components x layers x positions x categories, known before the
+    # run); true / false. Without it the statistics keep only the groups of pairs that the contrast
+    # and the directions need, not every category.
+    by_category: Any = "auto"
+    by_category_max_rows: int = 1_000_000
     figures: bool = True
     png: bool = True  # static PNG next to each HTML figure (needs Chromium for kaleido)
 
@@ -305,6 +314,9 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     for p in a.pair_values.hooks or []:
         _choice(p, sorted(HOOK_POINTS) + ["z_head"], "analysis.pair_values.hooks")
     _at_least(a.pair_values.max_mb, 0, "analysis.pair_values.max_mb")
+    _choice(a.save_state, ("auto", True, False), "analysis.save_state")
+    _choice(a.by_category, ("auto", True, False), "analysis.by_category")
+    _at_least(a.by_category_max_rows, 0, "analysis.by_category_max_rows")
 
     _at_least(cfg.batch_size, 1, "batch_size")
     _at_least(cfg.checkpoint_every, 0, "checkpoint_every")

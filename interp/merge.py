@@ -7,6 +7,10 @@ tables equal those of a single-process run up to float rounding (the forward pas
 batch compositions, which changes activations only at the level of float32 rounding). Pairs are
 concatenated in the run-wide order; the drill-down tables are concatenated; the saved activations
 and attention patterns come from shard 0, which saves them for the run's first pairs.
+
+A shard's statistics are its ``stats.safetensors``, which a run writes when it is a shard
+(``shard.count > 1``; ``analysis.save_state``): a run dir without one is refused, with the setting
+that writes it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class MergeError(ValueError):
 
 def _comparable(config: dict) -> str:
     c = {k: v for k, v in config.items() if k not in IGNORED}
+    if isinstance(c.get("analysis"), dict):  # whether the state file is written: not a number of the run
+        c["analysis"] = {k: v for k, v in c["analysis"].items() if k != "save_state"}
     return json.dumps(c, sort_keys=True, default=str)
 
 
@@ -47,7 +53,8 @@ def load_stats(run_dir: Path, cfg, keep_values: dict | None = None):
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
     sites = [HookSite(**s) for s in json.loads(meta["sites"])]
-    stats = new_stats(cfg, sites, json.loads(meta["groups"]), "cpu", keep_values=keep_values)
+    members = json.loads(meta["members"]) if "members" in meta else None  # blocks of categories (interp.run.state)
+    stats = new_stats(cfg, sites, json.loads(meta["groups"]), "cpu", keep_values=keep_values, members=members)
     stats.load_state_dict(state)
     if keep_values and (run_dir / R.PAIR_VALUES).exists():
         from .stats.values import read_into
@@ -80,6 +87,11 @@ def merge_runs(shards: list[str | Path], out: str | Path, overwrite: bool = Fals
     indices = sorted(int(i["index"]) for i in info)
     if len(counts) != 1 or indices != list(range(counts.pop())):
         raise MergeError(f"shards must be index 0..count-1 of one count exactly once; got {info}")
+    for s in shards:
+        if not (s / R.STATS).is_file():
+            raise MergeError(f"{s}: no {R.STATS}, the statistics a merge combines (a run writes it as a shard, "
+                             "shard.count > 1, unless analysis.save_state=false); run it again with "
+                             "analysis.save_state=true")
     cfg = OmegaConf.create(manifests[0]["config"])
     cfg.shard = {"index": 0, "count": 1}
     kept_facts = manifests[0].get("pair_values") or {}
@@ -115,7 +127,7 @@ def merge_runs(shards: list[str | Path], out: str | Path, overwrite: bool = Fals
         "inspect": {"n_saved_pairs": m0["counts"].get("n_saved_pairs", 0)}, "shard": None,
         "merged_from": [str(s.resolve()) for s in shards],
         "controls": {k: v for k, v in (m0.get("controls") or {}).items() if k not in ("n", "seed", "pool", "test")},
-        "pair_values": kept_facts,
+        "pair_values": kept_facts, "by_category": m0.get("by_category"),
     }
     timings = {"shard_forward_s": [m["timings"].get("forward_s") for m in manifests]}
     assemble(cfg, stats, pairs, rejected, failed, profiles, components, facts, timings, t0).save(out, overwrite=True)

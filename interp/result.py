@@ -222,6 +222,8 @@ class Result:
                 for r in d.nsmallest(min(top_k, 10), "normalized").itertuples():
                     lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} normalized={r.normalized:.4f}  "
                                  f"mean|a-b|={r.mean_abs_diff:.4g}")
+        if not_written(m):  # several categories, no per-category table: why, and how to get it
+            lines.append(not_written(m))
         lines.append(f"run dir: {self.run_dir}" if self.run_dir else "not saved (Result.save(dir) writes a run dir)")
         if "blimp_paradigms" in self._extra:
             from .pairs.blimp import format_blimp_summary
@@ -299,6 +301,16 @@ class Result:
             elif self.run_dir is not None and (self.run_dir / file).exists() and \
                     (self.run_dir / file).resolve() != (out / file).resolve():
                 shutil.copyfile(self.run_dir / file, out / file)
+
+
+def not_written(manifest: dict) -> str | None:
+    """Why a run dir has no ``stability_by_category.parquet`` though its pairs have several
+    categories, in one line that names the setting that writes it; None otherwise (and for runs
+    written before the setting existed, which had the table whenever they had several categories)."""
+    bc = manifest.get("by_category") or {}
+    if bc.get("written") is not False or len(manifest.get("groups") or []) < 2:
+        return None
+    return f"stability_by_category.parquet not written ({bc.get('reason')}): analysis.by_category=true writes it"
 
 
 def load_run(run_dir: str | Path) -> Result:

@@ -6,7 +6,9 @@ Starts ``n`` processes of ``python -m interp.run OVERRIDES shard.index=i shard.c
 hydra.run.dir=OUT/shard_i``, process ``i`` seeing only GPU ``devices[i]`` (``CUDA_VISIBLE_DEVICES``;
 default: GPU i when CUDA has at least n devices), waits for all, then merges them into
 ``OUT/merged`` with ``interp.merge``. A failed shard stops the merge and names its log; shards keep
-their checkpoints, so the same command resumes them. A model too large for one GPU instead loads
+their checkpoints, so the same command resumes them. Each shard writes the statistics the merge
+combines (``stats.safetensors``: ``analysis.save_state=auto`` writes it for a shard;
+``analysis.save_state=false`` is refused here). A model too large for one GPU instead loads
 across several in one process with ``model.device_map=auto`` (hub or local weights).
 """
 
@@ -60,6 +62,15 @@ def main(argv: list[str] | None = None) -> None:
         precheck([*args.overrides, "shard.index=0", f"shard.count={args.n}"])
     except ConfigError as err:
         fail("interp.shards", f"interp.run refuses the overrides: {err}")
+    from .config import compose
+
+    try:
+        no_state = compose([*args.overrides, "shard.index=0", f"shard.count={args.n}"]).analysis.save_state is False
+    except ConfigError:  # overrides precheck reads otherwise (a sweep): interp.run decides
+        no_state = False
+    if no_state:
+        fail("interp.shards", "analysis.save_state=false: the shards would write no statistics to merge; "
+                              "leave it at auto (a shard writes them) or true")
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     t0 = time.time()

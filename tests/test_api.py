@@ -119,7 +119,7 @@ def test_every_pairs_form_gives_the_commands_tables(cli_run, tiny_lm, form):
 def test_save_and_load_run_round_trip(tiny_lm, tmp_path, cli_run):
     path, _ = cli_run
     r = interp.analyze(tiny_lm, path, hooks=["resid_post", "z"], controls={"n": 2}, positions=["edit", "last"],
-                       layers=[1], batch_size=4, figures=False)
+                       layers=[1], batch_size=4, figures=False, save_state=True)
     out = r.save(tmp_path / "saved")
     assert R.is_complete(out)
     back = interp.load_run(out)

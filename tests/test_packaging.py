@@ -147,6 +147,7 @@ def test_a_tiny_analysis_from_the_installed_wheel_writes_a_complete_run_dir(outs
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["counts"]["kept"] > 0
-    for table in ("pairs.parquet", "stability.parquet", "divergence.parquet", "stats.safetensors"):
+    for table in ("pairs.parquet", "stability.parquet", "divergence.parquet", "activations.safetensors"):
         assert (out / table).is_file(), table
+    assert not (out / "stats.safetensors").exists()  # the mergeable state: written by shards (analysis.save_state)
     assert not list(cwd.iterdir()), "the run wrote into the working directory"

@@ -282,5 +282,5 @@ def test_an_older_run_loads_and_a_newer_one_is_refused(tiny_run, tmp_path):
 def test_every_file_of_a_run_is_written_0644_under_umask_022(tiny_run):
     modes = {str(p.relative_to(tiny_run)): oct(p.stat().st_mode & 0o777)
              for p in tiny_run.rglob("*") if p.is_file()}
-    assert "stats.safetensors" in modes and "manifest.json" in modes and "pairs.parquet" in modes
+    assert "activations.safetensors" in modes and "manifest.json" in modes and "pairs.parquet" in modes
     assert {f: m for f, m in modes.items() if m != "0o644"} == {}

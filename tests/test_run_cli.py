@@ -14,9 +14,12 @@ import pytest
 from tests.conftest import REPO, tokenizer_overrides
 from tests.golden.digest import digest
 
-# The command whose digests tests/golden/tiny.json recorded before the library restructuring
+# The command whose digests tests/golden/tiny.json recorded before the library restructuring; a run
+# writes its mergeable statistics (stats.safetensors) only as a shard now, so the command asks for them
+# (analysis.save_state=true: which files are written, no number of the run)
 GOLDEN = ["model=tiny", "pairs=all", "pairs.limit=3", "hooks.points=[resid_post,attn_out,z,mlp_post]",
-          "device=cpu", "dtype=float32", "analysis.figures=false", "progress=false", "analysis.n_saved_pairs=2"]
+          "device=cpu", "dtype=float32", "analysis.figures=false", "progress=false", "analysis.n_saved_pairs=2",
+          "analysis.save_state=true"]
 
 
 def _cli(args, tmp_path, env_extra=None):

@@ -1,9 +1,10 @@
 """From a finished analysis's running statistics and pair rows to its ``Result``.
 
 The tables (stability overall and per category, contrast, divergence, the per-pair drill-down),
-the BLiMP report where the pairs are BLiMP's, the statistics' saved state and the manifest. Tables
-are computed when first used. Runs (``pipeline.execute``) and merges of shards (``interp.merge``)
-both end here.
+the BLiMP report where the pairs are BLiMP's, the statistics' saved state (``stats.safetensors``,
+where ``analysis.save_state`` asks for it: ``interp.run.state``) and the manifest. Tables are
+computed when first used. Runs (``pipeline.execute``) and merges of shards (``interp.merge``) both
+end here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..rules import summarize
 from ..stats import values as pair_values
 from ..stats.diff import PairInfo
 from .manifest import build_manifest
+from .state import plan_save_state
 
 
 def contrast_sides(spec, types: dict[str, str], groups: list[str]):
@@ -61,7 +63,7 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
              t0: float, tensor_files: dict | None = None) -> Result:
     """The Result of an analysis (see the module docstring)."""
     acfg = cfg.analysis
-    groups = stats.groups
+    groups = stats.categories
     pairs_df = pairs_df.sort_values("pair_index").reset_index(drop=True)
     for col in LIST_COLUMNS:  # as a parquet file reads them back: numpy arrays
         if col in pairs_df:
@@ -73,7 +75,7 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
                 "stable_ratio": float(acfg.stable_ratio)}
     stability = _once(lambda: stats.table(**table_kw))
     tables: dict = {"pairs": pairs_df, "stability": stability}
-    if len(groups) > 1:
+    if len(groups) > 1 and stats.per_category:  # else the state has blocks of categories (interp.run.state)
         tables["stability_by_category"] = lambda: pd.concat(
             [stats.table(group=g, **table_kw).assign(category=g) for g in groups], ignore_index=True)
     notes: dict = {}
@@ -95,12 +97,17 @@ def assemble(cfg: DictConfig, stats, pairs_df: pd.DataFrame, rejected_rows: list
         from ..pairs.blimp import blimp_tables
         extra, notes["blimp"] = blimp_tables(pairs_df, all_rejected, cfg.pairs)
 
-    stats_meta = {"groups": json.dumps(groups), "group_types": json.dumps(facts["group_types"]),
+    stats_meta = {"groups": json.dumps(stats.groups), "group_types": json.dumps(facts["group_types"]),
                   "positions": json.dumps(stats.positions), "n_controls": str(stats.n_controls),
                   "max_offset": str(stats.max_offset),
                   "shapes": json.dumps({k: list(v) for k, v in stats.shapes.items()}),
                   "sites": json.dumps([vars(x) for x in stats.sites])}
-    files = {R.STATS: (stats.state_dict, stats_meta), **(tensor_files or {})}
+    if stats.members is not None:  # groups are blocks of categories: which (interp.merge rebuilds the layout)
+        stats_meta["members"] = json.dumps(stats.members)
+    state = plan_save_state(acfg, cfg.get("shard"))
+    facts = {**facts, "state": state}
+    files = {R.STATS: (stats.state_dict, stats_meta)} if state["saved"] else {}
+    files.update(tensor_files or {})
     stats.flush_values()  # on a GPU the last chunks are still staged in pinned memory
     if stats.values:
         files[R.PAIR_VALUES] = (pair_values.PairValues(stats), None)

@@ -33,6 +33,7 @@ def config_hash(cfg: DictConfig) -> str:
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in ("progress", "hydra", "checkpoint_every", "overwrite"):
         c.pop(k, None)
+    (c.get("analysis") or {}).pop("save_state", None)  # whether stats.safetensors is written: no number
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -72,7 +73,7 @@ def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_ro
         "versions": versions(),
         "hooks": [vars(s) for s in stats.sites],
         "positions": stats.positions,
-        "groups": stats.groups,
+        "groups": stats.categories,
         "group_types": facts["group_types"],
         "shard": facts.get("shard"),
         "merged_from": facts.get("merged_from"),
@@ -90,6 +91,9 @@ def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_ro
         "inference": {"rule": str(acfg.rule), "stable_ratio": float(acfg.stable_ratio), "alpha": float(acfg.alpha),
                       "ci": float(acfg.ci), "cluster": str(acfg.cluster), "clustered_test": CLUSTER_TEST},
         "pair_values": facts.get("pair_values"),
+        # whether stability_by_category.parquet was written, and why not (interp.run.state)
+        "by_category": facts.get("by_category"),
+        "state": facts.get("state"),  # whether stats.safetensors was written (analysis.save_state)
         "notes": notes,
         "excluded": dict(EXCLUDED),
         "accuracy": accuracy,

@@ -33,6 +33,7 @@ from ..rules import correct
 from .assemble import assemble, contrast_sides
 from .checkpoint import Checkpoint, RunConfigMismatch, combine_forward
 from .inspect import capture_inspection
+from .state import plan_by_category, state_groups
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +231,15 @@ def chunk_layers(value, device) -> int:
 
 
 def new_stats(cfg: DictConfig, sites, groups: list[str], device, keep_values: dict | None = None,
-              n_pairs: int = 0) -> DiffStats:
+              n_pairs: int = 0, members: dict[str, list[str]] | None = None) -> DiffStats:
+    """The run's ``DiffStats``; ``groups``/``members``: ``interp.run.state.state_groups``."""
     acfg = cfg.analysis
     return DiffStats(sites, groups, list(acfg.positions), device,
                      n_controls=C.control_count(acfg.controls),
                      max_offset=int(acfg.max_offset), detail_pairs=int(acfg.detail_pairs),
                      detail_k=int(acfg.detail_k), chunk=chunk_layers(acfg.chunk_layers, device),
-                     fused=use_fused(acfg.fused, device), keep_values=keep_values, value_capacity=n_pairs)
+                     fused=use_fused(acfg.fused, device), keep_values=keep_values, value_capacity=n_pairs,
+                     members=members)
 
 
 def plan_pair_values(cfg: DictConfig, sites, info: dict, n_pairs: int) -> tuple[dict, dict]:
@@ -288,7 +291,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
     acfg = cfg.analysis
     # settings that need the kept pairs, refused before the batch loop rather than after it
-    contrast_sides(acfg.contrast, group_types, groups)
+    sides = contrast_sides(acfg.contrast, group_types, groups)
     unknown = sorted(set(cfg.hooks.get("pattern_pairs") or []) - {p.pair_id for p, _ in kept})
     if unknown:
         raise ConfigError(f"hooks.pattern_pairs: no kept pair with id {unknown[:5]}")
@@ -298,8 +301,14 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     timings["controls_s"] = time.time() - t
     # planned for the whole run, so every shard keeps the same hook points and position modes
     keep, kept_facts = plan_pair_values(cfg, sites, lm.info, len(kept))
-    stats = new_stats(cfg, sites, groups, lm.device, keep_values=keep, n_pairs=len(mine))
-    batches = make_batches([kept[i][1] for i in mine], [groups.index(kept[i][0].category) for i in mine],
+    # per-category tables, and with them the groups the statistics are kept per (interp.run.state)
+    by_category = plan_by_category(acfg, sites, lm.info, groups)
+    names, members = state_groups(groups, group_types, sides, per_category=by_category["written"] or len(groups) < 2)
+    if members is not None:
+        by_category["state_groups"] = members
+    stats = new_stats(cfg, sites, names, lm.device, keep_values=keep, n_pairs=len(mine), members=members)
+    group_of = {c: i for i, g in enumerate(names) for c in (members[g] if members else [g])}
+    batches = make_batches([kept[i][1] for i in mine], [group_of[kept[i][0].category] for i in mine],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device,
                            controls.ids if controls.k else None)
     for b in batches:  # batch positions -> run-wide kept indices
@@ -363,7 +372,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
         "duplicates": getattr(pair_set, "duplicates", 0),
         "resumed_from_batch": start, "inspect": {"n_saved_pairs": inspection.n_pairs},
         "shard": OmegaConf.to_container(shard) if shard else None,
-        "controls": controls.facts, "pair_values": kept_facts,
+        "controls": controls.facts, "pair_values": kept_facts, "by_category": by_category,
     }
     return assemble(cfg, stats, pd.DataFrame(pair_rows), rejected_rows, failed, [d[0] for d in details],
                     [d[1] for d in details], facts, timings, t0, inspection.files())

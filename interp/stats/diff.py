@@ -29,7 +29,7 @@ from torch import Tensor
 from ..engine import Batch
 from ..hooks import HOOK_POINTS, HookSite, head_summary
 from . import registry as reg
-from .moments import Moments, Sums
+from .moments import Moments, Sums, compact_counts
 from .significance import bh_qvalues, welch
 
 HIST_LO, HIST_HI, HIST_BINS = -12.0, 8.0, 2000  # log10 |activation| histogram: 0.01 decades a bin
@@ -49,7 +49,7 @@ def reduce_groups(m: Moments) -> Moments:
 class DiffStats:
     """The consumer that turns each batch's activations into running difference statistics.
 
-    Per hook point (stacked over its layers) and per group (category) it keeps:
+    Per hook point (stacked over its layers) and per group it keeps:
     - ``diff``: moments over pairs of the channels of ``interp.stats.registry`` x position modes x
       components (today ``diff`` = a - b, ``abs`` = |a - b|, and with K control edits ``ctrl`` =
       mean_k |a - c_k|, ``delta`` = abs - ctrl, the paired difference the t-test uses, and
@@ -64,12 +64,20 @@ class DiffStats:
     GPU, ``analysis.fused``) both steps are Triton kernels (``interp.kernels.statistics``: one read
     of each activation, no atomics); otherwise PyTorch ops, the reference the kernels are tested
     against. The table columns come from the registry's ``Column`` specs.
+
+    Groups: by default one per category (``groups`` are the category names), which the
+    per-category tables need. With ``members`` (group name -> its categories; the run does not
+    write per-category tables, ``analysis.by_category``) a group is a block of categories, and the
+    state is as many times smaller: statistics over a set of categories (the contrast's sides, the
+    grammar pairs of ``directions``) need every category of the set to be a union of blocks
+    (``group_index``).
     """
 
     def __init__(self, sites: list[HookSite], groups: list[str], positions=POSITION_MODES,
                  device: torch.device | str = "cpu", n_controls: int = 0, max_offset: int = 15,
                  detail_pairs: int = 0, detail_k: int = 5, chunk: int = 8, fused: bool = False,
-                 keep_values: dict[str, list[str]] | None = None, value_capacity: int = 0):
+                 keep_values: dict[str, list[str]] | None = None, value_capacity: int = 0,
+                 members: dict[str, list[str]] | None = None):
         bad = [p for p in positions if p not in POSITION_MODES]
         if bad:
             raise ValueError(f"analysis.positions: {bad} not in {POSITION_MODES}")
@@ -84,6 +92,8 @@ class DiffStats:
         for p, d in self.head_points.items():
             self.derived[d] = [HookSite(d, x.layer, x.name, "head") for x in self.point_sites[p]]
         self.groups = list(groups)
+        # group -> its categories (None: each group is the category of its name)
+        self.members = None if members is None else {g: list(members[g]) for g in self.groups}
         self.positions = list(positions)
         self.device = device
         self.n_controls = int(n_controls)
@@ -122,7 +132,38 @@ class DiffStats:
         """An empty state with the same layout and settings."""
         return DiffStats(self.sites, self.groups, self.positions, self.device, self.n_controls,
                          self.max_offset, self.detail_pairs, self.detail_k, self.chunk, self.fused,
-                         self.keep_values, self.value_capacity)
+                         self.keep_values, self.value_capacity, self.members)
+
+    @property
+    def per_category(self) -> bool:
+        """Whether the groups are the categories (per-category tables can be computed)."""
+        return self.members is None
+
+    @property
+    def categories(self) -> list[str]:
+        """Every category of the state: the groups, or (blocks of categories) the members, sorted as
+        a run orders its categories."""
+        if self.members is None:
+            return list(self.groups)
+        return sorted(c for g in self.groups for c in self.members[g])
+
+    def group_index(self, categories: list[str]) -> list[int]:
+        """The groups that together hold exactly ``categories`` (category names, in the order they
+        first appear); ``ValueError`` when a group holds some of them and other categories too."""
+        if self.members is None:
+            return [self.groups.index(c) for c in categories]
+        owner = {c: i for i, g in enumerate(self.groups) for c in self.members[g]}
+        want = set(categories)
+        out: list[int] = []
+        for c in categories:
+            i = owner[c]
+            if i not in out:
+                if not set(self.members[self.groups[i]]) <= want:
+                    raise ValueError(f"the statistics keep {self.groups[i]!r} = {self.members[self.groups[i]]} "
+                                     f"as one group; {sorted(want)} splits it (analysis.by_category=true keeps "
+                                     "every category)")
+                out.append(i)
+        return out
 
     def _get(self, kind: str, site: HookSite) -> Moments | None:
         m = getattr(self, kind).get(site.point)
@@ -506,10 +547,15 @@ class DiffStats:
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Tensor]:
+        """The mergeable state: per kind and point the float64 sums (``Sums.state_dict``), the
+        counts ``n`` compact where they are the same for every component (``compact_counts``: its
+        component axis of size 1, broadcast back exactly on load), and the magnitudes."""
         out = {}
         for kind in ("diff", "spread", "profile"):
             for point, m in getattr(self, kind).items():
-                out.update(m.state_dict(f"{kind}/{point}/"))
+                part = m.state_dict(f"{kind}/{point}/")
+                part[f"{kind}/{point}/n"] = compact_counts(part[f"{kind}/{point}/n"])
+                out.update(part)
         for kind in ("absmax", "abshist"):
             for point, t in getattr(self, kind).items():
                 out[f"{kind}/{point}"] = t
@@ -525,8 +571,8 @@ class DiffStats:
                     getattr(self, kind)[point] = state[f"{kind}/{point}"].to(self.device)
 
     def merge(self, other: "DiffStats") -> "DiffStats":
-        if (other.groups, other.positions, other.n_controls, other.max_offset, other.sites) != \
-                (self.groups, self.positions, self.n_controls, self.max_offset, self.sites):
+        if (other.groups, other.members, other.positions, other.n_controls, other.max_offset, other.sites) != \
+                (self.groups, self.members, self.positions, self.n_controls, self.max_offset, self.sites):
             raise ValueError("cannot merge statistics of runs with different groups, position modes, "
                              "control counts, offsets or hook sites")
         if self.keep_values != other.keep_values:
@@ -557,9 +603,9 @@ class DiffStats:
 
     # ------------------------------------------------------------ results
     def _moments(self, name: HookSite, groups: list[str] | None = None) -> Moments:
-        """The site's diff moments merged over ``groups`` (all when None): [CH, M, C]."""
+        """The site's diff moments merged over the categories ``groups`` (all when None): [CH, M, C]."""
         g = self._get("diff", name)
-        idx = range(len(self.groups)) if groups is None else [self.groups.index(x) for x in groups]
+        idx = range(len(self.groups)) if groups is None else self.group_index(groups)
         return reduce_groups(Moments(g.n[list(idx)], g.mean[list(idx)], g.m2[list(idx)]))
 
     def table(self, group: str | None = None, offset_factor: float = 20.0, offset_cv: float = 0.25,
@@ -737,7 +783,7 @@ class DiffStats:
         ||mean(a - b)|| / sqrt(sum of the components' variances of a - b) (NaN for per-head units)."""
         if stab is None or stab.empty or "stable" not in stab:
             return pd.DataFrame()
-        grammar = [g for g in self.groups if group_types.get(g) == "grammar"]
+        grammar = [g for g in self.categories if group_types.get(g) == "grammar"]
         used = grammar or None
         by_site = dict(iter(stab.groupby(["hook", "layer", "position"], sort=False)))
         empty = stab.iloc[:0]
@@ -808,7 +854,8 @@ class DiffStats:
 
     def divergence(self) -> pd.DataFrame:
         """How quickly the edit is absorbed: per site, category and offset from the edit, the mean
-        over components of mean |a-b| / spread (components with spread 0 left out)."""
+        over components of mean |a-b| / spread (components with spread 0 left out). Rows per
+        category when the groups are the categories (``per_category``); the ``all`` rows always."""
         rows = []
         for s in self.all_sites():
             if s.point not in self.profile:
@@ -817,7 +864,7 @@ class DiffStats:
             spread = self._spread(s)[1]
             live = spread > 0
             norm = prof.mean[..., live] / spread[live]  # [G, O, C']
-            for gi, g in enumerate(self.groups + ["all"]):
+            for gi, g in enumerate((self.groups if self.per_category else []) + ["all"]):
                 if g == "all":
                     m = reduce_groups(prof)
                     nm, n = (m.mean[..., live] / spread[live]), m.n[..., 0]

@@ -167,10 +167,33 @@ class Sums:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor], prefix: str = "") -> "Sums | Moments":
-        """Sums saved by ``state_dict``, or moments (``Moments.state_dict``) as they were saved."""
+        """Sums saved by ``state_dict``, or moments (``Moments.state_dict``) as they were saved. A
+        count saved compact (``compact_counts``: trailing axes of size 1) is broadcast back to the
+        shape of the sums, exactly."""
         if f"{prefix}s1" not in state:
             return Moments.from_state_dict(state, prefix)
-        return cls(*(state[f"{prefix}{k}"].to(torch.float64) for k in ("shift", "n", "s1", "s2")))
+        shift, n, s1, s2 = (state[f"{prefix}{k}"].to(torch.float64) for k in ("shift", "n", "s1", "s2"))
+        return cls(shift, expand_counts(n, s1.shape), s1, s2)
 
     def to(self, device) -> "Sums":
         return Sums(self.shift.to(device), self._n.to(device), self.s1.to(device), self.s2.to(device))
+
+
+def compact_counts(n: Tensor) -> Tensor:
+    """A count tensor as saved: its last (component) axis stored with size 1 when every count along
+    it is the same (every component of a site sees the same pairs unless an activation is NaN), else
+    as it is. Lossless: ``expand_counts`` gives the tensor back bit for bit, and a reader tells the
+    two forms apart by the shape alone (the sums keep the full shape)."""
+    if n.ndim == 0 or n.shape[-1] <= 1 or not bool((n == n[..., :1]).all()):
+        return n
+    return n[..., :1].clone()
+
+
+def expand_counts(n: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """The full count tensor of sums of ``shape`` from a saved one (``compact_counts``); a new tensor
+    that in-place updates may write to."""
+    if tuple(n.shape) == tuple(shape):
+        return n
+    if n.ndim != len(shape) or n.shape[:-1] != tuple(shape)[:-1] or n.shape[-1] != 1:
+        raise ValueError(f"a saved count of shape {list(n.shape)} does not fit sums of shape {list(shape)}")
+    return n.expand(*shape).clone()

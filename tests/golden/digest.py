@@ -88,7 +88,13 @@ def digest(run_dir: str | Path) -> dict:
         with safe_open(str(p), framework="pt") as f:
             meta = {k: v for k, v in (f.metadata() or {}).items()}
             keys = [k for k in sorted(f.keys()) if name != "stats" or k.startswith(LEGACY_STATE)]
-            out[name] = {k: tensor_digest(f.get_tensor(k)) for k in keys}
+            tensors = {k: f.get_tensor(k) for k in keys}
+            if name == "stats":  # counts saved compact (one per site where every component has the same):
+                from interp.stats.moments import expand_counts  # the numbers are those of the full tensor
+
+                tensors = {k: expand_counts(t, tensors[k[:-1] + "s1"].shape) if k.endswith("/n") and
+                           k[:-1] + "s1" in tensors else t for k, t in tensors.items()}
+            out[name] = {k: tensor_digest(t) for k, t in tensors.items()}
             out[name]["__metadata__"] = _sha(json.dumps(meta, sort_keys=True).encode())
     rej = run / "rejected.jsonl"
     out["rejected"] = _sha(rej.read_bytes()) if rej.exists() else None
