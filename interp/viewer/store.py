@@ -216,6 +216,16 @@ class Run:
         return self.table(R.STABILITY_BY_CATEGORY)
 
     @property
+    def by_category_note(self) -> str | None:
+        """Why the run has no per-category table though it has several categories (its manifest's
+        ``by_category``: ``analysis.by_category``), for the pages that would show it; else None."""
+        if self.has(R.STABILITY_BY_CATEGORY):
+            return None
+        from ..result import not_written
+
+        return not_written(self.manifest)
+
+    @property
     def directions(self) -> pd.DataFrame | None:
         return self.table(R.DIRECTIONS)
 

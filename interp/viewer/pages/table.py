@@ -19,7 +19,7 @@ def table(run: str):
     which = arg_choice("t", ["stability", "by_category"], "stability")
     df = r.by_category if which == "by_category" else r.stab
     if df is None:
-        abort(404, description="this run has no per-category table (it has one category)")
+        abort(404, description=r.by_category_note or "this run has no per-category table (it has one category)")
     hooks = sorted(values(df, "hook"), key=hook_sort_key)
     categories = sorted(map(str, values(df, "category")))
     f = {"hook": arg_choice("hook", [""] + hooks, ""),
