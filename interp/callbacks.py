@@ -1,5 +1,9 @@
-"""Hydra callbacks. ``SweepSummary`` writes ``sweep_summary.json`` and ``.csv`` into a multirun's
-sweep dir at its end: one row per job dir with its status, overrides and headline numbers."""
+"""Hydra callbacks of ``python -m interp.run`` (``conf/config.yaml``'s ``hydra.callbacks``).
+
+``SweepSummary`` writes ``sweep_summary.json`` and ``.csv`` into a multirun's sweep dir at its end:
+one row per job dir with its status, overrides, headline numbers and tracker runs. ``Tracking``
+logs each job to the experiment tracker of ``tracking=`` at the job's end (``interp.tracking``):
+a single run and every job of a sweep alike, in the job's own process (whatever the launcher)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import rundir as R
 
@@ -35,6 +39,11 @@ def summarize_sweep(sweep_dir: str | Path) -> pd.DataFrame:
             if grammar else None,
             "seconds": m["timings"].get("total_s"),
         })
+        from .tracking import read_record
+
+        tracked = {b: e.get("run_id") for b, e in read_record(job).items() if isinstance(e, dict)}
+        if tracked:
+            row["tracking"] = " ".join(f"{b}:{rid}" for b, rid in sorted(tracked.items()))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -50,3 +59,16 @@ class SweepSummary(Callback):
             df.to_csv(tmp, index=False)
         print(f"sweep summary: {sweep_dir / 'sweep_summary.csv'} ({len(df)} jobs, "
               f"{int((df.get('status') == 'complete').sum()) if 'status' in df else 0} complete)", flush=True)
+
+
+class Tracking(Callback):
+    """``tracking=mlflow|wandb|tensorboard``: at the end of each job, its run dir logged to the tracker
+    (a job that raised: logged as failed). A tracker error is a warning on stderr, never a failed run."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        backend = OmegaConf.select(config, "tracking.backend", default="none")
+        if backend in (None, "none"):
+            return
+        from .tracking import track_job
+
+        track_job(config, job_return)
