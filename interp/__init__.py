@@ -10,6 +10,7 @@ error-detection signal and causal checks. The public API:
 - ``Result``: ``.pairs``, ``.stability``, ``.divergence``, ``.contrast``, ``.rejected`` (DataFrames),
   ``.manifest``, ``.summary()``, ``.save(dir)``; ``load_run(dir) -> Result``.
 - ``figures``: the figure library (plotly figures of a Result or a DataFrame).
+- ``tracking``: a run logged to MLflow, W&B or TensorBoard (``tracking.log_run(result_or_dir, backend=...)``).
 
 The commands (``python -m interp.run``, ``interp.patch``, ``interp.view``...) are layers on it.
 See README.md.
@@ -24,10 +25,10 @@ from . import config as _config  # noqa: F401  registers the typed config schema
 from .result import Result, load_run
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "analyze", "load_run", "Result", "figures", "ConfigError", "__version__"]
+__all__ = ["load_model", "analyze", "load_run", "Result", "figures", "tracking", "ConfigError", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import figures
+    from . import figures, tracking
     from .api import analyze, load_model
     from .config import ConfigError
 
@@ -39,6 +40,6 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(f".{module}", __name__), attr)
-    if name == "figures":
-        return importlib.import_module(".figures", __name__)
+    if name in ("figures", "tracking"):
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'interp' has no attribute {name!r}")

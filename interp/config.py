@@ -20,6 +20,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .tracking import TrackingConfig, validate_tracking
+
 POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
 ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -176,6 +178,9 @@ class RunConfig:
     max_tokens: int = 256  # longer sentences are rejected
     # analyse every count-th kept pair from index; python -m interp.merge combines shards
     shard: ShardConfig = field(default_factory=ShardConfig)
+    # where the run is logged besides its run dir (conf/tracking: none, mlflow, wandb, tensorboard);
+    # not part of the run's config identity (interp.tracking)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 SCHEMA_NAME = "interp_schema"
@@ -328,6 +333,7 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _at_least(cfg.shard.count, 1, "shard.count")
     if not 0 <= cfg.shard.index < cfg.shard.count:
         raise ConfigError(f"shard.index={cfg.shard.index} must lie in 0..shard.count-1 ({cfg.shard.count - 1})")
+    validate_tracking(cfg.get("tracking"))
 
     if not cfg.hooks.points:
         raise ConfigError("hooks.points is empty; name at least one hook point")

@@ -18,6 +18,8 @@ Writes ``RUN_DIR/causal/``: ``ablation.parquet`` (one row per selection x k x se
 category, plus category ``all``), ``ablation_summary.parquet`` (mean and spread over seeds),
 ``ablation_pairs.parquet`` (per-pair margins), ``selections.parquet`` (which components each
 selection ablated), ``patching.parquet``, ``figures/`` and ``manifest.json`` (written last).
+A run logged to an experiment tracker (``RUN_DIR/tracking.json``, ``interp.tracking``) gets the
+causal summaries and files in the same tracker run.
 The settings and the run dir are checked before the model loads; a mistake is one line on stderr
 and exit code 2.
 """
@@ -42,6 +44,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (RunDirError, ConfigError, ModelLoadError) as err:
         fail("interp.patch", str(err))
     print(summary_text(result), flush=True)
+    from .tracking import track_causal
+
+    track_causal(result["manifest"]["run_dir"], result["dir"])  # to the run's tracker runs (RUN/tracking.json)
 
 
 def main() -> None:

@@ -29,12 +29,20 @@ EXCLUDED = {
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Hash of what determines a run's numbers (not progress bars or output placement)."""
+    """Hash of what determines a run's numbers (not progress bars, output placement or tracking)."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    for k in ("progress", "hydra", "checkpoint_every", "overwrite"):
+    for k in ("progress", "hydra", "checkpoint_every", "overwrite", "tracking"):
         c.pop(k, None)
     (c.get("analysis") or {}).pop("save_state", None)  # whether stats.safetensors is written: no number
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recorded_config(cfg: DictConfig) -> dict:
+    """The config a manifest records: the run's, without ``tracking`` (where the run is logged:
+    ``tracking.json``), so a run tracked or not records the same config."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("tracking", None)
+    return c
 
 
 def versions() -> dict[str, str]:
@@ -66,7 +74,7 @@ def build_manifest(cfg: DictConfig, stats, facts: dict, n_kept: int, rejected_ro
         "status": "complete",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": None,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": recorded_config(cfg),
         "config_hash": config_hash(cfg),
         "model": facts["model"],
         "forward": facts.get("forward"),
