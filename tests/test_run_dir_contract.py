@@ -78,7 +78,7 @@ def runs(tmp_path_factory, tiny_lm):
         f.write('{"a": "She walked home.", "b": "She has walked home."}\nnot json\n')
     cfg = make_cfg("model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={full}",
                    "hooks.points=[resid_post,z]", "hooks.layers=[0,1]", "analysis.controls.n=2", "analysis.png=false",
-                   "batch_size=8", *tokenizer_overrides())
+                   "analysis.save_state=true", "batch_size=8", *tokenizer_overrides())
     run_result(cfg, tmp / "full", lm=tiny_lm)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         pcfg = compose(config_name="patch", overrides=[
@@ -122,11 +122,12 @@ def test_a_run_with_controls_heads_and_causal_checks_writes_exactly_the_contract
     seen = _check_run(run, {"controls": True, "heads": True})
     written = {e.name for e in C.run_files() if e.always} | {
         R.STABILITY_BY_CATEGORY, R.CONTRAST, R.PAIR_VALUES, R.PAIR_PROFILE, R.PAIR_COMPONENTS, R.ACTIVATIONS,
-        R.PATTERNS, "figures/"} | {e.name for e in C.causal_files()}
+        R.PATTERNS, R.STATS, "figures/"} | {e.name for e in C.causal_files()}
     assert written <= seen, f"not written: {sorted(written - seen)}"
     assert "meta_note" in pd.read_parquet(run / R.PAIRS).columns  # the meta_* family
-    manifest = R.read_manifest(run)
-    assert list(manifest) == [k for k, _ in C.MANIFEST_KEYS]
+    keys = list(R.read_manifest(run))
+    assert keys == [k for k, _ in C.MANIFEST_KEYS if k in keys], "manifest.json's keys differ from the contract's"
+    assert {k for k, _ in C.MANIFEST_KEYS} - set(keys) <= set(C.MANIFEST_LATER)
     rejected = R.read_jsonl(run / R.REJECTED)
     assert len(rejected) == 2 and all(set(r) == set(C.table_columns(R.REJECTED)) for r in rejected)
 

@@ -54,7 +54,8 @@ class RunFile:
     order (None: not a table); ``prefixes``: families of extra columns by prefix (``meta_``);
     ``after``: text after the column list; ``always``: every complete run writes it; ``pattern``:
     the glob that file names of this entry match (default ``name``); ``keys``: a JSON file's
-    top-level keys (name, gloss); ``summary``: README's text in place of the column list."""
+    top-level keys (name, gloss); ``summary``: README's text in place of ``content`` and the
+    column list."""
 
     name: str
     content: str
@@ -64,7 +65,7 @@ class RunFile:
     always: bool = False
     pattern: str | None = None
     keys: tuple[tuple[str, str], ...] = ()
-    summary: str = ""  # README's text instead of the column list (a table that repeats another's)
+    summary: str = ""  # README's text instead of content and columns (a table that repeats another's)
 
     @property
     def is_dir(self) -> bool:
@@ -144,7 +145,8 @@ CONTRAST_COLUMNS = _cols(
     notes={"quantity": "`delta` with controls, else `abs`", "effect": "(mean_a - mean_b) / spread"})
 
 DIVERGENCE_COLUMNS = _cols(["hook", "layer", "category", "offset", "n_pairs", "normalized", "normalized_median"],
-                           notes={"category": "or `all`", "offset": "tokens after the edit"})
+                           notes={"category": "`all`, and each category where `stability_by_category.parquet` is written",
+                                  "offset": "tokens after the edit"})
 
 DIRECTIONS_COLUMNS = _cols(
     ["hook", "layer", "position", "n_components", "n_stable", "n_distinct", "n_pcs", "pairs_used", "mean_diff_norm",
@@ -167,9 +169,12 @@ MANIFEST_KEYS = (
     ("counts", "loaded, kept, rejected by reason, unreadable lines, failed pairs, batches, resumed"),
     ("controls", "pool, controls per pair `k`, the draw's facts: candidates, median distances"),
     ("inference", "rule, stable_ratio, alpha, ci, cluster"), ("pair_values", "what was kept"),
-    ("notes", ""), ("excluded", "BOS, padding, shared prefix"), ("accuracy", "per category"), ("figures", ""),
+    ("by_category", "whether `stability_by_category.parquet` was written, its rows, and why not"),
+    ("state", "whether `stats.safetensors` was written, and why"), ("notes", ""), ("excluded", "BOS, padding, shared prefix"), ("accuracy", "per category"), ("figures", ""),
     ("timings", ""),
 )
+# keys of MANIFEST_KEYS that runs written before them lack (readers use .get)
+MANIFEST_LATER = ("by_category", "state")
 
 
 def run_files() -> tuple[RunFile, ...]:
@@ -180,8 +185,10 @@ def run_files() -> tuple[RunFile, ...]:
                 prefixes=(("meta_", "the pair's other fields, e.g. BLiMP's `field`, `linguistics_term`, `pairID`"),)),
         RunFile(R.STABILITY, "one row per hook x layer x component x position:", stability_columns(), always=True,
                 after="each column's definition: `interp/stats/registry.py`, and \"What is measured\" above"),
-        RunFile(R.STABILITY_BY_CATEGORY, "the same per category, when a run has several",
-                stability_columns() + _cols(["category"]), summary="(column `category` after the others)"),
+        RunFile(R.STABILITY_BY_CATEGORY, "the same per category", stability_columns() + _cols(["category"]),
+                summary="the same per category (column `category` after the others), when a run has several and "
+                        "`analysis.by_category` allows it (`auto`: up to `analysis.by_category_max_rows` rows; the "
+                        "manifest's `by_category` says why not)"),
         RunFile(R.CONTRAST, "Welch test per component between the two groups of `analysis.contrast`, when both "
                 "have pairs:", CONTRAST_COLUMNS),
         RunFile(R.DIRECTIONS, "per hook x layer x position, the distinct directions of the stable set and the mean "
@@ -202,10 +209,12 @@ def run_files() -> tuple[RunFile, ...]:
         RunFile("blimp_phenomena.parquet", "with `pairs=blimp`: the same per phenomenon, and an `overall` row"),
         RunFile(R.REJECTED, "one object per unused pair or line:", rejected_columns(), always=True,
                 after="failed pairs add their own fields"),
-        RunFile(R.STATS, "the mergeable running statistics (`absmax/` and `abshist/` per hook point: max "
-                "|activation| per component and a histogram of log10 |activation| per layer; `diff/`, `spread/`, "
-                "`profile/` per hook name: float64 power sums `n`, `s1`, `s2` about a fixed `shift`; mean = "
-                "shift + s1/n, M2 = s2 - s1²/n)", always=True),
+        RunFile(R.STATS, "the mergeable running statistics, the input of `interp.merge`, written where "
+                "`analysis.save_state` asks for them (`auto`: when the run is a shard, `shard.count` > 1): `absmax/` "
+                "and `abshist/` per hook point (max |activation| per component and a histogram of log10 "
+                "|activation| per layer); `diff/`, `spread/`, `profile/` per hook name (float64 power sums `n`, "
+                "`s1`, `s2` about a fixed `shift`: mean = shift + s1/n, M2 = s2 - s1²/n; counts that are the same "
+                "for every component stored with that axis of size 1)"),
         RunFile(R.ACTIVATIONS, "raw activations of the first `analysis.n_saved_pairs` kept pairs at the selected "
                 "hooks, one tensor per hook name shaped `[N, 2, pos, ...]` (sentence a then b, BOS included, "
                 "right-padded), `tokens` and `mask` `[N, 2, pos]`; metadata `pair_ids`"),
@@ -315,7 +324,7 @@ def _describe(e: RunFile) -> str:
     if e.keys:
         text = ", ".join(_code(k, n) for k, n in e.keys) + (f"; {text}" if text else "")
     if e.summary:
-        text += " " + e.summary
+        text = e.summary
     elif e.columns is not None:
         groups: dict[str, list[Column]] = {}
         for c in e.columns:
