@@ -196,7 +196,8 @@ def run_metrics(result) -> dict[str, float]:
             if a.get("type") == "grammar":
                 grammar.append(a)
     if grammar:
-        out["grammar_accuracy"] = sum(a["accuracy"] * a["n_pairs"] for a in grammar) / sum(a["n_pairs"] for a in grammar)
+        n = sum(a["n_pairs"] for a in grammar)
+        out["grammar_accuracy"] = sum(a["accuracy"] * a["n_pairs"] for a in grammar) / n  # as the sweep summary
     for row in stability_summary(result):
         key = f"{row['hook']}/{row['position']}"
         out[f"components/{key}"] = row["n_components"]
@@ -376,15 +377,33 @@ def _abs_uri(uri: str | None) -> str:
 
 
 class _Tracker:
-    """One tracker run: params, tags, metrics, files; ``finish`` ends it as complete or failed."""
+    """One tracker run of a backend, started or reopened (``resume``: a recorded run id) by the
+    constructor ``(settings, name, group, run_dir, resume, replace)``."""
 
     backend = ""
     run_id = ""
 
     def location(self) -> dict:
+        """Where the run is (the store, experiment or project, folder), as ``tracking.json`` keeps it."""
         raise NotImplementedError
 
-    def where(self) -> str:
+    def log_params(self, config: Mapping) -> None:
+        """The run's config (nested)."""
+        raise NotImplementedError
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Scalars; ``step``: a point of a curve (the layer of a patching curve)."""
+        raise NotImplementedError
+
+    def log_file(self, path: Path, folder: str) -> None:
+        """A file, under ``folder`` of the tracker run."""
+        raise NotImplementedError
+
+    def finish(self, status: str) -> None:
+        """End the run as ``complete`` or ``failed``."""
         raise NotImplementedError
 
 
@@ -413,9 +432,6 @@ class _MLflow(_Tracker):
 
     def location(self) -> dict:
         return {"tracking_uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id}
-
-    def where(self) -> str:
-        return f"{self.uri}, experiment {self.experiment}"
 
     def log_params(self, config: Mapping) -> None:
         from mlflow.entities import Param
@@ -481,10 +497,6 @@ class _WandB(_Tracker):
     def location(self) -> dict:
         return {"project": self.project, "entity": self.entity, "mode": self.mode, "dir": str(self.dir)}
 
-    def where(self) -> str:
-        folder = self.files_dir.parent
-        return f"{folder} (wandb sync {folder})" if self.mode == "offline" else f"project {self.project}"
-
     def log_params(self, config: Mapping) -> None:
         self.run.config.update(dict(config), allow_val_change=True)
 
@@ -543,9 +555,6 @@ class _TensorBoard(_Tracker):
 
     def location(self) -> dict:
         return {"log_dir": str(self.log_dir)}
-
-    def where(self) -> str:
-        return f"tensorboard --logdir {self.log_dir}"
 
     def log_params(self, config: Mapping) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -649,6 +658,18 @@ def _location(t: TrackingConfig, name: str, group: str | None, run_dir: Path | N
     return {"log_dir": str(Path(run_dir).absolute() / TENSORBOARD_DIR) if run_dir else None}
 
 
+def describe(entry: Mapping) -> str:
+    """Where a recorded tracker run is, in words (what the command prints)."""
+    loc = entry.get("location") or {}
+    if entry.get("backend") == "mlflow":
+        return f"{loc.get('tracking_uri')}, experiment {loc.get('experiment')}"
+    if entry.get("backend") == "wandb":
+        if loc.get("mode") == "offline" and entry.get("files_dir"):
+            return f"offline: wandb sync {entry['files_dir']}"
+        return f"project {loc.get('project')}"
+    return f"tensorboard --logdir {loc.get('log_dir')}"
+
+
 def _match(entry: dict | None, loc: dict) -> bool:
     got = dict((entry or {}).get("location") or {})
     got.pop("experiment_id", None)
@@ -728,7 +749,8 @@ def log_run(run: Any, backend: str = "mlflow", *, meta: Mapping[str, str] | None
         entry = {"backend": t.backend, "run_id": tracker.run_id, "name": name, "group": t.group,
                  "status": "complete", "location": tracker.location(), "config_hash": m.get("config_hash"),
                  "run_created": m.get("created"), "logged": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "max_artifact_mb": t.max_artifact_mb, "skipped_files": skipped, **({"linked_run": linked} if linked else {})}
+                 "max_artifact_mb": t.max_artifact_mb, "skipped_files": skipped,
+                 **({"linked_run": linked} if linked else {})}
         if isinstance(tracker, _WandB):
             entry["files_dir"] = str(tracker.files_dir.parent)
         if causal_info is not None:
@@ -755,16 +777,17 @@ def _log_causal_metrics(tracker: _Tracker, cdir: Path) -> dict:
 
 
 def _log_files(tracker: _Tracker, run_dir: Path | None, max_mb: float, cdir: Path | None,
-               summary: dict | None = None, run_files: bool = True) -> list[dict]:
-    """Log the run's files (``artifact_plan``) and the ``summary/`` files; return those skipped."""
-    files, skipped = artifact_plan(run_dir, max_mb, cdir, run_files) if max_mb > 0 else ([], [])
+               summary: dict | None = None, run_files: bool = True, index: str = "artifacts.json") -> list[dict]:
+    """Log the run's files (``artifact_plan``) and the ``summary/`` files (``summary`` and ``index``,
+    the list of what was logged and skipped); return those skipped. ``max_mb`` 0: no file at all."""
     if max_mb <= 0:
-        skipped = [{"path": "*", "reason": "tracking.max_artifact_mb=0"}]
+        return [{"path": "*", "reason": "tracking.max_artifact_mb=0"}]
+    files, skipped = artifact_plan(run_dir, max_mb, cdir, run_files)
     for path, folder in files:
         tracker.log_file(path, folder)
     with tempfile.TemporaryDirectory(prefix="interp-tracking-") as tmp:
-        index = {"logged": [f"{folder}/{p.name}" if folder else p.name for p, folder in files], "skipped": skipped}
-        for fname, obj in {**(summary or {}), "artifacts.json": index}.items():
+        listing = {"logged": [f"{folder}/{p.name}" if folder else p.name for p, folder in files], "skipped": skipped}
+        for fname, obj in {**(summary or {}), index: listing}.items():
             p = Path(tmp) / fname
             p.write_text(json.dumps(obj, indent=1, default=str) + "\n")
             tracker.log_file(p, "summary")
@@ -824,7 +847,8 @@ def log_causal(run_dir: str | Path, causal_dir: str | Path | None = None) -> dic
         loc = dict(entry.get("location") or {})
         loc.pop("experiment_id", None)
         opts = {k: v for k, v in loc.items() if k in OPTIONS}
-        t = _options(backend, {**opts, "max_artifact_mb": entry.get("max_artifact_mb", TrackingConfig.max_artifact_mb)})
+        cap = entry.get("max_artifact_mb", TrackingConfig.max_artifact_mb)
+        t = _options(backend, {**opts, "max_artifact_mb": cap})
         name = entry.get("name") or run_dir.name
         tracker, linked = _open(t, name, entry.get("group"), run_dir, entry.get("run_id"))
         try:
@@ -832,7 +856,10 @@ def log_causal(run_dir: str | Path, causal_dir: str | Path | None = None) -> dic
                 tracker.set_tags({"interp.linked_run": linked, "interp.run_dir": str(run_dir.absolute())})
             info = _log_causal_metrics(tracker, cdir)
             info.pop("metrics")
-            info["skipped_files"] = _log_files(tracker, run_dir, t.max_artifact_mb, cdir, run_files=False)
+            info["skipped_files"] = _log_files(tracker, run_dir, t.max_artifact_mb, cdir, run_files=False,
+                                               index="causal_artifacts.json")
+            if isinstance(tracker, _WandB):
+                info["files_dir"] = str(tracker.files_dir.parent)
             tracker.finish("complete")
         except BaseException:
             _finish_quietly(tracker)
@@ -885,7 +912,8 @@ def track_job(config: Any, job_return: Any) -> str | None:
         meta["interp.overrides"] = " ".join(overrides)
         if job_return.status == JobStatus.COMPLETED and R.is_complete(run_dir):
             rid = log_run(run_dir, backend, meta=meta, **opts)
-            print(f"tracking: {backend} run {rid}", flush=True)
+            entry = read_record(run_dir).get(backend) or {}
+            print(f"tracking: {backend} run {rid} ({describe(entry)})", flush=True)
         else:
             error = getattr(job_return, "_return_value", None)
             task = copy.deepcopy(config)  # the task's config, as Hydra hands it to the job

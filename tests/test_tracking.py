@@ -396,7 +396,8 @@ def test_a_tracker_package_that_is_not_installed_is_a_config_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"^tracking=wandb: package wandb not installed: pip install interp\[tracking\]$"):
+    message = r"^tracking=wandb: package wandb not installed: pip install interp\[tracking\]$"
+    with pytest.raises(ConfigError, match=message):
         validate(compose(["model=tiny", "tracking=wandb"]))
     validate(compose(["model=tiny", "tracking=mlflow"]))
 
