@@ -150,7 +150,13 @@ def minor_faults() -> int:
 
 
 def pipeline(cfg, lm, kept, groups, n_controls):
-    """The statistics and the batch loop of a run, on the model the run would choose."""
+    """The statistics and the batch loop of a run, on the model the run would choose. The previous
+    call's statistics are freed first (at the 8B shape with many categories they hold gigabytes)."""
+    import gc
+
+    gc.collect()
+    if lm.device.type == "cuda":
+        torch.cuda.empty_cache()
     stats = new_stats(cfg, lm, groups, n_controls, len(kept))
     model, facts = analysis_model(lm, cfg.analysis, [s.name for s in stats.sites], n_pairs=len(kept))
     pipe = BatchPipeline(lm, stats, kept, [], overlap=bool(cfg.analysis.get("overlap", True)), model=model)

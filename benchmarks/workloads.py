@@ -9,6 +9,10 @@
   lengths run from BLiMP's 10 tokens to past 100. The file is written as JSON lines into the
   benchmark's output folder and read back through ``pairs=file``'s reader, as a user's file would be.
 
+Categories: BLiMP's paradigms (67) and ``context_<k>`` for the tail, as ``pairs=blimp`` and a
+user's file would give them; ``realistic.category=one`` puts BLiMP's pairs in one category and the
+tail in another (what the per-category statistics cost is the difference).
+
 Both sets are validated under the model's tokenizer (``validate_pairs``) by the caller.
 """
 
@@ -33,9 +37,11 @@ def blimp_pairs(rcfg: DictConfig) -> list[Pair]:
     return load_pairs(pcfg).pairs
 
 
-def long_tail_records(base: list[Pair], n: int, p: float, max_context: int, seed: int) -> list[dict]:
+def long_tail_records(base: list[Pair], n: int, p: float, max_context: int, seed: int,
+                      category: str | None = None) -> list[dict]:
     """``n`` records: a pair of ``base`` after ``k ~ Geometric(p)`` (``k`` = failures before the
-    first success: P(k=0) = p) context sentences, capped at ``max_context``."""
+    first success: P(k=0) = p) context sentences, capped at ``max_context``; category
+    ``context_<k>`` (3 and more: ``context_3+``) unless ``category`` is given."""
     rng = random.Random(seed)
     goods = [q.a for q in base]
     out = []
@@ -46,7 +52,7 @@ def long_tail_records(base: list[Pair], n: int, p: float, max_context: int, seed
             k += 1
         context = " ".join(rng.choice(goods) for _ in range(k))
         pre = f"{context} " if context else ""
-        out.append({"a": pre + q.a, "b": pre + q.b, "category": f"context_{min(k, 3)}{'+' if k >= 3 else ''}",
+        out.append({"a": pre + q.a, "b": pre + q.b, "category": category or f"context_{min(k, 3)}{'+' if k >= 3 else ''}",
                     "id": f"tail-{i}", "k_context": k})
     return out
 
@@ -61,8 +67,11 @@ def realistic_pairs(cfg: DictConfig, out_dir: Path) -> tuple[list[Pair], dict]:
     rng = random.Random(int(cfg.seed))
     rng.shuffle(blimp)
     sample = blimp[:int(rcfg.blimp_pairs)]
+    if str(rcfg.get("category", "paradigm")) == "one":  # one group: what the per-category statistics cost
+        for p in sample:
+            p.category = "blimp"
     records = long_tail_records(blimp, int(rcfg.tail_pairs), float(rcfg.context_p), int(rcfg.max_context),
-                                int(cfg.seed))
+                                int(cfg.seed), "long_tail" if str(rcfg.get("category", "paradigm")) == "one" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "long_tail_pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
