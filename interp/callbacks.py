@@ -26,6 +26,10 @@ def summarize_sweep(sweep_dir: str | Path) -> pd.DataFrame:
             row["overrides"] = " ".join(l[2:].strip() for l in overrides.read_text().splitlines() if l.startswith("- "))
         try:
             m = R.read_manifest(job)
+        except R.SchemaVersionError as err:  # written by a newer version of the code
+            row["status"], row["error"] = "newer", str(err)
+            rows.append(row)
+            continue
         except (OSError, ValueError):
             row["status"] = "incomplete"
             rows.append(row)

@@ -227,3 +227,14 @@ def test_patch_and_a_new_run_into_it_refuse_a_newer_run(newer, tmp_path):
     with pytest.raises(RunConfigMismatch) as err:
         check_target(make_cfg("model=tiny"), newer)
     assert _says_newer(str(err.value)) and "overwrite=true" in str(err.value)
+
+
+def test_a_sweep_summary_names_a_newer_job_as_newer(newer, tmp_path):
+    import shutil
+
+    from interp.callbacks import summarize_sweep
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(newer, sweep / "0_job")
+    row = summarize_sweep(sweep).iloc[0]
+    assert row["status"] == "newer" and f"schema_version {R.SCHEMA_VERSION + 1}" in row["error"]
