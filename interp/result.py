@@ -41,6 +41,16 @@ Table = pd.DataFrame | Callable[[], pd.DataFrame | None] | None
 REJECTED_COLUMNS = ["source", "line", "reason", "detail", "a", "b", "category", "pair_id"]
 
 
+def write_table(path: Path, df: pd.DataFrame) -> None:
+    """A run-dir table, atomically: zstd-compressed, dictionary-encoded only where values repeat
+    (text, flags, integers): a float column of a stability table has as many distinct values as
+    rows, and its dictionary page, written before the writer falls back to plain encoding, only
+    added a quarter to the file and slowed reading it. The values read back are the same."""
+    dictionary = [str(c) for c in df.columns if not pd.api.types.is_float_dtype(df[c])]
+    with R.atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, compression="zstd", use_dictionary=dictionary)
+
+
 def check_target(out: Path, own: Path | None = None, overwrite: bool = False) -> None:
     """Refuse to save into a folder that holds another complete run (``overwrite``: allow it)."""
     if not overwrite and R.is_complete(out) and (own is None or out.resolve() != own.resolve()):
@@ -263,11 +273,11 @@ class Result:
         for name, file in TABLES.items():
             df = self.table(name)
             if df is not None:
-                R.write_parquet(out / file, df)
+                write_table(out / file, df)
         R.write_jsonl(out / R.REJECTED, self.rejected_rows)
         self._write_tensors(out)
         for name in self._extra:
-            R.write_parquet(out / f"{name}.parquet", self.table(name))
+            write_table(out / f"{name}.parquet", self.table(name))
         acfg = self.config["analysis"]
         timings = {k: v for k, v in self.manifest.get("timings", {}).items() if k != "total_s"}
         timings["write_s"] = time.time() - t0
