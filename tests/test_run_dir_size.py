@@ -262,3 +262,21 @@ def test_the_viewer_pages_work_on_a_run_without_per_category_tables(pairs_file, 
             assert says in page, url
     r = client.get("/run/r/-/table?t=by_category")
     assert r.status_code == 404 and note in r.get_data(as_text=True)
+
+
+def test_a_16_bit_run_saves_its_activations_in_its_dtype_and_the_viewer_reads_them(pairs_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from interp.viewer import create_app
+
+    d = run(_cfg(pairs_file, "dtype=bfloat16", "analysis.n_saved_pairs=2"), tmp_path / "runs" / "bf16")
+    acts = load_file(str(d / R.ACTIVATIONS))
+    assert acts["blocks.1.hook_resid_post"].dtype == torch.bfloat16  # the values as the model made them
+    assert acts["tokens"].dtype == torch.int64
+    client = create_app(tmp_path / "runs").test_client()
+    page = client.get("/run/bf16/-/component/resid_post/1/3")
+    assert page.status_code == 200 and "In the saved pairs" in page.get_data(as_text=True)
+    x = acts["blocks.1.hook_resid_post"][0].float().numpy()
+    from interp.viewer.store import SavedTensors
+
+    assert np.array_equal(SavedTensors(d / R.ACTIVATIONS).get("blocks.1.hook_resid_post", 0), x)

@@ -41,6 +41,11 @@ def _pad_positions(t: torch.Tensor, dims: tuple[int, ...], size: int) -> torch.T
     return torch.nn.functional.pad(t, pad)
 
 
+def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+    """A saved activation: 16-bit floats as they are (exact, half the bytes of float32), else float32."""
+    return t if t.dtype in (torch.bfloat16, torch.float16) else t.float()
+
+
 def capture_inspection(lm, kept, sites, n: int, pair_ids: list[str] | None = None, chunk: int = 32) -> Inspection:
     """Raw activations and attention patterns of the first ``n`` kept pairs (``n < 0``: all), or of
     the pairs named by ``pair_ids`` (``hooks.pattern_pairs``), in separate passes of ``chunk`` pairs;
@@ -72,7 +77,9 @@ def capture_inspection(lm, kept, sites, n: int, pair_ids: list[str] | None = Non
         def pairwise(t: torch.Tensor) -> torch.Tensor:  # [2B, ...] -> [B, 2, ...] in the order of sub
             return torch.stack([t[:B][order], t[B:2 * B][order]], 1).cpu()
 
-        got = {s.name: pairwise(cache[s.name].float()) for s in sites}
+        # in the model's dtype where it is a 16-bit float (bf16 on a GPU: the values are those bits, and
+        # float32 copies only doubled the file), else float32
+        got = {s.name: pairwise(keep_dtype(cache[s.name])) for s in sites}
         got.update({x: pairwise(cache[x].to(torch.float16)) for x in pnames})
         got["tokens"] = pairwise(batch.tokens)
         got["mask"] = pairwise(batch.mask.to(torch.uint8))

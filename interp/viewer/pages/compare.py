@@ -11,6 +11,7 @@ from ...figures.common import hook_sort_key, top_rows
 from ...figures.compare import joint, joint_rows
 from ..columns import VALUE_COLUMNS
 from ..store import Run
+from .run import HEAT_COLUMNS, at_position
 from ..web import (HEATMAP_MAX_COLUMNS, arg_choice, arg_int, click_template, component_urls, fig_spec, fmt, pct,
                    run_summary, stable_counts, store)
 
@@ -34,8 +35,11 @@ def compare():
     k = arg_int("k", 15, 1, 200)
     figs = {"accuracy": fig_spec(F.accuracy({a.id: a.manifest, b.id: b.manifest}))}
     sides = []
+    # of each run the rows at this position with the columns the heatmap and the joint plot read
+    # (each figure would copy every column of a whole table to select its rows)
+    at = {run.id: at_position(run.stab, position, (*HEAT_COLUMNS, value)) for run in (a, b)}
     for run in (a, b):
-        heat = F.heatmap(run.stab, hook, position, value, cwidth=HEATMAP_MAX_COLUMNS)
+        heat = F.heatmap(at[run.id], hook, position, value, cwidth=HEATMAP_MAX_COLUMNS)
         counts = stable_counts(run, position, hook)
         sides.append({"run": run, "summary": run_summary(run.id, run.manifest), "inf": run.inference,
                       "stable": counts[0] if counts else None,
@@ -43,8 +47,8 @@ def compare():
                       "ranking": fig_spec(F.ranking(run.stab, position, k, url=component_urls(run))),
                       "accuracy": run.manifest.get("accuracy", [])})
     # the same components in both runs: one against the other
-    matched = len(joint_rows(a.stab, b.stab, hook, position, value))
-    fig = joint(a.stab, b.stab, hook, position, value, a.id, b.id)
+    matched = len(joint_rows(at[a.id], at[b.id], hook, position, value))
+    fig = joint(at[a.id], at[b.id], hook, position, value, a.id, b.id)
     if fig is not None:
         figs["joint"] = fig_spec(fig)
     top_a = set(map(tuple, top_rows(a.stab, position, k, hook)[["layer", "component"]].to_numpy().tolist()))

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, abort, render_template, request
 
 from ... import figures as F
-from ...figures.common import hook_sort_key
+from ...figures.common import hook_sort_key, values
 from ..store import CONTRAST, DIVERGENCE, records
 from ..web import PER_PAGE_MAX, arg_choice, arg_int, component_url, component_urls, fig_spec, nav, paginate, store
 
@@ -24,7 +24,7 @@ def divergence(run: str):
     dv = r.table(DIVERGENCE)
     if dv is not None and len(dv) and {"hook", "layer", "offset"} <= set(dv.columns):
         hooks = sorted(set(dv["hook"]), key=hook_sort_key)
-        cats = sorted(set(dv["category"].astype(str))) if "category" in dv else []
+        cats = sorted(map(str, values(dv, "category"))) if "category" in dv else []
         hook = arg_choice("hook", hooks, "resid_post" if "resid_post" in hooks else hooks[0])
         cat = arg_choice("category", cats, "all" if "all" in cats else "")
         val = arg_choice("value", [c for c in ("normalized", "normalized_median") if c in dv], "normalized")
@@ -37,12 +37,12 @@ def divergence(run: str):
     if ct is not None and len(ct):
         f = {}
         d = ct
-        for col in ("hook", "position", "quantity"):
+        for col in ("hook", "position", "quantity"):  # the distinct values: of the categoricals, not per row
             if col in ct:
-                opts = sorted(set(ct[col].astype(str)), key=hook_sort_key if col == "hook" else None)
+                opts = sorted(map(str, values(ct, col)), key=hook_sort_key if col == "hook" else None)
                 f[col] = (opts, arg_choice("c" + col, [""] + opts, ""))
                 if f[col][1]:
-                    d = d[d[col].astype(str) == f[col][1]]
+                    d = d[d[col].astype(str) == f[col][1]] if d[col].dtype == object else d[d[col] == f[col][1]]
         if "layer" in d and request.args.get("clayer", "") != "":
             try:
                 d = d[d["layer"] == int(request.args["clayer"])]
@@ -64,6 +64,7 @@ def divergence(run: str):
                 if {"hook", "layer", "component"} <= set(rec) else None
             rows.append({"cells": rec, "href": href})
         ctx.update(ct_cols=cols, ct_rows=rows, ct_pg=pg, ct_f=f, ct_sortable=sortable, ct_sort=sort, ct_desc=desc,
-                   ct_layer=request.args.get("clayer", ""), ct_groups=sorted(set(
-                       f"{a} vs {b}" for a, b in zip(ct.get("group_a", []), ct.get("group_b", [])))))
+                   ct_layer=request.args.get("clayer", ""), ct_groups=sorted(
+                       f"{a} vs {b}" for a, b in ct[["group_a", "group_b"]].drop_duplicates().itertuples(
+                           index=False)) if {"group_a", "group_b"} <= set(ct.columns) else [])
     return render_template("divergence.html", **nav(r), **ctx)

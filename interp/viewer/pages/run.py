@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from flask import Blueprint, abort, render_template, request, send_file, url_for
 
 from ... import figures as F
@@ -22,6 +24,20 @@ RANK_KEYS = ("normalized", "rank_calibrated", "ratio_hi", "control_normalized", 
 RATIO_KEYS = ("ratio", "ratio_hi", "ratio_lo")  # rankings by these draw the ratio with its interval
 DIRECTION_COLUMNS = ["hook", "layer", "n_components", "n_stable", "n_distinct", "n_pcs", "pairs_used",
                      "mean_diff_norm", "spread_norm", "mean_diff_relative", "mean_diff_snr"]
+# what the heatmap and the scatter plot read of the stability rows (the scatter's hover text:
+# figures.common.details and flag_columns)
+HEAT_COLUMNS = ("hook", "position", "layer", "component", "head")
+SCATTER_COLUMNS = ("hook", "position", "layer", "component", "ratio", "ratio_lo", "ratio_hi", "q_value", "q_cluster",
+                   "n_clusters", "adj_coef", "adj_lo", "adj_hi", "offset_dim", "massive")
+
+
+def at_position(s: pd.DataFrame, position: str, columns) -> pd.DataFrame:
+    """The stability rows of one position mode with only ``columns``: one copy of a few columns,
+    where each figure would copy every column of the whole table (1.4 million rows x 40 columns for
+    Llama-3-8B's neurons over 32 layers) to select its rows."""
+    keep = [c for c in dict.fromkeys(columns) if c in s.columns]
+    return s.loc[(s["position"] == position).to_numpy(), keep]
+
 
 bp = Blueprint("run", __name__)
 
@@ -44,18 +60,20 @@ def run_page(run: str):
     cstart = arg_int("cstart", 0, 0)
     by_head = hook in HEAD_POINTS and request.args.get("by") == "head"
     s = r.stab
-    here = s[(s["hook"] == hook) & (s["position"] == position)]
+    hs = at_position(s, position, (*HEAT_COLUMNS, value))
+    here = hs[hs["hook"] == hook]
     if by_head and "head" in here.columns and here["head"].notna().any():
-        heat = F.heatmap(s, hook, position, value, by="head")
-        hinfo = heatmap_window(s, hook, position)
+        heat = F.heatmap(hs, hook, position, value, by="head")
+        hinfo = heatmap_window(hs, hook, position)
     else:
-        heat = F.heatmap(s, hook, position, value, cstart=cstart, cwidth=HEATMAP_MAX_COLUMNS)
-        hinfo = heatmap_window(s, hook, position, cstart, HEATMAP_MAX_COLUMNS)
+        heat = F.heatmap(hs, hook, position, value, cstart=cstart, cwidth=HEATMAP_MAX_COLUMNS)
+        hinfo = heatmap_window(hs, hook, position, cstart, HEATMAP_MAX_COLUMNS)
     sel_layer = arg_choice("layer", [""] + r.layers, "")
     sel_layer = None if sel_layer == "" else int(sel_layer)
     urls = component_urls(r)
-    scatter = F.scatter(s, position, sx, sy, None, slog, sel_layer, url=urls)
-    shown, n = scatter_points(s, position, sx, sy, None, slog, sel_layer)
+    ss = at_position(s, position, (*SCATTER_COLUMNS, sx, sy))
+    scatter = F.scatter(ss, position, sx, sy, None, slog, sel_layer, url=urls)
+    shown, n = scatter_points(ss, position, sx, sy, None, slog, sel_layer)
     sinfo = {"n": n, "shown": 0 if shown is None else len(shown)}
     click = url_for("head.head", run=r.id, layer=0, head=0)[: -len("/0/0")] + "/{y}/{x}" if by_head \
         and hook == HEAD_POINT else None if by_head else click_template(r, hook)
