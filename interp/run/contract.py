@@ -217,7 +217,8 @@ def run_files() -> tuple[RunFile, ...]:
                 "for every component stored with that axis of size 1)"),
         RunFile(R.ACTIVATIONS, "raw activations of the first `analysis.n_saved_pairs` kept pairs at the selected "
                 "hooks, one tensor per hook name shaped `[N, 2, pos, ...]` (sentence a then b, BOS included, "
-                "right-padded), `tokens` and `mask` `[N, 2, pos]`; metadata `pair_ids`"),
+                "right-padded; float32, or the run's dtype where it is 16-bit, e.g. bfloat16 on a GPU), `tokens` "
+                "and `mask` `[N, 2, pos]`; metadata `pair_ids`"),
         RunFile(R.PATTERNS, "attention patterns of the same pairs, every layer, `[N, 2, head, query, key]` "
                 "(float16)"),
         RunFile(R.FIGURES + "/", "plotly HTML (offline: `plotly.min.js` beside them) and PNG: heatmaps layer x "
