@@ -48,7 +48,7 @@ import torch
 from omegaconf import DictConfig
 
 from interp.stats import DiffStats
-from interp.engine import make_batches
+from interp.engine import batch_token_budget, make_batches
 from interp.hooks import resolve
 from interp.pairs import validate_pairs
 from interp.backends import analysis_model
@@ -102,7 +102,8 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
     cs = C.build_controls(cfg, lm.tokenizer, C.input_embedding(lm), kept, list(range(len(kept))))
     n_controls = cs.k
     batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
-                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, cs.ids)
+                           lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, cs.ids,
+                           batch_token_budget(cfg.get("batch_tokens"), int(cfg.batch_size), 2 + cs.k))
     return kept, groups, batches, n_controls
 
 

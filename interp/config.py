@@ -171,6 +171,9 @@ class RunConfig:
     device: str = "auto"  # auto = cuda if present, else cpu
     dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
     batch_size: int = 32  # pairs per forward pass (each pass runs 2 x batch_size sentences + controls)
+    # padded tokens per forward pass over all its rows; null = batch_size x rows per pair x 32: batches
+    # of longer sentences hold fewer pairs (the memory of a full batch of 32-token sentences)
+    batch_tokens: Optional[int] = None
     seed: int = 0
     progress: bool = True  # progress bar on stderr
     checkpoint_every: int = 20  # batches between checkpoints (resume after a crash); 0 = never
@@ -324,6 +327,8 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _at_least(a.by_category_max_rows, 0, "analysis.by_category_max_rows")
 
     _at_least(cfg.batch_size, 1, "batch_size")
+    if cfg.get("batch_tokens") is not None:
+        _at_least(cfg.batch_tokens, 1, "batch_tokens")
     _at_least(cfg.checkpoint_every, 0, "checkpoint_every")
     _at_least(cfg.max_tokens, 2, "max_tokens")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):

@@ -124,11 +124,42 @@ class Scored:
         return int(self.flat.shape[0])
 
 
+FULL_BATCH_TOKENS = 32  # batch_tokens=null: batches of sentences up to this long hold batch_size pairs
+
+
+def batch_token_budget(batch_tokens: int | None, batch_size: int, rows_per_pair: int) -> int:
+    """Padded tokens one forward pass may hold (every row of the batch: a, b and the controls):
+    ``batch_tokens``, or where it is None ``batch_size`` pairs of ``FULL_BATCH_TOKENS``-token
+    sentences, so that a batch of long sentences holds fewer pairs and needs no more memory than a
+    full batch of 32-token ones."""
+    return int(batch_tokens) if batch_tokens else batch_size * rows_per_pair * FULL_BATCH_TOKENS
+
+
+def _cuts(order: list[int], tokenized: list[TokenizedPair], batch_size: int, rows: int,
+          budget: int | None) -> list[int]:
+    """Batch boundaries in ``order`` (pairs sorted by length): equal sizes of at most ``batch_size``
+    pairs (no small last batch, so the batch of the longest sentences is as full as any other and
+    peak memory does not depend on how the pair count divides); then each batch whose padded
+    tokens (``rows`` x pairs x its longest sentence) pass ``budget`` is cut into equal parts that fit."""
+    n_batches = -(-len(order) // batch_size)
+    cuts = [round(k * len(order) / n_batches) for k in range(n_batches + 1)] if order else [0]
+    if not budget:
+        return cuts
+    out = [0]
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        T = 1 + max(max(tokenized[i].n_tokens, tokenized[i].n_tokens_b) for i in order[start:stop])
+        per_pass = max(1, budget // (rows * T))  # pairs of this length one pass may hold
+        parts = -(-(stop - start) // per_pass)
+        out += [start + round(k * (stop - start) / parts) for k in range(1, parts + 1)]
+    return out
+
+
 def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int, pad_id: int,
                  batch_size: int, device: torch.device | str = "cpu",
-                 controls: list[list[list[int]]] | None = None) -> list[Batch]:
+                 controls: list[list[list[int]]] | None = None, max_tokens: int | None = None) -> list[Batch]:
     """Sort pairs by length (stable) and cut them into padded batches of equal sizes, at most
-    ``batch_size`` pairs each.
+    ``batch_size`` pairs each and, where ``max_tokens`` is given, at most that many padded tokens
+    over all rows (``batch_token_budget``): long sentences make smaller batches.
 
     ``controls[i]`` optionally holds K token-id lists for pair ``i``: ``a`` with the edited token
     replaced; they become variants 2..K+1 of the batch.
@@ -137,10 +168,7 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(tokenized)), key=lambda i: (tokenized[i].n_tokens, i))
     n_controls = len(controls[0]) if controls else 0
-    # equal sizes (at most batch_size): no small last batch, so the batch of the longest sentences
-    # is as full as any other and peak memory does not depend on how the pair count divides
-    n_batches = -(-len(order) // batch_size)
-    cuts = [round(k * len(order) / n_batches) for k in range(n_batches + 1)] if order else [0]
+    cuts = _cuts(order, tokenized, batch_size, 2 + n_controls, max_tokens)
     batches = []
     for start, stop in zip(cuts[:-1], cuts[1:]):
         idx = order[start:stop]

@@ -37,6 +37,25 @@ def test_batches_hold_every_pair_once_sorted_by_length_in_equal_sizes(n, bs):
     assert [lengths[i] for i in order] == sorted(lengths)
 
 
+def test_a_token_budget_makes_batches_of_long_sentences_smaller_and_leaves_short_ones_alone():
+    from interp.engine import batch_token_budget
+    from interp.pairs.validate import TokenizedPair
+
+    lengths = [8] * 40 + [20] * 10 + [60] * 7 + [100] * 3  # a long tail
+    tps = [TokenizedPair(list(range(1, k + 1)), list(range(2, k + 2)), 0, "a", "b") for k in lengths]
+    budget = batch_token_budget(None, 16, 2)
+    assert budget == 16 * 2 * 32
+    batches = make_batches(tps, [0] * len(tps), 0, 0, 16, max_tokens=budget)
+    assert all(b.tokens.numel() <= budget for b in batches)  # rows x padded length
+    order = [i for b in batches for i in b.index.tolist()]
+    assert sorted(order) == list(range(len(tps))) and [lengths[i] for i in order] == sorted(lengths)
+    plain = make_batches(tps, [0] * len(tps), 0, 0, 16)
+    short = [b for b in plain if b.seq_len <= 33]  # under the budget: the same batches as without one
+    assert [b.index.tolist() for b in batches[:len(short)]] == [b.index.tolist() for b in short]
+    assert max(b.tokens.numel() for b in plain) > budget  # without it, the long tail's batch is larger
+    assert [b.size for b in make_batches(tps[-3:], [0] * 3, 0, 0, 16, max_tokens=10)] == [1, 1, 1]  # at least one pair
+
+
 def test_positions_before_the_edit_are_identical_in_both_sentences(tiny_lm, pairs_file):
     kept = _kept(tiny_lm, pairs_file)
     batch = make_batches([tp for _, tp in kept], [0] * len(kept), tiny_lm.bos_token_id, tiny_lm.pad_token_id, 16)[0]

@@ -145,3 +145,16 @@ def test_a_two_job_multirun_gives_one_complete_run_dir_per_job(tmp_path):
         assert m["status"] == "complete"
         types |= set(pd.read_parquet(d / "pairs.parquet")["type"])
     assert types == {"grammar", "semantic"}
+
+
+def test_a_token_budget_changes_the_batches_but_no_number(pairs_file, tmp_path):
+    """batch_tokens cuts batches of long sentences smaller; pairs do not depend on their batch."""
+    common = ["model=tiny", "device=cpu", "pairs=file", f"pairs.path={pairs_file}", "hooks=resid_post",
+              "batch_size=8", "analysis.figures=false", "analysis.n_saved_pairs=0", "analysis.controls.n=2"]
+    one = run(make_cfg(*common), tmp_path / "one")
+    cut = run(make_cfg(*common, "batch_tokens=40"), tmp_path / "cut")  # 4 rows x 10 tokens: one pair a pass
+    assert R.read_manifest(one)["counts"]["batches"] == 1 and R.read_manifest(cut)["counts"]["batches"] == 8
+    for table in ("pairs.parquet", "stability.parquet"):
+        a, b = pd.read_parquet(one / table), pd.read_parquet(cut / table)
+        num = a.select_dtypes("float").columns
+        pd.testing.assert_frame_equal(a[num], b[num], rtol=1e-4, atol=1e-5)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..backends import select as analysis_model
 from ..config import ConfigError
 from .. import controls as C
-from ..engine import Batch, make_batches, pair_logprobs
+from ..engine import Batch, batch_token_budget, make_batches, pair_logprobs
 from ..hooks import resolve
 from ..kernels import use_fused
 from ..model import LoadedModel
@@ -310,7 +310,8 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     group_of = {c: i for i, g in enumerate(names) for c in (members[g] if members else [g])}
     batches = make_batches([kept[i][1] for i in mine], [group_of[kept[i][0].category] for i in mine],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device,
-                           controls.ids if controls.k else None)
+                           controls.ids if controls.k else None,
+                           batch_token_budget(cfg.get("batch_tokens"), int(cfg.batch_size), 2 + controls.k))
     for b in batches:  # batch positions -> run-wide kept indices
         b.index = torch.tensor([mine[j] for j in b.index.tolist()])
 
