@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import re
 
+from .records import word_edit
+
 GYM_FIELDS = ("base", "src")
 # a special token the dataset's model put in front of the text (the run adds its own BOS)
 LEADING_SPECIAL = re.compile(r"^\s*(?:<\|[^<>|\s]*\|>|</?s>|<bos>|<eos>)")
@@ -95,13 +97,7 @@ def gym_to_ab(rec: dict) -> dict | tuple[str, str]:
 
 def edit_words(a: str, b: str) -> tuple[list[str], list[str]]:
     """The words of ``a`` and of ``b`` left between the words they share at the start and at the end."""
-    wa, wb = a.split(), b.split()
-    p = 0
-    while p < min(len(wa), len(wb)) and wa[p] == wb[p]:
-        p += 1
-    s = 0
-    while s < min(len(wa), len(wb)) - p and wa[-1 - s] == wb[-1 - s]:
-        s += 1
+    wa, wb, p, s = word_edit(a, b)
     return wa[p:len(wa) - s], wb[p:len(wb) - s]
 
 

@@ -55,3 +55,18 @@ class Problem:
 
 class PairFileError(ValueError):
     """A malformed input line under ``pairs.strict=true``; the message names file, line and reason."""
+
+
+def word_edit(a: str, b: str) -> tuple[list[str], list[str], int, int]:
+    """The words of ``a`` and ``b`` (split on whitespace) and how many they share at the start
+    (``p``) and, after those, at the end (``s``): the edit is ``wa[p:len(wa) - s]`` against
+    ``wb[p:len(wb) - s]``."""
+    wa, wb = a.split(), b.split()
+    p = 0
+    while p < min(len(wa), len(wb)) and wa[p] == wb[p]:
+        p += 1
+    s = 0
+    while s < min(len(wa), len(wb)) - p and wa[-1 - s] == wb[-1 - s]:
+        s += 1
+    return wa, wb, p, s
+

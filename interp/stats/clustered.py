@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
+from ..pairs.records import word_edit
+
 
 # the float columns of the stability table computed here (besides n_clusters and the ratio's interval)
 COLUMNS = ("se_cluster", "t_cluster", "p_cluster", "adj_coef", "adj_lo", "adj_hi", "adj_normalized")
@@ -57,13 +59,7 @@ def cluster_keys(pairs, kind: str) -> np.ndarray:
 
 def template(a: str, b: str) -> str:
     """Sentence ``a`` with the words where it differs from ``b`` replaced by ``_``."""
-    wa, wb = a.split(), b.split()
-    i = 0
-    while i < min(len(wa), len(wb)) and wa[i] == wb[i]:
-        i += 1
-    j = 0
-    while j < min(len(wa), len(wb)) - i and wa[-1 - j] == wb[-1 - j]:
-        j += 1
+    wa, _, i, j = word_edit(a, b)
     return " ".join(wa[:i] + ["_"] + wa[len(wa) - j:])
 
 
