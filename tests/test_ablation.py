@@ -87,6 +87,87 @@ def test_stacked_conditions_equal_each_ablation_alone(tiny_lm, batch, mode):
         assert np.abs(got["post_edit_margin"] - base["post_edit_margin"]).max() > 1e-3  # the ablations act
 
 
+def _old_condition_hook(conds, batch, name, act, clean=None, batch_seed=0):
+    """The hook ``condition_hooks`` made before it wrote in place: a ``torch.where`` over the whole
+    activation with a selection mask and a mean vector rebuilt per call."""
+    mode, where = conds[0].mode, conds[0].where
+    B2 = 2 * batch.size
+    pos = A.where_mask(batch, where)[:B2]
+    entries = [(ci, s) for ci, c in enumerate(conds) for s in c.sites if s.hook_name == name]
+    donors = [A.draw_donors(batch, c.draw * 1_000_003 + batch_seed) for c in conds] if mode == "resample" else None
+    shape = act.shape
+    flat = act.reshape(len(conds), B2, shape[1], -1)
+    n = flat.shape[-1]
+    sel = torch.zeros((len(conds), n), dtype=torch.bool)
+    mean = torch.zeros(n, dtype=flat.dtype)
+    for ci, s in entries:
+        sel[ci, s.index] = True
+        mean[s.index] = s.mean.to(flat.dtype)
+    m = sel[:, None, None, :] & pos[None, :, :, None]
+    if mode == "zero":
+        value = torch.zeros((), dtype=flat.dtype)
+    elif mode == "mean":
+        value = mean
+    else:
+        src = clean[name].reshape(B2, shape[1], -1).to(flat.dtype)
+        t = torch.arange(shape[1])[None, :]
+        value = torch.stack([torch.where((d[:B2] >= 0)[..., None], src[d[:B2].clamp(min=0), t], mean)
+                             for d in donors])
+    return torch.where(m, value, flat).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("where", A.WHERE)
+@pytest.mark.parametrize("mode", A.MODES)
+def test_condition_hooks_write_exactly_what_the_where_over_the_whole_activation_wrote(batch, mode, where, dtype):
+    """The in-place hooks equal, bit for bit, the former ``torch.where`` formula on random activations
+    (a residual point [R, T, d] and a per-head point [R, T, head, d_head]), several conditions per
+    pass, overlapping components, one condition without components at one hook."""
+    g = torch.Generator().manual_seed(0)
+    B2, T, C = 2 * batch.size, batch.seq_len, 3
+    shapes = {"blocks.0.hook_resid_post": (64,), "blocks.1.attn.hook_z": (4, 16)}
+    rng = np.random.default_rng(1)
+    means = {n: torch.randn(int(np.prod(s)), generator=g) for n, s in shapes.items()}
+    conds = []
+    for i in range(C):
+        sites = [site(n, idx, means[n][idx]) for n in shapes if not (i == 1 and n.endswith("hook_z"))
+                 for idx in [np.sort(rng.choice(int(np.prod(shapes[n])), size=5 + 3 * i, replace=False))]]
+        conds.append(A.Condition("random", 3, i, mode, where, 7 + i, sites))
+    clean = {n: torch.randn((B2, T, *s), generator=g).to(dtype) for n, s in shapes.items()}
+    hooks = dict(A.condition_hooks(conds, batch, clean=clean, batch_seed=3, dtype=dtype))
+    assert set(hooks) == set(shapes)
+    for name, s in shapes.items():
+        act = torch.randn((C * B2, T, *s), generator=g).to(dtype)
+        want = _old_condition_hook(conds, batch, name, act.clone(), clean=clean, batch_seed=3)
+        got = hooks[name](act.clone())
+        assert got.shape == act.shape and got.dtype == dtype
+        assert torch.equal(got, want), f"{mode} {where} {name}"
+        assert not torch.equal(got, act)  # something was ablated
+
+
+def test_stacked_metrics_equal_pair_metrics_of_the_full_logits(tiny_lm, batch):
+    """The metrics from the unembedded slots only equal those of the full logits (float rounding);
+    with the unablated metrics as ``base``, ``run_conditions`` at edit/after (after-edit slots only)
+    equals it without."""
+    model = tiny_lm.plain
+    want = M.pair_metrics(forward(model, batch), batch)
+    got = M.stacked_metrics(model, batch, 2)
+    for m in A.METRICS:
+        assert got[m].shape == (2, batch.size)
+        np.testing.assert_allclose(got[m][0], want[m], atol=1e-5, rtol=1e-5, err_msg=m)
+        np.testing.assert_array_equal(got[m][0], got[m][1])
+    names = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+    rng = np.random.default_rng(3)
+    for where in ("edit", "after"):
+        conds = [A.Condition("random", 4, i, "mean", where, i,
+                             [site(n, rng.choice(64, size=4, replace=False), rng.normal(size=4)) for n in names])
+                 for i in range(3)]
+        full = A.run_conditions(model, batch, conds)
+        fast = A.run_conditions(model, batch, conds, base={m: v[0] for m, v in got.items()})
+        for m in A.METRICS:
+            np.testing.assert_allclose(fast[m], full[m], atol=1e-5, rtol=1e-5, err_msg=f"{where} {m}")
+
+
 # ============================================================================ a planted component
 
 def test_ablating_a_planted_component_moves_post_edit_margin_beyond_every_random_seed(tiny_lm):

@@ -41,7 +41,7 @@ from torch import Tensor
 from .. import rundir as R
 from ..engine import Batch, HookFn, forward, make_batches, sentence_logprobs
 from .atp import _model
-from .metrics import pair_metrics
+from .metrics import pair_metrics, stacked_metrics
 from .selection import SELECTION_KINDS, matched_random, read_sentences, reference_means, select_components
 
 MODES = ("mean", "resample", "zero")
@@ -243,61 +243,98 @@ class Condition:
 
 
 def condition_hooks(conds: Sequence[Condition], batch: Batch, *, clean: Mapping[str, Tensor] | None = None,
-                    batch_seed: int = 0) -> list[tuple[str, HookFn]]:
+                    batch_seed: int = 0, dtype: torch.dtype | None = None) -> list[tuple[str, HookFn]]:
     """Hooks for one forward pass over ``len(conds)`` stacked copies of the batch's a and b rows
     (condition ``c`` = rows ``c * 2B .. (c + 1) * 2B - 1``), all of one ``mode`` and ``where``: each
     copy has its own components replaced, exactly as ``ablation_hooks`` would for that condition
-    alone. ``clean[hook_name]``: the unablated [2B, T, C] activations (``resample``)."""
+    alone. ``clean[hook_name]``: the unablated [2B, T, C] activations (``resample``). ``dtype``: the
+    activations' dtype (the values written are made in it before the pass; default: ``clean``'s,
+    else float32; a hook meeting another dtype casts them).
+
+    Everything but the write is prepared here, once per pass: per hook the selected (condition,
+    component) pairs ``N`` and the positions ``M`` (the ``where`` mask's (row, position) pairs, the
+    same in every copy) as index vectors, and the ``[M, N]`` values (a scalar for ``zero``, the
+    components' means for ``mean``, the donors' clean values for ``resample``). The hook writes those
+    elements of the activation in place (one ``index_put_``) and hands it back: nothing else of the
+    ``[C, 2B, T, d]`` activation is read or copied. The values are those the ``torch.where`` over the
+    whole activation wrote (``tests/test_ablation.py`` compares both)."""
     modes, wheres = {c.mode for c in conds}, {c.where for c in conds}
     if len(modes) != 1 or len(wheres) != 1:
         raise ValueError("the conditions of one pass must share mode and where")
     mode, where = modes.pop(), wheres.pop()
-    B2 = 2 * batch.size
-    pos = where_mask(batch, where)[:B2]  # [2B, T]
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    if mode == "resample" and clean is None:
+        raise ValueError("resample ablation needs the clean activations")
+    C, B2 = len(conds), 2 * batch.size
     device = batch.tokens.device
+    if not any(c.sites for c in conds):
+        return []
+    if dtype is None:
+        dtype = next(iter(clean.values())).dtype if clean else torch.float32
+    r_idx, t_idx = where_mask(batch, where)[:B2].nonzero(as_tuple=True)  # the M positions, row-major
     by_hook: dict[str, list[tuple[int, SiteAblation]]] = {}
     for ci, cond in enumerate(conds):
         for site in cond.sites:
             by_hook.setdefault(site.hook_name, []).append((ci, site))
-    donors = [draw_donors(batch, c.draw * 1_000_003 + batch_seed) for c in conds] if mode == "resample" else None
+    # per hook: condition and component of each selected element, its mean; one transfer for all hooks
+    names = list(by_hook)
+    c_all = torch.cat([torch.full((len(s.index),), ci, dtype=torch.long, device=s.index.device)
+                       for n in names for ci, s in by_hook[n]]).to(device)
+    j_all = torch.cat([s.index.long() for n in names for _, s in by_hook[n]]).to(device)
+    mean_all = torch.cat([s.mean for n in names for _, s in by_hook[n]]).to(device, dtype)
+    sizes = [sum(len(s.index) for _, s in by_hook[n]) for n in names]
+    if mode == "resample":
+        donors = torch.stack([draw_donors(batch, c.draw * 1_000_003 + batch_seed)[:B2] for c in conds])
+        d_pos = donors[:, r_idx, t_idx]  # [C, M]: each copy's donor row at each position
+    T = batch.seq_len
+    plans = []
+    for name, c_idx, j_idx, mean in zip(names, c_all.split(sizes), j_all.split(sizes), mean_all.split(sizes)):
+        if mode == "zero":
+            value = torch.zeros((), dtype=dtype, device=device)
+        elif mode == "mean":
+            value = mean[None, :]  # [1, N]
+        else:
+            src = clean[name].reshape(B2, T, -1).to(device, dtype)
+            d = d_pos[c_idx].T  # [M, N]
+            value = torch.where(d >= 0, src[d.clamp(min=0), t_idx[:, None], j_idx[None, :]], mean[None, :])
+        plans.append((name, (c_idx[None, :], r_idx[:, None], t_idx[:, None], j_idx[None, :]), value))
 
-    def make(name: str, entries: list[tuple[int, SiteAblation]]) -> HookFn:
+    def make(index: tuple[Tensor, ...], value: Tensor) -> HookFn:
         def hook(act: Tensor, hook=None) -> Tensor:
             shape = act.shape
-            flat = act.reshape(len(conds), B2, shape[1], -1)
-            n = flat.shape[-1]
-            sel = torch.zeros((len(conds), n), dtype=torch.bool, device=device)
-            mean = torch.zeros(n, dtype=flat.dtype, device=device)
-            for ci, site in entries:
-                sel[ci, site.index] = True
-                mean[site.index] = site.mean.to(flat.dtype)
-            m = sel[:, None, None, :] & pos[None, :, :, None]
-            if mode == "zero":
-                value = torch.zeros((), dtype=flat.dtype, device=device)
-            elif mode == "mean":
-                value = mean
-            else:
-                src = clean[name].reshape(B2, shape[1], -1).to(flat.dtype)
-                t = torch.arange(shape[1], device=device)[None, :]
-                value = torch.stack([torch.where((d >= 0)[..., None], src[d.clamp(min=0), t], mean)
-                                     for d in donors])
-            return torch.where(m, value, flat).reshape(shape)
+            flat = act.reshape(C, B2, shape[1], -1)  # a view of act where act is contiguous
+            flat.index_put_(index, value if value.dtype == flat.dtype else value.to(flat.dtype))
+            return flat.reshape(shape)
         return hook
 
-    return [(name, make(name, entries)) for name, entries in by_hook.items()]
+    return [(name, make(index, value)) for name, index, value in plans]
+
+
+def _act_dtype(model) -> torch.dtype | None:
+    """The dtype of the model's activations (its weights' dtype), or None when it does not say."""
+    hf = getattr(model, "original_model", None)
+    return getattr(hf, "dtype", None)
 
 
 def run_conditions(model, batch: Batch, conds: Sequence[Condition], *, clean=None, batch_seed: int = 0,
-                   ) -> dict[str, np.ndarray]:
+                   base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Metrics of every pair of ``batch`` under each condition: one forward pass over the stacked
-    copies. Returns ``{metric: [len(conds), B]}`` (``interp.causal.metrics.pair_metrics``)."""
-    C, B2 = len(conds), 2 * batch.size
-    tokens, mask = batch.tokens[:B2].repeat(C, 1), batch.mask[:B2].repeat(C, 1)
-    with torch.inference_mode(), model.hooks(fwd_hooks=condition_hooks(conds, batch, clean=clean,
-                                                                       batch_seed=batch_seed)):
-        logits = model(tokens, attention_mask=mask.long(), return_type="logits")
-    out = [pair_metrics(logits[c * B2:(c + 1) * B2], batch) for c in range(C)]
-    return {m: np.stack([o[m] for o in out]) for m in METRICS}
+    copies. Returns ``{metric: [len(conds), B]}`` (``interp.causal.metrics.pair_metrics``).
+
+    Only the predictions the metrics read are unembedded (``interp.causal.metrics.stacked_metrics``).
+    With ``base`` (the batch's unablated metrics) and ``where`` ``edit`` or ``after``, only those
+    after the edit are: nothing at or after the edit changes a prediction before it, so
+    ``margin`` = the unablated ``margin - post_edit_margin`` (the prefix's part) + the ablated
+    ``post_edit_margin``."""
+    C = len(conds)
+    after_only = base is not None and conds[0].where != "all"
+    hooks = condition_hooks(conds, batch, clean=clean, batch_seed=batch_seed, dtype=_act_dtype(model))
+    out = stacked_metrics(model, batch, C, hooks, after_only=after_only)
+    if after_only:
+        out["margin"] = (np.asarray(base["margin"]) - np.asarray(base["post_edit_margin"]))[None, :] \
+            + out["post_edit_margin"]
+    return {m: out[m] for m in METRICS}
 
 
 def _conditions(cfg: DictConfig, cands: pd.DataFrame, means, device) -> tuple[list[Condition], pd.DataFrame, dict]:
@@ -400,15 +437,15 @@ def run_ablation(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list, cands: pd.
         idx = batch.index.numpy()
         per = max(1, rows_per_pass // (2 * batch.size))
         clean: dict = {}
-        logits = forward(model, batch, capture_hooks(used_hooks, clean) if "resample" in modes else [])
-        for m, v in pair_metrics(logits, batch).items():
-            base[m][idx] = v
-        del logits
+        got = stacked_metrics(model, batch, 1, capture_hooks(used_hooks, clean) if "resample" in modes else [])
+        for m, v in got.items():
+            base[m][idx] = v[0]
         n_forward += 1
         for group in passes:
             for start in range(0, len(group), per):
                 chunk = group[start:start + per]
-                got = run_conditions(model, batch, [conds[i] for i in chunk], clean=clean, batch_seed=bi)
+                got = run_conditions(model, batch, [conds[i] for i in chunk], clean=clean, batch_seed=bi,
+                                     base={m: base[m][idx] for m in METRICS})
                 for m, v in got.items():
                     vals[m][np.array(chunk)[:, None], idx[None, :]] = v
                 n_forward += 1
