@@ -301,6 +301,7 @@ def test_patch_writes_the_documented_causal_dir(run_dir):
     cfg = patch_cfg(f"run={run_dir}", "k=[1,3]", "ablation.seeds=3", "ablation.split=null", "ablation.random=site", "ablation.modes=[mean,resample,zero]",
                     "ablation.where=[edit,all]", "patching.n_pairs=1", "figures.png=false", "figures.n_pairs=1")
     out = patch(cfg)
+    assert out["manifest"]["patching"] == {"backend": "hf"}  # patched on the plain tree
     cdir = run_dir / "causal"
     abl = pd.read_parquet(cdir / "ablation.parquet")
     assert list(abl.columns) == ABLATION_COLUMNS
@@ -441,6 +442,32 @@ def test_patch_refuses_a_directory_that_is_not_a_finished_run(tmp_path):
         patch(patch_cfg(f"run={tmp_path}"))
     with pytest.raises(RunDirError, match="no run directory given"):
         patch(patch_cfg())
+
+
+@pytest.mark.parametrize("positions", ["modes", "each"])
+def test_patching_on_the_plain_tree_equals_patching_on_the_bridge(tiny_lm, positions):
+    """``run_patching`` runs on the plain tree (``patch_model``); its table is the bridge's up to float32
+    rounding, for the residual and the per-head cells, both directions and metrics."""
+    from types import SimpleNamespace
+
+    model, backend = P.patch_model(tiny_lm, ["resid_pre", "z"])
+    assert backend == "hf" and model is tiny_lm.plain
+    assert P.patch_model(SimpleNamespace(plain=None, bridge=tiny_lm.bridge), ["resid_pre"]) == (tiny_lm.bridge, "bridge")
+    rows = [pair_tokens(tiny_lm, a, b) for a, b, _ in GRAMMAR[:2]]
+    ta, tb = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+    edit = torch.tensor([r[2] for r in rows])
+    kw = dict(kinds=("resid_pre", "z", "z_pos") if positions == "each" else ("resid_post", "z"),
+              metrics=("margin", "logprob"), positions=positions, rows_per_pass=32)
+    plain = P.patch_group(tiny_lm.plain, ta, tb, edit, **kw)
+    bridge = P.patch_group(tiny_lm.bridge, ta, tb, edit, **kw)
+    assert len(plain) == len(bridge) > 0
+    keys = [c for c in plain.columns if plain[c].dtype == object or str(plain[c].dtype) in ("Int64", "int64")]
+    pd.testing.assert_frame_equal(plain[keys], bridge[keys])
+    for c in ("patched", "base", "source", "denominator", "post_edit_margin"):
+        np.testing.assert_allclose(plain[c], bridge[c], atol=2e-4, rtol=1e-5, err_msg=c)
+    ok = bridge["denominator"].abs() > 0.05
+    np.testing.assert_allclose(plain["normalized"][ok], bridge["normalized"][ok], atol=2e-3, err_msg="normalized")
+    assert (plain["patched"] != plain["base"]).any()
 
 
 def test_skipping_cells_the_patch_would_not_change_gives_the_same_numbers(tiny_lm):

@@ -230,6 +230,12 @@ class PlainModel:
             for h in handles:
                 h.remove()
 
+    def run_with_hooks(self, tokens: Tensor, fwd_hooks: Iterable[tuple[str, Callable]] = (),
+                       return_type: str = "logits", attention_mask: Tensor | None = None) -> Tensor | None:
+        """One pass with hooks attached for its duration (the bridge's ``run_with_hooks``)."""
+        with self.hooks(fwd_hooks=fwd_hooks):
+            return self(tokens, attention_mask=attention_mask, return_type=return_type)
+
     def __call__(self, tokens: Tensor, attention_mask: Tensor | None = None, return_type: str = "logits",
                  logits_to_keep: int = 0) -> Tensor | None:
         """Logits of a forward pass (``return_type=None``: the decoder alone, its final norm included,

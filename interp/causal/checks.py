@@ -125,6 +125,7 @@ def run_causal(cfg: DictConfig) -> dict:
             R.write_parquet(out_dir / PATCHING, pt)
             written.append(PATCHING)
         result["patching"] = pt
+        result["patching_facts"] = {"backend": pt.attrs.get("backend")}  # hf: the plain tree; bridge
         counts["patched_pairs"] = int(pt.loc[pt["level"] == "pair", "pair_id"].nunique()) if not pt.empty else 0
         timings["patching_s"] = time.time() - t
 
@@ -200,6 +201,7 @@ def run_causal(cfg: DictConfig) -> dict:
         },
         "atp": atp_facts,
         "ablation": result.get("ablation_facts"),
+        "patching": result.get("patching_facts"),
         "files": written,  # tables written by this invocation (a disabled part leaves older files alone)
         "figures": figure_info,
         "timings": timings,

@@ -124,10 +124,40 @@ def all_setter(act: Tensor, index: tuple, source: Tensor) -> Tensor:
     return act
 
 
+def n_layers(model) -> int:
+    """Layers of the model patched: the bridge (``cfg.n_layers``) or the plain tree (its layers)."""
+    cfg = getattr(model, "cfg", None)
+    return int(cfg.n_layers) if cfg is not None else len(model.layers)
+
+
+def n_heads(model) -> int:
+    cfg = getattr(model, "cfg", None)
+    return int(cfg.n_heads) if cfg is not None else int(model.n_heads)
+
+
+def run_hooked(model, tokens: Tensor, fwd_hooks: Sequence, attention_mask: Tensor | None = None) -> Tensor:
+    """Logits of one pass with hooks, on the bridge or the plain tree (both have ``run_with_hooks``)."""
+    kw = {"attention_mask": attention_mask.long()} if attention_mask is not None else {}
+    return model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), return_type="logits", **kw)
+
+
+def patch_model(lm, kinds: Sequence[str]) -> tuple[object, str]:
+    """The model patching runs on and its name: the plain Hugging Face tree (``interp.causal.atp._model``,
+    the one AtP and the ablation use) where it can read and set every hook point of ``kinds``, else
+    the bridge (no plain tree, e.g. processed weights)."""
+    from ..backends.hf import PlainModel
+    from .atp import _model
+
+    model = _model(lm)
+    if isinstance(model, PlainModel) and all(HOOK_POINTS[PATCH_KINDS[k][0]].settable for k in kinds):
+        return model, "hf"
+    return lm.bridge, "bridge"
+
+
 def axis_ranges(bridge, tokens: Tensor, axes: Sequence[str], layers: Sequence[int] | None = None,
                 axis_values: Mapping[str, Sequence[int]] | None = None) -> list[list[int]]:
-    n = {"layer": list(layers) if layers is not None else list(range(bridge.cfg.n_layers)),
-         "pos": list(range(tokens.shape[-1])), "head": list(range(bridge.cfg.n_heads)),
+    n = {"layer": list(layers) if layers is not None else list(range(n_layers(bridge))),
+         "pos": list(range(tokens.shape[-1])), "head": list(range(n_heads(bridge))),
          **{k: list(v) for k, v in (axis_values or {}).items()}}
     unknown = [a for a in axes if a not in n]
     if unknown or not axes or axes[0] != "layer":
@@ -194,8 +224,7 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
 
         hooks = [(hp.name(layer), make(layer, todo)) for layer, todo in by_layer.items()]
         with torch.inference_mode():
-            kw = {"attention_mask": mask.long()} if mask is not None else {}
-            logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits", **kw)
+            logits = run_hooked(bridge, tokens, hooks, mask)
         for c, cell in enumerate(chunk):
             computed[cell] = torch.as_tensor(metric(logits[c * B:(c + 1) * B])).detach().float().cpu()
     fill = torch.as_tensor(base_value).detach().float().cpu() if base_value is not None else None
@@ -214,8 +243,7 @@ def run_with_source_cache(bridge, tokens: Int[Tensor, "batch pos"], names: Itera
             store[_n] = act.detach().clone()
         hooks.append((name, hook))
     with torch.inference_mode():
-        kw = {"attention_mask": attention_mask.long()} if attention_mask is not None else {}
-        logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits", **kw)
+        logits = run_hooked(bridge, tokens, hooks, attention_mask)
     return logits, store
 
 
@@ -292,8 +320,7 @@ def patch_group(bridge, tokens_a: Int[Tensor, "G pos"], tokens_b: Int[Tensor, "G
         raise ValueError("the two sentences of a pair must have the same number of tokens")
     G, T = tokens_a.shape
     edit = torch.as_tensor(edit, dtype=torch.long, device=tokens_a.device).reshape(G)
-    n_layers = bridge.cfg.n_layers
-    names = sorted({HOOK_POINTS[PATCH_KINDS[k][0]].name(layer) for k in kinds for layer in range(n_layers)})
+    names = sorted({HOOK_POINTS[PATCH_KINDS[k][0]].name(layer) for k in kinds for layer in range(n_layers(bridge))})
     tok = {"a": tokens_a, "b": tokens_b}
     runs = {s: run_with_source_cache(bridge, tok[s], names) for s in ("a", "b")}
     ones = torch.ones_like(tokens_a, dtype=torch.bool)
@@ -530,16 +557,17 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
     by_length: dict[int, list[int]] = {}
     for i in chosen:
         by_length.setdefault(len(tps[i].ids_a), []).append(i)
+    model, backend = patch_model(lm, kinds)
     frames = []
     for length, members in by_length.items():
-        size = group_size(lm.bridge.cfg.n_layers, length + 1, len(directions), positions, rows_per_pass)
+        size = group_size(n_layers(model), length + 1, len(directions), positions, rows_per_pass)
         for start in range(0, len(members), size):
             group = members[start:start + size]
             bos = [lm.bos_token_id]
             ta = torch.tensor([bos + tps[i].ids_a for i in group], device=lm.device)
             tb = torch.tensor([bos + tps[i].ids_b for i in group], device=lm.device)
             edit = torch.tensor([tps[i].edit_pos + 1 for i in group], device=lm.device)
-            df = patch_group(lm.bridge, ta, tb, edit, kinds=kinds, directions=directions, metrics=metrics,
+            df = patch_group(model, ta, tb, edit, kinds=kinds, directions=directions, metrics=metrics,
                              positions=positions, rows_per_pass=rows_per_pass)
             labels = []
             for g, i in enumerate(group):
@@ -555,7 +583,9 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
             df.insert(2, "category", pairs["category"].to_numpy()[rows])
             frames.append(df.drop(columns="pair"))
     if not frames:
-        return pd.DataFrame(columns=COLUMNS)
+        out = pd.DataFrame(columns=COLUMNS)
+        out.attrs["backend"] = backend
+        return out
     per_pair = pd.concat(frames, ignore_index=True).sort_values("order", kind="stable").drop(columns="order")
     per_pair = per_pair.reset_index(drop=True)
     min_den = float(pcfg.get("min_denominator", 0.5))
@@ -568,4 +598,5 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
     out = pd.concat([per_pair[COLUMNS], cat[COLUMNS]], ignore_index=True)
     for col in ("position", "offset", "head"):
         out[col] = out[col].astype("Int64")
+    out.attrs["backend"] = backend  # the model the passes ran on: hf (the plain tree) or bridge
     return out
