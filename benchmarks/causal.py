@@ -15,12 +15,15 @@ In one process and on the same pairs (a seeded sample of the bank's grammar pair
    ablation (means 0, as ``group_components`` gives without means) at ``edit`` of ``k`` components
    each; the first condition ``k`` random rows of a candidate table of every component of the
    hook points (``resid_post``, ``attn_out``, ``mlp_out`` at every layer, each with a random spread),
-   the others ``matched_random`` draws matched to it, as the run's random selections are.
+   the others ``matched_random`` draws matched to it, as the run's random selections are. It is
+   given the batch's unablated metrics as ``run_ablation`` gives them (made before the timing), so
+   only the predictions after the edit are unembedded.
    ``ablation_forward`` is the same forward pass with the same hooks (``condition_hooks``) but
    without the metrics (``pair_metrics``), to split what the hooks and the metrics cost;
 3. ``patching``: ``patch_group`` (``positions="modes"``, ``resid_pre``, both directions) over
    ``patching.n_pairs`` pairs, grouped by length as ``run_patching`` groups them (``group_size``),
-   on the model ``run_patching`` uses (``lm.bridge``). Rows are the forward rows patching ran (the
+   on the model ``run_patching`` uses (``patch_model``: the plain tree, else the bridge;
+   ``patching_backend``). Rows are the forward rows patching ran (the
    source/base cache runs and every stacked patch pass, counted by a thin wrapper of
    ``run_with_hooks``); ``patching_bare`` runs the same shapes (rows x length, same tokens, no
    attention mask, as patching passes none) through the bare model of 1. without hooks, and
@@ -55,9 +58,10 @@ import torch
 from omegaconf import DictConfig
 
 from benchmarks.throughput import _sync, timed
-from interp.causal.ablation import Condition, condition_hooks, group_components, run_conditions
+from interp.causal.ablation import Condition, _act_dtype, condition_hooks, group_components, run_conditions
 from interp.causal.atp import _model, atp_table, batches_of
-from interp.causal.patching import group_size, patch_group
+from interp.causal.metrics import stacked_metrics
+from interp.causal.patching import group_size, n_layers, patch_group, patch_model
 from interp.causal.selection import matched_random
 from interp.hooks import HOOK_POINTS, resolve
 from interp.pairs import load_pairs, validate_pairs
@@ -118,15 +122,16 @@ def bare_stacked(model, batch, C: int) -> None:
 
 
 def ablation_forward(model, batch, conds) -> None:
-    """``run_conditions``' forward pass with its hooks, without the metrics."""
+    """``run_conditions``' forward pass with its hooks, without the metrics (full logits, as ``bare``)."""
     C, B2 = len(conds), 2 * batch.size
-    with torch.inference_mode(), model.hooks(fwd_hooks=condition_hooks(conds, batch)):
+    with torch.inference_mode(), model.hooks(fwd_hooks=condition_hooks(conds, batch, dtype=_act_dtype(model))):
         model(batch.tokens[:B2].repeat(C, 1), attention_mask=batch.mask[:B2].repeat(C, 1).long(),
               return_type="logits")
 
 
 class CountingBridge:
-    """The bridge, recording the shape of every ``run_with_hooks`` input (the rows patching runs)."""
+    """The model patching runs on (the plain tree or the bridge), recording the shape of every
+    ``run_with_hooks`` input (the rows patching runs)."""
 
     def __init__(self, bridge):
         self._bridge = bridge
@@ -140,7 +145,7 @@ class CountingBridge:
         return self._bridge.run_with_hooks(tokens, *args, **kwargs)
 
 
-def patch_groups(cfg: DictConfig, lm, kept) -> list[dict]:
+def patch_groups(cfg: DictConfig, lm, kept, model) -> list[dict]:
     """The first ``patching.n_pairs`` distinct pairs, grouped by length as ``run_patching`` does."""
     pcfg = cfg.patching
     seen, chosen = set(), []
@@ -155,9 +160,8 @@ def patch_groups(cfg: DictConfig, lm, kept) -> list[dict]:
     for tp in chosen:
         by_length.setdefault(len(tp.ids_a), []).append(tp)
     groups = []
-    n_layers = lm.bridge.cfg.n_layers
     for length, members in by_length.items():
-        size = group_size(n_layers, length + 1, 2, "modes", int(pcfg.rows_per_pass))
+        size = group_size(n_layers(model), length + 1, 2, "modes", int(pcfg.rows_per_pass))
         for start in range(0, len(members), size):
             g = members[start:start + size]
             bos = [lm.bos_token_id]
@@ -207,17 +211,23 @@ def measure(cfg: DictConfig) -> dict:
     rows_per_pass = int(cfg.rows_per_pass)
     per = [max(1, rows_per_pass // (2 * b.size)) for b in batches]
     conds = conditions(lm, max(per), int(cfg.k), int(cfg.seed))
-    groups = patch_groups(cfg, lm, kept)
+    # the batches' unablated metrics, which run_ablation passes to run_conditions (made before the timing,
+    # as run_ablation makes them in its own pass)
+    base = [stacked_metrics(model, b, 1) for b in batches]
+    base = [{m: v[0] for m, v in d.items()} for d in base]
+    pmodel, pbackend = patch_model(lm, [str(cfg.patching.resid)])  # what run_patching runs on
+    groups = patch_groups(cfg, lm, kept, pmodel)
     atp_points = [p for p in cfg.hooks.points if HOOK_POINTS[p].settable]
     records = analysis_records(kept)
-    counting = CountingBridge(lm.bridge)
+    counting = CountingBridge(pmodel)
     t_prepared = time.perf_counter()
 
     # warm-up: every kind of pass once (first-call costs: allocator, kernels, the controls' embedding)
     warm: dict[str, float] = {}
     t = time.perf_counter()
     b0, c0 = batches[0], per[0]
-    warm["ablation"] = timed(lambda: (bare_stacked(model, b0, c0), run_conditions(model, b0, conds[:c0]),
+    warm["ablation"] = timed(lambda: (bare_stacked(model, b0, c0),
+                                      run_conditions(model, b0, conds[:c0], base=base[0]),
                                       ablation_forward(model, b0, conds[:c0])), dev)
     shapes = []
     t1 = time.perf_counter()
@@ -238,14 +248,14 @@ def measure(cfg: DictConfig) -> dict:
     runs = []
     for r in range(int(cfg.repeats)):
         tot = dict.fromkeys(names, 0.0)
-        for b, C in zip(batches, per):
+        for b, C, b0 in zip(batches, per, base):
             tot["bare"] += timed(lambda: bare_stacked(model, b, C), dev)
-            tot["ablation"] += timed(lambda: run_conditions(model, b, conds[:C]), dev)
+            tot["ablation"] += timed(lambda: run_conditions(model, b, conds[:C], base=b0), dev)
             tot["ablation_forward"] += timed(lambda: ablation_forward(model, b, conds[:C]), dev)
         for g, sh in zip(groups, shapes):
             tot["patching_bare"] += timed(lambda: bare_shapes(model, g, sh), dev)
             tot["patching_bridge_bare"] += timed(lambda: bare_shapes(lm.bridge, g, sh), dev)
-            tot["patching"] += timed(lambda: run_patch(cfg, lm.bridge, g), dev)
+            tot["patching"] += timed(lambda: run_patch(cfg, pmodel, g), dev)
         order = ["atp", "analysis"] if r % 2 == 0 else ["analysis", "atp"]
         for name in order:
             if name == "atp":
@@ -278,6 +288,7 @@ def measure(cfg: DictConfig) -> dict:
         "ablation_forward_rows_per_s": rate(abl_rows, "ablation_forward"),
         "ablation_share": round(best["bare"] / best["ablation"], 4),
         "ablation_forward_share": round(best["bare"] / best["ablation_forward"], 4),
+        "patching_backend": pbackend,
         "patching_pairs": sum(len(g["a"]) for g in groups), "patching_groups": len(groups),
         "patching_passes": sum(len(sh) for sh in shapes), "patching_rows": patch_rows,
         "patching_tokens_per_row": round(patch_slots / patch_rows, 2),
@@ -305,7 +316,7 @@ def table(out: dict) -> str:
         ("bare forward (patching shapes)", out["patching_bare_s"], out["patching_bare_rows_per_s"], 1.0, ""),
         ("  bridge, no hooks (same shapes)", out["patching_bridge_bare_s"], out["patching_bridge_bare_rows_per_s"],
          round(out["patching_bare_s"] / out["patching_bridge_bare_s"], 4), ""),
-        ("patching: patch_group", out["patching_s"], out["patching_rows_per_s"], out["patching_share"], ">= 0.8"),
+        (f"patching: patch_group ({out['patching_backend']})", out["patching_s"], out["patching_rows_per_s"], out["patching_share"], ">= 0.8"),
     ]
     lines = [f"{out['model']} on {out['device']} ({out['dtype']}, {out['threads']} threads): {out['n_pairs']} pairs, "
              f"batch {out['batch_size']}, {out['conditions_per_pass']} conditions x k={out['k']} per pass, "

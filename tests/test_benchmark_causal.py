@@ -31,6 +31,7 @@ def test_benchmark_causal_tiny():
     assert not missing, missing
     assert out["model"] == "tiny-llama" and out["device"] == "cpu"
     assert out["n_pairs"] == 16 and out["batch_size"] == 4
+    assert out["patching_backend"] == "hf"  # run_patching's model: the plain tree
     assert out["conditions_per_pass"] == 256 // (2 * 4)
     for k in ("bare_rows_per_s", "ablation_rows_per_s", "patching_rows_per_s", "ablation_share",
               "patching_share", "atp_cost_ratio"):
