@@ -225,7 +225,9 @@ def test_state_groups_are_the_coarsest_blocks_the_tables_need():
     types = {"a": "grammar", "b": "grammar", "c": "grammar", "x": "semantic", "y": "semantic"}
     assert state_groups(cats, types, None, per_category=True) == (cats, None)
     assert state_groups(cats, types, None, per_category=False) == (
-        ["other:grammar", "other:semantic"], {"other:grammar": ["a", "b", "c"], "other:semantic": ["x", "y"]})
+        ["grammar", "semantic"], {"grammar": ["a", "b", "c"], "semantic": ["x", "y"]})
+    assert state_groups(cats, types, "skipped: no kept pairs of 'tense' in this run", per_category=False)[0] == \
+        ["grammar", "semantic"]
     sides = [("b", ["b"]), ("semantic", ["x", "y"])]
     assert state_groups(cats, types, sides, per_category=False) == (
         ["other:grammar", "b", "semantic"], {"other:grammar": ["a", "c"], "b": ["b"], "semantic": ["x", "y"]})

@@ -56,8 +56,8 @@ def state_groups(categories: list[str], group_types: dict[str, str], sides, per_
     """The groups of the running statistics: ``(names, members)``. Per category: the categories and
     None. Otherwise blocks of categories (``members``: name -> categories, in ``categories`` order):
     the categories of one contrast side (``sides``: ``contrast_sides``' pairs, or None) split by
-    pair type, and the rest by pair type; a block is named after its contrast side, else
-    ``other:<type>`` (or ``<side>:<type>`` when a side has several types)."""
+    pair type, and the rest by pair type; a block is named after its contrast side, the rest after
+    their type (``other:<type>`` beside a contrast; ``<side>:<type>`` if a side had several types)."""
     if per_category:
         return list(categories), None
     side_of: dict[str, str] = {}
@@ -76,6 +76,8 @@ def state_groups(categories: list[str], group_types: dict[str, str], sides, per_
     for (side, t), cats in blocks.items():
         if side and len(side_types[side]) == 1:
             name = side
+        elif not side and not side_of:  # no contrast: the blocks are the pair types
+            name = t or "untyped"
         else:
             name = f"{side or 'other'}:{t or 'untyped'}"
         if name in members:  # never expected; names stay unique
