@@ -98,10 +98,19 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
     for i, (p, _) in enumerate(kept):  # unique ids so controls differ per copy
         p = type(p)(**{**vars(p), "pair_id": f"{p.pair_id}#{i}"})
         kept[i] = (p, kept[i][1])
-    groups = sorted({p.category for p, _ in kept})
+    # the groups a run keeps its statistics per (per category, or blocks where per-category tables are off)
+    from interp.run.assemble import contrast_sides
+    from interp.run.pipeline import plan_groups
+
+    categories = sorted({p.category for p, _ in kept})
+    types = {p.category: p.type for p, _ in kept}
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
+    names, members, group_of, _ = plan_groups(cfg.analysis, sites, lm.info, categories, types,
+                                              contrast_sides(cfg.analysis.contrast, types, categories))
+    groups = (names, members)
     cs = C.build_controls(cfg, lm.tokenizer, C.input_embedding(lm), kept, list(range(len(kept))))
     n_controls = cs.k
-    batches = make_batches([tp for _, tp in kept], [groups.index(p.category) for p, _ in kept],
+    batches = make_batches([tp for _, tp in kept], [group_of[p.category] for p, _ in kept],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device, cs.ids,
                            batch_token_budget(cfg.get("batch_tokens"), int(cfg.batch_size), 2 + cs.k))
     return kept, groups, batches, n_controls
@@ -109,12 +118,14 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
 
 def new_stats(cfg, lm, groups, n_controls, n_pairs: int = 1000) -> DiffStats:
     """The run's statistics object for this benchmark's hooks (``n_controls`` follows the config),
-    keeping per-pair values as a run of ``n_pairs`` pairs would (``analysis.pair_values``)."""
+    keeping per-pair values as a run of ``n_pairs`` pairs would (``analysis.pair_values``);
+    ``groups``: (names, members) as ``prepare`` plans them, as the run would."""
     from interp.run.pipeline import plan_pair_values
 
     sites = resolve(list(cfg.hooks.points), lm.info["n_layers"])
     keep, _ = plan_pair_values(cfg, sites, lm.info, n_pairs)
-    return runner_stats(cfg, sites, groups, lm.device, keep_values=keep, n_pairs=n_pairs)  # per-pair values kept as a run keeps them
+    names, members = groups
+    return runner_stats(cfg, sites, names, lm.device, keep_values=keep, n_pairs=n_pairs, members=members)  # per-pair values kept as a run keeps them
 
 
 def bare_model(lm, attn: str = "sdpa"):
@@ -307,6 +318,7 @@ def measure(cfg: DictConfig) -> dict:
         "sentences_per_pair": rows_per_pair, "tokens_per_sentence": round(tokens, 2),
         "padded_tokens_per_sentence": round(sum(b.seq_len * b.size for b in batches) / n, 2),
         "workload": str(cfg.get("workload", "bank")), **workload_facts(kept, batches),
+        "categories": len({p.category for p, _ in kept}), "statistics_groups": len(groups[0]),
         "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(resolve(list(cfg.hooks.points), lm.info["n_layers"])),
         "analysis_forward": facts, "warmup_s": round(warmup_s, 2),
         **{f"{k}_s": round(best[k], 3) for k in bare}, "analysis_s": round(an, 3),

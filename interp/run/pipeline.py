@@ -242,6 +242,19 @@ def new_stats(cfg: DictConfig, sites, groups: list[str], device, keep_values: di
                      members=members)
 
 
+def plan_groups(acfg, sites, info: dict, categories: list[str], group_types: dict[str, str], sides):
+    """The groups the statistics are kept per: ``(names, members, group_of, by_category)``, with
+    ``group_of`` the group index of every category and ``by_category`` the manifest's record
+    (``interp.run.state``: per category where the per-category tables are written, else blocks)."""
+    by_category = plan_by_category(acfg, sites, info, categories)
+    names, members = state_groups(categories, group_types, sides,
+                                  per_category=by_category["written"] or len(categories) < 2)
+    if members is not None:
+        by_category["state_groups"] = members
+    group_of = {c: i for i, g in enumerate(names) for c in (members[g] if members else [g])}
+    return names, members, group_of, by_category
+
+
 def plan_pair_values(cfg: DictConfig, sites, info: dict, n_pairs: int) -> tuple[dict, dict]:
     """``analysis.pair_values`` for this run: which hook points keep per-pair values at which
     position modes (``interp.stats.values.plan``)."""
@@ -302,12 +315,8 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     # planned for the whole run, so every shard keeps the same hook points and position modes
     keep, kept_facts = plan_pair_values(cfg, sites, lm.info, len(kept))
     # per-category tables, and with them the groups the statistics are kept per (interp.run.state)
-    by_category = plan_by_category(acfg, sites, lm.info, groups)
-    names, members = state_groups(groups, group_types, sides, per_category=by_category["written"] or len(groups) < 2)
-    if members is not None:
-        by_category["state_groups"] = members
+    names, members, group_of, by_category = plan_groups(acfg, sites, lm.info, groups, group_types, sides)
     stats = new_stats(cfg, sites, names, lm.device, keep_values=keep, n_pairs=len(mine), members=members)
-    group_of = {c: i for i, g in enumerate(names) for c in (members[g] if members else [g])}
     batches = make_batches([kept[i][1] for i in mine], [group_of[kept[i][0].category] for i in mine],
                            lm.bos_token_id, lm.pad_token_id, int(cfg.batch_size), lm.device,
                            controls.ids if controls.k else None,
