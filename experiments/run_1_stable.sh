@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/experiments}
 LIMIT=${LIMIT:-null}   # pairs per category (null = the whole bank: 2,076 pairs)
-$PY -m interp.run pairs=all pairs.limit=$LIMIT hooks=standard analysis.controls.pool=matched \
+$PY -m interp.run pairs=all pairs.limit=$LIMIT hooks=standard analysis.controls.pool=matched analysis.by_category=true \
     analysis.pair_values.positions=[edit] analysis.pair_values.max_mb=4096 progress=false hydra.run.dir=$OUT/e1_matched overwrite=true "$@"
 # the strictest null: the K tokens nearest the original token in the input embedding
 $PY -m interp.run pairs=all pairs.limit=$LIMIT hooks=standard analysis.controls.pool=nearest \

@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/experiments}
 LIMIT=${LIMIT:-100}
-$PY -m interp.run pairs=blimp pairs.limit=$LIMIT hooks=resid_post analysis.controls.pool=matched \
+$PY -m interp.run pairs=blimp pairs.limit=$LIMIT hooks=resid_post analysis.controls.pool=matched analysis.by_category=true \
     analysis.contrast=null analysis.detail_pairs=0 progress=false hydra.run.dir=$OUT/e2_blimp overwrite=true "$@"
 $PY experiments/summarize.py tables $OUT

@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/experiments}
 LIMIT=${LIMIT:-null}
 MODEL=${MODEL:-smollm2_135m_random}
-$PY -m interp.run model=$MODEL pairs=all pairs.limit=$LIMIT hooks=standard analysis.controls.pool=matched \
+$PY -m interp.run model=$MODEL pairs=all pairs.limit=$LIMIT hooks=standard analysis.controls.pool=matched analysis.by_category=true \
     analysis.pair_values.positions=[edit] analysis.pair_values.max_mb=4096 analysis.detail_pairs=0 analysis.figures=false \
     progress=false hydra.run.dir=$OUT/e4_random overwrite=true "$@"
 $PY -m interp.patch run=$OUT/e4_random k=[10,100] ablation.limit=${ABL_LIMIT:-null} ablation.seeds=100 \
