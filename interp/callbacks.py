@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from . import rundir as R
+from .rules import grammar_accuracy
 
 
 def summarize_sweep(sweep_dir: str | Path) -> pd.DataFrame:
@@ -35,12 +36,10 @@ def summarize_sweep(sweep_dir: str | Path) -> pd.DataFrame:
             rows.append(row)
             continue
         c = m["counts"]
-        grammar = [a for a in m.get("accuracy", []) if a.get("type") == "grammar" and a.get("accuracy") is not None]
         row.update({
             "status": m.get("status"), "model": m["model"]["name"], "hooks": ",".join(m["config"]["hooks"]["points"]),
             "kept": c["kept"], "rejected": c["rejected"], "failed": c["failed_in_forward"],
-            "grammar_accuracy": (sum(a["accuracy"] * a["n_pairs"] for a in grammar) / sum(a["n_pairs"] for a in grammar))
-            if grammar else None,
+            "grammar_accuracy": grammar_accuracy(m.get("accuracy", [])),
             "seconds": m["timings"].get("total_s"),
         })
         from .tracking import read_record

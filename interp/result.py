@@ -41,16 +41,6 @@ Table = pd.DataFrame | Callable[[], pd.DataFrame | None] | None
 REJECTED_COLUMNS = ["source", "line", "reason", "detail", "a", "b", "category", "pair_id"]
 
 
-def write_table(path: Path, df: pd.DataFrame) -> None:
-    """A run-dir table, atomically: zstd-compressed, dictionary-encoded only where values repeat
-    (text, flags, integers): a float column of a stability table has as many distinct values as
-    rows, and its dictionary page, written before the writer falls back to plain encoding, only
-    added a quarter to the file and slowed reading it. The values read back are the same."""
-    dictionary = [str(c) for c in df.columns if not pd.api.types.is_float_dtype(df[c])]
-    with R.atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, compression="zstd", use_dictionary=dictionary)
-
-
 def check_target(out: Path, own: Path | None = None, overwrite: bool = False) -> None:
     """Refuse to save into a folder that holds another complete run (``overwrite``: allow it)."""
     if not overwrite and R.is_complete(out) and (own is None or out.resolve() != own.resolve()):
@@ -232,8 +222,9 @@ class Result:
                 for r in d.nsmallest(min(top_k, 10), "normalized").itertuples():
                     lines.append(f"  {r.hook}[{r.layer}].{r.component:<6} normalized={r.normalized:.4f}  "
                                  f"mean|a-b|={r.mean_abs_diff:.4g}")
-        if not_written(m):  # several categories, no per-category table: why, and how to get it
-            lines.append(not_written(m))
+        note = not_written(m)
+        if note:  # several categories, no per-category table: why, and how to get it
+            lines.append(note)
         lines.append(f"run dir: {self.run_dir}" if self.run_dir else "not saved (Result.save(dir) writes a run dir)")
         if "blimp_paradigms" in self._extra:
             from .pairs.blimp import format_blimp_summary
@@ -273,11 +264,11 @@ class Result:
         for name, file in TABLES.items():
             df = self.table(name)
             if df is not None:
-                write_table(out / file, df)
+                R.write_table(out / file, df)
         R.write_jsonl(out / R.REJECTED, self.rejected_rows)
         self._write_tensors(out)
         for name in self._extra:
-            write_table(out / f"{name}.parquet", self.table(name))
+            R.write_table(out / f"{name}.parquet", self.table(name))
         acfg = self.config["analysis"]
         timings = {k: v for k, v in self.manifest.get("timings", {}).items() if k != "total_s"}
         timings["write_s"] = time.time() - t0

@@ -118,3 +118,14 @@ def summarize(pairs: pd.DataFrame) -> pd.DataFrame:
     acc = pairs[pairs["type"] == "grammar"].groupby("category")["margin"].apply(accuracy)
     out["accuracy"] = out["category"].map(acc)
     return out
+
+
+def grammar_accuracy(rows) -> float | None:
+    """Error-detection accuracy over the grammar pairs of a run, from the manifest's ``accuracy``
+    rows (per category): the mean of the categories' accuracies weighted by their pairs (None
+    without grammar pairs)."""
+    grammar = [a for a in rows or [] if a.get("type") == "grammar" and a.get("accuracy") is not None]
+    if not grammar:
+        return None
+    return sum(a["accuracy"] * a["n_pairs"] for a in grammar) / sum(a["n_pairs"] for a in grammar)
+

@@ -81,6 +81,16 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def write_table(path: str | Path, df: pd.DataFrame) -> None:
+    """A run's table (``Result.save``), atomically: zstd-compressed, dictionary-encoded only where
+    values repeat (text, flags, integers): a float column of a stability table has as many distinct
+    values as rows, and its dictionary page, written before the writer falls back to plain encoding,
+    only added a quarter to the file and slowed reading it. The values read back are the same."""
+    dictionary = [str(c) for c in df.columns if not pd.api.types.is_float_dtype(df[c])]
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, compression="zstd", use_dictionary=dictionary)
+
+
 def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 

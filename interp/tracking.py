@@ -52,6 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from . import rundir as R
+from .rules import grammar_accuracy
+
 BACKENDS = ("none", "mlflow", "wandb", "tensorboard")
 PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}  # backend -> module
 WANDB_MODES = ("offline", "online", "disabled")
@@ -172,9 +175,9 @@ def stability_summary(result) -> list[dict]:
     return rows
 
 
-def run_metrics(result) -> dict[str, float]:
-    """The scalar metrics of a run (module docstring): counts, accuracy, stability summaries, the
-    null's facts, timings."""
+def run_metrics(result, summary: list[dict] | None = None) -> dict[str, float]:
+    """The scalar metrics of a run (module docstring): counts, accuracy, stability summaries (the
+    run's ``stability_summary``, computed unless given), the null's facts, timings."""
     m = result.manifest
     out: dict[str, Any] = {}
     c = m.get("counts") or {}
@@ -186,19 +189,16 @@ def run_metrics(result) -> dict[str, float]:
             out[f"counts/{name}"] = c[key]
     for reason, n in (c.get("rejected_by_reason") or {}).items():
         out[f"counts/rejected/{reason}"] = n
-    grammar = []
     for a in m.get("accuracy") or []:
         cat = a.get("category")
         out[f"n_pairs/{cat}"] = a.get("n_pairs")
         out[f"mean_margin/{cat}"] = a.get("mean_margin")
         if a.get("accuracy") is not None:
             out[f"accuracy/{cat}"] = a["accuracy"]
-            if a.get("type") == "grammar":
-                grammar.append(a)
-    if grammar:
-        n = sum(a["n_pairs"] for a in grammar)
-        out["grammar_accuracy"] = sum(a["accuracy"] * a["n_pairs"] for a in grammar) / n  # as the sweep summary
-    for row in stability_summary(result):
+    grammar = grammar_accuracy(m.get("accuracy"))
+    if grammar is not None:
+        out["grammar_accuracy"] = grammar  # as the sweep summary
+    for row in stability_summary(result) if summary is None else summary:
         key = f"{row['hook']}/{row['position']}"
         out[f"components/{key}"] = row["n_components"]
         if "n_stable" in row:
@@ -231,11 +231,7 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, float]:
 def causal_dir_of(run_dir: Path | None, causal_dir: Path | None = None) -> Path | None:
     """The causal checks' folder of a run (``RUN/causal``) if it holds a complete manifest."""
     d = Path(causal_dir) if causal_dir is not None else (Path(run_dir) / "causal" if run_dir else None)
-    try:
-        ok = d is not None and json.loads((d / "manifest.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        ok = False
-    return d if ok else None
+    return d if d is not None and R.is_complete(d) else None
 
 
 def causal_metrics(causal_dir: str | Path) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
@@ -629,8 +625,6 @@ def read_record(run_dir: str | Path | None) -> dict:
 
 
 def _write_record(run_dir: Path, backend: str, entry: dict) -> None:
-    from . import rundir as R
-
     record = read_record(run_dir)
     record[backend] = entry
     R.write_json(Path(run_dir) / TRACKING_FILE, record)
@@ -733,14 +727,15 @@ def log_run(run: Any, backend: str = "mlflow", *, meta: Mapping[str, str] | None
             tags["interp.linked_run"] = linked
         tracker.set_tags(tags)
         tracker.log_params(_run_config(result.config))
-        metrics = run_metrics(result)
+        summary = stability_summary(result)
+        metrics = run_metrics(result, summary)
         tracker.log_metrics(metrics)
         causal_info = None
         if cdir is not None:
             causal_info = _log_causal_metrics(tracker, cdir)
             metrics.update(causal_info.pop("metrics"))
         skipped = _log_files(tracker, run_dir, t.max_artifact_mb, cdir, summary={
-            "stability_summary.json": stability_summary(result), "metrics.json": metrics})
+            "stability_summary.json": summary, "metrics.json": metrics})
         tracker.finish("complete")
     except BaseException:
         _finish_quietly(tracker)
@@ -832,8 +827,6 @@ def log_causal(run_dir: str | Path, causal_dir: str | Path | None = None) -> dic
     """Add the causal checks' summaries and files (``RUN/causal``, or ``causal_dir``) to every tracker
     run ``RUN/tracking.json`` records for this run (one per backend; a record of an earlier run in
     the same folder is left alone). Returns backend -> tracker run id (empty: nothing recorded)."""
-    from . import rundir as R
-
     run_dir = Path(run_dir)
     cdir = causal_dir_of(run_dir, Path(causal_dir) if causal_dir is not None else None)
     if cdir is None:
@@ -896,8 +889,6 @@ def track_job(config: Any, job_return: Any) -> str | None:
         return None
     try:
         from hydra.core.utils import JobStatus
-
-        from . import rundir as R
 
         run_dir = Path(config.hydra.runtime.output_dir)
         opts = OmegaConf.to_container(t, resolve=True)
