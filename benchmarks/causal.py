@@ -57,7 +57,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.throughput import _sync, timed
+from benchmarks.throughput import timed
 from interp.causal.ablation import Condition, _act_dtype, condition_hooks, group_components, run_conditions
 from interp.causal.atp import _model, atp_table, batches_of
 from interp.causal.metrics import stacked_metrics

@@ -67,11 +67,12 @@ def realistic_pairs(cfg: DictConfig, out_dir: Path) -> tuple[list[Pair], dict]:
     rng = random.Random(int(cfg.seed))
     rng.shuffle(blimp)
     sample = blimp[:int(rcfg.blimp_pairs)]
-    if str(rcfg.get("category", "paradigm")) == "one":  # one group: what the per-category statistics cost
+    one = str(rcfg.get("category", "paradigm")) == "one"  # one group each: what per-category statistics cost
+    if one:
         for p in sample:
             p.category = "blimp"
     records = long_tail_records(blimp, int(rcfg.tail_pairs), float(rcfg.context_p), int(rcfg.max_context),
-                                int(cfg.seed), "long_tail" if str(rcfg.get("category", "paradigm")) == "one" else None)
+                                int(cfg.seed), "long_tail" if one else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "long_tail_pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, compose, conf_dir, set_option, validate
 from .model import LoadedModel, ModelLoadError, wrap_model
-from .pairs import PairSet
+from .pairs import PairSet, edit_limits
 from .result import Result
 
 log = logging.getLogger(__name__)
@@ -206,9 +206,7 @@ def analyze(model: Any, pairs: Any, hooks: str | list[str] = "resid_post", *, bo
         check_target(Path(save))  # before the work, not after it
     cfg = analysis_config(hooks, overrides, progress=progress, **options)
     lm = as_loaded_model(model, bos_token)
-    pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)),
-                                      alignment=cfg.pairs.get("alignment"),
-                                      max_edit_tokens=cfg.pairs.get("max_edit_tokens"))
+    pair_set, pairs_cfg = as_pair_set(pairs, strict=bool(cfg.pairs.get("strict", False)), **edit_limits(cfg.pairs))
     with open_dict(cfg):
         keep = {k: cfg.pairs.get(k) for k in ("types", "categories", "limit", "seed", "strict", "alignment",
                                                 "max_edit_tokens", "duplicates")}

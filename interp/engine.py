@@ -135,6 +135,11 @@ def batch_token_budget(batch_tokens: int | None, batch_size: int, rows_per_pair:
     return int(batch_tokens) if batch_tokens else batch_size * rows_per_pair * FULL_BATCH_TOKENS
 
 
+def _padded_len(tokenized: list[TokenizedPair], idx: list[int]) -> int:
+    """The padded length of a batch of the pairs ``idx``: BOS and the longest sentence."""
+    return 1 + max(max(tokenized[i].n_tokens, tokenized[i].n_tokens_b) for i in idx)
+
+
 def _cuts(order: list[int], tokenized: list[TokenizedPair], batch_size: int, rows: int,
           budget: int | None) -> list[int]:
     """Batch boundaries in ``order`` (pairs sorted by length): equal sizes of at most ``batch_size``
@@ -147,7 +152,7 @@ def _cuts(order: list[int], tokenized: list[TokenizedPair], batch_size: int, row
         return cuts
     out = [0]
     for start, stop in zip(cuts[:-1], cuts[1:]):
-        T = 1 + max(max(tokenized[i].n_tokens, tokenized[i].n_tokens_b) for i in order[start:stop])
+        T = _padded_len(tokenized, order[start:stop])
         per_pass = max(1, budget // (rows * T))  # pairs of this length one pass may hold
         parts = -(-(stop - start) // per_pass)
         out += [start + round(k * (stop - start) / parts) for k in range(1, parts + 1)]
@@ -173,7 +178,7 @@ def make_batches(tokenized: list[TokenizedPair], groups: list[int], bos_id: int,
     for start, stop in zip(cuts[:-1], cuts[1:]):
         idx = order[start:stop]
         B = len(idx)
-        T = 1 + max(max(tokenized[i].n_tokens, tokenized[i].n_tokens_b) for i in idx)
+        T = _padded_len(tokenized, idx)
         V = 2 + n_controls
         tokens = torch.full((V * B, T), pad_id, dtype=torch.long)
         mask = torch.zeros((V * B, T), dtype=torch.bool)

@@ -187,6 +187,12 @@ class PlainModel:
             child.forward = torch.compile(child.forward, **kwargs)
         self.compiled = True
 
+    @property
+    def n_compiled(self) -> int:
+        """How many modules ``compile`` wrapped (0 uncompiled): a pass that ran compiled calls at
+        least this many compiled graphs (``counts``)."""
+        return len(self._eager)
+
     def uncompile(self) -> None:
         """Back to the modules' own forward methods (and no compilation error on record)."""
         self.compile_error = None

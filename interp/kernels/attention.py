@@ -67,10 +67,10 @@ def max_query_tokens(G: int, D: int) -> int:
     (symbolic) length with a constant is one range guard, while rounding the length up to a power
     of two would specialize the compiled code on every new length (a recompilation per padded
     length, until ``torch._dynamo`` gives up and runs the layer uncompiled)."""
-    BG = _pow2(G)
     best = 0
     for T in (1 << i for i in range(16)):  # BT is a power of two >= T: the bound is the largest that fits
-        if BG * _row_blocks(G, T)[1] * D <= MAX_BLOCK:
+        BG, BT = _row_blocks(G, T)
+        if BG * BT * D <= MAX_BLOCK:
             best = T
     return best
 
