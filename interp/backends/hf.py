@@ -5,7 +5,8 @@ the places that TransformerLens hook names denote.
 attention through its own eager re-implementation, so that attention scores and patterns can be
 hooked. That costs time on a GPU (see ``benchmarks/README.md``) and rules out fused attention
 kernels. Most hook points need none of it: the residual stream, the attention and MLP outputs, the
-MLP neurons and the per-head outputs are inputs or outputs of Hugging Face modules. ``PlainModel``
+MLP neurons and the per-head outputs are inputs or outputs of Hugging Face modules, at places that
+``interp.hooks.LAYOUTS`` names per family of module trees (Llama-like, GPT-2, GPT-NeoX). ``PlainModel``
 is a second module tree of the same model class that *shares every weight tensor* with the loaded
 model (no copy: built on the meta device, then pointed at the loaded tensors before the bridge
 boots), untouched by the bridge, with an attention kernel of choice (``eager``; ``short``, the
@@ -15,8 +16,8 @@ short-sentence Triton kernel of ``interp.kernels.attention``; ``sdpa``...) and o
 It offers the ``interp.backends.base.Forward`` interface (the part of the bridge's interface that
 ``interp.engine`` uses): a ``hooks`` context manager taking ``(TransformerLens hook name,
 fn(act, hook))`` pairs and a call returning logits. Where each hook name lives (the module, its
-output or its first input, the per-head view of ``z``) is read from ``interp.hooks.HOOK_POINTS``,
-and ``ln_final.hook_out`` (the final norm's output) from ``interp.hooks.LN_FINAL``.
+output or its first input) is read from the model's ``interp.hooks.Layout``, the per-head view of
+``z`` from ``interp.hooks.HOOK_POINTS``; ``ln_final.hook_out`` is the layout's final norm's output.
 
 A hook may return a tensor to replace the activation, except where the table says it is not
 ``settable`` (``resid_mid``). Attention patterns and scores are not available here: runs that ask
@@ -35,7 +36,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..hooks import HOOK_POINTS, LN_FINAL, HookPoint, parse_name
+from ..hooks import HOOK_POINTS, LN_FINAL, HookPoint, Layout, layout_for, parse_name, plain_model_types
 from ..kernels import attention
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = tuple(plain_model_types())
 INNER = tuple(hp.suffix for hp in HOOK_POINTS.values() if hp.inner)  # inside the compiled attention / MLP
 from ..config import ATTENTION_KERNELS  # noqa: E402  (the one list of attention kernels)
 
@@ -82,13 +83,23 @@ def supported(name: str) -> bool:
 def why_not(model: nn.Module) -> str | None:
     """Why a plain module tree cannot be built for this model, or None if it can."""
     mt = getattr(model.config, "model_type", None)
-    if mt not in SUPPORTED_MODEL_TYPES:
-        return f"model type {mt!r} is not one of {SUPPORTED_MODEL_TYPES}"
-    if not hasattr(getattr(model, "model", None), "layers"):
-        return "the model has no model.layers"
+    layout = layout_for(model.config)
+    if layout is None:
+        return (f"no module layout of interp.hooks.LAYOUTS describes model type {mt!r} "
+                f"(the plain tree knows {', '.join(SUPPORTED_MODEL_TYPES)})")
+    missing = [path for path in (layout.layers, layout.final_norm) if _submodule(model, path) is None]
+    if missing:
+        return f"the {mt} model has no {missing[0]} (its module tree is not the {layout.family} layout)"
     if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
         return "the model is quantized (a plain module tree would not know its packed weights)"
     return None
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def twin(model: nn.Module) -> nn.Module:
@@ -152,7 +163,8 @@ class PlainModel:
         if reason:
             raise UnsupportedHook(f"no plain forward pass for this model: {reason}")
         self.original_model = model
-        self.layers = model.model.layers
+        self.layout: Layout = layout_for(model.config)
+        self.layers = model.get_submodule(self.layout.layers)
         self.n_heads = model.config.num_attention_heads
         self.compiled = False
         self.compile_error: str | None = None  # why compilation was given up, if it was
@@ -180,9 +192,8 @@ class PlainModel:
             return
         self.compile_error = None
         kwargs["backend"] = self.counts.counting(kwargs.get("backend", "inductor"))
-        children = [c for layer in self.layers
-                    for c in (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)]
-        for child in [*children, self.original_model.model.norm]:
+        children = [layer.get_submodule(c) for layer in self.layers for c in self.layout.compiled]
+        for child in [*children, self.original_model.get_submodule(self.layout.final_norm)]:
             self._eager.append((child, child.__dict__.get("forward")))
             child.forward = torch.compile(child.forward, **kwargs)
         self.compiled = True
@@ -212,13 +223,18 @@ class PlainModel:
             raise UnsupportedHook(f"hook {name!r} is not available without the bridge "
                                   "(attention patterns and scores need its eager attention)")
         hp, layer = found
-        if layer is not None and layer >= len(self.layers):
+        if layer is None:  # ln_final.hook_out
+            return self.original_model.get_submodule(self.layout.final_norm).register_forward_hook(_out(fn, name))
+        if hp.point not in self.layout.where:
+            raise UnsupportedHook(f"hook {name!r}: the {self.layout.family} module tree has no {hp.point} "
+                                  f"(its hook points: {', '.join(self.layout.points())})")
+        if layer >= len(self.layers):
             raise UnsupportedHook(f"hook {name!r}: the model has {len(self.layers)} layers")
         if self.compiled and hp.inner:
             raise UnsupportedHook(f"hook {name!r} is inside the compiled attention or MLP; "
                                   "use an uncompiled tree (analysis.compile=false) for it")
-        module = self.original_model.get_submodule(hp.module_path(layer))
-        if hp.reads == "output":
+        module = self.original_model.get_submodule(self.layout.module_path(hp.point, layer))
+        if self.layout.reads(hp.point) == "output":
             return module.register_forward_hook(_out(fn, name))
         heads = self.n_heads if hp.heads else None
         return module.register_forward_pre_hook(_pre_first(fn, name, heads=heads, readonly=not hp.settable),
@@ -252,7 +268,7 @@ class PlainModel:
             raise ValueError(f"return_type={return_type!r}: the plain forward pass returns logits or None")
         try:
             if return_type is None:
-                self.original_model.model(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
+                self.original_model.base_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False)
                 return None
             out = self.original_model(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                                       logits_to_keep=logits_to_keep)
@@ -330,10 +346,14 @@ class HFBackend:
         if lm.plain_reason is not None:
             return lm.plain_reason
         bad = [n for n in hook_names if not supported(n)]
-        return f"hook {bad[0]} needs the bridge" if bad else None
+        if bad:
+            return f"hook {bad[0]} needs the bridge"
+        layout = lm.plain.layout
+        absent = [n for n in hook_names if (f := lookup(n)) and f[1] is not None and f[0].point not in layout.where]
+        return f"hook {absent[0]} has no place in the {layout.family} module tree" if absent else None
 
     def prepare(self, lm, acfg, hook_names: list[str], n_pairs: int = 0):
-        facts: dict = {"backend": "hf"}
+        facts: dict = {"backend": "hf", "layout": lm.plain.layout.family}
         lm.plain.set_attention(attention.resolve(acfg.attn, lm.device))
         want = compile_wanted(acfg, lm.device, n_pairs)
         inner = [n for n in hook_names if n.endswith(INNER)]

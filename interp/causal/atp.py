@@ -195,7 +195,8 @@ def atp_table(lm, kept_pairs, hook_points: Sequence[str], batch_size: int = 8,
     from scipy import stats as st
 
     model = _model(lm)
-    sites = resolve(list(hook_points), lm.info["n_layers"], None if layers is None else list(layers))
+    sites = resolve(list(hook_points), lm.info["n_layers"], None if layers is None else list(layers),
+                    lm.hook_points)
     batches, skipped = batches_of(lm, kept_pairs, batch_size)
     acc: dict[SiteKey, list[Tensor]] = {}
     n = 0

@@ -100,7 +100,9 @@ def short_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value
     """Hugging Face attention-function signature: query [B, H, T, D], key/value [B, Hkv, S, D],
     an additive mask [B, 1, T, S] (or None: nothing masked); returns ([B, T, H, D], None), or
     eager attention's result where the kernel does not apply."""
-    if not kernel_applies(query, key, value, attention_mask, module.training and bool(dropout)):
+    # logit soft-capping (Gemma 2) and attention sinks (gpt-oss) are beyond the kernel
+    extra = any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "sinks"))
+    if extra or not kernel_applies(query, key, value, attention_mask, module.training and bool(dropout)):
         from transformers.models.llama.modeling_llama import eager_attention_forward
 
         return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)

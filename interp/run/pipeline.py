@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..backends import describe_forward
 from ..backends import select as analysis_model
 from ..config import ConfigError
 from .. import controls as C
@@ -301,7 +302,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     # groups, types and controls are fixed from the whole pair set, so shards agree on them
     groups = sorted({p.category for p, _ in kept})
     group_types = {p.category: p.type for p, _ in kept}
-    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"))
+    sites = resolve(list(cfg.hooks.points), lm.info["n_layers"], cfg.hooks.get("layers"), lm.hook_points)
     acfg = cfg.analysis
     # settings that need the kept pairs, refused before the batch loop rather than after it
     sides = contrast_sides(acfg.contrast, group_types, groups)
@@ -341,6 +342,7 @@ def execute(cfg: DictConfig, lm: LoadedModel, pair_set: PairSet, checkpoint: Che
     bar = tqdm(total=len(mine), initial=sum(b.size for b in batches[:start]), unit="pair",
                disable=not cfg.progress, desc="pairs", file=sys.stderr)
     model, forward_facts = analysis_model(lm, acfg, [s.name for s in sites], n_pairs=len(mine))
+    log.info("forward pass: %s", describe_forward(forward_facts))
     pipe = BatchPipeline(lm, stats, kept, failed, overlap=bool(acfg.overlap), model=model,
                          extra=dict(zip(mine, controls.rows)))
     for bi in range(start, len(batches)):
