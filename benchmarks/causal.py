@@ -25,7 +25,7 @@ In one process and on the same pairs (a seeded sample of the bank's grammar pair
    on the model ``run_patching`` uses (``patch_model``: the plain tree, else the bridge;
    ``patching_backend``). Rows are the forward rows patching ran (the
    source/base cache runs and every stacked patch pass, counted by a thin wrapper of
-   ``run_with_hooks``); ``patching_bare`` runs the same shapes (rows x length, same tokens, no
+   ``run_with_hooks`` and of the model's call); ``patching_bare`` runs the same shapes (rows x length, same tokens, no
    attention mask, as patching passes none) through the bare model of 1. without hooks, and
    ``patching_bridge_bare`` through the bridge without hooks;
 4. ``atp``: ``atp_table`` (what ``interp.patch`` runs: ``attribution`` over every batch, hook points
@@ -131,7 +131,8 @@ def ablation_forward(model, batch, conds) -> None:
 
 class CountingBridge:
     """The model patching runs on (the plain tree or the bridge), recording the shape of every
-    ``run_with_hooks`` input (the rows patching runs)."""
+    forward pass's input (the rows patching runs): ``run_with_hooks`` (the cache runs) and calls
+    (the patch passes, which attach their hooks with ``hooks`` and read no logits)."""
 
     def __init__(self, bridge):
         self._bridge = bridge
@@ -143,6 +144,10 @@ class CountingBridge:
     def run_with_hooks(self, tokens, *args, **kwargs):
         self.shapes.append(tuple(tokens.shape))
         return self._bridge.run_with_hooks(tokens, *args, **kwargs)
+
+    def __call__(self, tokens, *args, **kwargs):
+        self.shapes.append(tuple(tokens.shape))
+        return self._bridge(tokens, *args, **kwargs)
 
 
 def patch_groups(cfg: DictConfig, lm, kept, model) -> list[dict]:

@@ -48,6 +48,17 @@ with its value from the other sentence moves the output.
     numbers as ``transformer_lens.patching`` (which works with a ``TransformerBridge`` in TL 4.3).
     ``patch_group`` patches several pairs of the same length and both directions in the same
     passes (rows stacked along the batch), ``patch_pair`` is one pair.
+
+    The metric from the scored slots. ``patch_group`` scores a cell by ``LogprobDelta``, the change
+    of each base row's sentence log-prob, which ``generic_patch`` reads without making the pass's
+    ``[rows, T, vocab]`` logits (as ``interp.causal.metrics.stacked_metrics`` does for the
+    ablation): the pass runs with ``return_type=None``, a hook keeps the final norm's output
+    (``ln_final.hook_out``) at the slots the metric reads, and only those are unembedded and
+    log-softmaxed (float32). A cell's patch cannot move a prediction made before the first position
+    where it changes the base run's activation (causal attention; found by comparing the patched
+    base cache with the base cache, per row), so only the slots from there on are read: the others
+    keep the base run's log-probs and add 0 to the change. The same values as the full logits' up to
+    float32 rounding (``tests/test_patching_metric.py``).
 """
 
 
@@ -99,14 +110,17 @@ def head_pos_setter(act: Float[Tensor, "n pos head d_head"], index: tuple,
 def block_setter(masks: Bool[Tensor, "block n pos"]) -> Setter:
     """Setters of position blocks: index = (layer, block) writes every position of ``masks[block]``
     (per row: rows may be different pairs with their edit at different positions); index =
-    (layer, block, head) writes one head's output (``hook_z``) there."""
+    (layer, block, head) writes one head's output (``hook_z``) there. The masks' (row, position)
+    pairs are found once here, so a write is an index copy (no mask lookup, no device sync)."""
+    where = [m.nonzero(as_tuple=True) for m in masks]
+
     def setter(act: Tensor, index: tuple, source: Tensor) -> Tensor:
-        m = masks[index[1]].to(act.device)
+        r, t = (i.to(act.device) for i in where[index[1]])
         if len(index) == 3:
             view, src = act[:, :, index[2]], source[:, :, index[2]]
-            view[m] = src[m]  # a view: writes into act
+            view[r, t] = src[r, t]  # a view: writes into act
         else:
-            act[m] = source[m]
+            act[r, t] = source[r, t]
         return act
     return setter
 
@@ -165,8 +179,73 @@ def axis_ranges(bridge, tokens: Tensor, axes: Sequence[str], layers: Sequence[in
     return [n[a] for a in axes]
 
 
+class LogprobDelta:
+    """A metric ``generic_patch`` reads from the scored slots only: per base row the change of the
+    sentence log-prob ``log P(tokens | BOS)`` (``interp.engine.sentence_logprobs``) against the
+    unpatched base run, float64. ``base``: the base run's log-prob of ``tokens[:, t + 1]`` at every
+    slot ``t`` (``from_logits`` reads it from the base run's logits); ``mask``: the rows' real
+    tokens (default all; slot ``t`` counts where ``mask[:, t + 1]``). Called on full logits it is the
+    plain metric, ``sentence_logprobs(logits)`` minus the base run's."""
+
+    def __init__(self, tokens: Int[Tensor, "B T"], base: Float[Tensor, "B T-1"],
+                 mask: Bool[Tensor, "B T"] | None = None):
+        self.tokens = tokens
+        self.base = base.to(tokens.device, torch.float64)
+        self.mask = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.to(tokens.device, torch.bool)
+        self.slots_cpu = self.mask[:, 1:].cpu()  # where the index vectors of a pass are made
+        self.base_total = (self.base * self.mask[:, 1:]).sum(-1)
+
+    @classmethod
+    def from_logits(cls, base_logits: Float[Tensor, "B T d_vocab"], tokens: Int[Tensor, "B T"],
+                    mask: Bool[Tensor, "B T"] | None = None) -> "LogprobDelta":
+        """The metric against the base run whose logits are ``base_logits`` (the terms of
+        ``sentence_logprobs``, by its formula)."""
+        lg = base_logits[:, :-1].float()
+        return cls(tokens, (lg.gather(-1, tokens[:, 1:, None])[..., 0] - lg.logsumexp(-1)).double(), mask)
+
+    def __call__(self, logits: Float[Tensor, "B T d_vocab"]) -> Float[Tensor, "B"]:
+        return sentence_logprobs(logits, self.tokens, self.mask) - self.base_total
+
+
+def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"],
+                  chunk: int | None = None) -> Float[Tensor, "S"]:
+    """log p(target) of the final norm's output ``h`` at ``S`` slots: unembedded
+    (``original_model.get_output_embeddings()``) and log-softmaxed in float32 ``chunk`` slots at a
+    time (as ``interp.engine.pair_logprobs``: 1,024 on a GPU, on the CPU as many as keep a chunk's
+    logits within 16 MB), float64."""
+    unembed = model.original_model.get_output_embeddings()
+    if chunk is None:
+        chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
+    own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
+    out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
+    for i in range(0, h.shape[0], chunk):
+        raw = unembed(h[i:i + chunk])
+        lg = raw.float()
+        if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
+            lg = lg.clone()
+        tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
+        top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
+        out[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+    return out
+
+
+def _first_changed(setter: Setter, cells: Sequence[tuple], hp, source_cache: Mapping[str, Tensor],
+                   base_cache: Mapping[str, Tensor]) -> Int[Tensor, "cells B"]:
+    """Per cell and base row the first position where the cell's patch writes a value other than the
+    base run's own (T where it writes none), on the CPU (one transfer for every cell)."""
+    changed = []
+    for cell in cells:
+        name = hp.name(int(cell[0]))
+        own = base_cache[name]
+        diff = setter(own.clone(), cell, source_cache[name].to(own)) != own
+        changed.append(diff.flatten(2).any(-1) if diff.ndim > 2 else diff)  # [B, T]
+    changed = torch.stack(changed).cpu()
+    T = changed.shape[-1]
+    return torch.where(changed.any(-1), changed.int().argmax(-1), T)  # argmax: the first True
+
+
 def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: Mapping[str, Tensor],
-                  metric: Metric, setter: Setter, hook_point: str,
+                  metric: Metric | LogprobDelta, setter: Setter, hook_point: str,
                   index_axis_names: Sequence[str] = ("layer", "pos"), *,
                   attention_mask: Bool[Tensor, "batch pos"] | None = None,
                   layers: Sequence[int] | None = None, rows_per_pass: int = 64,
@@ -179,29 +258,42 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
     ``metric(logits)`` maps one cell's logits [batch, pos, d_vocab] to a [batch] tensor (or a
     scalar). Cells are stacked along the batch dimension, ``rows_per_pass`` rows per forward pass.
     Returns the metric per cell, shaped [*axis sizes, batch] (or [*axis sizes] for a scalar metric).
+    The hooks write the patched values into the activation in place (into a copy at hook points
+    that are not ``settable``: ``resid_mid``, whose tensor the layer also keeps as its residual).
 
     With ``base_cache`` (the base run's own activations) and ``base_value`` (the metric of the
     unpatched base run), cells where the patch would write the values already there (e.g. positions
     before the edit of a minimal pair) are not run: their value is ``base_value``, exactly what the
     forward pass would give. ``axis_values`` names further axes (or overrides one), e.g.
     ``{"block": [0, 1]}`` for the setters of ``block_setter``.
+
+    A ``LogprobDelta`` metric is read from the scored slots (module docstring): no logits are made,
+    and with ``base_cache`` only the slots from each row's first changed position on are read (a cell
+    whose changes leave no slot to read is 0 without a pass; ``base_value`` should be 0 then too).
     """
     hp = HOOK_POINTS[hook_point]
     ranges = axis_ranges(bridge, base_tokens, index_axis_names, layers, axis_values)
     cells = list(itertools.product(*ranges))
-    B = base_tokens.shape[0]
+    B, T = base_tokens.shape
     per = max(1, rows_per_pass // B)
+    slotted = isinstance(metric, LogprobDelta)
     todo_cells = cells
+    first: dict[tuple, Tensor] = {}  # per cell, per row: the first position its patch changes
     if base_cache is not None:
         if base_value is None:
             raise ValueError("base_cache needs base_value (the metric of the unpatched base run)")
-        todo_cells = []
-        for cell in cells:
-            name = hp.name(int(cell[0]))
-            own = base_cache[name]
-            if not torch.equal(setter(own.clone(), cell, source_cache[name].to(own)), own):
-                todo_cells.append(cell)
+        starts = _first_changed(setter, cells, hp, source_cache, base_cache) if cells else torch.zeros(0, B)
+        first = {cell: st for cell, st in zip(cells, starts)}
+        todo_cells = [cell for cell, st in zip(cells, starts) if bool((st < T).any())]
     computed: dict[tuple, Tensor] = {}
+    if slotted:
+        t_all = torch.arange(T - 1)
+        zero = torch.zeros(B, dtype=torch.long)
+        reads = {cell: (t_all[None, :] >= first.get(cell, zero)[:, None]) & metric.slots_cpu for cell in todo_cells}
+        for cell in todo_cells:
+            if not bool(reads[cell].any()):  # nothing it changes is read: exactly no change
+                computed[cell] = torch.zeros(B)
+        todo_cells = [cell for cell in todo_cells if cell not in computed]
     for start in range(0, len(todo_cells), per):
         chunk = todo_cells[start:start + per]
         n = len(chunk)
@@ -215,7 +307,8 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
             src = source_cache[hp.name(layer)]
 
             def hook(act: Tensor, hook=None) -> Tensor:
-                act = act.clone()
+                if not hp.settable:  # resid_mid: the layer keeps the residual itself, do not write into it
+                    act = act.clone()
                 for c, cell in todo:
                     rows = act[c * B:(c + 1) * B]  # a view: the setter writes into act
                     setter(rows, cell, src.to(act))
@@ -223,10 +316,33 @@ def generic_patch(bridge, base_tokens: Int[Tensor, "batch pos"], source_cache: M
             return hook
 
         hooks = [(hp.name(layer), make(layer, todo)) for layer, todo in by_layer.items()]
+        if not slotted:
+            with torch.inference_mode():
+                logits = run_hooked(bridge, tokens, hooks, mask)
+            for c, cell in enumerate(chunk):
+                computed[cell] = torch.as_tensor(metric(logits[c * B:(c + 1) * B])).detach().float().cpu()
+            continue
+        # the slots read: (cell c, row r, slot t), one transfer of the index vectors per pass
+        c_i, r_i, t_i = torch.stack([reads[cell] for cell in chunk]).nonzero(as_tuple=True)
+        row = c_i * B + r_i
+        idx = torch.stack([row * T + t_i, row, r_i, t_i]).to(base_tokens.device)
+        flat, row, r_i, t_i = idx
+        kept: dict[str, Tensor] = {}
+
+        def keep_final(x: Tensor, hook=None) -> None:
+            kept["h"] = x.flatten(0, 1).index_select(0, flat)
+
         with torch.inference_mode():
-            logits = run_hooked(bridge, tokens, hooks, mask)
-        for c, cell in enumerate(chunk):
-            computed[cell] = torch.as_tensor(metric(logits[c * B:(c + 1) * B])).detach().float().cpu()
+            with bridge.hooks(fwd_hooks=hooks + [("ln_final.hook_out", keep_final)]):
+                # no logits from the pass: the plain tree runs its decoder alone; the bridge runs the
+                # Hugging Face model, which computes the last position's only
+                bridge(tokens, attention_mask=mask.long() if mask is not None else None, return_type=None,
+                       logits_to_keep=1)
+            lp = slot_logprobs(bridge, kept.pop("h"), metric.tokens[r_i, t_i + 1])
+            vals = torch.zeros(n * B, dtype=torch.float64, device=lp.device).index_add_(
+                0, row, lp - metric.base[r_i, t_i])
+        for cell, v in zip(chunk, vals.view(n, B).float().cpu()):
+            computed[cell] = v
     fill = torch.as_tensor(base_value).detach().float().cpu() if base_value is not None else None
     out = torch.stack([computed[cell] if cell in computed else fill for cell in cells])
     return out.reshape(*[len(r) for r in ranges], *out.shape[1:])
@@ -323,28 +439,29 @@ def patch_group(bridge, tokens_a: Int[Tensor, "G pos"], tokens_b: Int[Tensor, "G
     names = sorted({HOOK_POINTS[PATCH_KINDS[k][0]].name(layer) for k in kinds for layer in range(n_layers(bridge))})
     tok = {"a": tokens_a, "b": tokens_b}
     runs = {s: run_with_source_cache(bridge, tok[s], names) for s in ("a", "b")}
-    ones = torch.ones_like(tokens_a, dtype=torch.bool)
+    # log p of each sentence's tokens per slot in each run (float32 log-softmax, one per run; float64),
+    # (run, sentence): the terms of sentence_logprobs and post_edit_logprobs
+    slot_lp = {}
+    for r in ("a", "b"):
+        lg = runs[r][0][:, :-1].float()
+        lse = lg.logsumexp(-1)
+        for s in ("a", "b"):
+            slot_lp[r, s] = (lg.gather(-1, tok[s][:, 1:, None])[..., 0] - lse).double()
+        del lg, lse
+    own = {s: slot_lp[s, s].sum(-1).cpu() for s in ("a", "b")}  # log P(sentence's tokens), float64
+    cross = {("a", "b"): slot_lp["a", "b"].sum(-1).cpu(), ("b", "a"): slot_lp["b", "a"].sum(-1).cpu()}
+    from .atp import after_slots
 
-    def lp(run: str, sentence: str) -> Tensor:  # log P(sentence's tokens) read from run's logits, float64
-        return sentence_logprobs(runs[run][0], tok[sentence], ones).cpu()
-
-    own = {s: lp(s, s) for s in ("a", "b")}
-    cross = {("a", "b"): lp("a", "b"), ("b", "a"): lp("b", "a")}  # (run, sentence)
-    from .atp import post_edit_logprobs
-
-    last = torch.full_like(edit, T - 1)
-    pem = (post_edit_logprobs(runs["a"][0], tokens_a, edit, last)
-           - post_edit_logprobs(runs["b"][0], tokens_b, edit, last)).cpu().numpy()
+    after = after_slots(edit, torch.full_like(edit, T - 1), T - 1)
+    pem = ((slot_lp["a", "a"] * after).sum(-1) - (slot_lp["b", "b"] * after).sum(-1)).cpu().numpy()
     sides = [("b", "a") if d == "denoising" else ("a", "b") for d in directions]  # (base, source)
     base_tokens = torch.cat([tok[b] for b, _ in sides])
-    base_lp = torch.cat([own[b] for b, _ in sides])
     source_cache = {n: torch.cat([runs[s][1][n] for _, s in sides]) for n in names}
     base_cache = {n: torch.cat([runs[b][1][n] for b, _ in sides]) for n in names}
     R = len(sides) * G
-    row_ones = torch.ones_like(base_tokens, dtype=torch.bool)
-
-    def delta(logits: Tensor) -> Tensor:  # change of the base sentence's log-prob; small, so float32 keeps it
-        return sentence_logprobs(logits, base_tokens, row_ones).cpu() - base_lp
+    # change of the base sentence's log-prob, read from the slots each cell can move
+    delta = LogprobDelta(base_tokens, torch.cat([slot_lp[b, b] for b, _ in sides]))
+    del runs
 
     masks = position_blocks(T, edit.repeat(len(sides)))  # on the model's device, where the setters use them
     grids = {}
