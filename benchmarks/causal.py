@@ -21,9 +21,9 @@ In one process and on the same pairs (a seeded sample of the bank's grammar pair
    ``ablation_forward`` is the same forward pass with the same hooks (``condition_hooks``) but
    without the metrics (``pair_metrics``), to split what the hooks and the metrics cost;
 3. ``patching``: ``patch_group`` (``positions="modes"``, ``resid_pre``, both directions) over
-   ``patching.n_pairs`` pairs, grouped by length as ``run_patching`` groups them (``group_size``),
-   on the model ``run_patching`` uses (``patch_model``: the plain tree, else the bridge;
-   ``patching_backend``). Rows are the forward rows patching ran (the
+   ``patching.n_pairs`` pairs, grouped as ``run_patching`` groups them (``pair_groups``: by length,
+   ``group_size`` at a time), on the model ``run_patching`` uses (``patch_model``: the plain tree,
+   else the bridge; ``patching_backend``). Rows are the forward rows patching ran (the
    source/base cache runs and every stacked patch pass, counted by a thin wrapper of
    ``run_with_hooks`` and of the model's call); ``patching_bare`` runs the same shapes (rows x length, same tokens, no
    attention mask, as patching passes none) through the bare model of 1. without hooks, and
@@ -48,7 +48,6 @@ over bare rows/s, target >= 0.8), ``patching_rows_per_s``, ``patching_share`` (t
 from __future__ import annotations
 
 import json
-import random
 import time
 
 import hydra
@@ -57,11 +56,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.throughput import timed
+from benchmarks.throughput import sample_pairs, timed
 from interp.causal.ablation import Condition, _act_dtype, condition_hooks, group_components, run_conditions
 from interp.causal.atp import _model, atp_table, batches_of
 from interp.causal.metrics import stacked_metrics
-from interp.causal.patching import group_size, n_layers, patch_group, patch_model
+from interp.causal.patching import n_layers, pair_groups, patch_group, patch_model
 from interp.causal.selection import matched_random
 from interp.hooks import HOOK_POINTS, resolve
 from interp.pairs import load_pairs, validate_pairs
@@ -74,19 +73,13 @@ ABLATED_POINTS = ("resid_post", "attn_out", "mlp_out")
 
 def prepare(cfg: DictConfig, lm) -> list:
     """One-token bank pairs validated under the model's tokenizer: a seeded sample of at most
-    ``sample_pairs``, cycled to ``n_pairs`` with unique ids. Returns ``[(Pair, TokenizedPair)]``."""
+    ``sample_pairs``, cycled to ``n_pairs`` with unique ids (``benchmarks.throughput.sample_pairs``).
+    Returns ``[(Pair, TokenizedPair)]``."""
     kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer, int(cfg.max_tokens))
     kept = [(p, tp) for p, tp in kept if tp.one_token]
     if not kept:
         raise SystemExit("no valid one-token pairs")
-    random.Random(int(cfg.seed)).shuffle(kept)
-    kept = kept[:int(cfg.sample_pairs)]
-    n = int(cfg.n_pairs)
-    out = []
-    for i in range(n):
-        p, tp = kept[i % len(kept)]
-        out.append((type(p)(**{**vars(p), "pair_id": f"{p.pair_id}#{i}"}), tp))
-    return out
+    return sample_pairs(kept, cfg.seed, cfg.sample_pairs, int(cfg.n_pairs))
 
 
 def candidates(lm, seed: int) -> pd.DataFrame:
@@ -151,7 +144,8 @@ class CountingBridge:
 
 
 def patch_groups(cfg: DictConfig, lm, kept, model) -> list[dict]:
-    """The first ``patching.n_pairs`` distinct pairs, grouped by length as ``run_patching`` does."""
+    """The first ``patching.n_pairs`` distinct pairs, grouped as ``run_patching`` groups them
+    (``interp.causal.patching.pair_groups``)."""
     pcfg = cfg.patching
     seen, chosen = set(), []
     for _, tp in kept:
@@ -161,19 +155,9 @@ def patch_groups(cfg: DictConfig, lm, kept, model) -> list[dict]:
             chosen.append(tp)
         if len(chosen) == int(pcfg.n_pairs):
             break
-    by_length: dict[int, list] = {}
-    for tp in chosen:
-        by_length.setdefault(len(tp.ids_a), []).append(tp)
-    groups = []
-    for length, members in by_length.items():
-        size = group_size(n_layers(model), length + 1, 2, "modes", int(pcfg.rows_per_pass))
-        for start in range(0, len(members), size):
-            g = members[start:start + size]
-            bos = [lm.bos_token_id]
-            groups.append({"a": torch.tensor([bos + tp.ids_a for tp in g], device=lm.device),
-                           "b": torch.tensor([bos + tp.ids_b for tp in g], device=lm.device),
-                           "edit": torch.tensor([tp.edit_pos + 1 for tp in g], device=lm.device)})
-    return groups
+    return [{"a": ta, "b": tb, "edit": edit}
+            for _, ta, tb, edit in pair_groups(chosen, range(len(chosen)), lm.bos_token_id, lm.device,
+                                               n_layers(model), 2, "modes", int(pcfg.rows_per_pass))]
 
 
 def run_patch(cfg, bridge, g) -> pd.DataFrame:

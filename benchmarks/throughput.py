@@ -82,22 +82,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def prepare(cfg: DictConfig, lm, n_pairs: int):
-    """Bank pairs validated under the model's tokenizer, in batches: a seeded sample of at most
-    ``sample_pairs`` pairs, cycled to ``n_pairs``, so that runs of different sizes see the same
-    sentence lengths (peak memory depends on the longest batch, not on the number of pairs)."""
+def sample_pairs(kept: list, seed: int, sample: int, n_pairs: int) -> list:
+    """A seeded sample of at most ``sample`` of the validated ``(Pair, TokenizedPair)`` list ``kept``
+    (shuffled in place), cycled to ``n_pairs``, each copy with a unique ``pair_id`` (``id#i``)."""
     import random
 
-    pairs, _ = workload_pairs(cfg, _out_dir())
-    kept, _ = validate_pairs(pairs, lm.tokenizer, int(cfg.max_tokens))
-    if not kept:
-        raise SystemExit("no valid pairs")
-    random.Random(int(cfg.seed)).shuffle(kept)
-    kept = kept[:int(cfg.get("sample_pairs", 1000))]
+    random.Random(int(seed)).shuffle(kept)
+    kept = kept[:int(sample)]
     kept = [kept[i % len(kept)] for i in range(n_pairs)]
     for i, (p, _) in enumerate(kept):  # unique ids so controls differ per copy
         p = type(p)(**{**vars(p), "pair_id": f"{p.pair_id}#{i}"})
         kept[i] = (p, kept[i][1])
+    return kept
+
+
+def prepare(cfg: DictConfig, lm, n_pairs: int):
+    """Bank pairs validated under the model's tokenizer, in batches: a seeded sample of at most
+    ``sample_pairs`` pairs, cycled to ``n_pairs``, so that runs of different sizes see the same
+    sentence lengths (peak memory depends on the longest batch, not on the number of pairs)."""
+    pairs, _ = workload_pairs(cfg, _out_dir())
+    kept, _ = validate_pairs(pairs, lm.tokenizer, int(cfg.max_tokens))
+    if not kept:
+        raise SystemExit("no valid pairs")
+    kept = sample_pairs(kept, cfg.seed, cfg.get("sample_pairs", 1000), n_pairs)
     # the groups a run keeps its statistics per (per category, or blocks where per-category tables are off)
     from interp.run.assemble import contrast_sides
     from interp.run.pipeline import plan_groups

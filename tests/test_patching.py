@@ -527,3 +527,29 @@ def test_flagged_components_are_never_ablation_candidates():
     assert list(c["component"]) == [2, 3, 4] and c.attrs["flagged_excluded"] == 2
     older = stab.drop(columns=["offset_dim"]).assign(massive=[True, False, False, False, False])  # old tables
     assert list(candidates(older, "edit", "rank_calibrated")["component"]) == [1, 2, 3, 4]
+
+
+def test_pair_groups_are_pairs_of_one_length_a_full_pass_at_a_time(tiny_lm):
+    """``run_patching``'s grouping (and ``benchmarks.causal``'s): per length in order of first
+    appearance, ``group_size`` pairs at a time, BOS first, the edit's model-input position."""
+    tps = tokenized(tiny_lm)
+    chosen = [5, 0, 1, 3, 2, 6, 7, 4]
+    L = 2
+    groups = list(P.pair_groups(tps, chosen, tiny_lm.bos_token_id, "cpu", L, 2, "modes", 16))
+    assert sorted(i for g, *_ in groups for i in g) == sorted(chosen)
+    lengths = [len(tps[i].ids_a) for i in chosen]
+    group_lengths = [len(tps[g[0]].ids_a) for g, *_ in groups]
+    assert list(dict.fromkeys(group_lengths)) == list(dict.fromkeys(lengths))  # lengths in order of appearance
+    assert len(groups) > len(set(lengths))  # some length takes more than one pass
+    seen = []
+    for g, ta, tb, edit in groups:
+        n = len(tps[g[0]].ids_a)
+        assert all(len(tps[i].ids_a) == n for i in g)
+        assert len(g) <= P.group_size(L, n + 1, 2, "modes", 16)
+        assert ta.shape == tb.shape == (len(g), n + 1) and (ta[:, 0] == tiny_lm.bos_token_id).all()
+        assert ta[:, 1:].tolist() == [tps[i].ids_a for i in g] and tb[:, 1:].tolist() == [tps[i].ids_b for i in g]
+        assert edit.tolist() == [tps[i].edit_pos + 1 for i in g]
+        seen += g
+    # within a length the order given is kept
+    for n in set(lengths):
+        assert [i for i in seen if len(tps[i].ids_a) == n] == [i for i in chosen if len(tps[i].ids_a) == n]

@@ -65,7 +65,7 @@ with its value from the other sentence moves the output.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -648,6 +648,25 @@ def group_size(n_layers: int, n_positions: int, n_directions: int, positions: st
     return max(1, -(-int(rows_per_pass) // max(1, n_directions * cells)))
 
 
+def pair_groups(tps: Sequence, chosen: Iterable[int], bos: int, device, n_layers: int, n_directions: int,
+                positions: str, rows_per_pass: int) -> Iterator[tuple[list[int], Tensor, Tensor, Tensor]]:
+    """The pairs ``chosen`` (indices into the tokenized pairs ``tps``) in the groups ``run_patching``
+    patches together (one ``patch_group`` call each): pairs of one length, the lengths in the order
+    they first appear and the pairs in the order given, ``group_size`` of them at a time. Yields
+    ``(indices, tokens_a, tokens_b, edit)``: the group's indices, its sentences BOS first [G, T] and
+    each pair's model-input position of the edit [G], on ``device``."""
+    by_length: dict[int, list[int]] = {}
+    for i in chosen:
+        by_length.setdefault(len(tps[i].ids_a), []).append(i)
+    for length, members in by_length.items():
+        size = group_size(n_layers, length + 1, n_directions, positions, rows_per_pass)
+        for start in range(0, len(members), size):
+            group = members[start:start + size]
+            yield (group, torch.tensor([[bos] + tps[i].ids_a for i in group], device=device),
+                   torch.tensor([[bos] + tps[i].ids_b for i in group], device=device),
+                   torch.tensor([tps[i].edit_pos + 1 for i in group], device=device))
+
+
 def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.DataFrame:
     """``patching.parquet``: per-pair rows (level ``pair``) of the first ``patching.n_pairs`` pairs of
     each category (or ``patching.pair_ids``) and the category rows (``category_rows``); columns
@@ -671,34 +690,25 @@ def run_patching(cfg: DictConfig, lm, pairs: pd.DataFrame, tps: list) -> pd.Data
         chosen = [pairs.index.get_loc(i) for i in pairs.groupby("category", sort=False).head(int(pcfg.n_pairs)).index]
     rows_per_pass = int(pcfg.rows_per_pass)
     order = {i: k for k, i in enumerate(chosen)}
-    by_length: dict[int, list[int]] = {}
-    for i in chosen:
-        by_length.setdefault(len(tps[i].ids_a), []).append(i)
     model, backend = patch_model(lm, kinds)
     frames = []
-    for length, members in by_length.items():
-        size = group_size(n_layers(model), length + 1, len(directions), positions, rows_per_pass)
-        for start in range(0, len(members), size):
-            group = members[start:start + size]
-            bos = [lm.bos_token_id]
-            ta = torch.tensor([bos + tps[i].ids_a for i in group], device=lm.device)
-            tb = torch.tensor([bos + tps[i].ids_b for i in group], device=lm.device)
-            edit = torch.tensor([tps[i].edit_pos + 1 for i in group], device=lm.device)
-            df = patch_group(model, ta, tb, edit, kinds=kinds, directions=directions, metrics=metrics,
-                             positions=positions, rows_per_pass=rows_per_pass)
-            labels = []
-            for g, i in enumerate(group):
-                tp = tps[i]
-                toks = ["<bos>"] + [lm.tokenizer.decode([t]) for t in tp.ids_a]
-                toks[tp.edit_pos + 1] = f"{tp.token_a}/{tp.token_b}"
-                labels.append({"each": toks, "edit": toks[tp.edit_pos + 1], "after": "".join(toks[tp.edit_pos + 2:])})
-            df["token"] = [labels[g]["each"][p] if pd.notna(p) else labels[g].get(m)
-                           for g, p, m in zip(df["pair"], df["position"], df["positions"])]
-            df.insert(0, "order", [order[group[g]] for g in df["pair"]])
-            rows = np.asarray(group)[df["pair"].to_numpy()]
-            df.insert(1, "pair_id", pairs["pair_id"].to_numpy()[rows])
-            df.insert(2, "category", pairs["category"].to_numpy()[rows])
-            frames.append(df.drop(columns="pair"))
+    for group, ta, tb, edit in pair_groups(tps, chosen, lm.bos_token_id, lm.device, n_layers(model),
+                                           len(directions), positions, rows_per_pass):
+        df = patch_group(model, ta, tb, edit, kinds=kinds, directions=directions, metrics=metrics,
+                         positions=positions, rows_per_pass=rows_per_pass)
+        labels = []
+        for g, i in enumerate(group):
+            tp = tps[i]
+            toks = ["<bos>"] + [lm.tokenizer.decode([t]) for t in tp.ids_a]
+            toks[tp.edit_pos + 1] = f"{tp.token_a}/{tp.token_b}"
+            labels.append({"each": toks, "edit": toks[tp.edit_pos + 1], "after": "".join(toks[tp.edit_pos + 2:])})
+        df["token"] = [labels[g]["each"][p] if pd.notna(p) else labels[g].get(m)
+                       for g, p, m in zip(df["pair"], df["position"], df["positions"])]
+        df.insert(0, "order", [order[group[g]] for g in df["pair"]])
+        rows = np.asarray(group)[df["pair"].to_numpy()]
+        df.insert(1, "pair_id", pairs["pair_id"].to_numpy()[rows])
+        df.insert(2, "category", pairs["category"].to_numpy()[rows])
+        frames.append(df.drop(columns="pair"))
     if not frames:
         out = pd.DataFrame(columns=COLUMNS)
         out.attrs["backend"] = backend
