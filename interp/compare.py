@@ -316,11 +316,12 @@ def atp_bins(run: Side, position: str, bins: int) -> tuple[pd.DataFrame, dict]:
     d["bin"] = depth_bin(relative_depth(d["layer"], run.n_layers), bins)
     d["abs"] = d["atp_mean"].abs().astype("float64")
     g = (d.groupby(["hook", "bin"], sort=True)
-         .agg(atp_abs_sum=("abs", "sum"),
+         .agg(atp_abs_sum=("abs", lambda x: x.sum(skipna=False)),  # a non-finite score (NaN) voids its bin
               atp_layers=("layer", lambda x: ",".join(str(v) for v in sorted(set(x)))))
          .reset_index())
-    g["atp_mass"] = g["atp_abs_sum"] / g.groupby("hook")["atp_abs_sum"].transform("sum")
-    total = float(g.loc[g["hook"] != PER_HEAD, "atp_abs_sum"].sum())
+    # a hook point (and the run) with a void bin has no mass anywhere: the rest would not sum to its share
+    g["atp_mass"] = g["atp_abs_sum"] / g.groupby("hook")["atp_abs_sum"].transform(lambda x: x.sum(skipna=False))
+    total = float(g.loc[g["hook"] != PER_HEAD, "atp_abs_sum"].sum(skipna=False))
     g["atp_mass_run"] = g["atp_abs_sum"] / total if total > 0 else np.nan
     g.insert(0, "run", run.name)
     hooks = list(dict.fromkeys(g["hook"]))

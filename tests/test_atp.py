@@ -191,3 +191,26 @@ def test_span_pairs_are_left_out_and_counted(tiny_lm, tps):
     with pytest.raises(ValueError, match="position modes"):
         A.attribution(tiny_lm, make_batches(tps[:2], [0, 0], tiny_lm.bos_token_id, tiny_lm.pad_token_id, 2)[0],
                       [("resid_post", 1)], modes=("before",))
+
+
+def test_non_finite_scores_stay_nan_unranked_and_counted(tiny_lm, monkeypatch):
+    """An overflowed backward pass (gradients past float32's range, as in a deep random Gemma) gives
+    non-finite scores: the table keeps them as NaN without ranks, counts them, and ranks the rest."""
+    tps = tokenized(tiny_lm, PLANT_ROWS[:4])
+    real = A.attribution
+
+    def overflowing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        key = next(k for k in out if k[0] == "resid_post" and k[1] == 0)
+        out[key] = out[key].clone()
+        out[key][:, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(A, "attribution", overflowing)
+    table = A.atp_table(tiny_lm, tps, ["resid_post"], batch_size=4, modes=("edit",))
+    bad = (table["hook"] == "resid_post") & (table["layer"] == 0) & (table["component"] == 0)
+    assert table.loc[bad, "atp_mean"].isna().all() and table.loc[bad, "rank"].isna().all()
+    assert table.attrs["non_finite"] == int(bad.sum()) == 1
+    good = table[~bad]
+    assert good["atp_mean"].notna().all()
+    assert sorted(good["rank"].astype(int)) == list(range(1, len(good) + 1))

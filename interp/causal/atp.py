@@ -34,6 +34,7 @@ correlation with AtP.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -44,6 +45,8 @@ from torch import Tensor
 
 from ..engine import Batch, make_batches
 from ..hooks import HOOK_POINTS, HookSite, head_summary, resolve
+
+log = logging.getLogger(__name__)
 
 MODES = ("edit", "after", "all", "last")
 SiteKey = tuple[str, int, str]  # (hook, layer, position mode)
@@ -230,10 +233,19 @@ def atp_table(lm, kept_pairs, hook_points: Sequence[str], batch_size: int = 8,
     out = pd.concat(frames, ignore_index=True)
     for col in ("head", "head_dim"):
         out[col] = (out[col] if col in out else pd.Series(pd.NA, index=out.index)).astype("Int64")
+    bad = ~np.isfinite(out["atp_mean"].to_numpy())
+    out.loc[bad, ["atp_mean", "atp_se", "atp_lo", "atp_hi", "atp_abs_mean"]] = np.nan
     mag = out["atp_mean"].abs()
-    out["rank"] = mag.groupby(out["position"]).rank(ascending=False, method="first").astype(np.int64)
-    out["rank_in_hook"] = mag.groupby([out["hook"], out["position"]]).rank(ascending=False, method="first").astype(np.int64)
-    out.attrs.update(n_pairs=n, skipped_span_pairs=skipped, metric="post_edit_margin",
+    # ranks among the finite scores; a non-finite one has none (<NA>)
+    out["rank"] = mag.groupby(out["position"]).rank(ascending=False, method="first").astype("Int64")
+    out["rank_in_hook"] = mag.groupby([out["hook"], out["position"]]).rank(ascending=False, method="first").astype("Int64")
+    if not bad.any():
+        out["rank"], out["rank_in_hook"] = out["rank"].astype(np.int64), out["rank_in_hook"].astype(np.int64)
+    else:
+        log.warning("AtP: %d of %d component scores are not finite (the backward pass overflowed %s: the "
+                    "gradients grow too fast through the layers); they are NaN and unranked",
+                    int(bad.sum()), len(out), str(lm.dtype).replace("torch.", ""))
+    out.attrs.update(n_pairs=n, skipped_span_pairs=skipped, metric="post_edit_margin", non_finite=int(bad.sum()),
                      sign="atp = estimated change of b's post-edit log-prob sum when patched from a")
     return out
 
@@ -322,6 +334,7 @@ def validate(lm, kept_pairs, table: pd.DataFrame, n: int = 20, seed: int = 0, ba
     patch_se, chosen)."""
     from scipy import stats as st
 
+    table = table[table["atp_mean"].notna()]  # non-finite scores (an overflowed backward) are not validated
     top = table.loc[table["atp_mean"].abs().sort_values(ascending=False, kind="stable").index[:n // 2]]
     rest = table.drop(top.index)
     rng = np.random.default_rng(seed)

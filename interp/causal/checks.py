@@ -272,7 +272,8 @@ def _attribution(cfg: DictConfig, lm, man: dict, stab, pairs_all) -> tuple:
     cols = [c for c in ATP_STABILITY_COLUMNS if c in stab]
     table = table.merge(stab[keys + cols], on=keys, how="left")
     facts = {"n_pairs": int(attrs["n_pairs"]), "skipped_span_pairs": int(attrs["skipped_span_pairs"]),
-             "metric": "post_edit_margin", "modes": list(a.modes), "hook_points": points}
+             "metric": "post_edit_margin", "modes": list(a.modes), "hook_points": points,
+             "non_finite": int(attrs.get("non_finite", 0))}
     if int(a.validate):
         v = validate(lm, tps, table, n=int(a.validate), seed=int(cfg.seed), batch_size=int(cfg.batch_size))
         facts.update(pearson=v["pearson"], spearman=v["spearman"], validated_components=v["n_components"],
@@ -311,6 +312,8 @@ def summary_text(result: dict) -> str:
     f = result.get("atp_facts")
     if f:
         line = f"attribution patching (post_edit_margin) over {f['n_pairs']} pairs -> atp.parquet"
+        if f.get("non_finite"):
+            line += f"; {f['non_finite']} scores not finite (the backward pass overflowed): NaN, unranked"
         if "pearson" in f:
             line += (f"; against real patching on {f['validated_components']} components: "
                      f"r = {f['pearson']:.2f} (Spearman {f['spearman']:.2f})")
