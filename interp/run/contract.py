@@ -228,7 +228,8 @@ def run_files() -> tuple[RunFile, ...]:
         RunFile(CAUSAL + "/", "written by `python -m interp.patch` (\"Causal checks\" above): "
                 + ", ".join(f"`{f.name[len(CAUSAL) + 1:]}`" for f in causal_files() if f.name != f"{CAUSAL}/"
                             f"{R.MANIFEST}") + f", its own `{R.MANIFEST}`"),
-        RunFile("compare_<RUN_B>/", "written by `python -m interp.compare RUN RUN_B` without `--out`",
+        RunFile("compare_<RUN_B>/", "written by `python -m interp.compare RUN RUN_B` without `--out` "
+                "(`compare_<n>runs/` for `RUN RUN_B RUN_C ...`)",
                 pattern="compare_*/"),
         RunFile("tracking.json", "with `tracking=mlflow|wandb|tensorboard`: per backend, the experiment tracker's "
                 "run that holds this run (`interp.tracking`; `python -m interp.patch` adds to the same one)"),
