@@ -448,3 +448,22 @@ def test_bos_rules_on_the_borrowed_tokenizer():
     assert choose_bos(tok, None) == (tok.bos_token_id, "the tokenizer's BOS token")
     with pytest.raises(ModelLoadError, match="not a token of the model's tokenizer"):
         choose_bos(tok, "<nope>")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "pythia"])
+def test_a_saved_folder_of_another_family_loads_through_model_hf(family, tmp_path):
+    """``model=hf model.path=DIR``: a folder written by ``save_pretrained`` (weights, config,
+    tokenizer), as a researcher's downloaded checkpoint is, loads with its family's layout on the
+    plain tree and gives the same logits as the model it was saved from."""
+    src = load(family)
+    model = src.plain.original_model
+    model.save_pretrained(tmp_path)
+    src.tokenizer.save_pretrained(tmp_path)
+    cfg = make_cfg("model=hf", f"model.path={tmp_path}", "model.name=local", "model.bos_token='<|endoftext|>'",
+                   "device=cpu", "dtype=float32")
+    lm = load_model(cfg.model, "cpu", "float32")
+    assert lm.plain_reason is None and lm.plain.layout.family == src.plain.layout.family
+    assert lm.info["family"] == src.info["family"] and lm.info["source"] == "hf"
+    tokens = torch.tensor([[lm.bos_token_id, 422, 314, 1234, 56]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.plain(tokens), model(tokens).logits, rtol=0, atol=0)
