@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -401,6 +402,33 @@ def test_a_family_without_a_module_layout_runs_on_the_bridge_and_says_why():
     fwd = r.manifest["forward"]
     assert fwd["backend"] == "bridge" and "no module layout" in fwd["why_bridge"] and "gptj" in fwd["why_bridge"]
     assert set(r.stability["hook"]) == {"resid_post", "mlp_post"} and np.isfinite(r.pairs["logprob_a"]).all()
+
+
+def test_the_causal_checks_run_on_the_bridge_for_a_family_without_a_layout(tmp_path):
+    """``interp.patch`` on a GPT-J run (no plain tree): ablation, activation patching and AtP all run on
+    the bridge, and the causal manifest says patching ran there."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from interp.causal import run_causal
+    from tests.conftest import CONF
+
+    mcfg = family_cfg("gpt2").model
+    with open_dict(mcfg):
+        mcfg.name, mcfg.config = "tiny-gptj", GPTJ
+    lm = load_model(mcfg, "cpu", "float32")
+    run_dir = interp.analyze(lm, ROWS, hooks=["resid_post", "mlp_out"], figures=False).save(tmp_path / "gptj")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="patch", overrides=[
+            "progress=false", f"run={run_dir}", "k=[2]", "ablation.split=null", "ablation.limit=4",
+            "ablation.seeds=2", "patching.n_pairs=1", "atp.validate=2", "figures.enabled=false"])
+    run_causal(cfg)
+    causal = Path(run_dir) / "causal"
+    man = json.loads((causal / "manifest.json").read_text())
+    assert man["patching"]["backend"] == "bridge", man["patching"]
+    for name in ("ablation.parquet", "patching.parquet", "atp.parquet"):
+        assert len(pd.read_parquet(causal / name)) > 0, name
+    assert np.isfinite(pd.read_parquet(causal / "atp.parquet")["atp_mean"]).all()
 
 
 # ---------------------------------------------------------------- 9: BOS rules
