@@ -105,6 +105,12 @@ def pair_from_record(rec: dict, source: str, line: int, default_category: str, a
                 source=source, line=line, alt=alt, meta=meta)
 
 
+def has_sentence_columns(names) -> bool:
+    """Whether column (field) ``names`` hold both sentences: ``a``/``b``, an alias, or CausalGym's
+    ``base``/``src``."""
+    return any(fa in names and fb in names for fa, fb in (*FIELD_NAMES, GYM_FIELDS))
+
+
 def collect(pairs: list[Pair], problems: list[Problem], strict: bool):
     """A function that files each read item: a pair (its id defaults to ``category-LINE``) or a
     problem (``strict``: raised as ``PairFileError`` instead)."""
@@ -202,9 +208,8 @@ def _parquet_columns(p: Path) -> list[str]:
 
         names = list(pq.read_schema(p).names)
     except Exception as err:  # pyarrow's errors: ArrowInvalid, OSError...
-        msg = " ".join(str(err).split())
-        raise _Refused(f"cannot be read as parquet ({msg[:200]})") from None
-    if not any(fa in names and fb in names for fa, fb in (*FIELD_NAMES, GYM_FIELDS)):
+        raise _unreadable_parquet(err) from None
+    if not has_sentence_columns(names):
         shown = ", ".join(names)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise _Refused(f"a parquet pairs file needs columns {SENTENCE_FIELDS}; its columns are [{shown}]")
@@ -246,8 +251,13 @@ def _parquet_rows(p: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if v is not None and not k.startswith("__index_level_")}
                 for r in rows]
     except Exception as err:
-        msg = " ".join(str(err).split())
-        raise _Refused(f"cannot be read as parquet ({msg[:200]})") from None
+        raise _unreadable_parquet(err) from None
+
+
+def _unreadable_parquet(err: BaseException) -> _Refused:
+    """The refusal of a file pyarrow cannot read (its error on one line, cut at 200 characters)."""
+    msg = " ".join(str(err).split())
+    return _Refused(f"cannot be read as parquet ({msg[:200]})")
 
 
 def _decode(raw: bytes, line: int) -> str:
@@ -333,7 +343,7 @@ def _header_problem(first: list[str] | Problem) -> str | None:
     if isinstance(first, Problem):
         return f"{need}; its first row cannot be read ({first.reason})"
     names = {c.strip() for c in first}
-    if any(fa in names and fb in names for fa, fb in (*FIELD_NAMES, GYM_FIELDS)):
+    if has_sentence_columns(names):
         return None
     shown = ",".join(first)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."

@@ -35,14 +35,14 @@ publishes them), the rows once, by the reader.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, one_line
 from . import PairSet
-from .causalgym import GYM_FIELDS
-from .files import FIELD_NAMES, collect, pair_from_record
+from .files import collect, has_sentence_columns, pair_from_record
 from .records import Problem
 
 COLUMN_FIELDS = ("a", "b", "category", "type", "alt", "pair_id")
@@ -50,8 +50,7 @@ DATA_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict, Dataset)
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 INSTALL = "pairs=hf needs the datasets package: pip install interp[hf]"
-_OPENED: dict[tuple, Any] = {}  # a few opened datasets (or hub metadata), so checking and reading open once
-_KEEP = 4
+_KEEP = 4  # opened datasets (or hub metadata) kept, so checking and reading open once
 
 
 def _datasets():
@@ -99,14 +98,6 @@ def _stamp(p: Path) -> tuple:
     return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
 
 
-def _remember(key: tuple, value):
-    _OPENED.pop(key, None)
-    _OPENED[key] = value
-    while len(_OPENED) > _KEEP:
-        _OPENED.pop(next(iter(_OPENED)))
-    return value
-
-
 def _setting(pcfg, key: str, default=None):
     value = pcfg.get(key, default)
     return default if value is None else value
@@ -128,9 +119,21 @@ def open_split(pcfg) -> tuple[Any, str]:
     name = str(pcfg.get("dataset"))
     subset, split = pcfg.get("subset"), str(_setting(pcfg, "split", "train"))
     kind, path = kind_of(name)
-    key = (kind, name, subset, split, _stamp(path) if path is not None else None)
-    if kind != "hub" and key in _OPENED:
-        return _OPENED[key]
+    if kind == "hub":
+        return _open(kind, name, subset, split, path)
+    return _opened(kind, name, subset, split, path, _stamp(path))
+
+
+@functools.lru_cache(maxsize=_KEEP)
+def _opened(kind: str, name: str, subset, split: str, path: Path | None, stamp: tuple | None):
+    """What ``_open`` (a local copy, its files' ``stamp`` in the key) or ``_hub_info`` (kind
+    ``hub-info``) gave, the last ``_KEEP`` of both kinds together kept for the next call."""
+    if kind == "hub-info":
+        return _hub_info(name, subset, split)
+    return _open(kind, name, subset, split, path)
+
+
+def _open(kind: str, name: str, subset, split: str, path: Path | None) -> tuple[Any, str]:
     with _quiet() as ds:
         try:
             if kind == "saved":
@@ -163,16 +166,17 @@ def open_split(pcfg) -> tuple[Any, str]:
             raise
         except Exception as err:  # datasets' and pyarrow's errors: DatasetGenerationError, OSError...
             raise _cannot(name, err) from None
-    return _remember(key, out) if kind != "hub" else out
+    return out
 
 
 def _hub_metadata(pcfg) -> tuple[list[str] | None, str]:
     """The columns of a hub dataset's split where the hub publishes them (None: known only once
     loaded), after checking the split where its list is published; metadata only, no rows."""
     name, subset, split = str(pcfg.get("dataset")), pcfg.get("subset"), str(_setting(pcfg, "split", "train"))
-    key = ("hub-info", name, subset, split)
-    if key in _OPENED:
-        return _OPENED[key]
+    return _opened("hub-info", name, subset, split, None, None)
+
+
+def _hub_info(name: str, subset, split: str) -> tuple[list[str] | None, str]:
     with _quiet() as ds:
         try:
             info = ds.load_dataset_builder(name, subset).info
@@ -181,7 +185,7 @@ def _hub_metadata(pcfg) -> tuple[list[str] | None, str]:
     if info.splits:
         _pick_split(list(info.splits), split.split("[")[0], name)
     columns = list(info.features) if info.features else None
-    return _remember(key, (columns, f"{name}:{split}"))
+    return columns, f"{name}:{split}"
 
 
 def column_mapping(columns_cfg, names: list[str] | None, where: str) -> dict[str, str]:
@@ -201,8 +205,7 @@ def column_mapping(columns_cfg, names: list[str] | None, where: str) -> dict[str
     if ("a" in given) != ("b" in given):
         raise ConfigError("pairs.columns.a and pairs.columns.b name the two sentence columns: set both "
                           "(or neither: a/b, good/bad, sentence_good/sentence_bad or base/src are found by name)")
-    if names is not None and "a" not in given and not any(fa in names and fb in names
-                                                           for fa, fb in (*FIELD_NAMES, GYM_FIELDS)):
+    if names is not None and "a" not in given and not has_sentence_columns(names):
         how = ("rename them (Dataset.rename_columns)" if where.startswith("<")  # analyze's Dataset
                else "name them with pairs.columns.a=COLUMN pairs.columns.b=COLUMN")
         raise ConfigError(f"pairs.dataset={where}: no sentence columns (a/b, good/bad, sentence_good/sentence_bad "
