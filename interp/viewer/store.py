@@ -394,13 +394,6 @@ def _read_jsonl_lenient(path: Path) -> list[dict]:
     return out
 
 
-def _json_object(f: Path) -> dict:
-    obj = json.loads(f.read_text())
-    if not isinstance(obj, dict):
-        raise ValueError(f"{f.name}: not a JSON object")
-    return obj
-
-
 def newer_text(err: "R.SchemaVersionError") -> str:
     """A run too new for this code, in the viewer's words (no file paths)."""
     return (f"written by a newer interp (run-dir schema_version {err.version!r}, this viewer reads up to "
@@ -421,7 +414,8 @@ class RunStore:
         p = contained_file(Path(path).resolve(), R.MANIFEST)
         if p is None:
             raise FileNotFoundError(f"{path}/{R.MANIFEST}: missing or outside the run dir")
-        return self.manifests.get(p, lambda f: R.check_schema(_json_object(f), path))
+        # read_manifest reads path/manifest.json: the file p, checked above and stat-ed as the cache key
+        return self.manifests.get(p, lambda f: R.read_manifest(path))
 
     def list(self) -> list[tuple[str, Path]]:
         out = []
