@@ -228,14 +228,27 @@ def _numbers(d: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def causal_dir_of(run_dir: Path | None, causal_dir: Path | None = None) -> Path | None:
-    """The causal checks' folder of a run (``RUN/causal``) if it holds a complete manifest."""
+def complete_causal(run_dir: Path | None, causal_dir: Path | None = None) -> tuple[Path, dict] | None:
+    """The causal checks' folder of a run (``RUN/causal``, or ``causal_dir``) and its manifest, read
+    once, if that manifest is complete (None: missing, unreadable or not complete)."""
     d = Path(causal_dir) if causal_dir is not None else (Path(run_dir) / "causal" if run_dir else None)
-    return d if d is not None and R.is_complete(d) else None
+    if d is None:
+        return None
+    try:
+        cm = R.read_manifest(d, check=False)
+    except (OSError, ValueError):
+        return None
+    return (d, cm) if cm.get("status") == "complete" else None
 
 
-def causal_metrics(causal_dir: str | Path) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+def _causal_manifest(causal_dir: str | Path) -> dict:
+    return json.loads((Path(causal_dir) / "manifest.json").read_text())
+
+
+def causal_metrics(causal_dir: str | Path, manifest: Mapping | None = None
+                   ) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
     """The causal checks' summaries: scalars, and the patching curves per layer (the metrics' step).
+    ``manifest``: ``causal_dir``'s manifest where already read (None: read here).
 
     Scalars: ``causal/counts/...``, ``causal/timings/...``, ``causal/atp/...`` (Pearson and Spearman
     against real patching, mean |AtP| of stable and other components), per selection x k x mode x
@@ -245,7 +258,7 @@ def causal_metrics(causal_dir: str | Path) -> tuple[dict[str, float], dict[int, 
     import pandas as pd
 
     d = Path(causal_dir)
-    cm = json.loads((d / "manifest.json").read_text())
+    cm = manifest if manifest is not None else _causal_manifest(d)
     files = set(cm.get("files") or [])
     out: dict[str, Any] = {}
     for k, v in (cm.get("counts") or {}).items():
@@ -310,9 +323,11 @@ FILE_DIRS = {"figures": "figures", ".hydra": "hydra"}
 
 
 def artifact_plan(run_dir: Path | None, max_mb: float, causal_dir: Path | None = None,
-                  run_files: bool = True) -> tuple[list[tuple[Path, str]], list[dict]]:
+                  run_files: bool = True, causal_manifest: Mapping | None = None
+                  ) -> tuple[list[tuple[Path, str]], list[dict]]:
     """The files a tracker run gets, as (file, folder in the tracker run), and those left out, with
-    the reason. ``run_files=False``: only the causal checks' files."""
+    the reason. ``run_files=False``: only the causal checks' files. ``causal_manifest``:
+    ``causal_dir``'s manifest where already read (None: read here)."""
     files: list[tuple[Path, str]] = []
     skipped: list[dict] = []
     cap = float(max_mb) * 2 ** 20
@@ -338,7 +353,7 @@ def artifact_plan(run_dir: Path | None, max_mb: float, causal_dir: Path | None =
                     if q.is_file() and not q.is_symlink():
                         consider(q, FILE_DIRS[p.name])
     if causal_dir is not None:
-        cm = json.loads((Path(causal_dir) / "manifest.json").read_text())
+        cm = causal_manifest if causal_manifest is not None else _causal_manifest(causal_dir)
         for name in ["manifest.json", *(cm.get("files") or [])]:
             p = Path(causal_dir) / name
             if p.is_file() and not p.is_symlink():
@@ -530,14 +545,9 @@ class _TensorBoard(_Tracker):
 
         self.replace = replace
 
-        default = Path(run_dir).absolute() / TENSORBOARD_DIR if run_dir is not None else None
-        if resume:
-            log_dir = Path(resume)
-        elif t.log_dir:
-            log_dir = Path(t.log_dir).expanduser().absolute() / (group or "") / name
-        elif default is not None:
-            log_dir = default
-        else:
+        default = _tensorboard_dir(None, name, group, run_dir)
+        log_dir = Path(resume) if resume else _tensorboard_dir(t.log_dir, name, group, run_dir)
+        if log_dir is None:
             raise ConfigError("tracking=tensorboard: a Result that is not saved needs log_dir=DIR")
         if self.replace and (resume or log_dir == default) and log_dir.is_dir():
             for old in log_dir.glob("events.out.tfevents.*"):  # this run's own log: logged whole again
@@ -647,9 +657,16 @@ def _location(t: TrackingConfig, name: str, group: str | None, run_dir: Path | N
     if t.backend == "wandb":
         return {"project": t.project, "entity": t.entity, "mode": t.mode,
                 "dir": str(Path(t.dir).expanduser().absolute())}
-    if t.log_dir:
-        return {"log_dir": str(Path(t.log_dir).expanduser().absolute() / (group or "") / name)}
-    return {"log_dir": str(Path(run_dir).absolute() / TENSORBOARD_DIR) if run_dir else None}
+    log_dir = _tensorboard_dir(t.log_dir, name, group, run_dir)
+    return {"log_dir": str(log_dir) if log_dir is not None else None}
+
+
+def _tensorboard_dir(log_dir: str | None, name: str, group: str | None, run_dir: Path | None) -> Path | None:
+    """A TensorBoard run's log dir: ``LOG_DIR/[GROUP/]NAME`` where ``tracking.log_dir`` is set, else
+    ``RUN_DIR/tensorboard`` (None: neither)."""
+    if log_dir:
+        return Path(log_dir).expanduser().absolute() / (group or "") / name
+    return Path(run_dir).absolute() / TENSORBOARD_DIR if run_dir is not None else None
 
 
 def describe(entry: Mapping) -> str:
@@ -718,7 +735,7 @@ def log_run(run: Any, backend: str = "mlflow", *, meta: Mapping[str, str] | None
     entry = read_record(run_dir).get(t.backend)
     resume = _resumable(entry, loc, m.get("config_hash"), m.get("created"))
     tracker, linked = _open(t, name, t.group, run_dir, resume, replace=True)
-    cdir = causal_dir_of(run_dir) if causal else None
+    found = complete_causal(run_dir) if causal else None
     try:
         tags = {**_meta(m, run_dir, "complete"), **(dict(meta) if meta else {}), **t.tags}
         if t.group:
@@ -731,10 +748,10 @@ def log_run(run: Any, backend: str = "mlflow", *, meta: Mapping[str, str] | None
         metrics = run_metrics(result, summary)
         tracker.log_metrics(metrics)
         causal_info = None
-        if cdir is not None:
-            causal_info = _log_causal_metrics(tracker, cdir)
+        if found is not None:
+            causal_info = _log_causal_metrics(tracker, found)
             metrics.update(causal_info.pop("metrics"))
-        skipped = _log_files(tracker, run_dir, t.max_artifact_mb, cdir, summary={
+        skipped = _log_files(tracker, run_dir, t.max_artifact_mb, found, summary={
             "stability_summary.json": summary, "metrics.json": metrics})
         tracker.finish("complete")
     except BaseException:
@@ -761,23 +778,25 @@ def _finish_quietly(tracker: _Tracker) -> None:
         pass
 
 
-def _log_causal_metrics(tracker: _Tracker, cdir: Path) -> dict:
-    scalars, curves = causal_metrics(cdir)
+def _log_causal_metrics(tracker: _Tracker, causal: tuple[Path, dict]) -> dict:
+    cdir, cm = causal
+    scalars, curves = causal_metrics(cdir, cm)
     tracker.log_metrics(scalars)
     for layer, values in curves.items():
         tracker.log_metrics(values, step=layer)
-    cm = json.loads((cdir / "manifest.json").read_text())
     return {"dir": str(cdir.absolute()), "created": cm.get("created"), "metrics": scalars,
             "n_metrics": len(scalars), "n_curves": len({k for v in curves.values() for k in v})}
 
 
-def _log_files(tracker: _Tracker, run_dir: Path | None, max_mb: float, cdir: Path | None,
+def _log_files(tracker: _Tracker, run_dir: Path | None, max_mb: float, causal: tuple[Path, dict] | None,
                summary: dict | None = None, run_files: bool = True, index: str = "artifacts.json") -> list[dict]:
-    """Log the run's files (``artifact_plan``) and the ``summary/`` files (``summary`` and ``index``,
-    the list of what was logged and skipped); return those skipped. ``max_mb`` 0: no file at all."""
+    """Log the run's files (``artifact_plan``; ``causal``: ``complete_causal``'s folder and manifest)
+    and the ``summary/`` files (``summary`` and ``index``, the list of what was logged and skipped);
+    return those skipped. ``max_mb`` 0: no file at all."""
     if max_mb <= 0:
         return [{"path": "*", "reason": "tracking.max_artifact_mb=0"}]
-    files, skipped = artifact_plan(run_dir, max_mb, cdir, run_files)
+    cdir, cm = causal if causal is not None else (None, None)
+    files, skipped = artifact_plan(run_dir, max_mb, cdir, run_files, cm)
     for path, folder in files:
         tracker.log_file(path, folder)
     with tempfile.TemporaryDirectory(prefix="interp-tracking-") as tmp:
@@ -828,8 +847,8 @@ def log_causal(run_dir: str | Path, causal_dir: str | Path | None = None) -> dic
     run ``RUN/tracking.json`` records for this run (one per backend; a record of an earlier run in
     the same folder is left alone). Returns backend -> tracker run id (empty: nothing recorded)."""
     run_dir = Path(run_dir)
-    cdir = causal_dir_of(run_dir, Path(causal_dir) if causal_dir is not None else None)
-    if cdir is None:
+    found = complete_causal(run_dir, Path(causal_dir) if causal_dir is not None else None)
+    if found is None:
         return {}
     created = R.read_manifest(run_dir).get("created")
     done = {}
@@ -847,9 +866,9 @@ def log_causal(run_dir: str | Path, causal_dir: str | Path | None = None) -> dic
         try:
             if linked:
                 tracker.set_tags({"interp.linked_run": linked, "interp.run_dir": str(run_dir.absolute())})
-            info = _log_causal_metrics(tracker, cdir)
+            info = _log_causal_metrics(tracker, found)
             info.pop("metrics")
-            info["skipped_files"] = _log_files(tracker, run_dir, t.max_artifact_mb, cdir, run_files=False,
+            info["skipped_files"] = _log_files(tracker, run_dir, t.max_artifact_mb, found, run_files=False,
                                                index="causal_artifacts.json")
             if isinstance(tracker, _WandB):
                 info["files_dir"] = str(tracker.files_dir.parent)
