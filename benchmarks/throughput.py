@@ -39,6 +39,7 @@ gives the larger run, and prints both peaks and their ratio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -65,17 +66,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
 def _out_dir():
-    """This benchmark run's output folder (Hydra's run dir; a temporary folder outside Hydra)."""
+    """This benchmark run's output folder: Hydra's run dir (kept); outside Hydra a temporary folder,
+    removed when the ``with`` block ends."""
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+        yield Path(HydraConfig.get().runtime.output_dir)
+        return
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="interp-benchmark-"))
+    with tempfile.TemporaryDirectory(prefix="interp-benchmark-") as tmp:
+        yield Path(tmp)
 
 
 def peak_rss_mb() -> float:
@@ -100,7 +105,8 @@ def prepare(cfg: DictConfig, lm, n_pairs: int):
     """Bank pairs validated under the model's tokenizer, in batches: a seeded sample of at most
     ``sample_pairs`` pairs, cycled to ``n_pairs``, so that runs of different sizes see the same
     sentence lengths (peak memory depends on the longest batch, not on the number of pairs)."""
-    pairs, _ = workload_pairs(cfg, _out_dir())
+    with _out_dir() as out:  # the pairs are read whole: nothing refers to the folder afterwards
+        pairs, _ = workload_pairs(cfg, out)
     kept, _ = validate_pairs(pairs, lm.tokenizer, int(cfg.max_tokens))
     if not kept:
         raise SystemExit("no valid pairs")
