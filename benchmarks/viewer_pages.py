@@ -27,34 +27,39 @@ def dir_size_mb(path: Path) -> dict:
             "largest_mb": {k: round(v / 2 ** 20, 1) for k, v in top}}
 
 
-def pages(run_dir: Path) -> dict[str, str]:
+def pages(run_dir: Path, app) -> dict[str, str]:
+    """Page name -> URL on ``app`` (the viewer of ``run_dir``'s parent), built by its routes
+    (``url_for``), so a pair id with ``/``, ``?``, ``#`` or ``%`` is quoted."""
+    from flask import url_for
+
     from interp import rundir as R
 
-    rid = run_dir.name
     m = R.read_manifest(run_dir)
     pairs = pd.read_parquet(run_dir / "pairs.parquet", columns=["pair_id"])
     points = [h["point"] for h in m.get("hooks", [])]
     hook = points[0] if points else "resid_post"
-    out = {"run": f"/run/{rid}", "table": f"/run/{rid}/-/table", "layer": f"/run/{rid}/-/layer/0",
-           "divergence": f"/run/{rid}/-/divergence", "pairs": f"/run/{rid}/-/pairs",
-           "pair": f"/run/{rid}/-/pair/{pairs['pair_id'].iloc[0]}", "rejected": f"/run/{rid}/-/rejected",
-           "causal": f"/run/{rid}/-/causal"}
+    endpoints = {"run": ("run.run_page", {}), "table": ("table.table", {}), "layer": ("layer.layer", {"layer": 0}),
+                 "divergence": ("divergence.divergence", {}), "pairs": ("pairs.pairs", {}),
+                 "pair": ("pairs.pair", {"pair_id": str(pairs["pair_id"].iloc[0])}),
+                 "rejected": ("rejected.rejected", {}), "causal": ("causal.causal", {})}
     if hook == "mlp_post":
-        out["neuron"] = f"/run/{rid}/-/neuron/0/0"
+        endpoints["neuron"] = ("component.neuron", {"layer": 0, "neuron": 0})
     else:
-        out["component"] = f"/run/{rid}/-/component/{hook}/0/0"
+        endpoints["component"] = ("component.component", {"hook": hook, "layer": 0, "component": 0})
     if "z" in points:
-        out["head"] = f"/run/{rid}/-/head/0/0"
-    return out
+        endpoints["head"] = ("head.head", {"layer": 0, "head": 0})
+    with app.test_request_context():
+        return {name: url_for(endpoint, run=run_dir.name, **args) for name, (endpoint, args) in endpoints.items()}
 
 
 def measure(run_dir: Path, repeats: int = 2) -> dict:
     from interp.viewer import create_app
 
     run_dir = run_dir.resolve()
-    client = create_app(run_dir.parent).test_client()
+    app = create_app(run_dir.parent)
+    client = app.test_client()
     res = {}
-    for name, url in pages(run_dir).items():
+    for name, url in pages(run_dir, app).items():
         times, status = [], None
         for _ in range(repeats):
             t = time.perf_counter()
