@@ -107,7 +107,7 @@ def test_the_backend_choice(tiny_lm, pairs_file):
     acfg = make_cfg().analysis
     names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
     model, facts = analysis_model(tiny_lm, acfg, names)
-    assert model is tiny_lm.plain and facts == {"backend": "hf", "attention": "eager", "compiled": False}  # CPU
+    assert model is tiny_lm.plain and facts == {"backend": "hf", "layout": "llama", "attention": "eager", "compiled": False}  # CPU
     with tiny_lm.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: None)]):
         model, facts = analysis_model(tiny_lm, acfg, names)  # the caller's hooks only run in the bridge
     assert model is tiny_lm.bridge and facts["why_bridge"].startswith("hooks are attached to the bridge")
@@ -176,7 +176,7 @@ def test_a_run_on_the_plain_tree_with_eager_attention_equals_the_bridge_run(tiny
     outs["sdpa"] = run(make_cfg(*common, "analysis.backend=hf", "analysis.attn=sdpa"), tmp_path / "sdpa", lm=tiny_lm)
     from interp import rundir as R
 
-    assert R.read_manifest(outs["hf"])["forward"] == {"backend": "hf", "attention": "eager", "compiled": False}
+    assert R.read_manifest(outs["hf"])["forward"] == {"backend": "hf", "layout": "llama", "attention": "eager", "compiled": False}
     assert R.read_manifest(outs["bridge"])["forward"]["backend"] == "bridge"
     for table in ("stability.parquet", "pairs.parquet"):
         ref = pd.read_parquet(outs["bridge"] / table)
