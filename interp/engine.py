@@ -244,7 +244,7 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
             # no logits from the pass itself: the plain tree runs its decoder alone; the bridge runs
             # the Hugging Face model, which computes the last position's only
             model(batch.tokens, attention_mask=batch.mask.long(), return_type=None, logits_to_keep=1)
-        h, unembed = kept["h"], model.original_model.get_output_embeddings()
+        h, unembed = kept["h"], unembedding(model.original_model)
         target = batch.tokens.flatten().index_select(0, sc.flat + 1)
         lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)
         if chunk is None:
@@ -260,6 +260,38 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
             lp[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
         out = torch.zeros(n, dtype=torch.float64, device=h.device).index_add_(0, sc.owner, lp)
         return out.index_add_(0, sc.shared_owner, lp.index_select(0, sc.shared))
+
+
+class Unembedding:
+    """The final norm's output -> logits as the Hugging Face model computes them: its output embedding,
+    then the family's own last step where it has one (Gemma 2/3: ``final_logit_softcapping``, tanh
+    soft-capping; Granite: division by ``logits_scaling``; Cohere: times ``logit_scale``). Every
+    log-probability of the toolkit is computed through it."""
+
+    def __init__(self, hf_model):
+        self.linear = hf_model.get_output_embeddings()
+        self.weight = self.linear.weight
+        c = hf_model.config
+        c = getattr(c, "text_config", None) or c
+        self.softcap = getattr(c, "final_logit_softcapping", None)
+        scale = 1.0
+        if getattr(c, "logits_scaling", None):
+            scale /= float(c.logits_scaling)
+        if getattr(c, "logit_scale", None) is not None and c.model_type.startswith("cohere"):
+            scale *= float(c.logit_scale)
+        self.scale = scale
+
+    def __call__(self, h: Tensor) -> Tensor:
+        x = self.linear(h)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.softcap:
+            x = torch.tanh(x / self.softcap) * self.softcap
+        return x
+
+
+def unembedding(hf_model) -> Unembedding:
+    return Unembedding(hf_model)
 
 
 def sentence_logprobs(logits: Float[Tensor, "R T vocab"], tokens: Int[Tensor, "R T"],

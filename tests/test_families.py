@@ -495,3 +495,29 @@ def test_a_saved_folder_of_another_family_loads_through_model_hf(family, tmp_pat
     tokens = torch.tensor([[lm.bos_token_id, 422, 314, 1234, 56]])
     with torch.no_grad():
         torch.testing.assert_close(lm.plain(tokens), model(tokens).logits, rtol=0, atol=0)
+
+
+def test_log_probs_follow_a_familys_final_logit_soft_capping():
+    """Gemma 2 soft-caps its logits (tanh(x / cap) * cap) after the unembedding; the run's log-probs,
+    computed from the final norm's output, equal the Hugging Face model's own (a small cap, so that
+    leaving it out would show)."""
+    from omegaconf import open_dict
+
+    mcfg = family_cfg("gemma").model
+    with open_dict(mcfg):
+        mcfg.name = "tiny-gemma2"
+        mcfg.config.model_type = "gemma2"
+        mcfg.config.final_logit_softcapping = 2.0
+        mcfg.config.attn_logit_softcapping = None
+        mcfg.config.query_pre_attn_scalar = 16
+    lm = load_model(mcfg, "cpu", "float32")
+    assert lm.info["family"] == "gemma2" and lm.plain is None  # no layout: the bridge runs it
+    r = interp.analyze(lm, ROWS[:2], hooks=["resid_post"], figures=False, controls={"n": 0}, contrast=None)
+    ref = lm.hf_model if lm.plain is None else hf_reference(lm)
+    for row in r.pairs.itertuples():
+        ids = torch.tensor([[lm.bos_token_id, *lm.tokenizer(row.a, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            logits = ref(ids).logits.float()
+        want = logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None]).sum().item()
+        assert abs(row.logprob_a - want) < 1e-3, (row.logprob_a, want)
+        assert logits.abs().max() <= 2.0 + 1e-4  # the cap is what the model computes

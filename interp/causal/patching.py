@@ -74,7 +74,7 @@ from jaxtyping import Bool, Float, Int
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ..engine import HookFn, sentence_logprobs
+from ..engine import HookFn, sentence_logprobs, unembedding
 from ..hooks import HOOK_POINTS
 
 DIRECTIONS = ("denoising", "noising")
@@ -213,7 +213,7 @@ def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"]
     (``original_model.get_output_embeddings()``) and log-softmaxed in float32 ``chunk`` slots at a
     time (as ``interp.engine.pair_logprobs``: 1,024 on a GPU, on the CPU as many as keep a chunk's
     logits within 16 MB), float64."""
-    unembed = model.original_model.get_output_embeddings()
+    unembed = unembedding(model.original_model)
     if chunk is None:
         chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
     own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
