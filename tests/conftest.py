@@ -26,6 +26,22 @@ def seed_everything():
     yield
 
 
+@pytest.fixture(autouse=True)
+def no_closed_log_streams():
+    """An in-process Hydra run (``interp.run``'s ``main``) attaches logging handlers to the streams of
+    its test's output capture, closed when that test ends: a later log record would print a
+    "Logging error" into the next test's captured stderr. Such handlers are removed first."""
+    import logging
+
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(x, logging.Logger))]
+    for logger in loggers:
+        for h in list(logger.handlers):
+            if getattr(getattr(h, "stream", None), "closed", False):
+                logger.removeHandler(h)
+    yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """The test machine's 2 cores are shared: one intra-op thread is many times faster here
