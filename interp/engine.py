@@ -244,21 +244,9 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
             # no logits from the pass itself: the plain tree runs its decoder alone; the bridge runs
             # the Hugging Face model, which computes the last position's only
             model(batch.tokens, attention_mask=batch.mask.long(), return_type=None, logits_to_keep=1)
-        h, unembed = kept["h"], unembedding(model.original_model)
         target = batch.tokens.flatten().index_select(0, sc.flat + 1)
-        lp = torch.empty(sc.n, dtype=torch.float64, device=h.device)
-        if chunk is None:
-            chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
-        own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
-        for i in range(0, sc.n, chunk):
-            raw = unembed(h[i:i + chunk])
-            lg = raw.float()
-            if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
-                lg = lg.clone()
-            tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
-            top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
-            lp[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
-        out = torch.zeros(n, dtype=torch.float64, device=h.device).index_add_(0, sc.owner, lp)
+        lp = slot_logprobs(model, kept["h"], target, chunk)
+        out = torch.zeros(n, dtype=torch.float64, device=lp.device).index_add_(0, sc.owner, lp)
         return out.index_add_(0, sc.shared_owner, lp.index_select(0, sc.shared))
 
 
@@ -292,6 +280,28 @@ class Unembedding:
 
 def unembedding(hf_model) -> Unembedding:
     return Unembedding(hf_model)
+
+
+def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"],
+                  chunk: int | None = None) -> Float[Tensor, "S"]:
+    """log p(target) of the final norm's output ``h`` at ``S`` slots: unembedded
+    (``original_model.get_output_embeddings()``) and log-softmaxed in float32 ``chunk`` slots at a
+    time (``pair_logprobs`` and activation patching's metric: 1,024 on a GPU, on the CPU as many as keep a chunk's
+    logits within 16 MB), float64."""
+    unembed = unembedding(model.original_model)
+    if chunk is None:
+        chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
+    own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
+    out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
+    for i in range(0, h.shape[0], chunk):
+        raw = unembed(h[i:i + chunk])
+        lg = raw.float()
+        if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
+            lg = lg.clone()
+        tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
+        top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
+        out[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+    return out
 
 
 def sentence_logprobs(logits: Float[Tensor, "R T vocab"], tokens: Int[Tensor, "R T"],

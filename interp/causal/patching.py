@@ -74,7 +74,7 @@ from jaxtyping import Bool, Float, Int
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ..engine import HookFn, sentence_logprobs, unembedding
+from ..engine import HookFn, sentence_logprobs, slot_logprobs
 from ..hooks import HOOK_POINTS
 
 DIRECTIONS = ("denoising", "noising")
@@ -205,28 +205,6 @@ class LogprobDelta:
 
     def __call__(self, logits: Float[Tensor, "B T d_vocab"]) -> Float[Tensor, "B"]:
         return sentence_logprobs(logits, self.tokens, self.mask) - self.base_total
-
-
-def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"],
-                  chunk: int | None = None) -> Float[Tensor, "S"]:
-    """log p(target) of the final norm's output ``h`` at ``S`` slots: unembedded
-    (``original_model.get_output_embeddings()``) and log-softmaxed in float32 ``chunk`` slots at a
-    time (as ``interp.engine.pair_logprobs``: 1,024 on a GPU, on the CPU as many as keep a chunk's
-    logits within 16 MB), float64."""
-    unembed = unembedding(model.original_model)
-    if chunk is None:
-        chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
-    own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
-    out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
-    for i in range(0, h.shape[0], chunk):
-        raw = unembed(h[i:i + chunk])
-        lg = raw.float()
-        if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
-            lg = lg.clone()
-        tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
-        top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
-        out[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
-    return out
 
 
 def _first_changed(setter: Setter, cells: Sequence[tuple], hp, source_cache: Mapping[str, Tensor],
