@@ -29,7 +29,7 @@ each hook point means in each; ``README.md`` lists them. Adding a hook point is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import ConfigError
 
@@ -117,9 +117,7 @@ LAYOUTS: dict[str, Layout] = {
 }
 # GPT-NeoX with parallel attention and MLP (Pythia): both read the block's input; there is no
 # residual stream between them, so no resid_mid.
-_NEOX_PARALLEL = Layout("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "gpt_neox.final_layer_norm",
-                        _where("attention", "mlp", "dense", "dense_4h_to_h", None),
-                        ("input_layernorm", "attention", "post_attention_layernorm", "mlp"))
+_NEOX_PARALLEL = replace(LAYOUTS["gpt_neox"], where=_where("attention", "mlp", "dense", "dense_4h_to_h", None))
 
 
 def layout_for(config) -> Layout | None:

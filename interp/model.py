@@ -358,6 +358,10 @@ def choose_bos(tokenizer, bos: str | None) -> tuple[int, str]:
     return int(tokenizer.eos_token_id), "no BOS token in the tokenizer: its EOS token"
 
 
+# the shape facts, listed in the manifest's model entry before the device, dtype and BOS
+SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab")
+
+
 def architecture_facts(bridge, hf_model) -> dict:
     """Shape and family facts of a model, read from the bridge's TransformerLens config (the same
     names for every family), with the Hugging Face config's where the bridge has none."""
@@ -394,20 +398,16 @@ def _finish(bridge, hf_model, tokenizer, name: str, source: str, bos: str | None
     facts = architecture_facts(bridge, hf_model)
     info = {
         "name": name, "source": source, "architecture": type(hf_model).__name__,
-        **{k: facts[k] for k in info_shape_keys()},
+        **{k: facts[k] for k in SHAPE_KEYS},
         "n_params": sum(p.numel() for p in hf_model.parameters()),
         "device": str(dev), "dtype": str(dt).replace("torch.", ""),
         "bos_token_id": int(bos_id), "bos_token": tokenizer.convert_ids_to_tokens(int(bos_id)), "bos_rule": bos_rule,
         "weights_processed": process_weights,
-        **{k: v for k, v in facts.items() if k not in info_shape_keys()},
+        **{k: v for k, v in facts.items() if k not in SHAPE_KEYS},
     }
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=name, bos_token_id=int(bos_id),
                        pad_token_id=int(pad_id), device=torch.device(dev), dtype=dt, info=info, plain=plain,
                        plain_reason=plain_reason)
-
-
-def info_shape_keys() -> tuple[str, ...]:
-    return ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab")
 
 
 def _plain_twin(hf_model, mcfg):
