@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 from tests.conftest import REPO, tokenizer_overrides
-from tests.golden.digest import digest
+from tests.golden.digest import digest, platform_key, summary, summary_diff
 
 # The command whose digests tests/golden/tiny.json recorded before the library restructuring; a run
 # writes its mergeable statistics (stats.safetensors) only as a shard now, so the command asks for them
@@ -30,17 +31,31 @@ def _cli(args, tmp_path, env_extra=None):
 
 @pytest.mark.skipif(bool(tokenizer_overrides()), reason="the reference run uses the embedded tokenizer")
 def test_the_reference_run_is_bit_identical_to_before_the_restructuring(tmp_path):
+    """Bit-identical to the reference on every platform it was recorded on (``tests/golden/digest.py``:
+    another CPU rounds float32 differently); elsewhere, equal to its summary up to rounding."""
     env = {"INTERP_CACHE_DIR": os.environ.get("INTERP_CACHE_DIR", os.path.expanduser("~/.cache/interp"))}
     p = _cli([*GOLDEN, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, env)
     assert p.returncode == 0, p.stderr[-2000:]
+    golden = json.loads((REPO / "tests" / "golden" / "tiny.json").read_text())
     got = digest(tmp_path / "run")
-    want = json.loads((REPO / "tests" / "golden" / "tiny.json").read_text())
+    refs = [{k: v for k, v in golden.items() if k not in ("summary", "platforms")},
+            *golden.get("platforms", {}).values()]
     # the typed schema added keys (hooks.layers...; analysis.rule, pair_values...): not numbers; the
     # exclusions' text now says where BOS is counted (max_abs, massive)
-    for key in ("config", "config_hash", "excluded"):
-        got["manifest"].pop(key)
-        want["manifest"].pop(key, None)
-    assert got == want
+    for d in (got, *refs):
+        for key in ("config", "config_hash", "excluded"):
+            d["manifest"].pop(key, None)
+    if any(got == ref for ref in refs):
+        return
+    here = platform_key()
+    if here in golden.get("platforms", {}):  # a platform of the reference: its bits, exactly
+        assert got == golden["platforms"][here]
+    bad = summary_diff(summary(tmp_path / "run"), golden["summary"])
+    assert not bad, "the reference run's numbers moved beyond rounding:\n" + "\n".join(bad[:20])
+    assert got["rejected"] == refs[0]["rejected"]  # no number in it to round
+    warnings.warn(f"the reference's bits were not recorded on this platform ({here}); its numbers agree "
+                  "to rounding. `python tests/golden/digest.py RUN --add tests/golden/tiny.json` records them",
+                  stacklevel=1)
 
 
 MISTAKES = [
