@@ -143,3 +143,19 @@ def bridge_vs_hf(lm, batch, atol: float):
     for l in range(L - 1):
         torch.testing.assert_close(cache[names[l]] * m, hf.hidden_states[l + 1] * m, rtol=atol, atol=atol)
     return logits, hf
+
+
+def run_many(commands: list[tuple[list[str], dict]], jobs: int = 2, timeout: int = 600) -> list:
+    """Run command lines (``(argv, env)``) ``jobs`` at a time; their ``CompletedProcess``es in
+    order. Each runs one torch thread (``OMP_NUM_THREADS=1``): most of a short command is its
+    single-threaded start, so two at a time on two cores take about half the time of one after another."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(cmd):
+        argv, env = cmd
+        return subprocess.run(argv, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=timeout)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, commands))

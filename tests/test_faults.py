@@ -14,7 +14,7 @@ import pytest
 from interp import rundir as R
 from interp.run import run
 from interp.run.pipeline import CountError, check_counts
-from tests.conftest import REPO, make_cfg, tokenizer_overrides
+from tests.conftest import REPO, make_cfg, run_many, tokenizer_overrides
 from tests.test_scale import _same_tables
 
 
@@ -22,6 +22,11 @@ def _args(pairs_file, run_dir, *extra):
     return ["model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={pairs_file}",
             "hooks=resid_post", "batch_size=2", "checkpoint_every=1", "analysis.png=false", "progress=false",
             *tokenizer_overrides(), f"hydra.run.dir={run_dir}", *extra]
+
+
+def _cmd(args, env_extra=None, module="interp.run"):
+    """A command line for ``run_many``: (argv, env)."""
+    return [sys.executable, "-m", module, *args], {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
 
 
 def _cli(args, env_extra=None, module="interp.run"):
@@ -37,21 +42,36 @@ def whole(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("faults")
     pairs = write_pairs(base / "pairs.jsonl")
-    r = _cli(_args(pairs, base / "whole"))
+    r, = run_many([_cmd(_args(pairs, base / "whole"))])
     assert r.returncode == 0, r.stderr[-2000:]
     return pairs, base / "whole"
 
 
-@pytest.mark.parametrize("step", range(1, 8))
-def test_a_kill_at_any_step_of_a_checkpoint_save_resumes_to_the_same_tables(whole, tmp_path, step):
-    pairs, ref = whole
-    d = tmp_path / "r"
-    crashed = _cli(_args(pairs, d), {"INTERP_CRASH_IN_SAVE": f"2:{step}"})  # the save after batch 2 of 4
+STEPS = range(1, 8)
+
+
+@pytest.fixture(scope="module")
+def killed(whole, tmp_path_factory):
+    """Per step of a checkpoint save: the run killed there (after batch 2 of 4), its progress record
+    then, and the same command run again; two runs at a time (``run_many``)."""
+    pairs, _ = whole
+    base = tmp_path_factory.mktemp("killed")
+    dirs = {step: base / f"step{step}" for step in STEPS}
+    crashed = run_many([_cmd(_args(pairs, dirs[s]), {"INTERP_CRASH_IN_SAVE": f"2:{s}"}) for s in STEPS])
+    progress = {s: json.loads((dirs[s] / "checkpoint" / "progress.json").read_text())
+                if (dirs[s] / "checkpoint" / "progress.json").exists() else None for s in STEPS}
+    complete = {s: R.is_complete(dirs[s]) for s in STEPS}
+    resumed = run_many([_cmd(_args(pairs, dirs[s])) for s in STEPS])
+    return {s: (dirs[s], c, progress[s], complete[s], r) for s, c, r in zip(STEPS, crashed, resumed)}
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_kill_at_any_step_of_a_checkpoint_save_resumes_to_the_same_tables(whole, killed, step):
+    _, ref = whole
+    d, crashed, progress, complete_after_crash, resumed = killed[step]
     assert crashed.returncode == 17, crashed.stderr[-2000:]
-    assert not R.is_complete(d)
-    progress = json.loads((d / "checkpoint" / "progress.json").read_text())
+    assert not complete_after_crash
     assert progress["batches_done"] == (2 if step >= 6 else 1)  # the switch is progress.json
-    resumed = _cli(_args(pairs, d))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     m = R.read_manifest(d)
     assert m["counts"]["resumed_from_batch"] == progress["batches_done"]
@@ -79,18 +99,15 @@ def _digest(folder):
 
 def test_another_config_into_a_finished_run_dir_is_refused_and_changes_nothing(whole, tmp_path):
     pairs, _ = whole
-    d = tmp_path / "r"
-    assert _cli(_args(pairs, d)).returncode == 0
-    before = _digest(d)
-    r = _cli(_args(pairs, d, "seed=1"))
+    d, c = tmp_path / "r", tmp_path / "c"  # a finished run; a checkpoint of a killed one
+    done, crashed = run_many([_cmd(_args(pairs, d)), _cmd(_args(pairs, c), {"INTERP_CRASH_IN_SAVE": "2:7"})])
+    assert done.returncode == 0 and crashed.returncode == 17
+    before = {d: _digest(d), c: _digest(c)}
+    r, rc = run_many([_cmd(_args(pairs, d, "seed=1")), _cmd(_args(pairs, c, "seed=1"))])
     assert r.returncode == 2 and "holds a finished run of another config" in r.stderr
-    assert _digest(d) == before  # .hydra/config.yaml included
+    assert _digest(d) == before[d]  # .hydra/config.yaml included
     # a checkpoint of another config: refused before Hydra writes anything either
-    c = tmp_path / "c"
-    assert _cli(_args(pairs, c), {"INTERP_CRASH_IN_SAVE": "2:7"}).returncode == 17
-    before = _digest(c)
-    r = _cli(_args(pairs, c, "seed=1"))
-    assert r.returncode == 2 and "another config" in r.stderr and _digest(c) == before
+    assert rc.returncode == 2 and "another config" in rc.stderr and _digest(c) == before[c]
 
 
 def test_overwrite_replaces_a_finished_run_entirely(whole, tmp_path):
@@ -108,15 +125,14 @@ def test_overwrite_replaces_a_finished_run_entirely(whole, tmp_path):
 
 def test_merge_into_a_finished_run_is_refused_without_overwrite(whole, tmp_path):
     pairs, ref = whole
-    shards = []
-    for i in range(2):
-        s = tmp_path / f"s{i}"
-        assert _cli(_args(pairs, s, f"shard.index={i}", "shard.count=2")).returncode == 0
-        shards.append(str(s))
-    r = _cli([*shards, "--out", str(ref)], module="interp.merge")
-    assert r.returncode == 2 and "already holds a finished run" in r.stderr
+    shards = [str(tmp_path / f"s{i}") for i in range(2)]
+    done = run_many([_cmd(_args(pairs, s, f"shard.index={i}", "shard.count=2")) for i, s in enumerate(shards)])
+    assert all(r.returncode == 0 for r in done), [r.stderr[-2000:] for r in done]
     out = tmp_path / "m"
-    assert _cli([*shards, "--out", str(out)], module="interp.merge").returncode == 0
+    r, first = run_many([_cmd([*shards, "--out", str(ref)], module="interp.merge"),
+                         _cmd([*shards, "--out", str(out)], module="interp.merge")])
+    assert r.returncode == 2 and "already holds a finished run" in r.stderr
+    assert first.returncode == 0, first.stderr[-2000:]
     assert _cli([*shards, "--out", str(out), "--overwrite"], module="interp.merge").returncode == 0
     m = R.read_manifest(out)  # replaced: a new complete run with the same pairs
     assert m["status"] == "complete" and m["counts"]["kept"] == R.read_manifest(ref)["counts"]["kept"]
