@@ -140,7 +140,7 @@ def test_fused_kernel_keeps_the_same_per_pair_values_and_magnitudes(span):
         np.testing.assert_array_equal(ir, inn)
         assert vr.shape == (12, 3, 2, len(keep[point]), 40)
         np.testing.assert_allclose(vn, vr, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(new.absmax[point], ref.absmax[point])
+        assert torch.equal(new.absmax[point], ref.absmax[point])  # a maximum: no rounding to differ in
         torch.testing.assert_close(new.abshist[point], ref.abshist[point])
     assert np.isnan(ref.pair_values("resid_post")[1][..., 2, :]).any()  # edits at the last token: no "after"
 
@@ -226,10 +226,18 @@ def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     v_ref, p_ref, _ = stats._values("resid_post", 0, torch.stack(acts), b)
     sp_ref = stats.spread["resid_post"]  # the PyTorch path folded this batch's spread into the state
     ref = sp_ref.shift.float()
-    v_new, p_new, spread, count = _kernels().pair_values(acts, b, K, 4, ref)
+    v_new, p_new, spread, count, amax = _kernels().pair_values(acts, b, K, 4, ref)
     for name, x, y in (("vals", v_new, v_ref), ("prof", p_new, p_ref)):
         assert torch.equal(torch.isnan(x), torch.isnan(y)), name
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, equal_nan=True, msg=lambda m: f"{name}: {m}")
+    # each pair's largest |x| over the real tokens of a and of b (its own positions, BOS included): exactly
+    B = b.size
+    live = b.mask[:, :, None]
+    by_hand = torch.stack([torch.maximum(torch.where(live[:B], x[:B].abs(), 0).amax(1),
+                                         torch.where(live[B:2 * B], x[B:2 * B].abs(), 0).amax(1)) for x in acts])
+    assert torch.equal(amax, by_hand.float())
+    if span:  # b is longer than a in some pairs: its last tokens count too
+        assert bool((b.mask[B:2 * B].sum(1) != b.mask[:B].sum(1)).any())
     n = count.sum().double()
     mean = ref.double() + spread[:, :, 0].double().sum(1) / n
     torch.testing.assert_close(mean, sp_ref.mean, rtol=1e-6, atol=1e-6)

@@ -15,7 +15,9 @@
    - ``spread[s, i, 0 | 1, c]``: the sum and the sum of squares of ``x - ref[s, c]`` over the
      pair's distinct sentence tokens (a's tokens, and b's own tokens from the edit on: the shared
      prefix counted once), about the running state's shift so that a component with a huge mean
-     keeps its spread.
+     keeps its spread;
+   - ``amax[s, i, c]``: the largest |x| over every real token of a and of b, BOS included (the
+     running maximum behind the massive-activation flag; before, a pass of its own per site).
 
 2. ``group_sums_``: the per-pair values folded into the running float64 sums per group
    (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
@@ -58,7 +60,7 @@ def _ratio(a, c):
 @triton.jit(do_not_specialize=["B", "T"])
 def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
                         EDIT, EDIT_END, LAST, LAST_B, BIDX, REF,
-                        VALS, stride_vb, stride_vs, PROF, stride_pb, stride_ps, SPREAD, B, T, C,
+                        VALS, stride_vb, stride_vs, PROF, stride_pb, stride_ps, SPREAD, AMAX, B, T, C,
                         K: tl.constexpr, O: tl.constexpr, HAS_BIDX: tl.constexpr, DT: tl.constexpr,
                         BLOCK: tl.constexpr, DIFF: tl.constexpr, ABS: tl.constexpr, CTRL: tl.constexpr,
                         DELTA: tl.constexpr, RATIO: tl.constexpr):
@@ -92,6 +94,9 @@ def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
     f_c = zero
     s1 = zero
     s2 = zero
+    # |x| over every real token of a and b: BOS here, the rest in the loop (NaN propagates, as in torch.amax)
+    mx = tl.maximum(tl.abs(tl.load(row_a + cols, mask=cm, other=0.0).to(tl.float32)),
+                    tl.abs(tl.load(row_b + cols, mask=cm, other=0.0).to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
     for t in range(1, T):
         tt = zi + t
         in_a = tt <= last
@@ -100,11 +105,15 @@ def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
             tb = tl.load(BIDX + i64 * T + t).to(tl.int32)
             xb = tl.load(row_b + tb * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
             in_b = (tt >= e) & (tt <= last_b)
-            xo = tl.load(row_b + t * stride_t + cols, mask=cm & in_b, other=0.0).to(tl.float32)
+            live_b = tt <= last_b
+            xo = tl.load(row_b + t * stride_t + cols, mask=cm & live_b, other=0.0).to(tl.float32)  # b's own token t
         else:  # one-token edits: b's positions are a's
-            xb = tl.load(row_b + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+            live_b = tt <= last_b
+            xb = tl.load(row_b + t * stride_t + cols, mask=cm & (in_a | live_b), other=0.0).to(tl.float32)
             in_b = (tt >= e) & in_a
             xo = xb
+        mx = tl.maximum(mx, tl.where(in_a, tl.abs(xa), 0.0), propagate_nan=tl.PropagateNan.ALL)
+        mx = tl.maximum(mx, tl.where(live_b, tl.abs(xo), 0.0), propagate_nan=tl.PropagateNan.ALL)
         d = xa - xb
         ad = tl.abs(d)
         c = zero
@@ -149,20 +158,22 @@ def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
     sp = SPREAD + (s64 * B + i64) * 2 * C
     tl.store(sp + cols, s1, mask=cm)
     tl.store(sp + C + cols, s2, mask=cm)
+    tl.store(AMAX + (s64 * B + i64) * C + cols, mx, mask=cm)
 
 
 _TL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref: Tensor, block: int = 256
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
 
     Returns ``vals`` [B, S, CH, 3, C] (modes in ``MODES`` order; channels diff, abs, and with
     controls ctrl, delta, ratio) and ``prof`` [B, S, O, C], both NaN where a pair has no value (no
     token after the edit, a control that did not move the component, an offset past the last
     token); ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
-    distinct tokens (``ref`` [S, C]), and ``count`` [B]: how many tokens that is.
+    distinct tokens (``ref`` [S, C]), ``count`` [B]: how many tokens that is, and ``amax`` [S, B, C]:
+    per pair the largest |x| over every real token of a and b (BOS included).
     """
     B, T = batch.size, batch.seq_len
     S, C = len(acts), acts[0].shape[-1]
@@ -176,6 +187,7 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
     vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
     prof = torch.full((B, S, O, C), float("nan"), dtype=torch.float32, device=dev)
     spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
+    amax = torch.empty((S, B, C), dtype=torch.float32, device=dev)
     ref = ref.to(torch.float32).contiguous()
     bidx = batch.b_index if batch.b_index is not None else batch.edit  # unused without b_index
     x0 = acts[0]
@@ -193,9 +205,9 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
         _pair_values_kernel[grid](
             *ptrs, stride_row, stride_t, batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s0:],
             vals[:, s0:], vals.stride(0), vals.stride(1), prof[:, s0:], prof.stride(0), prof.stride(1),
-            spread[s0:], B, T, C, K=K, O=O, HAS_BIDX=batch.b_index is not None, DT=dt, BLOCK=block, **slots)
+            spread[s0:], amax[s0:], B, T, C, K=K, O=O, HAS_BIDX=batch.b_index is not None, DT=dt, BLOCK=block, **slots)
     count = batch.last + (last_b - batch.edit + 1).clamp(min=0)
-    return vals, prof, spread, count
+    return vals, prof, spread, count, amax
 
 
 @triton.jit(do_not_specialize=["n_seg"])

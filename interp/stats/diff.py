@@ -246,10 +246,12 @@ class DiffStats:
             kernel = self.fused and heads is None  # per-head norms (z_head) take the PyTorch path
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
-                self._magnitudes(point, c0, len(ss), chunk, batch, picked)
-                if kernel:
-                    self._fold(point, c0, *self._values_fused(point, c0, chunk, batch), batch, seg)
+                if kernel:  # the kernel's pass also gives each pair's largest |activation|
+                    vals, prof, detail, amax = self._values_fused(point, c0, chunk, batch)
+                    self._magnitudes(point, c0, len(ss), chunk, batch, picked, amax)
+                    self._fold(point, c0, vals, prof, detail, batch, seg)
                     continue
+                self._magnitudes(point, c0, len(ss), chunk, batch, picked)
                 X = chunk[0][None] if len(chunk) == 1 else torch.stack(chunk)  # [S, VB, T, C]
                 self._fold(point, c0, *self._values(point, c0, X, batch), batch, seg)
                 if heads is not None:
@@ -258,12 +260,14 @@ class DiffStats:
                 del X
 
     def _magnitudes(self, point: str, c0: int, L: int, chunk: list[Tensor], batch: Batch,
-                    picked: Tensor | None) -> None:
+                    picked: Tensor | None, pair_max: Tensor | None = None) -> None:
         """Fold the chunk's |activation| over every real token of a and b (BOS included) into the
         running max per component, and that of every ``MEDIAN_EVERY``-th pair (by run-wide index,
         so shards and one pass take the same pairs) into the per-layer histogram of log10
         |activation| whose median the massive flag compares with (``picked``: their a and b rows,
-        ``median_rows``). Masked by value, not by index: no device sync."""
+        ``median_rows``). Masked by value, not by index: no device sync. ``pair_max`` [S, B, C]: each
+        pair's largest |activation| as the fused kernel found it (the same maximum, without a pass of
+        its own over the chunk)."""
         B = batch.size
         live = batch.mask[:2 * B, :, None]  # [2B, T, 1]
         C = chunk[0].shape[-1]
@@ -271,18 +275,23 @@ class DiffStats:
             self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
             self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
         rows = None if picked is None else picked.to(chunk[0].device, non_blocking=True)
-        for j, x in enumerate(chunk):
-            xa = x[:2 * B]
-            mx = torch.where(live, xa.abs(), 0).amax((0, 1)).float()
-            self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx.to(self.absmax[point].device))
-            if rows is None:
-                continue
-            v = xa.index_select(0, rows).float().abs()
-            # padding goes below the histogram's range, which histc leaves out
-            lg = torch.where(live.index_select(0, rows), v.clamp(min=10 ** HIST_LO).log10().clamp(max=HIST_HI - 1e-3),
-                             HIST_LO - 1.0)
-            h = torch.histc(lg, HIST_BINS, HIST_LO, HIST_HI)
-            self.abshist[point][c0 + j] += h.to(torch.float64).to(self.abshist[point].device)
+        S = len(chunk)
+        if pair_max is not None:
+            held = self.absmax[point][c0:c0 + S]
+            torch.maximum(held, pair_max.amax(1).to(held.device), out=held)
+        else:
+            for j, x in enumerate(chunk):
+                mx = torch.where(live, x[:2 * B].abs(), 0).amax((0, 1)).float()
+                self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx.to(self.absmax[point].device))
+        if rows is None:
+            return
+        # the chunk's layers at once (the same operations per element); one histogram per layer
+        v = torch.stack([x[:2 * B].index_select(0, rows) for x in chunk]).float().abs_()  # [S, R, T, C]
+        # padding goes below the histogram's range, which histc leaves out
+        lg = torch.where(live.index_select(0, rows), v.clamp_(min=10 ** HIST_LO).log10_().clamp_(max=HIST_HI - 1e-3),
+                         HIST_LO - 1.0)
+        h = torch.stack([torch.histc(lg[j], HIST_BINS, HIST_LO, HIST_HI) for j in range(S)])
+        self.abshist[point][c0:c0 + S] += h.to(torch.float64).to(self.abshist[point].device)
 
     def _keep(self, point: str, c0: int, vals: Tensor, batch: Batch) -> None:
         """Stage the chunk's per-pair |a - b| and control mean at the kept position modes. On a GPU
@@ -426,14 +435,15 @@ class DiffStats:
                           lambda: a_last.float().mean(1))
 
     def _values_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch):
-        """``_values`` through the fused kernel (``interp.kernels.statistics``): each activation is read once."""
+        """``_values`` through the fused kernel (``interp.kernels.statistics``): each activation is read once.
+        Returns ``_values``'s three and each pair's largest |activation| [S, B, C] (``_magnitudes``)."""
         from ..kernels.statistics import pair_values
 
         B = batch.size
         ar = torch.arange(B, device=acts[0].device)
         st = self._spread_state(point, c0, torch.stack([x[ar, batch.last] for x in acts]))
         ref = st.shift[c0:c0 + len(acts)].float()  # the state's own shift: no per-batch centre to compute
-        vals, prof, spread, count = pair_values(acts, batch, self.n_controls, self.max_offset, ref)
+        vals, prof, spread, count, amax = pair_values(acts, batch, self.n_controls, self.max_offset, ref)
         s1, s2 = spread.sum(1, dtype=torch.float64).unbind(1)  # [S, C] each
         st.add_sums_(c0, count.sum().to(torch.float64), s1, s2, center=ref)
         detail = None
@@ -445,7 +455,7 @@ class DiffStats:
                 if batch.b_index is not None:
                     b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
                 return a, a - b
-        return vals, prof, detail
+        return vals, prof, detail, amax
 
     def _values(self, point: str, c0: int, X: Tensor, batch: Batch, head_dim: int | None = None):
         """Per-pair values of ``S`` layers of one hook point, X: [S, V*B, T, C], with PyTorch ops:
