@@ -11,6 +11,11 @@ running state in place), and the per-pair rows, and the minor page faults per ba
 PyTorch profiler over N batches and prints the operations of ``consume()`` that took the most time:
 on a GPU the device time (a table), on the CPU the host time per batch of the operations run inside
 ``consume()`` alone, the forward passes left out (a JSON line, ``python`` = the Python between them).
+With ``+kernels=N`` it profiles N batches phase by phase (each phase under its own profiler,
+synchronised): the compiled decoder without hooks (the plain tree, when the run would use it), the
+forward pass with the hooks and the log-probabilities, and ``consume()``, and prints per phase the
+kernel time per batch and the kernels that took most of it (one JSON line): where the analysis's
+GPU time goes beyond the bare decoder's (on the CPU: the operations' host time).
 """
 
 from __future__ import annotations
@@ -26,6 +31,50 @@ from benchmarks.throughput import _sync, bare_model, bare_pass, minor_faults, pi
 from interp.engine import pair_logprobs
 from interp.run import get_model
 from interp.run.pipeline import _pair_rows
+
+
+def kernel_times(profs, n_batches: int, top: int = 25, cuda: bool = True) -> dict:
+    """GPU kernel time per batch over the profilers ``profs`` (one phase): the total, the number of
+    kernels, and the ``top`` kernels by time as (name, calls per batch, ms per batch). With
+    ``cuda=False``: the host's self time of the operations instead (a CPU run)."""
+    tot: dict[str, list] = {}
+    for prof in profs:
+        for e in prof.key_averages():
+            ms = (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3
+            if (e.device_type.name == "CUDA") != cuda or ms <= 0:
+                continue
+            t = tot.setdefault(e.key, [0, 0.0])
+            t[0] += e.count
+            t[1] += ms
+    rows = sorted(tot.items(), key=lambda kv: -kv[1][1])
+    return {"ms_per_batch": round(sum(ms for _, ms in tot.values()) / n_batches, 3),
+            "kernels_per_batch": round(sum(c for c, _ in tot.values()) / n_batches),
+            "top": [(k[:90], round(c / n_batches, 1), round(ms / n_batches, 3)) for k, (c, ms) in rows[:top]]}
+
+
+def phase_kernels(lm, model, stats, batches) -> dict:
+    """Per phase (compiled decoder alone, forward with hooks and log-probabilities, ``consume()``),
+    each batch's phase under its own profiler after a device sync: ``kernel_times`` of each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = lm.device.type == "cuda"
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+
+    def profiled(fn):
+        _sync(lm.device)
+        with profile(activities=[activity]) as prof, torch.inference_mode():
+            fn()
+            _sync(lm.device)
+        return prof
+
+    profs: dict[str, list] = {"decoder_no_hooks": [], "forward_hooks_logprobs": [], "consume": []}
+    for b in batches:
+        if hasattr(model, "hooks") and hasattr(model, "original_model"):  # the plain tree: its decoder alone
+            profs["decoder_no_hooks"].append(profiled(
+                lambda: model(b.tokens, attention_mask=b.mask.long(), return_type=None)))
+        profs["forward_hooks_logprobs"].append(profiled(lambda: pair_logprobs(model, b, stats.hooks(b))))
+        profs["consume"].append(profiled(stats.consume))
+    return {k: kernel_times(v, len(batches), cuda=cuda) for k, v in profs.items() if v}
 
 
 def consume_ops(prof, n_batches: int, top: int = 25) -> list[tuple[str, int, float]]:
@@ -74,6 +123,9 @@ def main(cfg: DictConfig) -> None:
         lp = phase("forward_hooks_logprobs", lambda: pair_logprobs(model, b, stats.hooks(b)))
         phase("consume", stats.consume)  # per-pair values and their sums, added into the state
         phase("pair_rows", lambda: _pair_rows(b, lp, kept))
+    n_kern = int(cfg.get("kernels", 0))
+    if n_kern:
+        print(json.dumps({"kernels": phase_kernels(lm, model, stats, batches[:n_kern])}), flush=True)
     n_prof = int(cfg.get("profile", 0))
     if n_prof:
         from torch.profiler import ProfilerActivity, profile

@@ -41,3 +41,29 @@ def test_the_realistic_workload_reads_blimp_and_its_tail_file_back(tmp_path):
 def test_compiled_share_counts_batches_whose_modules_all_ran_compiled():
     assert compiled_share([9, 9, 7, 9], per_pass=9) == 0.75
     assert compiled_share([18, 9], per_pass=9) == 1.0  # graph breaks: more graphs per pass
+
+
+def test_the_phase_profile_names_each_phase_and_its_largest_operations():
+    """``benchmarks.phases +kernels=N``: per phase (the plain tree's decoder alone, the forward with
+    the hooks and log-probabilities, ``consume()``) the time per batch and its largest operations (on
+    the CPU the host's operations; on a GPU its kernels)."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks.phases import phase_kernels
+    from benchmarks.throughput import pipeline, prepare
+    from interp.run import get_model
+    from tests.conftest import CONF, tokenizer_overrides
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("benchmark", ["model=tiny", "n_pairs=8", "batch_size=4", *tokenizer_overrides()])
+    lm = get_model(cfg)
+    kept, groups, batches, n_controls = prepare(cfg, lm, 8)
+    stats, pipe, _ = pipeline(cfg, lm, kept, groups, n_controls)
+    out = phase_kernels(lm, pipe.model, stats, batches[:2])
+    assert list(out) == ["decoder_no_hooks", "forward_hooks_logprobs", "consume"]
+    for phase in out.values():
+        assert phase["ms_per_batch"] > 0 and phase["kernels_per_batch"] > 0
+        names = [name for name, _, _ in phase["top"]]
+        ms = [t for _, _, t in phase["top"]]
+        assert len(set(names)) == len(names) and ms == sorted(ms, reverse=True)
+    assert any("mm" in n for n, _, _ in out["decoder_no_hooks"]["top"])  # the layers' matrix products
