@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tokenizer_overrides
+from tests.conftest import REPO, run_many, tokenizer_overrides
 from tests.golden.digest import digest, platform_key, summary, summary_diff
 
 # The command whose digests tests/golden/tiny.json recorded before the library restructuring; a run
@@ -79,19 +80,37 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("args,message", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
-def test_a_mistake_is_one_line_and_exit_2_before_the_model_loads(tmp_path, args, message):
-    (tmp_path / "pairs.parquet").write_bytes(b"PAR1")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    run_dir = tmp_path / "run"
-    p = _cli([*args, f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+def _mistake_dir(base: Path, i: int) -> Path:
+    d = base / f"m{i}"
+    d.mkdir()
+    (d / "pairs.parquet").write_bytes(b"PAR1")
+    return d
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory):
+    """Every command of ``MISTAKES``, two at a time (``run_many``): per case its folder and result."""
+    base = tmp_path_factory.mktemp("mistakes")
+    dirs = [_mistake_dir(base, i) for i in range(len(MISTAKES))]
+    cmds = []
+    for d, (args, _) in zip(dirs, MISTAKES):
+        args = [a.replace("{tmp}", str(d)) for a in args]
+        cmds.append(([sys.executable, "-m", "interp.run", *args, f"hydra.run.dir={d / 'run'}",
+                      f"hydra.sweep.dir={d / 'sweep'}"], {**os.environ, "INTERP_CACHE_DIR": str(d / "cache")}))
+    return list(zip(dirs, run_many(cmds, timeout=600)))
+
+
+@pytest.mark.parametrize("i", range(len(MISTAKES)), ids=[" ".join(a) for a, _ in MISTAKES])
+def test_a_mistake_is_one_line_and_exit_2_before_the_model_loads(mistakes, i):
+    message = MISTAKES[i][1]
+    d, p = mistakes[i]
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interp.run: error: "), p.stderr
     assert message in lines[0]
     assert "Traceback" not in p.stderr
-    assert not run_dir.exists() and not (tmp_path / "sweep").exists()  # no empty run dir
-    assert not (tmp_path / "cache").exists()  # the embedded model was not even converted
+    assert not (d / "run").exists() and not (d / "sweep").exists()  # no empty run dir
+    assert not (d / "cache").exists()  # the embedded model was not even converted
 
 
 def test_hooks_layers_works_as_the_readme_shows(tmp_path):
@@ -166,18 +185,31 @@ def _cache_env():
     return {"INTERP_CACHE_DIR": os.environ.get("INTERP_CACHE_DIR", os.path.expanduser("~/.cache/interp"))}
 
 
-@pytest.mark.parametrize("args,message", [
+KNOWN_MISTAKES = [
     (["hooks.layers=[5]"], "layers [5] out of range for a model with 2 layers"),
     (["hooks.pattern_pairs=[nope]"], "hooks.pattern_pairs: no kept pair with id ['nope']"),
     (["analysis.contrast=[grammar,tense]"], "analysis.contrast: grammar and tense overlap"),
-])
-def test_a_mistake_found_once_the_model_is_known_is_one_line_too(tmp_path, args, message):
-    run_dir = tmp_path / "run"
-    p = _cli([*TINY, *tokenizer_overrides(), *args, f"hydra.run.dir={run_dir}"], tmp_path, _cache_env())
+]
+
+
+@pytest.mark.parametrize("i", range(len(KNOWN_MISTAKES)), ids=[m for _, m in KNOWN_MISTAKES])
+def test_a_mistake_found_once_the_model_is_known_is_one_line_too(known_mistakes, i):
+    run_dir, p = known_mistakes[i]
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], p.stderr
+    assert len(lines) == 1 and KNOWN_MISTAKES[i][1] in lines[0], p.stderr
     assert not run_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def known_mistakes(tmp_path_factory):
+    """Every command of ``KNOWN_MISTAKES``, two at a time: per case its run dir and result."""
+    base = tmp_path_factory.mktemp("known")
+    runs = [base / f"k{i}" / "run" for i in range(len(KNOWN_MISTAKES))]
+    env = {**os.environ, **_cache_env()}
+    done = run_many([([sys.executable, "-m", "interp.run", *TINY, *tokenizer_overrides(), *args, f"hydra.run.dir={r}"],
+                      env) for r, (args, _) in zip(runs, KNOWN_MISTAKES)])
+    return list(zip(runs, done))
 
 
 def test_the_same_command_again_into_the_same_run_dir_replaces_the_run(tmp_path):
