@@ -25,7 +25,9 @@ one batch can overlap the next forward pass on a GPU. With ``analysis.compile=tr
 runs a ``torch.compile``d tree (warmed up on batches of every distinct length first, compile time
 reported apart) and ``bare_compiled`` times that tree without hooks. It prints one JSON line (last
 line: peak memory): model, device, dtype, batch size, tokens per sentence, pairs, sentences per
-pair, ``bare_pairs_per_s``, ``analysis_pairs_per_s``, their ``ratio`` (and against eager
+pair, the workload (with ``workload=realistic`` its facts from ``benchmarks.workloads``:
+``blimp_pairs_loaded``, ``blimp_sample``, ``tail_file``, ``tail_pairs``, ``tail_unreadable``),
+``bare_pairs_per_s``, ``analysis_pairs_per_s``, their ``ratio`` (and against eager
 attention), the minor page faults per batch of both loops, and peak RSS (and peak GPU memory on a GPU). On a GPU it also measures the bf16 matrix
 product rate and reports the time a perfect run would need (``matmul_flop``: 2 x parameters FLOP per
 computed token slot, padding included; for the analysis, which unembeds only the predictions its
@@ -43,6 +45,7 @@ import contextlib
 import json
 import resource
 import time
+from pathlib import Path
 
 import hydra
 import torch
@@ -101,12 +104,20 @@ def sample_pairs(kept: list, seed: int, sample: int, n_pairs: int) -> list:
     return kept
 
 
-def prepare(cfg: DictConfig, lm, n_pairs: int):
+def prepare(cfg: DictConfig, lm, n_pairs: int, facts: dict | None = None):
     """Bank pairs validated under the model's tokenizer, in batches: a seeded sample of at most
     ``sample_pairs`` pairs, cycled to ``n_pairs``, so that runs of different sizes see the same
-    sentence lengths (peak memory depends on the longest batch, not on the number of pairs)."""
+    sentence lengths (peak memory depends on the longest batch, not on the number of pairs).
+    ``facts``: a dict to receive ``workload_pairs``' facts about the pair set (none for the bank;
+    for ``realistic`` the BLiMP pairs loaded and sampled, the tail file and its pairs read and
+    unreadable), for the JSON line; ``tail_file`` is None when the file was written to a temporary
+    folder (outside Hydra), removed once the pairs are read."""
     with _out_dir() as out:  # the pairs are read whole: nothing refers to the folder afterwards
-        pairs, _ = workload_pairs(cfg, out)
+        pairs, wfacts = workload_pairs(cfg, out)
+    if facts is not None:
+        if wfacts.get("tail_file") is not None and not Path(wfacts["tail_file"]).exists():
+            wfacts = {**wfacts, "tail_file": None}
+        facts.update(wfacts)
     kept, _ = validate_pairs(pairs, lm.tokenizer, int(cfg.max_tokens))
     if not kept:
         raise SystemExit("no valid pairs")
@@ -290,7 +301,8 @@ def sustained_matmul_tflops(device: torch.device, seconds: float, n: int = 8192,
 
 def measure(cfg: DictConfig) -> dict:
     lm = get_model(cfg)
-    kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs))
+    wfacts: dict = {}  # workload_pairs' facts (realistic: BLiMP pairs loaded and sampled, the tail file)
+    kept, groups, batches, n_controls = prepare(cfg, lm, int(cfg.n_pairs), wfacts)
     bare = {"bare": bare_model(lm, "sdpa"), "bare_eager": bare_model(lm, "eager"), "bridge": lm.bridge,
             "hf_in_bridge": lm.hf_model}
     facts = pipeline(cfg, lm, kept, groups, n_controls)[2]  # compiles the tree if asked
@@ -333,7 +345,7 @@ def measure(cfg: DictConfig) -> dict:
         "threads": torch.get_num_threads(), "batch_size_pairs": int(cfg.batch_size),
         "sentences_per_pair": rows_per_pair, "tokens_per_sentence": round(tokens, 2),
         "padded_tokens_per_sentence": round(sum(b.seq_len * b.size for b in batches) / n, 2),
-        "workload": str(cfg.get("workload", "bank")), **workload_facts(kept, batches),
+        "workload": str(cfg.get("workload", "bank")), **wfacts, **workload_facts(kept, batches),
         "categories": len({p.category for p, _ in kept}), "statistics_groups": len(groups[0]),
         "pairs": n, "hooks": list(cfg.hooks.points), "n_hook_sites": len(resolve(list(cfg.hooks.points), lm.info["n_layers"])),
         "analysis_forward": facts, "warmup_s": round(warmup_s, 2),
