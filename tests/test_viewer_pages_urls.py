@@ -65,9 +65,6 @@ def test_plain_ids_give_the_urls_built_by_hand_before(tmp_path):
                     "causal": f"/run/{rid}/-/causal", "component": f"/run/{rid}/-/component/resid_post/0/0"}
 
 
-@pytest.mark.xfail(strict=True, reason="the viewer's pair route (interp/viewer: anypath, a path converter, "
-                   "whose pattern cannot start with /) does not match an id that starts with /: the URL is "
-                   "quoted right but the request falls to the run route (404)")
 def test_a_pair_id_that_starts_with_a_slash_opens_its_pair_page(tmp_path):
     run = make_run(tmp_path / "runs", "r1", ["/lead", "plain-1"])
     app = create_app(run.parent)

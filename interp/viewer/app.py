@@ -126,7 +126,10 @@ class ViewerFlask(Flask):
 
 
 class AnyPath(PathConverter):
-    """Like ``path`` but ``url_for`` quotes every character (a pair id may hold ``/`` or ``..``)."""
+    """Like ``path`` but ``url_for`` quotes every character (a pair id may hold ``/`` or ``..``), and
+    a value may start with ``/`` (``path``'s pattern cannot: an id ``/lead`` fell to another route)."""
+
+    regex = ".+?"
 
     def to_url(self, value: str) -> str:
         return quote(str(value), safe="")
@@ -141,6 +144,7 @@ def create_app(runs_root: str | Path, decode_tokens: bool = True, host: str | No
     ``allowed_hosts`` (``NAME`` with any port, or ``NAME:PORT``) of a deliberate remote setup."""
     app = ViewerFlask("interp.viewer", template_folder="templates", static_folder="static")
     app.url_map.converters["anypath"] = AnyPath
+    app.url_map.merge_slashes = False  # a quoted "/" that starts a value is part of it, not a doubled slash
     app.config["RUNS_ROOT"] = str(Path(runs_root).resolve())
     app.json.sort_keys = False
     app.config["VIEWER_ADDRESS"] = (host or DEFAULT_HOST, port)
