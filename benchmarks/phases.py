@@ -57,6 +57,8 @@ def phase_kernels(lm, model, stats, batches) -> dict:
     each batch's phase under its own profiler after a device sync: ``kernel_times`` of each."""
     from torch.profiler import ProfilerActivity, profile
 
+    from interp.backends.hf import PlainModel
+
     cuda = lm.device.type == "cuda"
     activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
 
@@ -69,7 +71,7 @@ def phase_kernels(lm, model, stats, batches) -> dict:
 
     profs: dict[str, list] = {"decoder_no_hooks": [], "forward_hooks_logprobs": [], "consume": []}
     for b in batches:
-        if hasattr(model, "hooks") and hasattr(model, "original_model"):  # the plain tree: its decoder alone
+        if isinstance(model, PlainModel):  # the plain tree: its decoder alone (the bridge has no such pass)
             profs["decoder_no_hooks"].append(profiled(
                 lambda: model(b.tokens, attention_mask=b.mask.long(), return_type=None)))
         profs["forward_hooks_logprobs"].append(profiled(lambda: pair_logprobs(model, b, stats.hooks(b))))

@@ -278,17 +278,13 @@ class Unembedding:
         return x
 
 
-def unembedding(hf_model) -> Unembedding:
-    return Unembedding(hf_model)
-
-
 def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"],
                   chunk: int | None = None) -> Float[Tensor, "S"]:
     """log p(target) of the final norm's output ``h`` at ``S`` slots: unembedded
-    (``original_model.get_output_embeddings()``) and log-softmaxed in float32 ``chunk`` slots at a
+    (``Unembedding`` of ``original_model``) and log-softmaxed in float32 ``chunk`` slots at a
     time (``pair_logprobs`` and activation patching's metric: 1,024 on a GPU, on the CPU as many as keep a chunk's
     logits within 16 MB), float64."""
-    unembed = unembedding(model.original_model)
+    unembed = Unembedding(model.original_model)
     if chunk is None:
         chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
     own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points

@@ -242,7 +242,7 @@ def complete_causal(run_dir: Path | None, causal_dir: Path | None = None) -> tup
 
 
 def _causal_manifest(causal_dir: str | Path) -> dict:
-    return json.loads((Path(causal_dir) / "manifest.json").read_text())
+    return R.read_manifest(causal_dir, check=False)
 
 
 def causal_metrics(causal_dir: str | Path, manifest: Mapping | None = None

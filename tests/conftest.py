@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,17 +146,32 @@ def bridge_vs_hf(lm, batch, atol: float):
     return logits, hf
 
 
+def command(args: list[str], env_extra: dict | None = None, module: str = "interp.run") -> tuple[list[str], dict]:
+    """``python -m MODULE ARGS`` as (argv, env) for ``run_many`` or ``run_command``: this process's
+    environment, unbuffered output, plus ``env_extra``."""
+    return [sys.executable, "-m", module, *args], {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+
+
+def _run(argv: list[str], env: dict, timeout: int):
+    import subprocess
+
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_command(args: list[str], env_extra: dict | None = None, module: str = "interp.run", timeout: int = 600):
+    """Run ``command(...)`` from the repository root; its ``CompletedProcess`` (text output captured)."""
+    return _run(*command(args, env_extra, module), timeout)
+
+
 def run_many(commands: list[tuple[list[str], dict]], jobs: int = 2, timeout: int = 600) -> list:
     """Run command lines (``(argv, env)``) ``jobs`` at a time; their ``CompletedProcess``es in
     order. Each runs one torch thread (``OMP_NUM_THREADS=1``): most of a short command is its
     single-threaded start, so two at a time on two cores take about half the time of one after another."""
-    import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
     def one(cmd):
         argv, env = cmd
-        return subprocess.run(argv, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                              timeout=timeout)
+        return _run(argv, {**env, "OMP_NUM_THREADS": "1"}, timeout)
 
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(one, commands))

@@ -6,15 +6,13 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
 
 from interp import rundir as R
 from interp.run import run
 from interp.run.pipeline import CountError, check_counts
-from tests.conftest import REPO, make_cfg, run_many, tokenizer_overrides
+from tests.conftest import command, make_cfg, run_command, run_many, tokenizer_overrides
 from tests.test_scale import _same_tables
 
 
@@ -24,15 +22,7 @@ def _args(pairs_file, run_dir, *extra):
             *tokenizer_overrides(), f"hydra.run.dir={run_dir}", *extra]
 
 
-def _cmd(args, env_extra=None, module="interp.run"):
-    """A command line for ``run_many``: (argv, env)."""
-    return [sys.executable, "-m", module, *args], {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-
-
-def _cli(args, env_extra=None, module="interp.run"):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+_cmd, _cli = command, run_command
 
 
 @pytest.fixture(scope="module")

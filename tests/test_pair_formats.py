@@ -13,7 +13,7 @@ import pytest
 
 from interp.config import ConfigError
 from interp.pairs.files import check_pair_file, pair_file_format, read_pair_file
-from tests.conftest import PAIR_ROWS, REPO, make_cfg, run_many, tokenizer_overrides
+from tests.conftest import PAIR_ROWS, make_cfg, run_many, tokenizer_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,9 +1,6 @@
 """Sharding, exact merges, resume after a crash, launchers and sweep summaries."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -12,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from interp import rundir as R
 from interp.merge import MergeError, merge_runs
 from interp.run import run
-from tests.conftest import CONF, REPO, make_cfg, run_many
+from tests.conftest import CONF, command, make_cfg, run_command, run_many
 
 TABLE_COLS = ("n_pairs", "mean_diff", "std_diff", "mean_abs_diff", "std_abs_diff", "spread", "normalized",
               "control_normalized", "ratio", "t_stat", "p_value", "q_value",
@@ -75,20 +72,15 @@ def test_merge_refuses_incomplete_or_mismatched_shards(pairs_file, tmp_path):
         merge_runs([a, tmp_path / "empty"], tmp_path / "m")
 
 
-def _cli(args, env_extra=None, module="interp.run"):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+_cli = run_command
 
 
 def test_a_crashed_run_resumes_from_its_last_finished_batch_and_ends_with_the_same_tables(pairs_file, tmp_path):
     args = ["model=tiny", "device=cpu", "dtype=float32", "pairs=file", f"pairs.path={pairs_file}", "hooks=all",
             "batch_size=2", "checkpoint_every=1", "analysis.png=false", "progress=false"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # the crashed run and an uninterrupted one side by side (every run here on one thread: run_many)
-    crashed, whole = run_many([([sys.executable, "-m", "interp.run", *args, f"hydra.run.dir={tmp_path / 'r'}"],
-                                {**env, "INTERP_CRASH_AFTER_BATCH": "3"}),
-                               ([sys.executable, "-m", "interp.run", *args, f"hydra.run.dir={tmp_path / 'w'}"], env)])
+    crashed, whole = run_many([command([*args, f"hydra.run.dir={tmp_path / 'r'}"], {"INTERP_CRASH_AFTER_BATCH": "3"}),
+                               command([*args, f"hydra.run.dir={tmp_path / 'w'}"])])
     assert crashed.returncode == 17, crashed.stderr[-2000:]
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert not R.is_complete(tmp_path / "r") and not (tmp_path / "r" / "manifest.json").exists()
@@ -103,7 +95,7 @@ def test_a_crashed_run_resumes_from_its_last_finished_batch_and_ends_with_the_sa
     refused = _cli(args[:-4] + ["batch_size=4", "checkpoint_every=1", "analysis.png=false",
                                 f"hydra.run.dir={tmp_path / 'r'}"])
     assert refused.returncode != 0 and "another config" in refused.stderr
-    resumed, = run_many([([sys.executable, "-m", "interp.run", *args, f"hydra.run.dir={tmp_path / 'r'}"], env)])
+    resumed, = run_many([command([*args, f"hydra.run.dir={tmp_path / 'r'}"])])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert R.read_manifest(tmp_path / "r")["counts"]["resumed_from_batch"] == 3
     assert R.read_manifest(tmp_path / "r")["forward"] == {"mixed": [planted, ran]}  # both parts on record

@@ -43,7 +43,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ..engine import Batch, make_batches, unembedding
+from ..engine import Batch, Unembedding, make_batches
 from ..hooks import HOOK_POINTS, HookSite, head_summary, resolve
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _run(model, tokens: Tensor, mask: Tensor, edit: Tensor, last: Tensor,
 
     with model.hooks(fwd_hooks=list(fwd_hooks) + [("ln_final.hook_out", keep_final)]):
         model(tokens, attention_mask=mask.long(), return_type=None, logits_to_keep=1)
-    lg = unembedding(model.original_model)(kept["h"]).float()
+    lg = Unembedding(model.original_model)(kept["h"]).float()
     target = tokens.flatten().index_select(0, flat + 1)
     lp = lg.gather(-1, target[:, None])[:, 0] - lg.logsumexp(-1)
     return torch.zeros(R, dtype=lp.dtype, device=lp.device).index_add(0, flat // T, lp)

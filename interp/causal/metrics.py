@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..engine import Batch, unembedding
+from ..engine import Batch, Unembedding
 from .atp import after_slots, one_token
 
 METRICS = ("margin", "post_edit_margin", "downstream_divergence")
@@ -101,7 +101,7 @@ def stacked_metrics(model, batch: Batch, copies: int = 1, fwd_hooks: Sequence = 
         with model.hooks(fwd_hooks=list(fwd_hooks) + [("ln_final.hook_out", keep_final)]):
             model(tokens, attention_mask=mask.long(), return_type=None, logits_to_keep=1)
         h = kept.pop("h").view(copies, S, -1)
-        unembed = unembedding(model.original_model)
+        unembed = Unembedding(model.original_model)
         out = {m: torch.empty((copies, B), dtype=torch.float64, device=r.device) for m in METRICS}
         for c in range(copies):
             lsm = unembed(h[c]).float().log_softmax(-1)  # [S, V]
