@@ -513,7 +513,7 @@ def test_log_probs_follow_a_familys_final_logit_soft_capping():
     lm = load_model(mcfg, "cpu", "float32")
     assert lm.info["family"] == "gemma2" and lm.plain is None  # no layout: the bridge runs it
     r = interp.analyze(lm, ROWS[:2], hooks=["resid_post"], figures=False, controls={"n": 0}, contrast=None)
-    ref = lm.hf_model if lm.plain is None else hf_reference(lm)
+    ref = lm.hf_model  # the bridge runs it (asserted above): the Hugging Face model is the reference
     for row in r.pairs.itertuples():
         ids = torch.tensor([[lm.bos_token_id, *lm.tokenizer(row.a, add_special_tokens=False)["input_ids"]]])
         with torch.no_grad():
