@@ -105,6 +105,18 @@ def assert_same_state(ref: DiffStats, new: DiffStats, rtol=1e-5, atol=1e-4):
             assert not bad.any(), f"{kind}/{point}/m2: {int(bad.sum())} elements differ, e.g. {a[bad][:3]} vs {b[bad][:3]}"
 
 
+def assert_same_histogram(new: torch.Tensor, ref: torch.Tensor):
+    """Equal counts of log10 |activation| per bin. On CUDA exactly (the kernel takes CUDA's log10f, as
+    ``torch.log10`` there); under the CPU interpreter, whose logarithm may round a value on a bin
+    edge the other way than the CPU's ``torch.log10``, the same totals with at most two values moved
+    across any edge."""
+    if new.device.type == "cuda":
+        assert torch.equal(new, ref)
+        return
+    assert torch.equal(new.sum(-1), ref.sum(-1))
+    assert float((new.cumsum(-1) - ref.cumsum(-1)).abs().max()) <= 2
+
+
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -141,7 +153,7 @@ def test_fused_kernel_keeps_the_same_per_pair_values_and_magnitudes(span):
         assert vr.shape == (12, 3, 2, len(keep[point]), 40)
         np.testing.assert_allclose(vn, vr, rtol=1e-5, atol=1e-5)
         assert torch.equal(new.absmax[point], ref.absmax[point])  # a maximum: no rounding to differ in
-        torch.testing.assert_close(new.abshist[point], ref.abshist[point])
+        assert_same_histogram(new.abshist[point], ref.abshist[point])
     assert np.isnan(ref.pair_values("resid_post")[1][..., 2, :]).any()  # edits at the last token: no "after"
 
 
@@ -242,3 +254,66 @@ def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     mean = ref.double() + spread[:, :, 0].double().sum(1) / n
     torch.testing.assert_close(mean, sp_ref.mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.full_like(sp_ref.n, float(n)), sp_ref.n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_histogram_kernel_counts_the_bins_of_torch_histc(dtype):
+    """``abs_histogram_`` against the PyTorch path's operations (clamp, log10, clamp, ``histc``) on the
+    chosen rows' real tokens: values at bin centres (no rounding can move them), zero, NaN and
+    infinity, values past the top of the range, padding, and a site past the kernel's eight per launch."""
+    from interp.stats.diff import HIST_BINS, HIST_HI, HIST_LO
+
+    dev = device()
+    g = torch.Generator().manual_seed(7)
+    R, T, C, S = 6, 5, 300, 9
+    width = (HIST_HI - HIST_LO) / HIST_BINS
+    centre = 10 ** (HIST_LO + (torch.randint(0, HIST_BINS, (S, R, T, C), generator=g).double() + 0.5) * width)
+    x = (centre * torch.where(torch.rand(S, R, T, C, generator=g) < 0.5, -1.0, 1.0)).float()
+    x[:, :, :, 0] = 0.0  # below the floor: clamped to it
+    x[:, :, :, 1] = float("nan")  # not counted
+    x[:, :, :, 2] = float("inf")  # clamped below the top
+    x[:, :, :, 3] = 3e9  # past the top: clamped below it
+    x[:, :, :, 4] = -5e-13  # under the floor
+    if dtype == torch.bfloat16:  # bf16's own values (the kernel reads bf16; the reference its float32 image)
+        x = x.to(dtype)
+    mask = torch.ones(2 * R, T, dtype=torch.bool)
+    mask[1, 3:] = False  # padding of a chosen row
+    mask[4, 2:] = False
+    rows = torch.tensor([0, 1, 4, 7, 9, 11])
+    acts = [torch.zeros(2 * R, T, C, dtype=x.dtype) for _ in range(S)]
+    for s in range(S):
+        acts[s][rows] = x[s]
+    live = mask[rows][:, :, None]
+    ref = torch.zeros(S, HIST_BINS, dtype=torch.float64)
+    for s in range(S):
+        v = acts[s][rows].float().abs()
+        lg = torch.where(live, v.clamp(min=10 ** HIST_LO).log10().clamp(max=HIST_HI - 1e-3), HIST_LO - 1.0)
+        ref[s] = torch.histc(lg, HIST_BINS, HIST_LO, HIST_HI).double()
+    got = torch.zeros(S, HIST_BINS, dtype=torch.float64, device=dev)
+    _kernels().abs_histogram_(got, [a.to(dev) for a in acts], rows.to(dev), mask.to(dev), HIST_LO, HIST_HI,
+                              10 ** HIST_LO, HIST_HI - 1e-3)
+    assert torch.equal(got.cpu(), ref)
+    assert int(ref.sum()) == S * (int(live.sum()) * C - int(live.sum()))  # every real token, NaN left out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's log10f and torch.histc on CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_histogram_kernel_equals_torch_histc_on_cuda_bit_for_bit(dtype):
+    """Random magnitudes over the histogram's whole range (and past it), many on or near bin edges:
+    the kernel's counts are ``torch.histc``'s exactly, through the PyTorch path's own operations."""
+    from interp.stats.diff import HIST_BINS, HIST_HI, HIST_LO
+
+    g = torch.Generator().manual_seed(11)
+    R, T, C, S = 16, 12, 1000, 3
+    lg = torch.rand(S, 2 * R, T, C, generator=g, dtype=torch.float64) * 24 - 14
+    lg[..., :200] = torch.round(lg[..., :200] * 100) / 100  # on the edges of the 0.01-decade bins
+    x = (10 ** lg * torch.where(torch.rand(lg.shape, generator=g) < 0.5, -1.0, 1.0)).to(dtype).cuda()
+    mask = torch.rand(2 * R, T, generator=g) < 0.9
+    rows = torch.arange(0, 2 * R, 3).cuda()
+    live = mask.cuda().index_select(0, rows)[:, :, None]
+    ref = torch.stack([torch.histc(torch.where(live, x[s].index_select(0, rows).float().abs().clamp(min=10 ** HIST_LO)
+                                               .log10().clamp(max=HIST_HI - 1e-3), HIST_LO - 1.0),
+                                   HIST_BINS, HIST_LO, HIST_HI) for s in range(S)]).double()
+    got = torch.zeros(S, HIST_BINS, dtype=torch.float64, device="cuda")
+    _kernels().abs_histogram_(got, list(x), rows, mask.cuda(), HIST_LO, HIST_HI, 10 ** HIST_LO, HIST_HI - 1e-3)
+    assert torch.equal(got, ref)

@@ -1,4 +1,4 @@
-"""The statistics of a batch on the GPU in two Triton kernels, reading each activation once.
+"""The statistics of a batch on the GPU in three Triton kernels, reading each activation once.
 
 1. ``pair_values``: for every pair ``i`` and component ``c`` of up to eight hook sites per launch
    (activations ``X[V*B, T, C]``, rows variant-major as ``engine.Batch`` lays them out) the kernel
@@ -19,7 +19,12 @@
    - ``amax[s, i, c]``: the largest |x| over every real token of a and of b, BOS included (the
      running maximum behind the massive-activation flag; before, a pass of its own per site).
 
-2. ``group_sums_``: the per-pair values folded into the running float64 sums per group
+2. ``abs_histogram_``: the per-layer histogram of log10 |activation| over chosen a and b rows
+   (the massive flag's median), the binning of ``torch.histc`` on CUDA, counted exactly in int32
+   with atomic adds spread over copies of the histogram (one ``histc`` per layer counted on 2,000
+   contended bins, after five elementwise passes over a stacked copy of the rows).
+
+3. ``group_sums_``: the per-pair values folded into the running float64 sums per group
    (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
    over the batch's pairs ordered by group, so there are no atomics and the result is
    deterministic.
@@ -35,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 from ..stats import registry as reg
 
@@ -142,6 +148,8 @@ def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
         o = tt - e
         tl.store(prof + o * C + cols, ad, mask=cm & in_a & (o >= 0) & (o < O))
     nan = float("nan")
+    for o in tl.static_range(O):  # offsets past the pair's last token: no value
+        tl.store(prof + o * C + cols, zero + nan, mask=cm & (zi + o > last - e))
     n_aft = zero + tl.maximum(last - ee, 1).to(tl.float32)
     has_aft = last > ee  # an edit at the last token has no "after" value
     f_d = tl.where(has_aft, tl.math.div_rn(f_d, n_aft), nan)
@@ -185,7 +193,7 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
     dev = acts[0].device
     last_b = batch.mask[B:2 * B].sum(1) - 1  # b's last real token (its own positions)
     vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
-    prof = torch.full((B, S, O, C), float("nan"), dtype=torch.float32, device=dev)
+    prof = torch.empty((B, S, O, C), dtype=torch.float32, device=dev)  # the kernel writes every value
     spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
     amax = torch.empty((S, B, C), dtype=torch.float32, device=dev)
     ref = ref.to(torch.float32).contiguous()
@@ -210,6 +218,81 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
     return vals, prof, spread, count, amax
 
 
+@triton.jit(do_not_specialize=["T"])
+def _abs_hist_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t, ROWS, MASK, stride_m,
+                     HIST, n_copies, T, C, LO: tl.constexpr, HI: tl.constexpr, NB: tl.constexpr,
+                     FLOOR: tl.constexpr, CEIL: tl.constexpr, LIBDEVICE: tl.constexpr, DT: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    cb = tl.program_id(1)
+    s = tl.program_id(2)
+    addr = tl.where(s == 0, X0, tl.where(s == 1, X1, tl.where(s == 2, X2, tl.where(s == 3, X3, tl.where(
+        s == 4, X4, tl.where(s == 5, X5, tl.where(s == 6, X6, X7)))))))
+    X = addr.to(tl.pointer_type(DT))
+    cols = cb * BLOCK + tl.arange(0, BLOCK)
+    cm = cols < C
+    row = tl.load(ROWS + r).to(tl.int64)
+    base = X + row * stride_row
+    # this program's copy of the layer's histogram (fewer programs adding to one bin at a time)
+    copy = (r * tl.num_programs(1) + cb) % n_copies
+    hist = HIST + (s.to(tl.int64) * n_copies + copy) * NB
+    for t in range(T):
+        if tl.load(MASK + row * stride_m + t) != 0:  # padding is left out (torch: a value below the range)
+            x = tl.load(base + t * stride_t + cols, mask=cm, other=1.0).to(tl.float32)
+            # as DiffStats._magnitudes: clamp(|x|, min) -> log10 -> clamp(max), NaN kept (and then dropped)
+            v = tl.maximum(tl.abs(x), FLOOR, propagate_nan=tl.PropagateNan.ALL)
+            if LIBDEVICE:  # CUDA's log10f, as torch.log10 on CUDA
+                lg = libdevice.log10(v)
+            else:  # Triton's interpreter (tests on the CPU) has no libdevice: nearly always correctly rounded
+                lg = (tl.log(v.to(tl.float64)) * 0.43429448190325182765).to(tl.float32)
+            lg = tl.minimum(lg, CEIL, propagate_nan=tl.PropagateNan.ALL)
+            # torch.histc on CUDA: bin = (int)((v - lo) * nbins / (hi - lo)), the top edge in the last bin,
+            # values outside [lo, hi] (and NaN) not counted
+            ok = cm & (lg >= LO) & (lg <= HI)
+            b = tl.math.div_rn((tl.where(ok, lg, LO) - LO) * NB, HI - LO).to(tl.int32)
+            b = tl.where(b == NB, NB - 1, b)
+            tl.atomic_add(hist + b, tl.full([BLOCK], 1, tl.int32), mask=ok, sem="relaxed")
+
+
+HIST_COPIES = 64
+
+
+def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor, lo: float, hi: float,
+                   floor: float, ceil: float, block: int = 1024) -> None:
+    """Add to ``hist`` [S, NB] (any dtype) the histogram of log10 |x| of each site ``acts[s]``
+    ([rows, T, C]) over the rows ``rows`` and their real tokens (``mask`` [rows, T]): |x| clamped
+    below at ``floor``, its log10 clamped above at ``ceil``, binned as ``torch.histc(v, NB, lo, hi)``
+    on CUDA bins it (exact int32 counts)."""
+    S, NB = len(acts), hist.shape[-1]
+    x0 = acts[0]
+    if x0.dtype not in _TL_DTYPES:
+        raise TypeError(f"fused statistics: unsupported activation dtype {x0.dtype}")
+    acts = [x if x.stride() == x0.stride() and x.stride(-1) == 1 else x.contiguous() for x in acts]
+    stride_row, stride_t = acts[0].stride(0), acts[0].stride(1)
+    if any(x.stride()[:2] != (stride_row, stride_t) for x in acts):
+        raise ValueError("fused statistics: the sites' activations differ in layout")
+    T, C = x0.shape[1], x0.shape[-1]
+    m = mask if mask.dtype == torch.int8 else mask.to(torch.int8)
+    counts = torch.zeros((S, HIST_COPIES, NB), dtype=torch.int32, device=x0.device)
+    dt = getattr(tl, _TL_DTYPES[x0.dtype])
+    for s0 in range(0, S, MAX_SITES):
+        part = acts[s0:s0 + MAX_SITES]
+        ptrs = [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part))
+        grid = (len(rows), triton.cdiv(C, block), len(part))
+        _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, m, m.stride(0), counts[s0:], HIST_COPIES, T, C,
+                               LO=float(lo), HI=float(hi), NB=NB, FLOOR=float(floor), CEIL=float(ceil),
+                               LIBDEVICE=x0.device.type == "cuda", DT=dt,
+                               BLOCK=block)
+    hist += counts.sum(1).to(hist.device, hist.dtype)
+
+
+@triton.jit
+def _add_value(n, s1, s2, x, shift):
+    ok = x == x  # NaN: no value (a pair past the segment's end loads NaN)
+    y = tl.where(ok, x.to(tl.float64) - shift, 0.0)
+    return n + ok.to(tl.float64), s1 + y, s2 + y * y
+
+
 @triton.jit(do_not_specialize=["n_seg"])
 def _group_sums_kernel(X, stride_xb, stride_xs, PERM, SEG, n_seg, SHIFT, stride_shift,
                        N, S1, S2, stride_l, stride_g, R, BLOCK: tl.constexpr):
@@ -219,6 +302,7 @@ def _group_sums_kernel(X, stride_xb, stride_xs, PERM, SEG, n_seg, SHIFT, stride_
     s64 = s.to(tl.int64)
     shift = tl.load(SHIFT + s64 * stride_shift + cols, mask=cm, other=0.0).to(tl.float64)
     xs = X + s64 * stride_xs
+    zj = tl.zeros([BLOCK], tl.int64)
     for k in range(n_seg):
         lo = tl.load(SEG + 3 * k)
         hi = tl.load(SEG + 3 * k + 1)
@@ -226,14 +310,23 @@ def _group_sums_kernel(X, stride_xb, stride_xs, PERM, SEG, n_seg, SHIFT, stride_
         n = tl.zeros([BLOCK], tl.float64)
         s1 = tl.zeros([BLOCK], tl.float64)
         s2 = tl.zeros([BLOCK], tl.float64)
-        for j in range(lo, hi):
-            p = tl.load(PERM + j)
-            x = tl.load(xs + p * stride_xb + cols, mask=cm, other=0.0)
-            ok = x == x  # NaN: no value
-            y = tl.where(ok, x.to(tl.float64) - shift, 0.0)
-            n += ok.to(tl.float64)
-            s1 += y
-            s2 += y * y
+        # four pairs a step: their loads are issued together (a pair's row address is itself a load),
+        # then added one after another, in the order of one pair a step
+        for j in range(lo, hi, 4):
+            jj = zj + j  # as a block: the masks below are blocks
+            v1, v2, v3 = jj + 1 < hi, jj + 2 < hi, jj + 3 < hi
+            p0 = tl.load(PERM + j)
+            p1 = tl.load(PERM + tl.minimum(j + 1, hi - 1))  # past the end: a valid address, its value masked
+            p2 = tl.load(PERM + tl.minimum(j + 2, hi - 1))
+            p3 = tl.load(PERM + tl.minimum(j + 3, hi - 1))
+            x0 = tl.load(xs + p0 * stride_xb + cols, mask=cm, other=0.0)
+            x1 = tl.load(xs + p1 * stride_xb + cols, mask=cm & v1, other=float("nan"))
+            x2 = tl.load(xs + p2 * stride_xb + cols, mask=cm & v2, other=float("nan"))
+            x3 = tl.load(xs + p3 * stride_xb + cols, mask=cm & v3, other=float("nan"))
+            n, s1, s2 = _add_value(n, s1, s2, x0, shift)
+            n, s1, s2 = _add_value(n, s1, s2, x1, shift)
+            n, s1, s2 = _add_value(n, s1, s2, x2, shift)
+            n, s1, s2 = _add_value(n, s1, s2, x3, shift)
         off = s64 * stride_l + g * stride_g + cols
         tl.store(N + off, tl.load(N + off, mask=cm, other=0.0) + n, mask=cm)
         tl.store(S1 + off, tl.load(S1 + off, mask=cm, other=0.0) + s1, mask=cm)

@@ -267,7 +267,8 @@ class DiffStats:
         |activation| whose median the massive flag compares with (``picked``: their a and b rows,
         ``median_rows``). Masked by value, not by index: no device sync. ``pair_max`` [S, B, C]: each
         pair's largest |activation| as the fused kernel found it (the same maximum, without a pass of
-        its own over the chunk)."""
+        its own over the chunk); with it the histogram is counted by ``kernels.statistics.abs_histogram_``
+        (the same bins as ``torch.histc`` on CUDA, from the activations in place)."""
         B = batch.size
         live = batch.mask[:2 * B, :, None]  # [2B, T, 1]
         C = chunk[0].shape[-1]
@@ -284,6 +285,12 @@ class DiffStats:
                 mx = torch.where(live, x[:2 * B].abs(), 0).amax((0, 1)).float()
                 self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx.to(self.absmax[point].device))
         if rows is None:
+            return
+        if pair_max is not None:  # the fused path: one kernel reads the rows and counts their bins
+            from ..kernels.statistics import abs_histogram_
+
+            abs_histogram_(self.abshist[point][c0:c0 + S], chunk, rows, batch.mask, HIST_LO, HIST_HI,
+                           10 ** HIST_LO, HIST_HI - 1e-3)
             return
         # the chunk's layers at once (the same operations per element); one histogram per layer
         v = torch.stack([x[:2 * B].index_select(0, rows) for x in chunk]).float().abs_()  # [S, R, T, C]
