@@ -272,14 +272,13 @@ def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor,
     if any(x.stride()[:2] != (stride_row, stride_t) for x in acts):
         raise ValueError("fused statistics: the sites' activations differ in layout")
     T, C = x0.shape[1], x0.shape[-1]
-    m = mask if mask.dtype == torch.int8 else mask.to(torch.int8)
     counts = torch.zeros((S, HIST_COPIES, NB), dtype=torch.int32, device=x0.device)
     dt = getattr(tl, _TL_DTYPES[x0.dtype])
     for s0 in range(0, S, MAX_SITES):
         part = acts[s0:s0 + MAX_SITES]
         ptrs = [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part))
         grid = (len(rows), triton.cdiv(C, block), len(part))
-        _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, m, m.stride(0), counts[s0:], HIST_COPIES, T, C,
+        _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, mask, mask.stride(0), counts[s0:], HIST_COPIES, T, C,
                                LO=float(lo), HI=float(hi), NB=NB, FLOOR=float(floor), CEIL=float(ceil),
                                LIBDEVICE=x0.device.type == "cuda", DT=dt,
                                BLOCK=block)

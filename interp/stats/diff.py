@@ -237,6 +237,8 @@ class DiffStats:
             from ..kernels import statistics as kern  # imports Triton
         seg = kern.segments(batch, len(self.groups)) if kern is not None else None
         picked = median_rows(batch)
+        if picked is not None:  # once per batch, not per chunk
+            picked = picked.to(batch.mask.device, non_blocking=True)
         for point, ss in self.point_sites.items():
             missing = [s.name for s, a in zip(ss, acts[point]) if a is None]
             if missing:
