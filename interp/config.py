@@ -130,7 +130,7 @@ class AnalysisConfig:
     compile: Any = "auto"
     compile_cpu_min_pairs: int = 5000  # CPU: from about this many pairs on, compiling pays for itself
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
-    chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 8 on a GPU, 1 on the CPU)
+    chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)
     fused: Any = "auto"  # per-pair values by one Triton kernel per site (auto: on CUDA; false: PyTorch ops)
     top_k: int = 20  # components listed in the summary and the bar chart
     n_saved_pairs: int = 8  # first N kept pairs: raw activations and attention patterns saved (-1 = all)

@@ -78,9 +78,9 @@ def consume(stats: DiffStats, batch: Batch, acts: dict[str, torch.Tensor]) -> Di
     return stats
 
 
-def run_both(batches, sites, C, device, dtype=torch.float32, **kw) -> tuple[DiffStats, DiffStats]:
+def run_both(batches, sites, C, device, dtype=torch.float32, chunk=2, **kw) -> tuple[DiffStats, DiffStats]:
     ref = DiffStats(sites, ["g0", "g1", "g2"], device=device, fused=False, chunk=2, **kw)
-    new = DiffStats(sites, ["g0", "g1", "g2"], device=device, fused=True, chunk=2, **kw)
+    new = DiffStats(sites, ["g0", "g1", "g2"], device=device, fused=True, chunk=chunk, **kw)
     for j, b in enumerate(batches):
         acts = {s.name: activations(b, C, seed=10 * j + i, dtype=dtype) for i, s in enumerate(sites)}
         ref = consume(ref, b, acts)
@@ -155,6 +155,21 @@ def test_fused_kernel_keeps_the_same_per_pair_values_and_magnitudes(span):
         assert torch.equal(new.absmax[point], ref.absmax[point])  # a maximum: no rounding to differ in
         assert_same_histogram(new.abshist[point], ref.abshist[point])
     assert np.isnan(ref.pair_values("resid_post")[1][..., 2, :]).any()  # edits at the last token: no "after"
+
+
+def test_a_chunk_of_more_layers_than_one_launch_takes_gives_the_same_statistics():
+    """A GPU run reduces 16 layers a chunk (``analysis.chunk_layers=auto``); the kernels take at most
+    eight sites a launch, so a chunk of 11 layers is two launches of the pair kernel and of the
+    histogram, writing into one chunk's buffers at their offsets."""
+    dev = device()
+    sites = resolve(["resid_post"], 11)
+    batches = [make_batch(9, 7, 1, False, dev, seed=6)]
+    batches[0].index = torch.arange(0, 72, 8)  # every pair is one the median takes
+    ref, new = run_both(batches, sites, 24, dev, chunk=16, n_controls=1, max_offset=3)
+    assert_same_state(ref, new)
+    assert torch.equal(new.absmax["resid_post"], ref.absmax["resid_post"])
+    assert_same_histogram(new.abshist["resid_post"], ref.abshist["resid_post"])
+    assert float(new.abshist["resid_post"][10].sum()) > 0  # the second launch's layers were counted
 
 
 def test_fused_kernel_keeps_the_configured_position_modes_and_tables():
