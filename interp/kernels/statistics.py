@@ -172,6 +172,24 @@ def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
 _TL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
+def _launches(acts: list[Tensor]):
+    """The sites' activations in one layout (copied where a site's differs), their (row, token)
+    strides, their Triton dtype, and the kernel launches over them: ``(first site, pointers, sites)``,
+    at most ``MAX_SITES`` a launch (the pointers padded with 0)."""
+    x0 = acts[0]
+    if x0.dtype not in _TL_DTYPES:
+        raise TypeError(f"fused statistics: unsupported activation dtype {x0.dtype}")
+    acts = [x if x.stride() == x0.stride() and x.stride(-1) == 1 else x.contiguous() for x in acts]
+    strides = acts[0].stride()[:2]
+    if any(x.stride()[:2] != strides for x in acts):
+        raise ValueError("fused statistics: the sites' activations differ in layout")
+    launches = []
+    for s0 in range(0, len(acts), MAX_SITES):
+        part = acts[s0:s0 + MAX_SITES]
+        launches.append((s0, [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part)), len(part)))
+    return acts, strides, getattr(tl, _TL_DTYPES[x0.dtype]), launches
+
+
 def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref: Tensor, block: int = 256
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
@@ -198,18 +216,9 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
     amax = torch.empty((S, B, C), dtype=torch.float32, device=dev)
     ref = ref.to(torch.float32).contiguous()
     bidx = batch.b_index if batch.b_index is not None else batch.edit  # unused without b_index
-    x0 = acts[0]
-    if x0.dtype not in _TL_DTYPES:
-        raise TypeError(f"fused statistics: unsupported activation dtype {x0.dtype}")
-    acts = [x if x.stride() == x0.stride() and x.stride(-1) == 1 else x.contiguous() for x in acts]
-    stride_row, stride_t = acts[0].stride(0), acts[0].stride(1)
-    if any(x.stride()[:2] != (stride_row, stride_t) for x in acts):
-        raise ValueError("fused statistics: the sites' activations differ in layout")
-    dt = getattr(tl, _TL_DTYPES[x0.dtype])
-    for s0 in range(0, S, MAX_SITES):
-        part = acts[s0:s0 + MAX_SITES]
-        ptrs = [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part))
-        grid = (B, triton.cdiv(C, block), len(part))
+    acts, (stride_row, stride_t), dt, launches = _launches(acts)
+    for s0, ptrs, n in launches:
+        grid = (B, triton.cdiv(C, block), n)
         _pair_values_kernel[grid](
             *ptrs, stride_row, stride_t, batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s0:],
             vals[:, s0:], vals.stride(0), vals.stride(1), prof[:, s0:], prof.stride(0), prof.stride(1),
@@ -264,24 +273,14 @@ def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor,
     below at ``floor``, its log10 clamped above at ``ceil``, binned as ``torch.histc(v, NB, lo, hi)``
     on CUDA bins it (exact int32 counts)."""
     S, NB = len(acts), hist.shape[-1]
-    x0 = acts[0]
-    if x0.dtype not in _TL_DTYPES:
-        raise TypeError(f"fused statistics: unsupported activation dtype {x0.dtype}")
-    acts = [x if x.stride() == x0.stride() and x.stride(-1) == 1 else x.contiguous() for x in acts]
-    stride_row, stride_t = acts[0].stride(0), acts[0].stride(1)
-    if any(x.stride()[:2] != (stride_row, stride_t) for x in acts):
-        raise ValueError("fused statistics: the sites' activations differ in layout")
-    T, C = x0.shape[1], x0.shape[-1]
-    counts = torch.zeros((S, HIST_COPIES, NB), dtype=torch.int32, device=x0.device)
-    dt = getattr(tl, _TL_DTYPES[x0.dtype])
-    for s0 in range(0, S, MAX_SITES):
-        part = acts[s0:s0 + MAX_SITES]
-        ptrs = [x.data_ptr() for x in part] + [0] * (MAX_SITES - len(part))
-        grid = (len(rows), triton.cdiv(C, block), len(part))
+    acts, (stride_row, stride_t), dt, launches = _launches(acts)
+    T, C = acts[0].shape[1], acts[0].shape[-1]
+    counts = torch.zeros((S, HIST_COPIES, NB), dtype=torch.int32, device=acts[0].device)
+    for s0, ptrs, n in launches:
+        grid = (len(rows), triton.cdiv(C, block), n)
         _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, mask, mask.stride(0), counts[s0:], HIST_COPIES, T, C,
                                LO=float(lo), HI=float(hi), NB=NB, FLOOR=float(floor), CEIL=float(ceil),
-                               LIBDEVICE=x0.device.type == "cuda", DT=dt,
-                               BLOCK=block)
+                               LIBDEVICE=acts[0].device.type == "cuda", DT=dt, BLOCK=block)
     hist += counts.sum(1).to(hist.device, hist.dtype)
 
 
