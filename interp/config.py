@@ -22,6 +22,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .tracking import TrackingConfig, validate_tracking
 
+# ``dtype``'s names and the torch dtype each means (``interp.model.DTYPES`` maps them to torch's; the
+# names live here so that checking a config needs no torch)
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64"}
+
 POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
 ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -333,8 +338,7 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _at_least(cfg.max_tokens, 2, "max_tokens")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
-    from .model import DTYPES
-    _choice(cfg.dtype, ("auto", *DTYPES), "dtype")
+    _choice(cfg.dtype, ("auto", *DTYPE_NAMES), "dtype")
     _at_least(cfg.shard.count, 1, "shard.count")
     if not 0 <= cfg.shard.index < cfg.shard.count:
         raise ConfigError(f"shard.index={cfg.shard.index} must lie in 0..shard.count-1 ({cfg.shard.count - 1})")

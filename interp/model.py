@@ -49,11 +49,11 @@ from typing import Any
 
 import torch
 
+from .config import DTYPE_NAMES
+
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float64": torch.float64}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in DTYPE_NAMES.items()}
 
 
 class ModelLoadError(RuntimeError):

@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from .checkpoint import Checkpoint, RunConfigMismatch
 from .manifest import config_hash
-from .pipeline import NoPairsError, execute
 
 __all__ = ["run", "run_result", "main", "RunConfigMismatch", "NoPairsError", "get_model"]
 
@@ -63,6 +62,7 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     from .. import rundir as R
     from ..config import validate
     from ..pairs import load_pairs
+    from .pipeline import NoPairsError, execute
 
     t0 = time.time()
     validate(cfg)  # every setting that needs no model, before anything loads or is written
@@ -90,6 +90,16 @@ def run_result(cfg: DictConfig, out_dir: str | Path, lm=None):
     result.save(run_dir, overwrite=True)  # the same command again into the same folder replaces it
     ckpt.remove()
     return result
+
+
+def __getattr__(name: str):
+    """``NoPairsError`` from ``pipeline``, imported when asked for: the command's config check
+    (``python -m interp.run`` imports this package) needs neither torch nor the statistics."""
+    if name == "NoPairsError":
+        from .pipeline import NoPairsError
+
+        return NoPairsError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
