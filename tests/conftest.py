@@ -28,6 +28,18 @@ def seed_everything():
 
 
 @pytest.fixture(autouse=True)
+def restore_environ():
+    """Each test leaves the process environment as it found it: a command's ``main`` run in-process
+    may set variables for its process (``interp.view`` sets ``HF_HUB_OFFLINE=1``), which would change
+    later tests of the same worker depending on the order the tests run in."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def no_closed_log_streams():
     """An in-process Hydra run (``interp.run``'s ``main``) attaches logging handlers to the streams of
     its test's output capture, closed when that test ends: a later log record would print a

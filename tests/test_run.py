@@ -93,9 +93,11 @@ def test_an_unreachable_hub_model_fails_with_one_message_about_model_path(monkey
         load_model(cfg.model, "cpu", "float32")
 
 
-def test_hub_failures_are_told_apart():
+def test_hub_failures_are_told_apart(monkeypatch):
     """A name that does not exist, one that is not a hub name, and a hub out of reach: three messages."""
     from interp.model import _hub_error, hub_failure
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the messages of a process that may reach the hub
 
     def chain(*names):  # transformers' OSError caused by the hub client's errors, innermost last
         err = None
