@@ -21,8 +21,8 @@
 
 2. ``abs_histogram_``: the per-layer histogram of log10 |activation| over chosen a and b rows
    (the massive flag's median), the binning of ``torch.histc`` on CUDA, counted exactly in int32
-   with atomic adds spread over copies of the histogram (one ``histc`` per layer counted on 2,000
-   contended bins, after five elementwise passes over a stacked copy of the rows).
+   with atomic adds spread over copies of the histogram (before: five elementwise passes over a
+   stacked copy of the rows, then one ``histc`` per layer on 2,000 contended bins).
 
 3. ``group_sums_``: the per-pair values folded into the running float64 sums per group
    (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
