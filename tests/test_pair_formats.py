@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 
 import pandas as pd
 import pytest
 
 from interp.config import ConfigError
 from interp.pairs.files import check_pair_file, pair_file_format, read_pair_file
-from tests.conftest import PAIR_ROWS, make_cfg, run_many, tokenizer_overrides
+from tests.conftest import PAIR_ROWS, command, make_cfg, run_many, tokenizer_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,10 +213,10 @@ def test_analyze_with_a_wrong_file_raises_the_same_error(tmp_path, tiny):
 
 
 def test_the_command_refuses_each_wrong_file_before_any_model_loads(tmp_path):
-    env = {**os.environ, "INTERP_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env = {"INTERP_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     cases = _bad_files(tmp_path)
-    runs = run_many([([sys.executable, "-m", "interp.run", "model=tiny", "pairs=file", f"pairs.path={path}",
-                       f"hydra.run.dir={tmp_path / f'run_{case}'}", *tokenizer_overrides()], env)
+    runs = run_many([command(["model=tiny", "pairs=file", f"pairs.path={path}",
+                              f"hydra.run.dir={tmp_path / f'run_{case}'}", *tokenizer_overrides()], env)
                      for case, path in cases.items()], timeout=120)
     for (case, path), p in zip(cases.items(), runs):
         assert p.returncode == 2, (case, p.stderr)

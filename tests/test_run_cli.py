@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_many, tokenizer_overrides
+from tests.conftest import REPO, command, run_many, tokenizer_overrides
 from tests.golden.digest import digest, platform_key, summary, summary_diff
 
 # The command whose digests tests/golden/tiny.json recorded before the library restructuring; a run
@@ -95,8 +95,8 @@ def mistakes(tmp_path_factory):
     cmds = []
     for d, (args, _) in zip(dirs, MISTAKES):
         args = [a.replace("{tmp}", str(d)) for a in args]
-        cmds.append(([sys.executable, "-m", "interp.run", *args, f"hydra.run.dir={d / 'run'}",
-                      f"hydra.sweep.dir={d / 'sweep'}"], {**os.environ, "INTERP_CACHE_DIR": str(d / "cache")}))
+        cmds.append(command([*args, f"hydra.run.dir={d / 'run'}", f"hydra.sweep.dir={d / 'sweep'}"],
+                            {"INTERP_CACHE_DIR": str(d / "cache")}))
     return list(zip(dirs, run_many(cmds, timeout=600)))
 
 
@@ -206,9 +206,8 @@ def known_mistakes(tmp_path_factory):
     """Every command of ``KNOWN_MISTAKES``, two at a time: per case its run dir and result."""
     base = tmp_path_factory.mktemp("known")
     runs = [base / f"k{i}" / "run" for i in range(len(KNOWN_MISTAKES))]
-    env = {**os.environ, **_cache_env()}
-    done = run_many([([sys.executable, "-m", "interp.run", *TINY, *tokenizer_overrides(), *args, f"hydra.run.dir={r}"],
-                      env) for r, (args, _) in zip(runs, KNOWN_MISTAKES)])
+    done = run_many([command([*TINY, *tokenizer_overrides(), *args, f"hydra.run.dir={r}"], _cache_env())
+                     for r, (args, _) in zip(runs, KNOWN_MISTAKES)])
     return list(zip(runs, done))
 
 

@@ -107,14 +107,13 @@ def _pair_values_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t,
         tt = zi + t
         in_a = tt <= last
         xa = tl.load(row_a + t * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
+        live_b = tt <= last_b  # b's own token t is real
         if HAS_BIDX:
             tb = tl.load(BIDX + i64 * T + t).to(tl.int32)
             xb = tl.load(row_b + tb * stride_t + cols, mask=cm & in_a, other=0.0).to(tl.float32)
-            in_b = (tt >= e) & (tt <= last_b)
-            live_b = tt <= last_b
+            in_b = (tt >= e) & live_b
             xo = tl.load(row_b + t * stride_t + cols, mask=cm & live_b, other=0.0).to(tl.float32)  # b's own token t
         else:  # one-token edits: b's positions are a's
-            live_b = tt <= last_b
             xb = tl.load(row_b + t * stride_t + cols, mask=cm & (in_a | live_b), other=0.0).to(tl.float32)
             in_b = (tt >= e) & in_a
             xo = xb

@@ -277,7 +277,7 @@ class DiffStats:
         if point not in self.absmax:
             self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
             self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
-        rows = None if picked is None else picked.to(chunk[0].device, non_blocking=True)
+        rows = picked  # on the batch's device (``_consume`` moved it once per batch)
         S = len(chunk)
         if pair_max is not None:
             held = self.absmax[point][c0:c0 + S]
