@@ -253,7 +253,7 @@ def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     v_ref, p_ref, _ = stats._values("resid_post", 0, torch.stack(acts), b)
     sp_ref = stats.spread["resid_post"]  # the PyTorch path folded this batch's spread into the state
     ref = sp_ref.shift.float()
-    v_new, p_new, spread, count, amax = _kernels().pair_values(acts, b, K, 4, ref)
+    v_new, p_new, spread, amax = _kernels().pair_values(acts, b, K, 4, ref)
     for name, x, y in (("vals", v_new, v_ref), ("prof", p_new, p_ref)):
         assert torch.equal(torch.isnan(x), torch.isnan(y)), name
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, equal_nan=True, msg=lambda m: f"{name}: {m}")
@@ -265,10 +265,48 @@ def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     assert torch.equal(amax, by_hand.float())
     if span:  # b is longer than a in some pairs: its last tokens count too
         assert bool((b.mask[B:2 * B].sum(1) != b.mask[:B].sum(1)).any())
-    n = count.sum().double()
+    n = _kernels().distinct_tokens(b, _kernels().b_last(b))
+    assert n.dtype == torch.float64 and n.ndim == 0
     mean = ref.double() + spread[:, :, 0].double().sum(1) / n
     torch.testing.assert_close(mean, sp_ref.mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.full_like(sp_ref.n, float(n)), sp_ref.n)
+
+
+def test_spread_fold_equals_add_sums_and_the_running_maximum():
+    """``fold_spread_`` against what it replaces: the pairs' sums in float64, ``Sums.add_sums_``
+    about the shift as float32 (a shift that float32 cannot hold, so the re-expression matters),
+    and ``torch.maximum`` of the running maximum with each pair's (NaN kept), into a slice of layers."""
+    from interp.stats import Sums
+
+    dev = device()
+    g = torch.Generator().manual_seed(3)
+    L, S, B, C, lo = 5, 2, 11, 37, 2
+    shift = (torch.randn(L, C, generator=g, dtype=torch.float64) * 1e3 + 1 / 3).to(dev)
+    spread = (torch.randn(S, B, 2, C, generator=g) * 50).to(dev)
+    spread[:, :, 1] = spread[:, :, 1].abs()
+    amax = torch.rand(S, B, C, generator=g).to(dev) * 10
+    amax[1, 4, 7] = float("nan")
+    count = torch.tensor(97.0, dtype=torch.float64, device=dev)
+    held = torch.rand(L, C, generator=g).to(dev) * 9
+    ref, new = (Sums.zeros((L, C), shift.clone()) for _ in range(2))
+    for st in (ref, new):  # a state with something in it already
+        st.add_sums_(0, torch.tensor(3.0, dtype=torch.float64, device=dev), shift[:, :1].expand(L, C) * 0 + 1.5,
+                     torch.full((L, C), 4.0, device=dev, dtype=torch.float64), center=shift)
+    center = shift[lo:lo + S].float()
+    s1, s2 = spread.double().sum(1).unbind(1)
+    ref.add_sums_(lo, count, s1, s2, center=center)
+    want = held.clone()
+    want[lo:lo + S] = torch.maximum(held[lo:lo + S], amax.amax(1))
+    got = held.clone()
+    _kernels().fold_spread_(new, lo, spread, count, got, amax)
+    for f in ("n", "s1", "s2"):
+        torch.testing.assert_close(getattr(new, f), getattr(ref, f), rtol=1e-12, atol=1e-9, msg=lambda m: f"{f}: {m}")
+    assert torch.equal(new.n, ref.n)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and bool(torch.isnan(got[lo + 1, 7]))
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(new.mean, ref.mean, rtol=1e-12, atol=1e-9)  # the derived moments follow
+    with pytest.raises(ValueError, match="contiguous"):
+        _kernels().fold_spread_(new, lo, spread, count, held.t().contiguous().t()[:, :C], amax)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -189,26 +189,42 @@ def _launches(acts: list[Tensor]):
     return acts, strides, getattr(tl, _TL_DTYPES[x0.dtype]), launches
 
 
-def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref: Tensor, block: int = 256
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def b_last(batch) -> Tensor:
+    """[B]: the last real token of each pair's sentence b, at b's own positions."""
+    B = batch.size
+    return batch.mask[B:2 * B].sum(1) - 1
+
+
+def distinct_tokens(batch, last_b: Tensor) -> Tensor:
+    """The number of tokens the batch's spread sums cover (float64, 0-d): per pair a's sentence
+    tokens and b's own tokens from the edit on (the shared prefix counted once)."""
+    return (batch.last + (last_b - batch.edit + 1).clamp(min=0)).sum().to(torch.float64)
+
+
+def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref: Tensor,
+                last_b: Tensor | None = None, block: int = 256, num_warps: int = 4
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-pair values of ``S`` sites (``acts[s]``: [V*B, T, C], one hook point's layers).
 
     Returns ``vals`` [B, S, CH, 3, C] (modes in ``MODES`` order; channels diff, abs, and with
     controls ctrl, delta, ratio) and ``prof`` [B, S, O, C], both NaN where a pair has no value (no
     token after the edit, a control that did not move the component, an offset past the last
-    token); ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
-    distinct tokens (``ref`` [S, C]), ``count`` [B]: how many tokens that is, and ``amax`` [S, B, C]:
-    per pair the largest |x| over every real token of a and b (BOS included).
+    token); ``O`` = the offsets this batch can reach, ``min(max_offset + 1, T - 1)`` (the edit is
+    at token 1 or later), as in ``DiffStats._values``: the state's later offsets get nothing from it; ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
+    distinct tokens (``ref`` [S, C]; how many tokens that is: ``distinct_tokens``), and ``amax``
+    [S, B, C]: per pair the largest |x| over every real token of a and b (BOS included).
+    ``last_b``: ``b_last(batch)``, when the caller has it (once per batch, not per chunk).
     """
     B, T = batch.size, batch.seq_len
     S, C = len(acts), acts[0].shape[-1]
-    K, O = int(n_controls), int(max_offset) + 1
+    K, O = int(n_controls), min(int(max_offset) + 1, T - 1)
     names = reg.channel_names(K)
     CH = len(names)
     # each registered channel's slot, a constant of the kernel (channels a run does not keep: unused)
     slots = {c.name.upper(): names.index(c.name) if c.name in names else 0 for c in reg.CHANNELS}
     dev = acts[0].device
-    last_b = batch.mask[B:2 * B].sum(1) - 1  # b's last real token (its own positions)
+    if last_b is None:
+        last_b = b_last(batch)
     vals = torch.empty((B, S, CH, 3, C), dtype=torch.float32, device=dev)
     prof = torch.empty((B, S, O, C), dtype=torch.float32, device=dev)  # the kernel writes every value
     spread = torch.empty((S, B, 2, C), dtype=torch.float32, device=dev)
@@ -221,9 +237,60 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
         _pair_values_kernel[grid](
             *ptrs, stride_row, stride_t, batch.edit, batch.edit_end, batch.last, last_b, bidx, ref[s0:],
             vals[:, s0:], vals.stride(0), vals.stride(1), prof[:, s0:], prof.stride(0), prof.stride(1),
-            spread[s0:], amax[s0:], B, T, C, K=K, O=O, HAS_BIDX=batch.b_index is not None, DT=dt, BLOCK=block, **slots)
-    count = batch.last + (last_b - batch.edit + 1).clamp(min=0)
-    return vals, prof, spread, count, amax
+            spread[s0:], amax[s0:], B, T, C, K=K, O=O, HAS_BIDX=batch.b_index is not None, DT=dt, BLOCK=block, **slots,
+            num_warps=num_warps)
+    return vals, prof, spread, amax
+
+
+@triton.jit
+def _fold_spread_kernel(SPREAD, AMAX, B, C, COUNT, SHIFT, N, S1, S2, ABSMAX, BLOCK: tl.constexpr):
+    s = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cm = cols < C
+    at = s * C + cols
+    shift = tl.load(SHIFT + at, mask=cm, other=0.0)
+    # the pair kernel's sums are about the shift as float32 (its ``ref``): re-expressed about the shift
+    delta = shift.to(tl.float32).to(tl.float64) - shift
+    a1 = tl.zeros([BLOCK], tl.float64)
+    a2 = tl.zeros([BLOCK], tl.float64)
+    mx = tl.load(ABSMAX + at, mask=cm, other=0.0)
+    for i in range(B):  # pair by pair: a fixed order, deterministic
+        row = (s * B + i) * C
+        a1 += tl.load(SPREAD + 2 * row + cols, mask=cm, other=0.0).to(tl.float64)
+        a2 += tl.load(SPREAD + 2 * row + C + cols, mask=cm, other=0.0).to(tl.float64)
+        mx = tl.maximum(mx, tl.load(AMAX + row + cols, mask=cm, other=0.0), propagate_nan=tl.PropagateNan.ALL)
+    n = tl.load(COUNT)
+    tl.store(N + at, tl.load(N + at, mask=cm, other=0.0) + n, mask=cm)
+    tl.store(S1 + at, tl.load(S1 + at, mask=cm, other=0.0) + (a1 + n * delta), mask=cm)
+    tl.store(S2 + at, tl.load(S2 + at, mask=cm, other=0.0) + ((a2 + 2.0 * delta * a1) + n * delta * delta), mask=cm)
+    tl.store(ABSMAX + at, mx, mask=cm)
+
+
+def fold_spread_(sums, lo: int, spread: Tensor, count: Tensor, absmax: Tensor, amax: Tensor, block: int = 512) -> None:
+    """Fold ``pair_values``' per-pair spread sums [S, B, 2, C] (about the state's shift as float32)
+    into layers ``lo:lo + S`` of the spread state ``sums`` ([L, C], float64, exactly as
+    ``Sums.add_sums_`` re-expresses sums about another centre), with ``count`` (float64, 0-d) tokens;
+    and the pairs' largest |activation| ``amax`` [S, B, C] into the running maximum ``absmax``
+    [L, C] (NaN kept). One launch, in place, pairs summed in order (deterministic)."""
+    S, B, _, C = spread.shape
+    n, s1, s2, shift = sums.n, sums.s1, sums.s2, sums.shift
+    for name, t in (("n", n), ("s1", s1), ("s2", s2), ("shift", shift), ("absmax", absmax)):
+        if t.shape[-1] != C or not t.is_contiguous():
+            raise ValueError(f"fold_spread_: the state's {name} is not a contiguous [L, {C}] tensor")
+    spread, amax = spread.contiguous(), amax.contiguous()
+    grid = (S, triton.cdiv(C, block))
+    _fold_spread_kernel[grid](spread, amax, B, C, count, shift[lo:], n[lo:], s1[lo:], s2[lo:], absmax[lo:], BLOCK=block)
+    sums.touched()
+
+
+class BatchPlan:
+    """What every chunk of a batch shares, made once per batch: the pairs ordered by group
+    (``segments``), b's last tokens (``b_last``) and the spread's token count (``distinct_tokens``)."""
+
+    def __init__(self, batch, n_groups: int):
+        self.seg = segments(batch, n_groups)
+        self.last_b = b_last(batch)
+        self.count = distinct_tokens(batch, self.last_b)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -266,7 +333,7 @@ HIST_COPIES = 64
 
 
 def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor, lo: float, hi: float,
-                   floor: float, ceil: float, block: int = 1024) -> None:
+                   floor: float, ceil: float, block: int = 1024, num_warps: int = 4) -> None:
     """Add to ``hist`` [S, NB] (any dtype) the histogram of log10 |x| of each site ``acts[s]``
     ([rows, T, C]) over the rows ``rows`` and their real tokens (``mask`` [rows, T]): |x| clamped
     below at ``floor``, its log10 clamped above at ``ceil``, binned as ``torch.histc(v, NB, lo, hi)``
@@ -279,7 +346,7 @@ def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor,
         grid = (len(rows), triton.cdiv(C, block), n)
         _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, mask, mask.stride(0), counts[s0:], HIST_COPIES, T, C,
                                LO=float(lo), HI=float(hi), NB=NB, FLOOR=float(floor), CEIL=float(ceil),
-                               LIBDEVICE=acts[0].device.type == "cuda", DT=dt, BLOCK=block)
+                               LIBDEVICE=acts[0].device.type == "cuda", DT=dt, BLOCK=block, num_warps=num_warps)
     hist += counts.sum(1).to(hist.device, hist.dtype)
 
 
@@ -345,21 +412,27 @@ def segments(batch, n_groups: int) -> tuple[Tensor, Tensor, int]:
     return perm.to(dev, non_blocking=True), seg.to(dev, non_blocking=True), len(lo)
 
 
-def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024) -> None:
+def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024,
+                num_warps: int = 4) -> None:
     """``Sums.add_grouped_`` through Triton: fold per-pair values ``x`` [B, S, *R] (NaN = no value)
-    into layers ``lo:lo + S`` of a grouped state [L, G, *R], in place. Each program owns a block of
-    elements for every group, so the float64 sums are deterministic and need no atomics."""
+    into layers ``lo:lo + S`` of a grouped state [L, G, *R'], in place; where ``R`` is smaller than
+    ``R'`` in its first axis only (the profile's offsets a batch reaches) the values go to the leading
+    block, as in ``add_grouped_``. Each program owns a block of elements for every group, so the
+    float64 sums are deterministic and need no atomics."""
     perm, seg_t, n_seg = seg
     B, S = x.shape[:2]
-    R = x[0, 0].numel()
+    full = tuple(sums.n.shape[2:])
+    if tuple(x.shape[3:]) != full[1:] or x.shape[2] > full[0]:
+        raise ValueError(f"group_sums_: values of shape {list(x.shape[2:])} are no leading block of the state's {list(full)}")
+    R = x[0, 0].numel()  # the leading R of each layer's and group's R' elements (contiguous)
     x = x.reshape(B, S, R)
     if x.stride(-1) != 1:
         x = x.contiguous()
     G = sums.n.shape[1]
     # views into the state (``view`` fails rather than copy: the kernel writes through them)
-    n, s1, s2 = (t[lo:lo + S].view(S, G, R) for t in (sums.n, sums.s1, sums.s2))
-    shift = sums.shift[lo:lo + S].view(S, R)
+    n, s1, s2 = (t[lo:lo + S].view(S, G, -1) for t in (sums.n, sums.s1, sums.s2))
+    shift = sums.shift[lo:lo + S].view(S, -1)
     grid = (S, triton.cdiv(R, block))
     _group_sums_kernel[grid](x, x.stride(0), x.stride(1), perm, seg_t, n_seg, shift, shift.stride(0),
-                             n, s1, s2, n.stride(0), n.stride(1), R, BLOCK=block)
+                             n, s1, s2, n.stride(0), n.stride(1), R, BLOCK=block, num_warps=num_warps)
     sums.touched()

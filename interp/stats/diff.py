@@ -235,7 +235,8 @@ class DiffStats:
         kern = None
         if self.fused:
             from ..kernels import statistics as kern  # imports Triton
-        seg = kern.segments(batch, len(self.groups)) if kern is not None else None
+        plan = kern.BatchPlan(batch, len(self.groups)) if kern is not None else None
+        seg = plan.seg if plan is not None else None
         picked = median_rows(batch)
         if picked is not None:  # once per batch, not per chunk
             picked = picked.to(batch.mask.device, non_blocking=True)
@@ -248,9 +249,9 @@ class DiffStats:
             kernel = self.fused and heads is None  # per-head norms (z_head) take the PyTorch path
             for c0 in range(0, len(ss), self.chunk):
                 chunk = [a.flatten(2) for a in acts[point][c0:c0 + self.chunk]]
-                if kernel:  # the kernel's pass also gives each pair's largest |activation|
-                    vals, prof, detail, amax = self._values_fused(point, c0, chunk, batch)
-                    self._magnitudes(point, c0, len(ss), chunk, batch, picked, amax)
+                if kernel:  # the kernel's pass also gives each pair's largest |activation|, folded with the spread
+                    vals, prof, detail = self._values_fused(point, c0, len(ss), chunk, batch, plan)
+                    self._magnitudes(point, c0, len(ss), chunk, batch, picked, fused=True)
                     self._fold(point, c0, vals, prof, detail, batch, seg)
                     continue
                 self._magnitudes(point, c0, len(ss), chunk, batch, picked)
@@ -261,34 +262,35 @@ class DiffStats:
                                batch, seg)
                 del X
 
+    def _magnitude_state(self, point: str, L: int, C: int) -> Tensor:
+        """The running max |activation| of a hook point [L, C] (with its histogram, made on first use)."""
+        if point not in self.absmax:
+            self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
+            self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
+        return self.absmax[point]
+
     def _magnitudes(self, point: str, c0: int, L: int, chunk: list[Tensor], batch: Batch,
-                    picked: Tensor | None, pair_max: Tensor | None = None) -> None:
+                    picked: Tensor | None, fused: bool = False) -> None:
         """Fold the chunk's |activation| over every real token of a and b (BOS included) into the
         running max per component, and that of every ``MEDIAN_EVERY``-th pair (by run-wide index,
         so shards and one pass take the same pairs) into the per-layer histogram of log10
         |activation| whose median the massive flag compares with (``picked``: their a and b rows,
-        ``median_rows``). Masked by value, not by index: no device sync. ``pair_max`` [S, B, C]: each
-        pair's largest |activation| as the fused kernel found it (the same maximum, without a pass of
-        its own over the chunk); with it the histogram is counted by ``kernels.statistics.abs_histogram_``
-        (the same bins as ``torch.histc`` on CUDA, from the activations in place)."""
+        ``median_rows``). Masked by value, not by index: no device sync. With ``fused`` the maximum
+        is already folded (``_values_fused``: the pair kernel finds each pair's largest |activation|
+        in its own pass) and the histogram is counted by ``kernels.statistics.abs_histogram_`` (the
+        same bins as ``torch.histc`` on CUDA, from the activations in place)."""
         B = batch.size
         live = batch.mask[:2 * B, :, None]  # [2B, T, 1]
-        C = chunk[0].shape[-1]
-        if point not in self.absmax:
-            self.absmax[point] = torch.zeros((L, C), dtype=torch.float32, device=self.device)
-            self.abshist[point] = torch.zeros((L, HIST_BINS), dtype=torch.float64, device=self.device)
+        self._magnitude_state(point, L, chunk[0].shape[-1])
         rows = picked  # on the batch's device (``_consume`` moved it once per batch)
         S = len(chunk)
-        if pair_max is not None:
-            held = self.absmax[point][c0:c0 + S]
-            torch.maximum(held, pair_max.amax(1).to(held.device), out=held)
-        else:
+        if not fused:
             for j, x in enumerate(chunk):
                 mx = torch.where(live, x[:2 * B].abs(), 0).amax((0, 1)).float()
                 self.absmax[point][c0 + j] = torch.maximum(self.absmax[point][c0 + j], mx.to(self.absmax[point].device))
         if rows is None:
             return
-        if pair_max is not None:  # the fused path: one kernel reads the rows and counts their bins
+        if fused:  # one kernel reads the rows and counts their bins
             from ..kernels.statistics import abs_histogram_
 
             abs_histogram_(self.abshist[point][c0:c0 + S], chunk, rows, batch.mask, HIST_LO, HIST_HI,
@@ -428,33 +430,34 @@ class DiffStats:
         O = self.max_offset + 1
         for kind, x, full in (("diff", vals, vals.shape[2:]), ("profile", prof, (O, prof.shape[-1]))):
             st = self._sums(kind, point, c0, c0 + S, (L, G, *full), first(x, tuple(full)))
-            if seg is not None and x.shape[2:] == st.n.shape[2:]:
+            if seg is not None and x.shape[3:] == st.n.shape[3:] and x.shape[2] <= st.n.shape[2]:
                 from ..kernels.statistics import group_sums_
 
                 group_sums_(st, c0, x, seg)
             else:
                 st.add_grouped_(c0, x, batch.group, G)
 
-    def _spread_state(self, point: str, c0: int, a_last: Tensor) -> Sums:
-        """The running spread sums of the layers ``c0:c0 + S``. ``a_last`` [S, B, C]: sentence a's
-        activation at its last token; its mean over the batch is the shift of layers not seen
-        before. Both paths add the batch's sums with ``Sums.add_sums_`` about a centre near the data."""
-        S, C = a_last.shape[0], a_last.shape[-1]
+    def _spread_state(self, point: str, c0: int, S: int, C: int, a_last) -> Sums:
+        """The running spread sums of the layers ``c0:c0 + S`` (``C`` components). ``a_last()``
+        [S, B, C]: sentence a's activation at its last token; its mean over the batch is the shift of
+        layers not seen before (called only then). The batch's sums are added about a centre near
+        the data: ``Sums.add_sums_`` (PyTorch) or ``kernels.statistics.fold_spread_`` (fused)."""
         return self._sums("spread", point, c0, c0 + S, (len(self.point_sites[point]), C),
-                          lambda: a_last.float().mean(1))
+                          lambda: a_last().float().mean(1))
 
-    def _values_fused(self, point: str, c0: int, acts: list[Tensor], batch: Batch):
-        """``_values`` through the fused kernel (``interp.kernels.statistics``): each activation is read once.
-        Returns ``_values``'s three and each pair's largest |activation| [S, B, C] (``_magnitudes``)."""
-        from ..kernels.statistics import pair_values
+    def _values_fused(self, point: str, c0: int, L: int, acts: list[Tensor], batch: Batch, plan):
+        """``_values`` through the fused kernel (``interp.kernels.statistics``): each activation is
+        read once. The kernel's spread sums and each pair's largest |activation| are folded into the
+        state here (``fold_spread_``: the massive flag's running maximum, ``_magnitudes``'s part).
+        ``plan``: the batch's ``kernels.statistics.BatchPlan``."""
+        from ..kernels.statistics import fold_spread_, pair_values
 
-        B = batch.size
-        ar = torch.arange(B, device=acts[0].device)
-        st = self._spread_state(point, c0, torch.stack([x[ar, batch.last] for x in acts]))
-        ref = st.shift[c0:c0 + len(acts)].float()  # the state's own shift: no per-batch centre to compute
-        vals, prof, spread, count, amax = pair_values(acts, batch, self.n_controls, self.max_offset, ref)
-        s1, s2 = spread.sum(1, dtype=torch.float64).unbind(1)  # [S, C] each
-        st.add_sums_(c0, count.sum().to(torch.float64), s1, s2, center=ref)
+        B, S, C = batch.size, len(acts), acts[0].shape[-1]
+        st = self._spread_state(point, c0, S, C, lambda: torch.stack(
+            [x[torch.arange(B, device=x.device), batch.last] for x in acts]))
+        ref = st.shift[c0:c0 + S].float()  # the state's own shift: no per-batch centre to compute
+        vals, prof, spread, amax = pair_values(acts, batch, self.n_controls, self.max_offset, ref, last_b=plan.last_b)
+        fold_spread_(st, c0, spread, plan.count, self._magnitude_state(point, L, C), amax)
         detail = None
         if bool((batch.index < self.detail_pairs).any()):  # host check: no device sync
             def detail():
@@ -464,7 +467,7 @@ class DiffStats:
                 if batch.b_index is not None:
                     b = b[:, torch.arange(len(rows), device=b.device)[:, None], batch.b_index[rows]]
                 return a, a - b
-        return vals, prof, detail, amax
+        return vals, prof, detail
 
     def _values(self, point: str, c0: int, X: Tensor, batch: Batch, head_dim: int | None = None):
         """Per-pair values of ``S`` layers of one hook point, X: [S, V*B, T, C], with PyTorch ops:
@@ -519,7 +522,7 @@ class DiffStats:
         # once), about the batch's mean of a at its last token (near the data: float32 sums; a centre
         # that depends on the batch alone, so shards and a single pass sum the same numbers)
         a_last = a[:, ar, batch.last]
-        st = self._spread_state(point, c0, a_last)
+        st = self._spread_state(point, c0, a_last.shape[0], a_last.shape[-1], lambda: a_last)
         ref = a_last.mean(1)
         distinct = batch.distinct_mask()[:2 * B].to(torch.float32)  # [2B, T]
         s1 = torch.zeros_like(ref)
