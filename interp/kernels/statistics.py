@@ -1,4 +1,4 @@
-"""The statistics of a batch on the GPU in three Triton kernels, reading each activation once.
+"""The statistics of a batch on the GPU in four Triton kernels, reading each activation once.
 
 1. ``pair_values``: for every pair ``i`` and component ``c`` of up to eight hook sites per launch
    (activations ``X[V*B, T, C]``, rows variant-major as ``engine.Batch`` lays them out) the kernel
@@ -28,6 +28,12 @@
    (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
    over the batch's pairs ordered by group, so there are no atomics and the result is
    deterministic.
+
+4. ``fold_spread_``: the pairs' spread sums and largest |x| folded into the running spread state and
+   maximum, in place (one launch per chunk instead of a float64 sum and a dozen small operations).
+
+What every chunk of a batch shares (the pairs ordered by group, b's last tokens, the spread's token
+count) is made once per batch: ``BatchPlan``.
 
 ``DiffStats``'s PyTorch path computes the same with tensor operations; it remains the reference,
 runs on the CPU, and the tests compare the two. This module imports Triton: ``DiffStats`` imports
