@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .stat_kernels import timed
+
 
 @triton.jit
 def _dual_silu_kernel(X, WG, WU, OUT, M, N, K, stride_xm, stride_wn, stride_om,
@@ -80,19 +82,6 @@ CONFIGS = [  # (BM, BN, BK, stages, warps, group)
     (128, 128, 64, 3, 8, 8), (128, 128, 64, 4, 8, 8), (128, 64, 64, 4, 4, 8), (64, 128, 64, 4, 4, 8),
     (128, 128, 32, 5, 8, 8), (256, 64, 64, 3, 8, 8),
 ]
-
-
-def timed(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
 
 
 def main() -> None:

@@ -38,9 +38,10 @@ def bank_batch(B: int, K: int, T: int, G: int, device, seed: int = 0) -> Batch:
                  edit.to(device), last.to(device), group.to(device), V, host_group=group)
 
 
-def timed(fn, reps: int) -> float:
-    """Seconds per call over ``reps`` calls (CUDA events), after two untimed ones."""
-    for _ in range(2):
+def timed(fn, reps: int, warmup: int = 3) -> float:
+    """Seconds per call of ``fn`` on the current CUDA stream over ``reps`` calls (CUDA events), after
+    ``warmup`` untimed ones."""
+    for _ in range(warmup):
         fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()

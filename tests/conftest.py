@@ -160,19 +160,22 @@ def bridge_vs_hf(lm, batch, atol: float):
 
 def command(args: list[str], env_extra: dict | None = None, module: str = "interp.run") -> tuple[list[str], dict]:
     """``python -m MODULE ARGS`` as (argv, env) for ``run_many`` or ``run_command``: this process's
-    environment, unbuffered output, plus ``env_extra``."""
-    return [sys.executable, "-m", module, *args], {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    environment, unbuffered output, plus ``env_extra`` (a variable whose value is None is unset)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return [sys.executable, "-m", module, *args], {k: v for k, v in env.items() if v is not None}
 
 
-def _run(argv: list[str], env: dict, timeout: int):
+def _run(argv: list[str], env: dict, timeout: int, cwd=None):
     import subprocess
 
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_command(args: list[str], env_extra: dict | None = None, module: str = "interp.run", timeout: int = 600):
-    """Run ``command(...)`` from the repository root; its ``CompletedProcess`` (text output captured)."""
-    return _run(*command(args, env_extra, module), timeout)
+def run_command(args: list[str], env_extra: dict | None = None, module: str = "interp.run", timeout: int = 600,
+                cwd=None):
+    """Run ``command(...)`` in ``cwd`` (default: the repository root); its ``CompletedProcess`` (text
+    output captured)."""
+    return _run(*command(args, env_extra, module), timeout, cwd)
 
 
 def run_many(commands: list[tuple[list[str], dict]], jobs: int = 2, timeout: int = 600) -> list:

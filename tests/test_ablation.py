@@ -14,7 +14,7 @@ from interp import rundir as R
 from interp.causal import ablation as A
 from interp.causal import atp as AT
 from interp.causal import metrics as M
-from interp.causal.selection import heldout_ranking, matched_random, split_pairs
+from interp.causal.selection import matched_random, split_pairs
 from interp.engine import forward, make_batches, sentence_logprobs
 from interp.stats.clustered import cluster_keys, mean_ci, paired
 from tests.conftest import make_cfg

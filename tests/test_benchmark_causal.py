@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
+from tests.conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,10 +18,8 @@ KEYS = ["model", "device", "dtype", "n_pairs", "batch_size", "tokens_per_sentenc
 
 def test_benchmark_causal_tiny():
     # one intra-op thread: the test machine's 2 cores are shared (tests/conftest.py's one_thread)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "benchmarks.causal", "model=tiny", "n_pairs=16", "batch_size=4",
-                        "repeats=1", "device=cpu"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = run_command(["model=tiny", "n_pairs=16", "batch_size=4", "repeats=1", "device=cpu"],
+                    {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, module="benchmarks.causal", cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     out = json.loads(lines[-1])

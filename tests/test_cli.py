@@ -7,15 +7,14 @@ folder, a folder that is no run dir, a bad number, an unknown option) is one lin
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from interp import merge, model, shards
+from tests.conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,9 +83,9 @@ def test_model_without_an_action_says_what_to_pass(capsys):
     assert code == 2 and "--prepare" in _one_line_error(err, "interp.model")
 
 
-def _python_m(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+def _python_m(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` (the module first) in ``cwd``."""
+    return run_command(args[1:], module=args[0], timeout=300, cwd=cwd)
 
 
 @pytest.mark.parametrize("args,name", [
@@ -116,11 +115,8 @@ def test_generate_help_names_its_options(tmp_path):
     (["no_such_key=1"], "no_such_key"),
 ])
 def test_generate_user_errors_are_one_line_exit_2_and_leave_no_run_dir(args, says, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    if args:
-        env["OPENAI_API_KEY"] = "sk-test-not-used"
-    r = subprocess.run([sys.executable, "-m", "interp.generate", "model=tiny", *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    env = {"OPENAI_API_KEY": "sk-test-not-used" if args else None}  # unset without arguments
+    r = run_command(["model=tiny", *args], env, module="interp.generate", timeout=300, cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert says in _one_line_error(r.stderr, "interp.generate")
     assert not list(tmp_path.iterdir()), list(tmp_path.rglob("*"))

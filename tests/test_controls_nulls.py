@@ -8,7 +8,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import random
 import sys
 
 import numpy as np

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from fake_openai_server import (FakeOpenAIServer, chat_reply, drop_connection, e
                                 pairs_reply)
 from interp.generate import RESPONSE_FORMAT, GenerateError, backoff_delay, generate
 from interp.pairs.files import read_pair_file
+from tests.conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-DISTINCTIVE-7f3a9c2e51d04b86"
@@ -325,10 +324,9 @@ def test_an_unknown_category_names_the_known_ones(base_cfg, tokenizer, tmp_path,
 # ---------------------------------------------------------------- the command line
 
 def _cli(args: list[str], env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | {"HF_HUB_OFFLINE": "1"} | env
-    return subprocess.run([sys.executable, "-m", "interp.generate", *args,
-                           f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    """``python -m interp.generate ARGS`` into ``tmp_path/run``, no API key but what ``env`` gives."""
+    return run_command([*args, f"hydra.run.dir={tmp_path / 'run'}"],
+                       {"OPENAI_API_KEY": None, "HF_HUB_OFFLINE": "1", **env}, module="interp.generate", timeout=300)
 
 
 def test_the_command_line_writes_to_the_hydra_run_dir_and_never_prints_the_key(tmp_path):

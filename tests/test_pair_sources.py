@@ -5,8 +5,6 @@ refused before any model loads, CausalGym's base/src turned into minimal pairs o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 
@@ -15,7 +13,7 @@ import pytest
 
 from interp.config import ConfigError
 from interp.pairs import load_pairs
-from tests.conftest import REPO, make_cfg, tokenizer_overrides
+from tests.conftest import REPO, make_cfg, run_command, tokenizer_overrides
 
 datasets = pytest.importorskip("datasets")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -213,11 +211,10 @@ def test_each_bad_input_is_refused_in_one_line_with_exit_code_2_before_the_model
 
 def test_the_command_refuses_a_missing_split_before_any_model_loads(tmp_path):
     overrides, message = _bad_cases(tmp_path)["missing_split"]
-    env = {**os.environ, "INTERP_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env = {"INTERP_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "interp.run", "model=tiny", "pairs=hf", *overrides,
-                        f"hydra.run.dir={tmp_path / 'run'}", *tokenizer_overrides()],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    p = run_command(["model=tiny", "pairs=hf", *overrides, f"hydra.run.dir={tmp_path / 'run'}", *tokenizer_overrides()],
+                    env, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == [f"interp.run: error: {message}"]
     assert not p.stdout.strip() and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,7 +15,7 @@ from interp.causal import patching as P
 from interp import rundir as R
 from interp.engine import forward, make_batches, sentence_logprobs
 from interp.pairs.validate import check_pair
-from tests.conftest import CONF, REPO, make_cfg
+from tests.conftest import CONF, REPO, make_cfg, run_command
 
 GRAMMAR = [
     ("She ate an apple today.", "She ate a apple today.", "article"),
@@ -411,12 +408,11 @@ def test_patch_picks_ratio_hi_unless_rank_by_is_set(run_dir):
 
 
 def test_the_cli_runs_on_a_tiny_run_dir_and_an_unknown_run_dir_gives_a_clear_error(run_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = tmp_path / "cli"
-    ok = subprocess.run([sys.executable, "-m", "interp.patch", f"run={run_dir}", f"out={out}", "k=[2]",
-                         "ablation.seeds=2", "ablation.modes=[zero]", "ablation.split=null", "patching.n_pairs=1",
-                         "patching.heads=false", "figures.enabled=false", "progress=false"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ok = run_command([f"run={run_dir}", f"out={out}", "k=[2]", "ablation.seeds=2", "ablation.modes=[zero]",
+                      "ablation.split=null", "patching.n_pairs=1", "patching.heads=false", "figures.enabled=false",
+                      "progress=false"], env, module="interp.patch", timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     abl = pd.read_parquet(out / "ablation.parquet")
     assert set(abl["k"]) == {2} and set(abl["mode"]) == {"zero"}
@@ -424,8 +420,7 @@ def test_the_cli_runs_on_a_tiny_run_dir_and_an_unknown_run_dir_gives_a_clear_err
     assert (out / "manifest.json").exists() and not (REPO / "patch.log").exists()
 
     missing = tmp_path / "no_such_run"
-    bad = subprocess.run([sys.executable, "-m", "interp.patch", f"run={missing}"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = run_command([f"run={missing}"], env, module="interp.patch", timeout=120)
     assert bad.returncode != 0
     assert f"run directory {missing} does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr

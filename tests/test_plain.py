@@ -12,7 +12,7 @@ from interp import kernels
 from interp.backends import analysis_model
 from interp.backends.base import Forward
 from interp.backends.hf import PlainModel, UnsupportedHook, supported, twin
-from interp.engine import forward, make_batches
+from interp.engine import make_batches
 from interp.hooks import HOOK_POINTS
 from interp.kernels import attention
 from interp.pairs import load_pairs, validate_pairs

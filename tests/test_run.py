@@ -1,9 +1,6 @@
 """The run as a whole: config groups, the run-dir contract, sweeps, resume, clear errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -12,7 +9,7 @@ from safetensors.torch import load_file
 from interp import rundir as R
 from interp.model import ModelLoadError, load_model
 from interp.run import RunConfigMismatch, run
-from tests.conftest import CONF, REPO, make_cfg
+from tests.conftest import CONF, REPO, make_cfg, run_command
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "pairs", "hooks", "analysis")}
 
@@ -130,9 +127,7 @@ def test_a_checkpoint_of_another_config_is_refused(pairs_file, tmp_path):
 
 
 def _cli(*args, cwd=REPO, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "interp.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_command(list(args), timeout=timeout, cwd=cwd)
 
 
 def test_a_two_job_multirun_gives_one_complete_run_dir_per_job(tmp_path):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, command, run_many, tokenizer_overrides
+from tests.conftest import REPO, command, run_command, run_many, tokenizer_overrides
 from tests.golden.digest import digest, platform_key, summary, summary_diff
 
 # The command whose digests tests/golden/tiny.json recorded before the library restructuring; a run
@@ -25,9 +24,7 @@ GOLDEN = ["model=tiny", "pairs=all", "pairs.limit=3", "hooks.points=[resid_post,
 
 
 def _cli(args, tmp_path, env_extra=None):
-    env = {**os.environ, "INTERP_CACHE_DIR": str(tmp_path / "cache"), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "interp.run", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return run_command(args, {"INTERP_CACHE_DIR": str(tmp_path / "cache"), **(env_extra or {})})
 
 
 @pytest.mark.skipif(bool(tokenizer_overrides()), reason="the reference run uses the embedded tokenizer")
@@ -126,8 +123,7 @@ def test_hooks_layers_works_as_the_readme_shows(tmp_path):
 
 
 def test_help_says_what_the_command_does():
-    p = subprocess.run([sys.executable, "-m", "interp.run", "--help"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    p = run_command(["--help"], timeout=120)
     assert p.returncode == 0
     assert "python -m interp.run" in p.stdout and "analysis:" in p.stdout and "hooks.layers" in p.stdout
 
@@ -168,9 +164,7 @@ def test_patch_mistakes_are_one_line_and_exit_2_before_the_model_loads(tmp_path,
     for f in ("manifest.json", "pairs.parquet", "stability.parquet"):
         (run_dir / f).write_text("{\"status\": \"complete\"}" if f == "manifest.json" else "")
     args = [a.replace("{run}", str(run_dir)) for a in args]
-    env = {**os.environ, "INTERP_CACHE_DIR": str(tmp_path / "cache")}
-    p = subprocess.run([sys.executable, "-m", "interp.patch", *args], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = run_command(args, {"INTERP_CACHE_DIR": str(tmp_path / "cache")}, module="interp.patch", timeout=300)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interp.patch: error: ") and message in lines[0], p.stderr

@@ -12,13 +12,12 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import PAIR_ROWS, REPO, tokenizer_overrides
+from tests.conftest import PAIR_ROWS, run_command, tokenizer_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,8 +56,7 @@ def _env(extra: dict | None = None) -> dict:
 
 
 def _cli(module: str, args: list[str], extra: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=_env(extra), capture_output=True,
-                          text=True, timeout=600)
+    return run_command(args, _env(extra), module=module)
 
 
 def _client(uri: str):
