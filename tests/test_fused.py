@@ -172,6 +172,26 @@ def test_a_chunk_of_more_layers_than_one_launch_takes_gives_the_same_statistics(
     assert float(new.abshist["resid_post"][10].sum()) > 0  # the second launch's layers were counted
 
 
+def test_fused_statistics_resumed_from_a_saved_state_equal_one_pass():
+    """A checkpoint's state (counts saved compact, broadcast back on load) taken up by the kernels
+    in place: the second batch folded into the loaded state gives the one-pass state bit for bit."""
+    dev = device()
+    sites = resolve(["resid_post"], 3)
+    batches = [make_batch(7, 9, 2, False, dev, seed=1), make_batch(5, 6, 2, False, dev, seed=2)]
+    acts = [{s.name: activations(b, 40, seed=10 * j + i) for i, s in enumerate(sites)} for j, b in enumerate(batches)]
+    new = lambda: DiffStats(sites, ["g0", "g1", "g2"], device=dev, fused=True, chunk=2, n_controls=2,  # noqa: E731
+                            max_offset=4)
+    one = new()
+    for b, a in zip(batches, acts):
+        consume(one, b, a)
+    first = consume(new(), batches[0], acts[0])
+    resumed = new()
+    resumed.load_state_dict({k: v.clone() for k, v in first.state_dict().items()})
+    consume(resumed, batches[1], acts[1])
+    for k, v in one.state_dict().items():
+        assert torch.equal(torch.nan_to_num(resumed.state_dict()[k], nan=-1.0), torch.nan_to_num(v, nan=-1.0)), k
+
+
 def test_fused_kernel_keeps_the_configured_position_modes_and_tables():
     dev = device()
     sites = resolve(["resid_post"], 2)
