@@ -262,6 +262,29 @@ def test_group_sums_kernel_equals_the_pytorch_fold():
     assert torch.all(new.n[:, 2] == 0) and torch.all(new.n[0] == 0)
 
 
+def test_group_sums_kernel_folds_a_profile_of_fewer_offsets_into_the_leading_ones():
+    """A batch of short sentences reaches fewer offsets than the state keeps: its values [B, S, O', C]
+    go to the state's first O' offsets, as ``add_grouped_`` puts them; the rest stay untouched. A
+    shape that is no leading block is refused."""
+    from interp.stats import Sums
+
+    dev = device()
+    B, S, O, Os, C, G, L = 11, 2, 6, 4, 5, 3, 2
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(B, S, Os, C, generator=g) + 7).to(dev)
+    x[:, :, 3] = float("nan")  # an offset past some pairs' last token
+    b = make_batch(B, 5, 0, False, dev)
+    shift = torch.full((L, 1, O, C), 7.0, dtype=torch.float64, device=dev)
+    ref, new = Sums.zeros((L, G, O, C), shift.clone()), Sums.zeros((L, G, O, C), shift.clone())
+    ref.add_grouped_(0, x, b.group, G)
+    _kernels().group_sums_(new, 0, x, _kernels().segments(b, G), block=8)
+    for f in ("n", "s1", "s2"):
+        torch.testing.assert_close(getattr(new, f), getattr(ref, f), rtol=1e-12, atol=1e-9)
+    assert float(new.n[:, :, :3].sum()) == B * S * 3 * C and float(new.n[:, :, 3:].sum()) == 0
+    with pytest.raises(ValueError, match="no leading block"):
+        _kernels().group_sums_(new, 0, x[..., :3], _kernels().segments(b, G))
+
+
 @pytest.mark.parametrize("span", [False, True])
 def test_per_pair_values_of_the_kernel_equal_the_pytorch_ones(span):
     dev = device()

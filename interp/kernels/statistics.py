@@ -216,7 +216,8 @@ def pair_values(acts: list[Tensor], batch, n_controls: int, max_offset: int, ref
     controls ctrl, delta, ratio) and ``prof`` [B, S, O, C], both NaN where a pair has no value (no
     token after the edit, a control that did not move the component, an offset past the last
     token); ``O`` = the offsets this batch can reach, ``min(max_offset + 1, T - 1)`` (the edit is
-    at token 1 or later), as in ``DiffStats._values``: the state's later offsets get nothing from it; ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
+    at token 1 or later), as in ``DiffStats._values``: the state's later offsets get nothing from
+    it; ``spread`` [S, B, 2, C]: per pair, the sum and sum of squares of ``x - ref`` over its
     distinct tokens (``ref`` [S, C]; how many tokens that is: ``distinct_tokens``), and ``amax``
     [S, B, C]: per pair the largest |x| over every real token of a and b (BOS included).
     ``last_b``: ``b_last(batch)``, when the caller has it (once per batch, not per chunk).
@@ -429,7 +430,8 @@ def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block
     B, S = x.shape[:2]
     full = tuple(sums.n.shape[2:])
     if tuple(x.shape[3:]) != full[1:] or x.shape[2] > full[0]:
-        raise ValueError(f"group_sums_: values of shape {list(x.shape[2:])} are no leading block of the state's {list(full)}")
+        raise ValueError(f"group_sums_: values of shape {list(x.shape[2:])} are no leading block "
+                         f"of the state's {list(full)}")
     R = x[0, 0].numel()  # the leading R of each layer's and group's R' elements (contiguous)
     x = x.reshape(B, S, R)
     if x.stride(-1) != 1:
