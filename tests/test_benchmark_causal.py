@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+
 from tests.conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,7 +50,8 @@ def wandb_env(tmp_path_factory):
 
 
 def _env(extra: dict | None = None) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+    """The variables the tracking tests' commands set over this process's environment."""
+    return {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
             "INTERP_CACHE_DIR": os.environ.get("INTERP_CACHE_DIR", os.path.expanduser("~/.cache/interp")),
             **(extra or {})}
 

@@ -419,6 +419,14 @@ def segments(batch, n_groups: int) -> tuple[Tensor, Tensor, int]:
     return perm.to(dev, non_blocking=True), seg.to(dev, non_blocking=True), len(lo)
 
 
+def leading_block(x: Tensor, sums) -> bool:
+    """Whether per-pair values ``x`` [B, S, *R] fit a grouped state [L, G, *R'] (``sums``) as its
+    leading block: the same axes after the first of ``R``, and no more entries on that one (the
+    profile's offsets a batch reaches)."""
+    full = tuple(sums.n.shape[2:])
+    return tuple(x.shape[3:]) == full[1:] and x.shape[2] <= full[0]
+
+
 def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block: int = 1024,
                 num_warps: int = 4) -> None:
     """``Sums.add_grouped_`` through Triton: fold per-pair values ``x`` [B, S, *R] (NaN = no value)
@@ -428,10 +436,9 @@ def group_sums_(sums, lo: int, x: Tensor, seg: tuple[Tensor, Tensor, int], block
     float64 sums are deterministic and need no atomics."""
     perm, seg_t, n_seg = seg
     B, S = x.shape[:2]
-    full = tuple(sums.n.shape[2:])
-    if tuple(x.shape[3:]) != full[1:] or x.shape[2] > full[0]:
+    if not leading_block(x, sums):
         raise ValueError(f"group_sums_: values of shape {list(x.shape[2:])} are no leading block "
-                         f"of the state's {list(full)}")
+                         f"of the state's {list(sums.n.shape[2:])}")
     R = x[0, 0].numel()  # the leading R of each layer's and group's R' elements (contiguous)
     x = x.reshape(B, S, R)
     if x.stride(-1) != 1:

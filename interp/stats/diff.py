@@ -430,12 +430,13 @@ class DiffStats:
         O = self.max_offset + 1
         for kind, x, full in (("diff", vals, vals.shape[2:]), ("profile", prof, (O, prof.shape[-1]))):
             st = self._sums(kind, point, c0, c0 + S, (L, G, *full), first(x, tuple(full)))
-            if seg is not None and x.shape[3:] == st.n.shape[3:] and x.shape[2] <= st.n.shape[2]:
-                from ..kernels.statistics import group_sums_
+            if seg is not None:  # fused: the kernels are imported
+                from ..kernels.statistics import group_sums_, leading_block
 
-                group_sums_(st, c0, x, seg)
-            else:
-                st.add_grouped_(c0, x, batch.group, G)
+                if leading_block(x, st):
+                    group_sums_(st, c0, x, seg)
+                    continue
+            st.add_grouped_(c0, x, batch.group, G)
 
     def _spread_state(self, point: str, c0: int, S: int, C: int, a_last) -> Sums:
         """The running spread sums of the layers ``c0:c0 + S`` (``C`` components). ``a_last()``
