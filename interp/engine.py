@@ -279,18 +279,29 @@ class Unembedding:
 
 
 def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"],
-                  chunk: int | None = None) -> Float[Tensor, "S"]:
+                  chunk: int | None = None, fused: bool | None = None) -> Float[Tensor, "S"]:
     """log p(target) of the final norm's output ``h`` at ``S`` slots: unembedded
     (``Unembedding`` of ``original_model``) and log-softmaxed in float32 ``chunk`` slots at a
     time (``pair_logprobs`` and activation patching's metric: 1,024 on a GPU, on the CPU as many as keep a chunk's
-    logits within 16 MB), float64."""
+    logits within 16 MB), float64. ``fused`` (None: on a CUDA device with Triton) takes the
+    log-softmax at the targets in one pass over the logits (``interp.kernels.logprobs``; the same
+    up to float32 rounding) instead of PyTorch's several."""
     unembed = Unembedding(model.original_model)
     if chunk is None:
         chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
+    if fused is None:
+        from .kernels import have_triton
+
+        fused = h.is_cuda and have_triton()
     own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
     out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
     for i in range(0, h.shape[0], chunk):
         raw = unembed(h[i:i + chunk])
+        if fused:  # reads the logits once and writes nothing over them
+            from .kernels.logprobs import target_logprobs
+
+            out[i:i + chunk] = target_logprobs(raw, target[i:i + chunk])
+            continue
         lg = raw.float()
         if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
             lg = lg.clone()

@@ -413,3 +413,52 @@ def test_histogram_kernel_equals_torch_histc_on_cuda_bit_for_bit(dtype):
     got = torch.zeros(S, HIST_BINS, dtype=torch.float64, device="cuda")
     _kernels().abs_histogram_(got, list(x), rows, mask.cuda(), HIST_LO, HIST_HI, 10 ** HIST_LO, HIST_HI - 1e-3)
     assert torch.equal(got, ref)
+
+
+def _logprobs():
+    from interp.kernels import logprobs  # imports Triton: only where the tests run
+
+    return logprobs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_target_logprob_kernel_equals_the_log_softmax_at_the_targets(dtype):
+    """One pass over the logits (``kernels.logprobs``) against ``log_softmax`` of their float32 image:
+    a vocabulary that is no multiple of the block, rows of huge and of tiny logits, a row whose
+    largest logit is the target, a row with NaN (NaN out, as in PyTorch), a strided view."""
+    dev = device()
+    g = torch.Generator().manual_seed(3)
+    S, V = 7, 1000
+    lg = torch.randn(S, V, generator=g) * 4
+    lg[1] += 1e4  # huge logits: the running maximum keeps the exponentials finite
+    lg[2] *= 1e-3
+    target = torch.randint(0, V, (S,), generator=g)
+    lg[3, target[3]] = 50.0  # the target is the maximum
+    lg[4, 17] = float("nan")
+    lg = lg.to(dtype)
+    ref = torch.log_softmax(lg.float(), -1).gather(-1, target[:, None])[:, 0]
+    got = _logprobs().target_logprobs(lg.to(dev), target.to(dev), block=128).cpu()
+    assert got.dtype == torch.float32 and torch.isnan(got[4]) and not torch.isnan(got[[0, 1, 2, 3, 5, 6]]).any()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    wide = torch.zeros(S, 2 * V, dtype=dtype)
+    wide[:, ::2] = lg  # rows whose elements are not adjacent: copied first
+    torch.testing.assert_close(_logprobs().target_logprobs(wide[:, ::2].to(dev), target.to(dev), block=256).cpu(),
+                               ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    with pytest.raises(ValueError, match=r"logits \[S, V\]"):
+        _logprobs().target_logprobs(lg.to(dev), target[:3].to(dev))
+
+
+def test_slot_logprobs_through_the_kernel_equal_the_pytorch_path(tiny_lm):
+    """``engine.slot_logprobs`` with ``fused=True`` (one pass over each chunk's logits) gives the
+    PyTorch path's log-probabilities up to float32 rounding, chunked or not."""
+    from interp.engine import slot_logprobs
+
+    g = torch.Generator().manual_seed(5)
+    d = tiny_lm.info["d_model"]
+    h = torch.randn(23, d, generator=g)
+    target = torch.randint(0, tiny_lm.tokenizer.vocab_size, (23,), generator=g)
+    ref = slot_logprobs(tiny_lm.plain, h, target, fused=False)
+    for chunk in (None, 5):
+        got = slot_logprobs(tiny_lm.plain, h, target, chunk=chunk, fused=True)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
