@@ -2,6 +2,7 @@
 
     python -m benchmarks.stat_kernels [--pairs 128] [--controls 3] [--tokens 10] [--width 4096]
                                       [--sites 16] [--max-offset 15] [--groups 2] [--reps 20]
+                                      [--slots 1024] [--vocab 128256]
 
 The three kernels of ``interp.kernels.statistics`` are bandwidth-bound: they read the activations
 (``pair_values``, ``abs_histogram_``) or the per-pair values and the float64 state (``group_sums_``)
@@ -13,6 +14,13 @@ must move at least, and that rate as a fraction of a device-to-device copy's rat
 run (``copy_gb_s``). Every shape's output is checked bit for bit against the default shape's (the
 kernels compute each element alone, so the launch shape must not change a result). Prints one JSON
 line; CUDA only (on the CPU the kernels run in Triton's interpreter, which says nothing of speed).
+
+It also times the log-probabilities' kernel (``interp.kernels.logprobs.target_logprobs``: log p of the
+target from one chunk of ``--slots`` scored predictions' bf16 logits over a ``--vocab`` vocabulary)
+against the PyTorch operations ``engine.slot_logprobs`` runs without it (a float32 copy, the target's
+logit, the maximum, the exponentials in place, their sum and log), in the same run: ms of each, the
+kernel's rate against the copy's (it reads the logits once), and the largest difference between the
+two results (float32 rounding: the kernel's sum runs in another order).
 """
 
 from __future__ import annotations
@@ -87,6 +95,8 @@ def main() -> None:
     ap.add_argument("--max-offset", type=int, default=15)
     ap.add_argument("--groups", type=int, default=2)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--slots", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=128256)
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.stat_kernels needs a CUDA device")
@@ -138,7 +148,35 @@ def main() -> None:
 
     out["abs_histogram"] = sweep("abs_histogram", hist, [(1024, 4), (512, 4), (1024, 8), (2048, 8), (256, 2)],
                                  S * len(rows) * T * C * 2, a.reps, copy_bps)
+    out["target_logprobs"] = logprob_rows(a.slots, a.vocab, a.reps, copy_bps, dev)
     print(json.dumps(out), flush=True)
+
+
+def torch_logprobs(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``engine.slot_logprobs``'s PyTorch operations on one chunk of logits."""
+    lg = raw.float()
+    tgt = lg.gather(-1, target[:, None])[:, 0]
+    top = lg.amax(-1, keepdim=True)
+    return tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+
+
+def logprob_rows(S: int, V: int, reps: int, copy_bps: float, dev) -> dict:
+    """The PyTorch path and the kernel at several launch shapes on one chunk of bf16 logits."""
+    from interp.kernels.logprobs import target_logprobs
+
+    g = torch.Generator(device=dev).manual_seed(1)
+    raw = (torch.randn(S, V, generator=g, device=dev) * 3).to(torch.bfloat16)
+    target = torch.randint(0, V, (S,), generator=g, device=dev)
+    ref = torch_logprobs(raw, target)
+    base = timed(lambda: torch_logprobs(raw, target), reps)
+    rows = [{"variant": "pytorch", "ms": round(base * 1e3, 3)}]
+    for block, warps in [(4096, 8), (2048, 4), (8192, 8), (4096, 4), (1024, 4)]:
+        got = target_logprobs(raw, target, block=block, num_warps=warps)
+        s = timed(lambda: target_logprobs(raw, target, block=block, num_warps=warps), reps)
+        rows.append({"variant": "kernel", "block": block, "num_warps": warps, "ms": round(s * 1e3, 3),
+                     "speedup": round(base / s, 2), "of_copy": round(raw.numel() * 2 / s / copy_bps, 3),
+                     "max_abs_diff": float(f"{float((got - ref).abs().max()):.3g}")})
+    return {"slots": S, "vocab": V, "rows": rows}
 
 
 if __name__ == "__main__":
