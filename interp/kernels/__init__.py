@@ -2,10 +2,12 @@
 
 - ``interp.kernels.statistics``: a batch's per-pair statistics and their per-group sums (the GPU
   form of ``interp.stats.DiffStats``'s PyTorch path);
+- ``interp.kernels.logprobs``: log p(target) from a chunk of logits in one pass (``engine.slot_logprobs``
+  on CUDA);
 - ``interp.kernels.short_attention``: the short-sentence attention kernel, and
   ``interp.kernels.attention``: that kernel as a Hugging Face attention implementation (``short``).
 
-Both kernel modules import Triton when they are imported, so only the code that runs a kernel
+The kernel modules import Triton when they are imported, so only the code that runs a kernel
 imports them: ``import interp``, or a run on the CPU without ``analysis.fused`` and ``short``
 attention, never loads Triton. On CUDA the kernels are compiled; with ``TRITON_INTERPRET=1`` set
 before Triton is imported they run on CPU tensors through Triton's interpreter (how the unit tests
