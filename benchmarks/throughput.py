@@ -23,7 +23,10 @@ Timings are interleaved batch by batch, so a change in machine load affects all 
 and analysis are also timed as whole loops (``ratio_loop``), as a run goes, where the statistics of
 one batch can overlap the next forward pass on a GPU. With ``analysis.compile=true`` the analysis
 runs a ``torch.compile``d tree (warmed up on batches of every distinct length first, compile time
-reported apart) and ``bare_compiled`` times that tree without hooks. It prints one JSON line (last
+reported apart) and ``bare_compiled`` times that tree without hooks, ``bare_decoder`` its decoder
+alone (no unembedding: the analysis's forward pass before its hooks, statistics and
+log-probabilities; ``bare_decoder_fraction_of_sustained_roofline`` is the ceiling the analysis loop's
+fraction sits under). It prints one JSON line (last
 line: peak memory): model, device, dtype, batch size, tokens per sentence, pairs, sentences per
 pair, the workload (with ``workload=realistic`` its facts from ``benchmarks.workloads``:
 ``blimp_pairs_loaded``, ``blimp_sample``, ``tail_file``, ``tail_pairs``, ``tail_unreadable``),
@@ -241,20 +244,35 @@ def warm_batches(batches, n: int, compiled: bool):
     return out
 
 
-def matmul_flop(lm, batches, scored_only: bool = False, last_position: bool = False) -> float:
+def matmul_flop(lm, batches, scored_only: bool = False, last_position: bool = False,
+                unembed: bool = True) -> float:
     """Matrix-product FLOP of a forward pass over ``batches``: 2 x (weights used in products) per
     computed token slot, padding included (an embedding lookup is no product). With ``scored_only``
     the unembedding counts only what the analysis computes: the predictions its log-probabilities
     sum (``engine.Scored``), plus with ``last_position`` the last position of every row (the
-    bridge's own logits, ``logits_to_keep=1``; the plain tree runs its decoder alone)."""
+    bridge's own logits, ``logits_to_keep=1``; the plain tree runs its decoder alone). With
+    ``unembed=False`` the decoder's products alone."""
     emb_in, emb_out = lm.hf_model.get_input_embeddings().weight, lm.hf_model.get_output_embeddings().weight
     body = lm.info["n_params"] - emb_in.numel() - (0 if emb_in is emb_out else emb_out.numel())
     flop = 0.0
     for b in batches:
         rows = b.tokens.shape[0]
         unembedded = rows * last_position + b.scored_slots().n if scored_only else rows * b.seq_len
-        flop += 2 * (b.seq_len * rows * body + unembedded * emb_out.numel())
+        flop += 2 * (b.seq_len * rows * body + unembed * unembedded * emb_out.numel())
     return flop
+
+
+class DecoderOnly:
+    """The compiled tree's decoder alone (its final norm included, no unembedding, no hooks): the
+    part of the analysis's forward pass before its log-probabilities, timed as ``bare_decoder``, the
+    ceiling that the analysis loop's statistics and log-probabilities are added to."""
+
+    def __init__(self, plain):
+        self.plain = plain
+        self.hooks = plain.hooks  # ``bare_pass`` calls a model with hooks as the plain tree
+
+    def __call__(self, tokens, attention_mask=None):
+        return self.plain(tokens, attention_mask=attention_mask, return_type=None)
 
 
 def workload_facts(kept, batches) -> dict:
@@ -311,6 +329,7 @@ def measure(cfg: DictConfig) -> dict:
     per_pass = lm.plain.n_compiled if facts["compiled"] else 0
     if facts["compiled"]:
         bare["bare_compiled"] = lm.plain
+        bare["bare_decoder"] = DecoderOnly(lm.plain)
     t = time.perf_counter()
     warm = warm_batches(batches, int(cfg.warmup_batches), facts["compiled"])
     graphs_first = None
@@ -382,7 +401,9 @@ def measure(cfg: DictConfig) -> dict:
                     "analysis_loop_fraction_of_roofline": round(roof_an / an_loop, 4),
                     # against the rate held for as long (the chip at its power limit, see benchmarks/README.md)
                     "matmul_tflops_sustained": round(held / 1e12, 1),
-                    **({"bare_compiled_fraction_of_sustained_roofline": round(roof_s * rate / held / best["bare_compiled"], 4)}
+                    **({"bare_compiled_fraction_of_sustained_roofline": round(roof_s * rate / held / best["bare_compiled"], 4),
+                        "bare_decoder_fraction_of_sustained_roofline":
+                            round(matmul_flop(lm, batches, unembed=False) / held / best["bare_decoder"], 4)}
                        if "bare_compiled" in best else {}),
                     "analysis_loop_fraction_of_sustained_roofline": round(roof_an * rate / held / an_loop, 4)})
     return out

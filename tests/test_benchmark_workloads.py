@@ -67,3 +67,28 @@ def test_the_phase_profile_names_each_phase_and_its_largest_operations():
         ms = [t for _, _, t in phase["top"]]
         assert len(set(names)) == len(names) and ms == sorted(ms, reverse=True)
     assert any("mm" in n for n, _, _ in out["decoder_no_hooks"]["top"])  # the layers' matrix products
+
+
+def test_the_decoder_alone_counts_no_unembedding_and_runs_without_logits():
+    """``benchmarks.throughput``'s ``bare_decoder``: the plain tree's decoder alone (no logits), and
+    its FLOP count the layers' products only (the unembedding's share left out)."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks.throughput import DecoderOnly, bare_pass, matmul_flop, prepare
+    from interp.run import get_model
+    from tests.conftest import CONF, tokenizer_overrides
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("benchmark", ["model=tiny", "n_pairs=8", "batch_size=4", *tokenizer_overrides()])
+    lm = get_model(cfg)
+    _, _, batches, _ = prepare(cfg, lm, 8)
+    vocab, d = lm.hf_model.get_output_embeddings().weight.shape
+    slots = sum(b.tokens.shape[0] * b.seq_len for b in batches)
+    assert matmul_flop(lm, batches) - matmul_flop(lm, batches, unembed=False) == 2 * slots * vocab * d
+    seen = []
+    handle = lm.plain.original_model.get_output_embeddings().register_forward_hook(lambda *a: seen.append(1))
+    try:
+        bare_pass(DecoderOnly(lm.plain), batches[0])
+    finally:
+        handle.remove()
+    assert seen == []  # no unembedding ran
