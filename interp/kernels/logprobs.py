@@ -19,14 +19,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_LOWEST = -3.4028234663852886e38  # float32's lowest finite value: the running maximum starts there
 
 
 @triton.jit
 def _target_logprob_kernel(LOGITS, stride_row, TARGET, OUT, V, BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     row = LOGITS + r * stride_row
-    m = tl.full([BLOCK], _LOWEST, tl.float32)
+    m = tl.full([BLOCK], -3.4028234663852886e38, tl.float32)  # float32's lowest finite value
     s = tl.zeros([BLOCK], tl.float32)
     for v0 in range(0, V, BLOCK):
         cols = v0 + tl.arange(0, BLOCK)

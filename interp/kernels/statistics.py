@@ -20,9 +20,9 @@
      running maximum behind the massive-activation flag; before, a pass of its own per site).
 
 2. ``abs_histogram_``: the per-layer histogram of log10 |activation| over chosen a and b rows
-   (the massive flag's median), the binning of ``torch.histc`` on CUDA, counted exactly in int32:
-   each program counts its block on its own (``tl.histogram``) and adds the bins it counted to the
-   layer's histogram once (before: an atomic add per element, bound by the atomics).
+   (the massive flag's median), the binning of ``torch.histc`` on CUDA, counted exactly in int32
+   with atomic adds spread over copies of the histogram (before: five elementwise passes over a
+   stacked copy of the rows, then one ``histc`` per layer on 2,000 contended bins).
 
 3. ``group_sums_``: the per-pair values folded into the running float64 sums per group
    (``stats.Sums``), in place. Each program owns a block of elements for every group and loops
@@ -302,7 +302,7 @@ class BatchPlan:
 
 @triton.jit(do_not_specialize=["T"])
 def _abs_hist_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t, ROWS, MASK, stride_m,
-                     HIST, T, C, LO: tl.constexpr, HI: tl.constexpr, NB: tl.constexpr, NB2: tl.constexpr,
+                     HIST, n_copies, T, C, LO: tl.constexpr, HI: tl.constexpr, NB: tl.constexpr,
                      FLOOR: tl.constexpr, CEIL: tl.constexpr, LIBDEVICE: tl.constexpr, DT: tl.constexpr,
                      BLOCK: tl.constexpr):
     r = tl.program_id(0)
@@ -315,9 +315,9 @@ def _abs_hist_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t, ROWS,
     cm = cols < C
     row = tl.load(ROWS + r).to(tl.int64)
     base = X + row * stride_row
-    # the program's own counts over its tokens (``NB2``: NB rounded up to a power of two), added to
-    # the layer's histogram once at the end, bin by bin where it counted any
-    counts = tl.zeros([NB2], tl.int32)
+    # this program's copy of the layer's histogram (fewer programs adding to one bin at a time)
+    copy = (r * tl.num_programs(1) + cb) % n_copies
+    hist = HIST + (s.to(tl.int64) * n_copies + copy) * NB
     for t in range(T):
         if tl.load(MASK + row * stride_m + t) != 0:  # padding is left out (torch: a value below the range)
             x = tl.load(base + t * stride_t + cols, mask=cm, other=1.0).to(tl.float32)
@@ -333,9 +333,10 @@ def _abs_hist_kernel(X0, X1, X2, X3, X4, X5, X6, X7, stride_row, stride_t, ROWS,
             ok = cm & (lg >= LO) & (lg <= HI)
             b = tl.math.div_rn((tl.where(ok, lg, LO) - LO) * NB, HI - LO).to(tl.int32)
             b = tl.where(b == NB, NB - 1, b)
-            counts += tl.histogram(b, NB2, mask=ok)
-    bins = tl.arange(0, NB2)
-    tl.atomic_add(HIST + s.to(tl.int64) * NB + bins, counts, mask=(bins < NB) & (counts > 0), sem="relaxed")
+            tl.atomic_add(hist + b, tl.full([BLOCK], 1, tl.int32), mask=ok, sem="relaxed")
+
+
+HIST_COPIES = 64
 
 
 def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor, lo: float, hi: float,
@@ -343,19 +344,17 @@ def abs_histogram_(hist: Tensor, acts: list[Tensor], rows: Tensor, mask: Tensor,
     """Add to ``hist`` [S, NB] (any dtype) the histogram of log10 |x| of each site ``acts[s]``
     ([rows, T, C]) over the rows ``rows`` and their real tokens (``mask`` [rows, T]): |x| clamped
     below at ``floor``, its log10 clamped above at ``ceil``, binned as ``torch.histc(v, NB, lo, hi)``
-    on CUDA bins it (exact int32 counts). Each program counts its row's block of components over
-    the row's tokens on its own (``tl.histogram``) and adds only the bins it counted to the layer's."""
+    on CUDA bins it (exact int32 counts)."""
     S, NB = len(acts), hist.shape[-1]
     acts, (stride_row, stride_t), dt, launches = _launches(acts)
     T, C = acts[0].shape[1], acts[0].shape[-1]
-    counts = torch.zeros((S, NB), dtype=torch.int32, device=acts[0].device)
+    counts = torch.zeros((S, HIST_COPIES, NB), dtype=torch.int32, device=acts[0].device)
     for s0, ptrs, n in launches:
         grid = (len(rows), triton.cdiv(C, block), n)
-        _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, mask, mask.stride(0), counts[s0:], T, C,
-                               LO=float(lo), HI=float(hi), NB=NB, NB2=triton.next_power_of_2(NB),
-                               FLOOR=float(floor), CEIL=float(ceil),
+        _abs_hist_kernel[grid](*ptrs, stride_row, stride_t, rows, mask, mask.stride(0), counts[s0:], HIST_COPIES, T, C,
+                               LO=float(lo), HI=float(hi), NB=NB, FLOOR=float(floor), CEIL=float(ceil),
                                LIBDEVICE=acts[0].device.type == "cuda", DT=dt, BLOCK=block, num_warps=num_warps)
-    hist += counts.to(hist.device, hist.dtype)
+    hist += counts.sum(1).to(hist.device, hist.dtype)
 
 
 @triton.jit
