@@ -1,0 +1,156 @@
+"""Every Triton kernel of ``interp.kernels`` compiles for a Hopper GPU (sm_90), on this machine.
+
+The other kernel tests run the kernels through Triton's interpreter on the CPU, which accepts some
+code the GPU compiler refuses (a module-level constant read inside a kernel, for one). Here each
+kernel's wrapper is called with small CPU tensors while the kernel object is replaced by a recorder
+of its launches; every recorded launch (its argument types, constants and ``num_warps``) is then
+compiled ahead of time for ``GPUTarget("cuda", 90, 32)``, down to a cubin, with no GPU present.
+
+The compiler cannot run in a process where the interpreter is on (the CPU test run sets
+``TRITON_INTERPRET=1``): there ``test_every_kernel_compiles_for_hopper`` runs this file again in a
+process without it.
+"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from interp import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.have_triton(), reason="needs Triton")
+aot = pytest.mark.skipif(kernels.INTERPRET, reason="compiled in a process without the interpreter "
+                                                   "(test_every_kernel_compiles_for_hopper)")
+
+
+@pytest.mark.skipif(not kernels.INTERPRET, reason="the tests below run in this process")
+def test_every_kernel_compiles_for_hopper():
+    from tests.conftest import REPO, _run
+
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__], env, 600, REPO)
+    assert r.returncode == 0 and "5 passed, 1 skipped" in r.stdout, r.stdout[-3000:]  # this test skips itself there
+
+_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16",
+          torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+
+
+class _Recorder:
+    """Stands in for a kernel: ``kernel[grid](*args, **kwargs)`` keeps the launch instead of running it."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches: list[tuple[tuple, dict]] = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
+
+
+def _signature(fn, args: tuple, kwargs: dict) -> tuple[dict, dict]:
+    values = dict(zip(fn.arg_names, args))
+    values.update({k: v for k, v in kwargs.items() if k in fn.arg_names})
+    sig, consts = {}, {}
+    for p in fn.params:
+        v = values[p.name]
+        if p.is_constexpr:
+            sig[p.name], consts[p.name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[p.name] = "*" + _TYPES[v.dtype]
+        elif isinstance(v, bool):
+            sig[p.name] = "i1"
+        elif isinstance(v, int):
+            sig[p.name] = "i64" if abs(v) >= 2 ** 31 else "i32"
+        elif isinstance(v, float):
+            sig[p.name] = "fp32"
+        else:
+            raise TypeError(f"{p.name}: no Triton type for {type(v).__name__}")
+    return sig, consts
+
+
+def compile_recorded(monkeypatch, module, name: str, call) -> int:
+    """Run ``call()`` with ``module.name`` recording its launches, then compile each for sm_90."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    rec = _Recorder(getattr(module, name))
+    monkeypatch.setattr(module, name, rec)
+    call()
+    assert rec.launches, f"{name} was never launched"
+    fn = rec.kernel
+    for args, kwargs in rec.launches:
+        sig, consts = _signature(fn, args, kwargs)
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
+        assert compiled.asm["cubin"], name
+    return len(rec.launches)
+
+
+def _stat():
+    from interp.kernels import statistics
+
+    return statistics
+
+
+@aot
+@pytest.mark.parametrize("K,span,dtype", [(3, False, torch.bfloat16), (0, True, torch.float32)])
+def test_the_pair_kernel_compiles_for_hopper(monkeypatch, K, span, dtype):
+    from tests.test_fused import activations, make_batch
+
+    b = make_batch(6, 7, K, span, "cpu")
+    acts = [activations(b, 32, seed=s, dtype=dtype) for s in range(9)]  # two launches: 8 sites, then 1
+    n = compile_recorded(monkeypatch, _stat(), "_pair_values_kernel",
+                         lambda: _stat().pair_values(acts, b, K, 15, torch.zeros(9, 32)))
+    assert n == 2
+
+
+@aot
+def test_the_histogram_group_sums_and_spread_kernels_compile_for_hopper(monkeypatch):
+    from interp.stats import Sums
+    from tests.test_fused import activations, make_batch
+
+    K = _stat()
+    b = make_batch(6, 7, 2, False, "cpu")
+    acts = [activations(b, 32, seed=s, dtype=torch.bfloat16) for s in range(3)]
+    compile_recorded(monkeypatch, K, "_abs_hist_kernel", lambda: K.abs_histogram_(
+        torch.zeros(3, 2000, dtype=torch.float64), acts, torch.tensor([0, 7]), b.mask, -12.0, 8.0, 1e-12, 7.999))
+    st = Sums.zeros((4, 3, 5, 3, 32), torch.zeros(4, 1, 5, 3, 32, dtype=torch.float64))
+    x = torch.randn(6, 2, 5, 3, 32)
+    compile_recorded(monkeypatch, K, "_group_sums_kernel", lambda: K.group_sums_(st, 1, x, K.segments(b, 3)))
+    spread_state = Sums.zeros((4, 32), torch.zeros(4, 32, dtype=torch.float64))
+    compile_recorded(monkeypatch, K, "_fold_spread_kernel", lambda: K.fold_spread_(
+        spread_state, 1, torch.randn(2, 6, 2, 32), torch.tensor(40.0, dtype=torch.float64), torch.zeros(4, 32),
+        torch.rand(2, 6, 32)))
+
+
+@aot
+def test_the_log_probability_and_attention_kernels_compile_for_hopper(monkeypatch):
+    from interp.kernels import logprobs, short_attention
+
+    compile_recorded(monkeypatch, logprobs, "_target_logprob_kernel", lambda: logprobs.target_logprobs(
+        torch.randn(5, 1000, dtype=torch.bfloat16), torch.randint(0, 1000, (5,))))
+    q, k, v = torch.randn(2, 8, 9, 64, dtype=torch.bfloat16), *torch.randn(2, 2, 2, 9, 64, dtype=torch.bfloat16)
+    mask = torch.zeros(2, 1, 9, 9, dtype=torch.bfloat16)
+    compile_recorded(monkeypatch, short_attention, "_short_attention_kernel",
+                     lambda: short_attention.short_attention(q, k, v, mask, 0.125))
+
+
+@aot
+def test_the_recorder_catches_what_only_the_gpu_compiler_refuses(monkeypatch, tmp_path):
+    """A kernel that reads a plain module constant runs under the interpreter but fails to compile
+    for the GPU: the harness above reports it."""
+    import importlib.util
+
+    from triton.compiler.errors import CompilationError
+
+    path = tmp_path / "bad_kernel.py"
+    path.write_text("import triton\nimport triton.language as tl\nLOWEST = -1.0e30\n\n"
+                    "@triton.jit\ndef bad(X, BLOCK: tl.constexpr):\n"
+                    "    tl.store(X + tl.arange(0, BLOCK), tl.full([BLOCK], LOWEST, tl.float32))\n\n"
+                    "def launch(x):\n    bad[(1,)](x, BLOCK=16)\n")
+    spec = importlib.util.spec_from_file_location("bad_kernel", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(CompilationError, match="global variable LOWEST"):
+        compile_recorded(monkeypatch, mod, "bad", lambda: mod.launch(torch.zeros(16)))
