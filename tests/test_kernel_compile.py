@@ -32,9 +32,6 @@ def test_every_kernel_compiles_for_hopper():
     r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__], env, 600, REPO)
     assert r.returncode == 0 and "5 passed, 1 skipped" in r.stdout, r.stdout[-3000:]  # this test skips itself there
 
-_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16",
-          torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
-
 
 class _Recorder:
     """Stands in for a kernel: ``kernel[grid](*args, **kwargs)`` keeps the launch instead of running it."""
@@ -48,23 +45,17 @@ class _Recorder:
 
 
 def _signature(fn, args: tuple, kwargs: dict) -> tuple[dict, dict]:
+    """The launch's types as Triton's own launcher names them (``mangle_type``), and its constants."""
+    from triton.runtime.jit import mangle_type
+
     values = dict(zip(fn.arg_names, args))
     values.update({k: v for k, v in kwargs.items() if k in fn.arg_names})
     sig, consts = {}, {}
     for p in fn.params:
-        v = values[p.name]
         if p.is_constexpr:
-            sig[p.name], consts[p.name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[p.name] = "*" + _TYPES[v.dtype]
-        elif isinstance(v, bool):
-            sig[p.name] = "i1"
-        elif isinstance(v, int):
-            sig[p.name] = "i64" if abs(v) >= 2 ** 31 else "i32"
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
+            sig[p.name], consts[p.name] = "constexpr", values[p.name]
         else:
-            raise TypeError(f"{p.name}: no Triton type for {type(v).__name__}")
+            sig[p.name] = mangle_type(values[p.name])
     return sig, consts
 
 
