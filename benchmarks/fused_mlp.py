@@ -15,13 +15,14 @@ cuBLAS's. On random bf16 matrices this times:
 - ``cublas_one_product``: ``x @ [Wg; Wu].T`` as one product, then the same elementwise kernel;
 - ``triton_dual`` at several tile shapes: one Triton kernel, both products from each ``x`` tile,
   ``silu(g) * u`` in float32 before the one rounding to bf16 (the compiled tree rounds g and u first);
-- ``triton_dual_tma`` and ``triton_dual_tma_persistent``: the same kernel with its tiles moved by the
-  Hopper tensor-memory accelerator (host-made ``TensorDescriptor``s), one program per output tile or
-  one program per SM walking the tiles (Triton's persistent-matmul pattern).
+- ``triton_dual_tma``: the toolkit's kernel (``interp.kernels.mlp.gated_up``, ``analysis.mlp=fused``):
+  the same products with their tiles moved by the Hopper tensor-memory accelerator, at several tile
+  shapes, its default first. (A persistent variant, one program per SM walking the tiles, measured
+  0.42-0.84x on one H100 and was dropped.)
 
 It reports ms, TFLOP/s (the two products' FLOP) and the largest difference from float32 arithmetic
 rounded once, relative to the largest output, and ``speedup`` against ``cublas``. One JSON line;
-CUDA only (no toolkit code uses this kernel).
+CUDA only (the pointer-load kernel here is used by no toolkit code).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import json
 import torch
 import triton
 import triton.language as tl
+
+from interp.kernels.mlp import gated_up
 
 from .stat_kernels import timed
 
@@ -81,51 +84,9 @@ def dual_silu(x, wg, wu, bm=128, bn=128, bk=64, stages=4, warps=8, group=8):
     return out
 
 
-@triton.jit
-def _dual_silu_tma_kernel(x_desc, wg_desc, wu_desc, o_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
-                          BK: tl.constexpr, GROUP_M: tl.constexpr, STAGES: tl.constexpr, PROGRAMS: tl.constexpr,
-                          PERSISTENT: tl.constexpr):
-    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-    per_group = GROUP_M * n_n
-    if PERSISTENT:
-        first, last, step = tl.program_id(0), n_m * n_n, PROGRAMS
-    else:
-        first, last, step = tl.program_id(0), tl.program_id(0) + 1, 1
-    for tile in tl.range(first, last, step, flatten=PERSISTENT):
-        first_m = (tile // per_group) * GROUP_M
-        size_m = min(n_m - first_m, GROUP_M)
-        om = (first_m + (tile % per_group) % size_m) * BM
-        on = ((tile % per_group) // size_m) * BN
-        acc_g = tl.zeros((BM, BN), tl.float32)
-        acc_u = tl.zeros((BM, BN), tl.float32)
-        for ki in tl.range(0, tl.cdiv(K, BK), num_stages=STAGES):
-            a = x_desc.load([om, ki * BK])
-            acc_g = tl.dot(a, wg_desc.load([on, ki * BK]).T, acc_g)
-            acc_u = tl.dot(a, wu_desc.load([on, ki * BK]).T, acc_u)
-        h = acc_g * tl.sigmoid(acc_g) * acc_u
-        o_desc.store([om, on], h.to(o_desc.dtype))
-
-
-def dual_silu_tma(x, wg, wu, bm=128, bn=128, bk=64, stages=3, warps=8, group=8, persistent=False):
-    """``dual_silu`` with TMA tile loads and stores (Hopper); ``persistent``: one program per SM."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    M, K = x.shape
-    N = wg.shape[0]
-    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    xd = TensorDescriptor.from_tensor(x, [bm, bk])
-    gd, ud = TensorDescriptor.from_tensor(wg, [bn, bk]), TensorDescriptor.from_tensor(wu, [bn, bk])
-    od = TensorDescriptor.from_tensor(out, [bm, bn])
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    programs = min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count) if persistent else tiles
-    _dual_silu_tma_kernel[(programs,)](xd, gd, ud, od, M, N, K, BM=bm, BN=bn, BK=bk, GROUP_M=group, STAGES=stages,
-                                       PROGRAMS=programs, PERSISTENT=persistent, num_warps=warps)
-    return out
-
-
-TMA_CONFIGS = [  # (BM, BN, BK, stages, warps, group, persistent)
-    (128, 128, 64, 3, 8, 8, False), (128, 128, 64, 4, 8, 8, False), (128, 128, 64, 3, 8, 8, True),
-    (128, 256, 64, 3, 8, 8, True), (128, 128, 128, 2, 8, 8, True), (128, 64, 64, 4, 4, 8, True),
+TMA_CONFIGS = [  # (BM, BN, BK, stages, warps, group): interp.kernels.mlp.gated_up's default first
+    (128, 128, 64, 4, 8, 8), (128, 128, 64, 3, 8, 8), (128, 128, 64, 5, 8, 8), (128, 128, 32, 5, 8, 8),
+    (128, 64, 64, 4, 4, 8), (128, 128, 64, 4, 8, 16),
 ]
 
 CONFIGS = [  # (BM, BN, BK, stages, warps, group)
@@ -172,10 +133,9 @@ def main() -> None:
     for bm, bn, bk, st, w, gr in CONFIGS:
         rows.append(row("triton_dual", lambda: dual_silu(x, wg, wu, bm, bn, bk, st, w, gr),
                         tile=[bm, bn, bk], stages=st, warps=w))
-    for bm, bn, bk, st, w, gr, pers in TMA_CONFIGS:
-        rows.append(row("triton_dual_tma_persistent" if pers else "triton_dual_tma",
-                        lambda: dual_silu_tma(x, wg, wu, bm, bn, bk, st, w, gr, pers),
-                        tile=[bm, bn, bk], stages=st, warps=w))
+    for bm, bn, bk, st, w, gr in TMA_CONFIGS:
+        rows.append(row("triton_dual_tma", lambda: gated_up(x, wg, wu, bm, bn, bk, st, w, gr),
+                        tile=[bm, bn, bk], stages=st, warps=w, group=gr))
     base = rows[0].get("ms")
     for r in rows:
         if base and "ms" in r:

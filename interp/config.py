@@ -31,6 +31,7 @@ POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
 ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 ATTENTION = ("auto", *ATTENTION_KERNELS)
+MLP_KERNELS = ("compiled", "fused")
 CONTROL_POOLS = ("common", "edits", "matched", "nearest", "grammatical")
 CLUSTERS = ("swap", "template", "none")
 STABLE_RULES = ("equivalence", "significance")
@@ -134,6 +135,10 @@ class AnalysisConfig:
     # for runs of at least compile_cpu_min_pairs pairs; never with z or mlp_post hooks)
     compile: Any = "auto"
     compile_cpu_min_pairs: int = 5000  # CPU: from about this many pairs on, compiling pays for itself
+    # the compiled tree's MLP: compiled (torch.compile: cuBLAS products and one elementwise kernel) or
+    # fused (gate and up products with silu(g) * u in one Triton kernel, interp/kernels/mlp.py; gated
+    # SiLU MLPs on a Hopper GPU; not measured end to end yet, hence not the default)
+    mlp: str = "compiled"
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
     chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)
     fused: Any = "auto"  # per-pair values by one Triton kernel per site (auto: on CUDA; false: PyTorch ops)
@@ -294,6 +299,7 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _choice(a.backend, BACKENDS, "analysis.backend")
     _choice(a.attn, ATTENTION, "analysis.attn")
     _choice(a.compile, ("auto", True, False), "analysis.compile")
+    _choice(a.mlp, MLP_KERNELS, "analysis.mlp")
     _choice(a.fused, ("auto", True, False), "analysis.fused")
     if a.chunk_layers != "auto":
         _at_least(a.chunk_layers, 1, "analysis.chunk_layers")

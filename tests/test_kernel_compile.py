@@ -30,7 +30,7 @@ def test_every_kernel_compiles_for_hopper():
 
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__], env, 600, REPO)
-    assert r.returncode == 0 and "5 passed, 1 skipped" in r.stdout, r.stdout[-3000:]  # this test skips itself there
+    assert r.returncode == 0 and "6 passed, 1 skipped" in r.stdout, r.stdout[-3000:]  # this test skips itself there
 
 
 class _Recorder:
@@ -125,6 +125,14 @@ def test_the_log_probability_and_attention_kernels_compile_for_hopper(monkeypatc
     mask = torch.zeros(2, 1, 9, 9, dtype=torch.bfloat16)
     compile_recorded(monkeypatch, short_attention, "_short_attention_kernel",
                      lambda: short_attention.short_attention(q, k, v, mask, 0.125))
+
+
+@aot
+def test_the_gated_mlp_kernel_compiles_for_hopper(monkeypatch):
+    from interp.kernels import mlp
+
+    x, wg, wu = torch.randn(300, 256, dtype=torch.bfloat16), *torch.randn(2, 512, 256, dtype=torch.bfloat16)
+    compile_recorded(monkeypatch, mlp, "_gated_up_kernel", lambda: mlp.gated_up(x, wg, wu))
 
 
 @aot

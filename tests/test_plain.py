@@ -425,3 +425,92 @@ def check_short_attention_compiles_once(lm):
     assert short.compile_error is None
     assert graphs[lengths[-4]] == graphs[10]  # every length up to 40 after the first two: no recompilation
     assert graphs[lengths[-1]] <= graphs[10] + 2  # past the kernel's key limit: eager attention, compiled once
+
+
+@_INTERPRETER
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_gated_up_kernel_equals_silu_gate_times_up(dtype):
+    """``kernels.mlp.gated_up`` (under the interpreter; bf16 descriptors read wrongly there, the
+    device run covers bf16) against float32 arithmetic rounded once: rows, columns and a contraction
+    that are no multiples of its tiles; operands it cannot take are refused with the reason."""
+    from interp.kernels.mlp import gated_up
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(150, 96, generator=g).to(dtype)
+    wg, wu = ((torch.randn(200, 96, generator=g) / 10).to(dtype) for _ in range(2))
+    ref = (torch.nn.functional.silu(x.float() @ wg.float().T) * (x.float() @ wu.float().T)).to(dtype)
+    got = gated_up(x, wg, wu)
+    assert got.shape == (150, 200) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(got.float(), ref.float(), rtol=tol, atol=tol)
+    assert gated_up(x[:0], wg, wu).shape == (0, 200)
+    with pytest.raises(ValueError, match="dtypes"):
+        gated_up(x, wg.double(), wu)
+    with pytest.raises(ValueError, match="not laid out for TMA"):
+        gated_up(torch.randn(150, 97, generator=g).to(dtype)[:, :96], wg, wu)  # rows of 97 elements
+    with pytest.raises(ValueError, match="shapes"):
+        gated_up(x, wg[:, :64], wu)
+
+
+@_INTERPRETER
+def test_a_compiled_tree_with_the_fused_mlp_computes_the_same_activations(tiny_lm, pairs_file, monkeypatch):
+    """``set_mlp("fused")``: each layer's MLP runs the gated-up kernel and the down product, the
+    activations and logits equal the compiled tree's to float32 rounding; a pass calls the compiled
+    graphs of every other module (``n_compiled``); ``set_mlp("compiled")`` returns to eager modules."""
+    from interp.kernels import mlp as kmlp
+
+    b = _batch(tiny_lm, pairs_file)
+    names = [n for n in _all_names(tiny_lm) if not n.endswith(("attn.hook_z", "mlp.hook_post"))]
+    ref, ref_logits = _grab(PlainModel(twin(tiny_lm.plain.original_model), "eager"), b, names)
+    fused = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    assert fused.why_no_fused_mlp() is None
+    fused.set_mlp("fused")
+    fused.compile(backend="eager")
+    calls = []
+    real = kmlp.gated_up
+    monkeypatch.setattr(kmlp, "gated_up", lambda *a: calls.append(a[0].shape) or real(*a))
+    before = fused.counts.graph_calls
+    got, logits = _grab(fused, b, names)
+    L = tiny_lm.info["n_layers"]
+    assert len(calls) == L and calls[0] == (b.tokens.numel(), tiny_lm.info["d_model"])
+    assert fused.n_compiled == 3 * L + 1 and fused.counts.graph_calls - before >= fused.n_compiled
+    m = b.mask
+    for n in names:
+        torch.testing.assert_close(got[n][m], ref[n][m], rtol=1e-4, atol=1e-4, msg=n)
+    torch.testing.assert_close(logits[m], ref_logits[m], rtol=1e-4, atol=1e-4)
+    with pytest.raises(UnsupportedHook, match="inside the compiled"):
+        _grab(fused, b, ["blocks.0.mlp.hook_post"])
+    mlp = fused.layers[0].mlp
+    x = torch.randn(2, 3, tiny_lm.info["d_model"], dtype=torch.float64)  # not the weights' dtype: the fallback
+    assert kmlp.FusedMLP(mlp, lambda h: ("fallback", h.shape))(x) == ("fallback", x.shape)
+    fused.set_mlp("compiled")
+    assert not fused.compiled and fused.mlp == "compiled"
+    assert "forward" not in vars(fused.layers[0].mlp)  # its own forward again
+    with pytest.raises(ValueError, match="MLP kernel"):
+        fused.set_mlp("triton")
+
+
+def test_the_fused_mlp_is_refused_with_the_reason_where_it_cannot_run(tiny_lm):
+    """Without Triton on a CUDA device (or the interpreter) ``analysis.mlp=fused`` says why; an MLP
+    with another activation is refused too; and the setting is checked with the config."""
+    from interp.config import ConfigError
+    from interp.kernels import available
+    from tests.conftest import make_cfg as mk
+
+    plain = PlainModel(twin(tiny_lm.plain.original_model), "eager")
+    if not available("cpu"):
+        with pytest.raises(UnsupportedHook, match="analysis.mlp=fused: the kernel needs Triton on a CUDA device"):
+            plain.set_mlp("fused")
+    else:
+        plain.original_model.config.hidden_act = "gelu"
+        try:
+            assert "not silu" in plain.why_no_fused_mlp()
+            with pytest.raises(UnsupportedHook, match="activation is 'gelu'"):
+                plain.set_mlp("fused")
+        finally:
+            plain.original_model.config.hidden_act = "silu"
+    assert plain.mlp == "compiled"
+    with pytest.raises(ConfigError, match="analysis.mlp"):
+        from interp.config import validate
+
+        validate(mk("analysis.mlp=triton"))

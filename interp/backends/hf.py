@@ -58,7 +58,7 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
 
 SUPPORTED_MODEL_TYPES = tuple(plain_model_types())
 INNER = tuple(hp.suffix for hp in HOOK_POINTS.values() if hp.inner)  # inside the compiled attention / MLP
-from ..config import ATTENTION_KERNELS  # noqa: E402  (the one list of attention kernels)
+from ..config import ATTENTION_KERNELS, MLP_KERNELS  # noqa: E402  (the one list of each)
 
 
 class UnsupportedHook(ValueError):
@@ -170,6 +170,7 @@ class PlainModel:
         self.compile_error: str | None = None  # why compilation was given up, if it was
         self._eager: list[tuple[nn.Module, object]] = []  # (module, its own forward) while compiled
         self.counts = CompileCounts()
+        self.mlp = "compiled"  # what ``compile`` puts in each layer's MLP (``set_mlp``)
         self.set_attention(attn)
 
     def set_attention(self, attn: str) -> None:
@@ -184,25 +185,67 @@ class PlainModel:
             m.config._attn_implementation = attn
         self.attn = m.config._attn_implementation
 
+    def why_no_fused_mlp(self) -> str | None:
+        """Why ``set_mlp("fused")`` cannot serve this model here, or None if it can."""
+        from .. import kernels
+
+        if self.layout.family != "llama":
+            return f"the {self.layout.family} MLP is not a gated MLP"
+        from ..kernels.mlp import mlp_reason  # imports Triton, found installed below
+
+        dev = self.original_model.get_output_embeddings().weight.device
+        if not kernels.available(dev):
+            return f"the kernel needs Triton on a CUDA device (here {dev})"
+        if dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] < 9:
+            return "the kernel's TMA tiles need a Hopper GPU or newer (compute capability 9)"
+        return mlp_reason(self.layers[0].get_submodule("mlp"), self.original_model.config)
+
+    def set_mlp(self, kind: str) -> None:
+        """What ``compile`` puts in each layer's MLP: ``compiled`` (``torch.compile``) or ``fused``
+        (``interp.kernels.mlp.FusedMLP``: gate and up with ``silu(g) * u`` in one kernel, then the
+        down product; inputs the kernel cannot take run the compiled MLP). A tree compiled with the
+        other kind goes back to eager modules first."""
+        if kind not in MLP_KERNELS:
+            raise ValueError(f"MLP kernel {kind!r} is not one of {MLP_KERNELS}")
+        if kind == self.mlp:
+            return
+        if kind == "fused":
+            reason = self.why_no_fused_mlp()
+            if reason:
+                raise UnsupportedHook(f"analysis.mlp=fused: {reason}")
+        self.uncompile()
+        self.mlp = kind
+
     def compile(self, **kwargs) -> None:
         """``torch.compile`` each decoder layer's norms, attention and MLP (the hooked boundaries
         stay outside the compiled code, so hooks cost no recompilation). Sequence lengths are
-        dynamic: one compilation serves every batch shape after the first two."""
+        dynamic: one compilation serves every batch shape after the first two. With ``set_mlp("fused")``
+        each MLP runs ``interp.kernels.mlp.FusedMLP`` instead, its compiled forward the fallback."""
         if self.compiled:
             return
         self.compile_error = None
         kwargs["backend"] = self.counts.counting(kwargs.get("backend", "inductor"))
-        children = [layer.get_submodule(c) for layer in self.layers for c in self.layout.compiled]
-        for child in [*children, self.original_model.get_submodule(self.layout.final_norm)]:
+        children = [(layer, c) for layer in self.layers for c in self.layout.compiled]
+        final = self.original_model.get_submodule(self.layout.final_norm)
+        for child in [*(layer.get_submodule(c) for layer, c in children), final]:
             self._eager.append((child, child.__dict__.get("forward")))
             child.forward = torch.compile(child.forward, **kwargs)
+        if self.mlp == "fused":
+            from ..kernels.mlp import FusedMLP
+
+            for layer, c in children:
+                if c == "mlp":
+                    mlp = layer.get_submodule(c)
+                    mlp.forward = FusedMLP(mlp, mlp.forward)
         self.compiled = True
 
     @property
     def n_compiled(self) -> int:
-        """How many modules ``compile`` wrapped (0 uncompiled): a pass that ran compiled calls at
-        least this many compiled graphs (``counts``)."""
-        return len(self._eager)
+        """How many compiled modules a pass runs (0 uncompiled): a pass that ran compiled calls at
+        least this many compiled graphs (``counts``). A fused MLP calls its compiled forward only
+        for inputs its kernel cannot take."""
+        fused = len(self.layers) if self.compiled and self.mlp == "fused" else 0
+        return len(self._eager) - fused
 
     def uncompile(self) -> None:
         """Back to the modules' own forward methods (and no compilation error on record)."""
@@ -355,6 +398,7 @@ class HFBackend:
     def prepare(self, lm, acfg, hook_names: list[str], n_pairs: int = 0):
         facts: dict = {"backend": "hf", "layout": lm.plain.layout.family}
         lm.plain.set_attention(attention.resolve(acfg.attn, lm.device))
+        lm.plain.set_mlp(acfg.get("mlp", "compiled"))
         want = compile_wanted(acfg, lm.device, n_pairs)
         inner = [n for n in hook_names if n.endswith(INNER)]
         if want and inner:
@@ -363,4 +407,7 @@ class HFBackend:
             lm.plain.compile()  # kept as it is when already compiled
         else:
             lm.plain.uncompile()
-        return lm.plain, {**facts, "attention": lm.plain.attn, "compiled": lm.plain.compiled}
+        facts = {**facts, "attention": lm.plain.attn, "compiled": lm.plain.compiled}
+        if lm.plain.compiled and lm.plain.mlp != "compiled":
+            facts["mlp"] = lm.plain.mlp
+        return lm.plain, facts
