@@ -123,6 +123,9 @@ def test_the_backend_choice(tiny_lm, pairs_file):
         analysis_model(tiny_lm, hf, ["blocks.0.attn.hook_pattern"])
     with pytest.raises(ValueError, match="analysis.backend='fast' is not one of"):
         analysis_model(tiny_lm, make_cfg("analysis.backend=fast").analysis, names)
+    # the fused MLP is the compiled tree's: an uncompiled tree says it was not used
+    _, facts = analysis_model(tiny_lm, make_cfg("analysis.mlp=fused").analysis, names[:1], n_pairs=4)
+    assert facts["mlp_skipped"].startswith("analysis.mlp=fused is the compiled tree's MLP") and not facts["compiled"]
     with pytest.raises(ValueError, match="analysis.compile='sometimes' is not one of auto, true, false"):
         analysis_model(tiny_lm, make_cfg("analysis.compile=sometimes").analysis, names)
     with pytest.raises(ValueError, match="attention kernel 'fast' is not one of"):
@@ -499,13 +502,13 @@ def test_the_fused_mlp_is_refused_with_the_reason_where_it_cannot_run(tiny_lm):
 
     plain = PlainModel(twin(tiny_lm.plain.original_model), "eager")
     if not available("cpu"):
-        with pytest.raises(UnsupportedHook, match="analysis.mlp=fused: the kernel needs Triton on a CUDA device"):
+        with pytest.raises(ConfigError, match="analysis.mlp=fused: the kernel needs Triton on a CUDA device"):
             plain.set_mlp("fused")
     else:
         plain.original_model.config.hidden_act = "gelu"
         try:
             assert "not silu" in plain.why_no_fused_mlp()
-            with pytest.raises(UnsupportedHook, match="activation is 'gelu'"):
+            with pytest.raises(ConfigError, match="activation is 'gelu'"):
                 plain.set_mlp("fused")
         finally:
             plain.original_model.config.hidden_act = "silu"

@@ -58,7 +58,7 @@ def _compile_error_types() -> tuple[type[BaseException], ...]:
 
 SUPPORTED_MODEL_TYPES = tuple(plain_model_types())
 INNER = tuple(hp.suffix for hp in HOOK_POINTS.values() if hp.inner)  # inside the compiled attention / MLP
-from ..config import ATTENTION_KERNELS, MLP_KERNELS  # noqa: E402  (the one list of each)
+from ..config import ATTENTION_KERNELS, MLP_KERNELS, ConfigError  # noqa: E402  (the one list of each)
 
 
 class UnsupportedHook(ValueError):
@@ -212,7 +212,7 @@ class PlainModel:
         if kind == "fused":
             reason = self.why_no_fused_mlp()
             if reason:
-                raise UnsupportedHook(f"analysis.mlp=fused: {reason}")
+                raise ConfigError(f"analysis.mlp=fused: {reason}; use analysis.mlp=compiled")
         self.uncompile()
         self.mlp = kind
 
@@ -398,12 +398,15 @@ class HFBackend:
     def prepare(self, lm, acfg, hook_names: list[str], n_pairs: int = 0):
         facts: dict = {"backend": "hf", "layout": lm.plain.layout.family}
         lm.plain.set_attention(attention.resolve(acfg.attn, lm.device))
-        lm.plain.set_mlp(acfg.get("mlp", "compiled"))
         want = compile_wanted(acfg, lm.device, n_pairs)
         inner = [n for n in hook_names if n.endswith(INNER)]
         if want and inner:
             facts["compile_skipped"] = f"hook {inner[0]} is inside the attention or MLP that compilation fuses"
+        mlp = acfg.get("mlp", "compiled")
+        if mlp != "compiled" and not (want and not inner):
+            facts["mlp_skipped"] = f"analysis.mlp={mlp} is the compiled tree's MLP, and this tree is not compiled"
         if want and not inner:
+            lm.plain.set_mlp(mlp)  # refused with the reason where the kernel cannot run
             lm.plain.compile()  # kept as it is when already compiled
         else:
             lm.plain.uncompile()
