@@ -113,3 +113,51 @@ def test_every_family_runs_compiled_with_the_short_kernel_on_cuda_and_equals_the
     a, b = pd.read_parquet(gpu / "stability.parquet"), pd.read_parquet(cpu / "stability.parquet")
     for col in ("mean_abs_diff", "spread", "normalized"):
         pd.testing.assert_series_equal(a[col], b[col], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="the fused MLP's TMA tiles need a Hopper GPU")
+def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix_invariant(pairs_file, tmp_path):
+    """``analysis.mlp=fused`` in bf16: the gated-up kernel runs in every layer, the activations agree
+    with the compiled MLP's to bf16 rounding (one rounding of silu(g) * u instead of three), before
+    the edit both sentences' activations are identical, and a whole run's statistics agree."""
+    from interp.engine import forward, make_batches
+    from interp.kernels import mlp as kmlp
+    from interp.pairs import load_pairs, validate_pairs
+    from interp.backends.hf import PlainModel, twin
+    from interp.run import get_model
+
+    cfg = _cfg(f"pairs.path={pairs_file}", "device=cuda", "dtype=bfloat16", "analysis.n_saved_pairs=0")
+    lm = get_model(cfg)
+    trees = {k: PlainModel(twin(lm.plain.original_model), "sdpa") for k in ("compiled", "fused")}
+    for k, t in trees.items():
+        t.set_mlp(k)
+        t.compile()
+    kept, _ = validate_pairs(load_pairs(cfg.pairs).pairs, lm.tokenizer)
+    names = [f"blocks.{layer}.hook_{p}" for layer in range(lm.info["n_layers"]) for p in ("resid_post", "mlp_out")]
+    b = make_batches([tp for _, tp in kept], [0] * len(kept), lm.bos_token_id, lm.pad_token_id, 8, lm.device)[0]
+    got = {}
+    calls = []
+    real = kmlp.gated_up
+    kmlp.gated_up = lambda *a: calls.append(1) or real(*a)
+    try:
+        for k, t in trees.items():
+            got[k] = {}
+            forward(t, b, [(n, (lambda d, n: lambda x, hook: d.__setitem__(n, x.clone()))(got[k], n)) for n in names])
+    finally:
+        kmlp.gated_up = real
+    assert len(calls) == lm.info["n_layers"]
+    m = b.mask
+    for n in names:
+        torch.testing.assert_close(got["fused"][n][m].float(), got["compiled"][n][m].float(), rtol=0.05, atol=0.05)
+        for j in range(b.size):
+            e = int(b.edit[j])
+            assert torch.equal(got["fused"][n][j, :e], got["fused"][n][b.size + j, :e]), (n, j)
+    outs = {k: run(make_cfg(*cfg_overrides(cfg), "analysis.compile=true", f"analysis.mlp={k}"), tmp_path / k)
+            for k in ("compiled", "fused")}
+    from interp import rundir as R
+
+    assert R.read_manifest(outs["fused"])["forward"]["mlp"] == "fused"
+    a, c = (pd.read_parquet(outs[k] / "stability.parquet") for k in ("fused", "compiled"))
+    for col in ("mean_abs_diff", "spread"):
+        pd.testing.assert_series_equal(a[col], c[col], atol=0.05, rtol=0.05)
