@@ -191,13 +191,13 @@ class PlainModel:
 
         if self.layout.family != "llama":
             return f"the {self.layout.family} MLP is not a gated MLP"
-        from ..kernels.mlp import mlp_reason  # imports Triton, found installed below
-
         dev = self.original_model.get_output_embeddings().weight.device
         if not kernels.available(dev):
             return f"the kernel needs Triton on a CUDA device (here {dev})"
         if dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] < 9:
             return "the kernel's TMA tiles need a Hopper GPU or newer (compute capability 9)"
+        from ..kernels.mlp import mlp_reason  # imports Triton (installed: checked above)
+
         return mlp_reason(self.layers[0].get_submodule("mlp"), self.original_model.config)
 
     def set_mlp(self, kind: str) -> None:
