@@ -30,7 +30,10 @@ def test_every_kernel_compiles_for_hopper():
 
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__], env, 600, REPO)
-    assert r.returncode == 0 and "6 passed, 1 skipped" in r.stdout, r.stdout[-3000:]  # this test skips itself there
+    import re
+
+    # this test skips itself there
+    assert r.returncode == 0 and re.search(r"\b7 passed, 1 skipped\b", r.stdout), r.stdout[-3000:]
 
 
 class _Recorder:
@@ -75,6 +78,8 @@ def compile_recorded(monkeypatch, module, name: str, call) -> int:
         options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
         compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
         assert compiled.asm["cubin"], name
+        # an H100's shared memory per block (opt-in): a kernel needing more compiles but cannot launch
+        assert compiled.metadata.shared <= 232448, (name, sig, compiled.metadata.shared)
     return len(rec.launches)
 
 
@@ -128,10 +133,11 @@ def test_the_log_probability_and_attention_kernels_compile_for_hopper(monkeypatc
 
 
 @aot
-def test_the_gated_mlp_kernel_compiles_for_hopper(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_gated_mlp_kernel_compiles_for_hopper(monkeypatch, dtype):
     from interp.kernels import mlp
 
-    x, wg, wu = torch.randn(300, 256, dtype=torch.bfloat16), *torch.randn(2, 512, 256, dtype=torch.bfloat16)
+    x, wg, wu = torch.randn(300, 256, dtype=dtype), *torch.randn(2, 512, 256, dtype=dtype)
     compile_recorded(monkeypatch, mlp, "_gated_up_kernel", lambda: mlp.gated_up(x, wg, wu))
 
 

@@ -194,10 +194,17 @@ class PlainModel:
         dev = self.original_model.get_output_embeddings().weight.device
         if not kernels.available(dev):
             return f"the kernel needs Triton on a CUDA device (here {dev})"
-        if dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] < 9:
-            return "the kernel's TMA tiles need a Hopper GPU or newer (compute capability 9)"
-        from ..kernels.mlp import mlp_reason  # imports Triton (installed: checked above)
+        if dev.type == "cuda":
+            props = torch.cuda.get_device_properties(dev)
+            if props.major < 9 or props.shared_memory_per_block_optin < 200 * 1024:
+                return (f"the kernel's TMA tiles need a Hopper-class GPU (compute capability 9 or more and "
+                        f"200 KB of shared memory a block; {props.name} has {props.major}.{props.minor} and "
+                        f"{props.shared_memory_per_block_optin // 1024} KB)")
+        from ..kernels.mlp import DTYPES, mlp_reason  # imports Triton (installed: checked above)
 
+        dtype = self.original_model.get_output_embeddings().weight.dtype
+        if dtype not in DTYPES:
+            return f"the model is {dtype}; the kernel takes {' and '.join(map(str, DTYPES))}"
         return mlp_reason(self.layers[0].get_submodule("mlp"), self.original_model.config)
 
     def set_mlp(self, kind: str) -> None:

@@ -8,9 +8,10 @@ no elementwise kernel and no round trip of ``g`` and ``u`` through memory. ``ben
 measured it on one H100 at 1.07x cuBLAS plus the compiled elementwise kernel (5,760 token rows at
 the 8B shape; the same kernel with pointer loads instead of TMA: 0.85x).
 
-Numbers: ``g`` and ``u`` stay float32 until ``silu(g) * u`` is rounded once to the input dtype,
-where the compiled tree rounds ``g`` and ``u`` to it first, so the two differ by that rounding
-(the kernel is the nearer to float32 arithmetic). ``PlainModel.set_mlp("fused")`` puts it in each
+Numbers: ``g`` and ``u`` stay float32 until ``silu(g) * u`` is rounded once to the input dtype
+(bf16 or fp16), where the compiled tree rounds ``g`` and ``u`` to it first, so the two differ by that
+rounding (the kernel is the nearer to float32 arithmetic). Float32 models keep the compiled MLP:
+float32 tiles of this shape would need about 393 KB of shared memory, and a GPU has 228 KB. ``PlainModel.set_mlp("fused")`` puts it in each
 layer's MLP (``analysis.mlp=fused``); the down product stays cuBLAS.
 """
 
@@ -45,16 +46,24 @@ def _gated_up_kernel(x_desc, wg_desc, wu_desc, o_desc, M, N, K, BM: tl.constexpr
     o_desc.store([om, on], h.to(o_desc.dtype))  # rows and columns past M and N are not written
 
 
+DTYPES = (torch.bfloat16, torch.float16)  # float32 tiles of this shape need twice the shared memory a GPU has
+
+
 def why_not(x: Tensor, wg: Tensor, wu: Tensor) -> str | None:
     """Why ``gated_up`` cannot take these operands, or None if it can."""
     if x.dim() != 2 or wg.dim() != 2 or wg.shape != wu.shape or x.shape[1] != wg.shape[1]:
         return f"shapes x {list(x.shape)}, gate {list(wg.shape)}, up {list(wu.shape)}"
-    if not (x.dtype == wg.dtype == wu.dtype) or x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        return f"dtypes {x.dtype}, {wg.dtype}, {wu.dtype}"
+    if not (x.dtype == wg.dtype == wu.dtype) or x.dtype not in DTYPES:
+        return f"dtypes {x.dtype}, {wg.dtype}, {wu.dtype} (the kernel takes one of {DTYPES})"
+    N, K = wg.shape
+    if N == 0 or K == 0 or (N * x.element_size()) % 16:
+        return f"the output's rows of {N} elements are not 16-byte aligned for TMA (or K={K} is 0)"
     for name, t in (("x", x), ("gate", wg), ("up", wu)):
         # a TMA descriptor: unit last stride, rows and base 16-byte aligned
         if t.stride(1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
             return f"{name} is not laid out for TMA (strides {t.stride()}, offset {t.data_ptr() % 16})"
+    if torch.is_grad_enabled() and (x.requires_grad or wg.requires_grad or wu.requires_grad):
+        return "gradients are wanted (the kernel has no backward)"
     return None
 
 
