@@ -137,7 +137,7 @@ class AnalysisConfig:
     compile_cpu_min_pairs: int = 5000  # CPU: from about this many pairs on, compiling pays for itself
     # the compiled tree's MLP: compiled (torch.compile: cuBLAS products and one elementwise kernel) or
     # fused (gate and up products with silu(g) * u in one Triton kernel, interp/kernels/mlp.py; gated
-    # SiLU MLPs on a Hopper GPU; not measured end to end yet, hence not the default)
+    # SiLU MLPs in bf16 or fp16 on a Hopper GPU; not measured end to end yet, hence not the default)
     mlp: str = "compiled"
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
     chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)
