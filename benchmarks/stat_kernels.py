@@ -153,11 +153,11 @@ def main() -> None:
 
 
 def torch_logprobs(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``engine.slot_logprobs``'s PyTorch operations on one chunk of logits."""
-    lg = raw.float()
-    tgt = lg.gather(-1, target[:, None])[:, 0]
-    top = lg.amax(-1, keepdim=True)
-    return tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+    """``engine.slot_logprobs``'s PyTorch operations on one chunk of logits (a float32 copy, then
+    ``engine.logsoftmax_at_`` in place on it)."""
+    from interp.engine import logsoftmax_at_
+
+    return logsoftmax_at_(raw.float(), target)
 
 
 def logprob_rows(S: int, V: int, reps: int, copy_bps: float, dev) -> dict:

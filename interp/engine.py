@@ -305,10 +305,16 @@ def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"]
         lg = raw.float()
         if lg is raw and not own:  # a caller's hook may keep that tensor: do not overwrite it
             lg = lg.clone()
-        tgt = lg.gather(-1, target[i:i + chunk, None])[:, 0]
-        top = lg.amax(-1, keepdim=True)  # log-sum-exp in place: no second vocabulary-sized tensor
-        out[i:i + chunk] = tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
+        out[i:i + chunk] = logsoftmax_at_(lg, target[i:i + chunk])
     return out
+
+
+def logsoftmax_at_(lg: Float[Tensor, "S V"], target: Int[Tensor, "S"]) -> Float[Tensor, "S"]:
+    """log p(target) per row of float32 logits ``lg``, PyTorch's way (``slot_logprobs`` off the GPU
+    kernel); the log-sum-exp runs in place on ``lg``: no second vocabulary-sized tensor."""
+    tgt = lg.gather(-1, target[:, None])[:, 0]
+    top = lg.amax(-1, keepdim=True)
+    return tgt - lg.sub_(top).exp_().sum(-1).log_().add_(top[:, 0])
 
 
 def sentence_logprobs(logits: Float[Tensor, "R T vocab"], tokens: Int[Tensor, "R T"],
