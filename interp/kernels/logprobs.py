@@ -20,7 +20,6 @@ import triton.language as tl
 from torch import Tensor
 
 
-
 @triton.jit
 def _target_logprob_kernel(LOGITS, stride_row, TARGET, OUT, V, BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)

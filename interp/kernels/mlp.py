@@ -11,8 +11,9 @@ the 8B shape; the same kernel with pointer loads instead of TMA: 0.85x).
 Numbers: ``g`` and ``u`` stay float32 until ``silu(g) * u`` is rounded once to the input dtype
 (bf16 or fp16), where the compiled tree rounds ``g`` and ``u`` to it first, so the two differ by that
 rounding (the kernel is the nearer to float32 arithmetic). Float32 models keep the compiled MLP:
-float32 tiles of this shape would need about 393 KB of shared memory, and a GPU has 228 KB. ``PlainModel.set_mlp("fused")`` puts it in each
-layer's MLP (``analysis.mlp=fused``); the down product stays cuBLAS.
+float32 tiles of this shape would need about 393 KB of shared memory, and an H100 has 227 KB a
+block. ``PlainModel.set_mlp("fused")`` puts it in each layer's MLP (``analysis.mlp=fused``); the down
+product stays cuBLAS.
 """
 
 from __future__ import annotations
@@ -72,11 +73,17 @@ def gated_up(x: Tensor, wg: Tensor, wu: Tensor, bm: int = BM, bn: int = BN, bk: 
     """``silu(x @ wg.T) * (x @ wu.T)`` for ``x`` [M, K] and ``wg``, ``wu`` [N, K] (one dtype, rows
     16-byte aligned), rounded once to that dtype: [M, N]. The tile shape and pipeline depth are
     ``benchmarks.fused_mlp``'s to vary."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     reason = why_not(x, wg, wu)
     if reason:
         raise ValueError(f"gated_up: {reason}")
+    return _launch(x, wg, wu, bm, bn, bk, stages, warps, group)
+
+
+def _launch(x: Tensor, wg: Tensor, wu: Tensor, bm: int = BM, bn: int = BN, bk: int = BK, stages: int = STAGES,
+            warps: int = WARPS, group: int = GROUP_M) -> Tensor:
+    """``gated_up`` on operands ``why_not`` has already accepted."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
     M, K = x.shape
     N = wg.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -102,7 +109,7 @@ class FusedMLP:
         x2 = x.reshape(-1, x.shape[-1])
         if why_not(x2, m.gate_proj.weight, m.up_proj.weight) is not None:
             return self.fallback(x)
-        h = gated_up(x2, m.gate_proj.weight, m.up_proj.weight)
+        h = _launch(x2, m.gate_proj.weight, m.up_proj.weight)  # checked just above
         return m.down_proj(h).view(*x.shape[:-1], -1)
 
 
