@@ -4,6 +4,7 @@ The tokenizer of the tiny model comes from the embedded model's cache, or from t
 ``INTERP_TOKENIZER_DIR`` where the embedded package is not installed (the GPU machine).
 """
 
+import copy
 
 import pandas as pd
 import pytest
@@ -118,9 +119,10 @@ def test_every_family_runs_compiled_with_the_short_kernel_on_cuda_and_equals_the
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="the fused MLP's TMA tiles need a Hopper GPU")
 def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix_invariant(pairs_file, tmp_path):
-    """``analysis.mlp=fused`` in bf16: the gated-up kernel runs in every layer, the activations agree
-    with the compiled MLP's to bf16 rounding (one rounding of silu(g) * u instead of three), before
-    the edit both sentences' activations are identical, and a whole run's statistics agree."""
+    """``analysis.mlp=fused`` in bf16: the gated-up kernel runs in every layer; measured against the
+    float32 model, its activations are off by no more than the compiled bf16 tree's (twice, plus a
+    little: the kernel rounds silu(g) * u once, the compiled MLP more often); before the edit both
+    sentences' activations are identical; and a whole run's statistics agree."""
     from interp.engine import forward, make_batches
     from interp.kernels import mlp as kmlp
     from interp.pairs import load_pairs, validate_pairs
@@ -130,6 +132,7 @@ def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix
     cfg = _cfg(f"pairs.path={pairs_file}", "device=cuda", "dtype=bfloat16", "analysis.n_saved_pairs=0")
     lm = get_model(cfg)
     trees = {k: PlainModel(twin(lm.plain.original_model), "sdpa") for k in ("compiled", "fused")}
+    exact = PlainModel(twin(copy.deepcopy(lm.plain.original_model).float()), "sdpa")  # the float32 reference
     for k, t in trees.items():
         t.set_mlp(k)
         t.compile()
@@ -141,7 +144,7 @@ def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix
     real = kmlp._launch  # the kernel's launch, after FusedMLP's check
     kmlp._launch = lambda *a: calls.append(1) or real(*a)
     try:
-        for k, t in trees.items():
+        for k, t in [*trees.items(), ("exact", exact)]:
             got[k] = {}
             forward(t, b, [(n, (lambda d, n: lambda x, hook: d.__setitem__(n, x.clone()))(got[k], n)) for n in names])
     finally:
@@ -149,7 +152,9 @@ def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix
     assert len(calls) == lm.info["n_layers"]
     m = b.mask
     for n in names:
-        torch.testing.assert_close(got["fused"][n][m].float(), got["compiled"][n][m].float(), rtol=0.05, atol=0.05)
+        want = got["exact"][n][m]
+        err_fused, err_compiled = ((got[k][n][m].float() - want).abs().max().item() for k in ("fused", "compiled"))
+        assert err_fused <= 2 * err_compiled + 1e-2, (n, err_fused, err_compiled)
         for j in range(b.size):
             e = int(b.edit[j])
             assert torch.equal(got["fused"][n][j, :e], got["fused"][n][b.size + j, :e]), (n, j)
