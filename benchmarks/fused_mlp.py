@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=4096)
     ap.add_argument("--d-mlp", type=int, default=14336)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--autotune", action="store_true",
+                    help="also inductor's max-autotune (Triton product templates with the elementwise work "
+                         "fused, benchmarked against cuBLAS at compile time): the first half and the whole MLP")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.fused_mlp needs a CUDA device")
@@ -136,12 +139,30 @@ def main() -> None:
     for bm, bn, bk, st, w, gr in TMA_CONFIGS:
         rows.append(row("triton_dual_tma", lambda: gated_up(x, wg, wu, bm, bn, bk, st, w, gr),
                         tile=[bm, bn, bk], stages=st, warps=w, group=gr))
+    half = lambda xx: torch.nn.functional.silu(xx @ wg.T) * (xx @ wu.T)  # noqa: E731
+    if a.autotune:
+        rows.append(row("inductor_max_autotune", (lambda f: lambda: f(x))(
+            torch.compile(half, mode="max-autotune-no-cudagraphs", dynamic=False))))
+    speedups(rows)
+    out = {"device": torch.cuda.get_device_name(dev), "tokens": M, "d_model": K, "d_mlp": N, "rows": rows}
+    if a.autotune:  # the whole MLP (the down product too): what inductor's autotuned products would give
+        wd = (torch.randn(K, N, generator=g, device=dev) / N ** 0.5).to(bf)
+        mlp = lambda xx: (torch.nn.functional.silu(xx @ wg.T) * (xx @ wu.T)) @ wd.T  # noqa: E731
+        ref32 = (ref32.to(bf).float() @ wd.float().T)
+        scale, flop = float(ref32.abs().max()), flop * 3 // 2
+        whole = [row(name, (lambda f: lambda: f(x))(torch.compile(mlp, mode=mode, dynamic=False)))
+                 for name, mode in (("compiled", "default"), ("max_autotune", "max-autotune-no-cudagraphs"))]
+        out["whole_mlp"] = speedups(whole)
+    print(json.dumps(out), flush=True)
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Each row's ``speedup`` against the first row's time."""
     base = rows[0].get("ms")
     for r in rows:
         if base and "ms" in r:
             r["speedup"] = round(base / r["ms"], 3)
-    print(json.dumps({"device": torch.cuda.get_device_name(dev), "tokens": M, "d_model": K, "d_mlp": N,
-                      "rows": rows}), flush=True)
+    return rows
 
 
 if __name__ == "__main__":
