@@ -141,7 +141,9 @@ class AnalysisConfig:
     mlp: str = "compiled"
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
     chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)
-    fused: Any = "auto"  # per-pair values by one Triton kernel per site (auto: on CUDA; false: PyTorch ops)
+    # Triton kernels for the per-pair values (one per site) and the log-probabilities at the targets
+    # (auto: on CUDA; true: required; false: PyTorch ops)
+    fused: Any = "auto"
     top_k: int = 20  # components listed in the summary and the bar chart
     n_saved_pairs: int = 8  # first N kept pairs: raw activations and attention patterns saved (-1 = all)
     # stats.safetensors, the mergeable running statistics (the input of interp.merge): auto = when the

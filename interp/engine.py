@@ -220,7 +220,7 @@ def forward(bridge, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = N
 
 
 def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | None = None,
-                  chunk: int | None = None) -> Float[Tensor, "2B"]:
+                  chunk: int | None = None, fused: bool | None = None) -> Float[Tensor, "2B"]:
     """One forward pass of the batch with temporary hooks; returns log P(sentence | BOS) of the a and
     b sentences (rows ``0..2B-1``), float64, as ``sentence_logprobs`` of their full logits would.
 
@@ -230,7 +230,8 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
     mapping fresh memory for every batch): the real tokens of a, and b from its edit
     on, its shared prefix counted from a's row. Neither padding, nor the control rows, nor b's prefix
     costs a vocabulary-sized product, and the margin log P(a) - log P(b) has no rounding noise from
-    the tokens the two sentences share.
+    the tokens the two sentences share. ``fused``: ``slot_logprobs``'s (a run passes its
+    ``analysis.fused``).
     """
     sc = batch.scored_slots()
     n = 2 * batch.size
@@ -245,7 +246,7 @@ def pair_logprobs(model, batch: Batch, fwd_hooks: list[tuple[str, HookFn]] | Non
             # the Hugging Face model, which computes the last position's only
             model(batch.tokens, attention_mask=batch.mask.long(), return_type=None, logits_to_keep=1)
         target = batch.tokens.flatten().index_select(0, sc.flat + 1)
-        lp = slot_logprobs(model, kept["h"], target, chunk)
+        lp = slot_logprobs(model, kept["h"], target, chunk, fused)
         out = torch.zeros(n, dtype=torch.float64, device=lp.device).index_add_(0, sc.owner, lp)
         return out.index_add_(0, sc.shared_owner, lp.index_select(0, sc.shared))
 

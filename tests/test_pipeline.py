@@ -66,10 +66,10 @@ def test_a_bad_pair_is_recorded_and_costs_only_itself(tiny_lm, pairs_file, monke
 
     real_lp = runner.pair_logprobs
 
-    def pair_logprobs(model, batch, hooks=None):
+    def pair_logprobs(model, batch, hooks=None, **kw):
         if how == "raises" and has_bad(batch.tokens).any():
             raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
-        lp = real_lp(model, batch, hooks)
+        lp = real_lp(model, batch, hooks, **kw)
         return torch.where(has_bad(batch.tokens[:len(lp)]), float("nan"), lp) if how != "raises" else lp
     monkeypatch.setattr(runner, "pair_logprobs", pair_logprobs)
 
@@ -137,3 +137,34 @@ def test_arena_buffers_work_whatever_mode_the_forward_pass_runs_in(tiny_lm, pair
             act = captured[1]["resid_post"][0]
             assert not act.requires_grad and not act.is_inference() and act.grad_fn is None
             stats.consume(captured)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_log_probabilities_follow_analysis_fused(tiny_lm, pairs_file, monkeypatch, fused):
+    """``analysis.fused`` (the statistics' ``fused``) also picks the log-probabilities' path: the
+    Triton log-softmax at the targets, or PyTorch's. The pair rows agree to float32 rounding."""
+    from interp import kernels
+
+    if fused and not kernels.available("cpu"):
+        pytest.skip("the kernel runs on the CPU only under Triton's interpreter")
+    kept, batches, stats = _setup(tiny_lm, pairs_file)
+    stats.fused = fused
+    seen = []
+    real_lp = runner.pair_logprobs
+    monkeypatch.setattr(runner, "pair_logprobs", lambda *a, **kw: seen.append(kw.get("fused")) or real_lp(*a, **kw))
+    if fused:
+        from interp.kernels import logprobs as klp
+
+        real_k = klp.target_logprobs
+        calls = []
+        monkeypatch.setattr(klp, "target_logprobs", lambda *a, **kw: calls.append(1) or real_k(*a, **kw))
+    rows, failed = _run(tiny_lm, kept, batches, stats, pipelined=False)
+    assert not failed and seen == [fused] * len(batches)
+    if fused:
+        assert len(calls) >= len(batches)
+        _, _, plain = _setup(tiny_lm, pairs_file)
+        plain.fused = False
+        monkeypatch.setattr(runner, "pair_logprobs", real_lp)
+        ref, _ = _run(tiny_lm, kept, batches, plain, pipelined=False)
+        for col in ("logprob_a", "logprob_b", "margin"):
+            pd.testing.assert_series_equal(rows[col], ref[col], atol=1e-5, rtol=1e-6)

@@ -144,7 +144,8 @@ class BatchPipeline:
     def _launch(self, batch: Batch):
         hooks, captured = self.stats.capture(batch)
         try:
-            lp = pair_logprobs(self.model, batch, hooks)  # a and b only; control rows only feed the hooks
+            # a and b only (control rows only feed the hooks); analysis.fused: the Triton log-softmax or PyTorch's
+            lp = pair_logprobs(self.model, batch, hooks, fused=self.stats.fused)
         except BaseException:
             self.stats.release(captured)  # its buffers are free for the split halves
             raise
