@@ -3,8 +3,9 @@
 The other kernel tests run the kernels through Triton's interpreter on the CPU, which accepts some
 code the GPU compiler refuses (a module-level constant read inside a kernel, for one). Here each
 kernel's wrapper is called with small CPU tensors while the kernel object is replaced by a recorder
-of its launches; every recorded launch (its argument types, constants and ``num_warps``) is then
-compiled ahead of time for ``GPUTarget("cuda", 90, 32)``, down to a cubin, with no GPU present.
+of its launches; every recorded launch (its argument types, constants, the launcher's specialisation
+on divisibility by 16, and ``num_warps``) is then compiled ahead of time for
+``GPUTarget("cuda", 90, 32)``, down to a cubin, with no GPU present.
 
 The compiler cannot run in a process where the interpreter is on (the CPU test run sets
 ``TRITON_INTERPRET=1``): there ``test_every_kernel_compiles_for_hopper`` runs this file again in a
@@ -47,19 +48,29 @@ class _Recorder:
         return lambda *args, **kwargs: self.launches.append((args, kwargs))
 
 
-def _signature(fn, args: tuple, kwargs: dict) -> tuple[dict, dict]:
-    """The launch's types as Triton's own launcher names them (``mangle_type``), and its constants."""
-    from triton.runtime.jit import mangle_type
+def _signature(fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
+    """The launch's types, constants and attributes as Triton's own launcher specialises them: an
+    integer argument divisible by 16 and a pointer aligned to 16 bytes are compiled as such
+    (``tt.divisibility``), an integer 1 as a constant, unless the kernel opts out per argument."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
 
     values = dict(zip(fn.arg_names, args))
     values.update({k: v for k, v in kwargs.items() if k in fn.arg_names})
-    sig, consts = {}, {}
-    for p in fn.params:
+    sig, consts, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = values[p.name]
         if p.is_constexpr:
-            sig[p.name], consts[p.name] = "constexpr", values[p.name]
-        else:
-            sig[p.name] = mangle_type(values[p.name])
-    return sig, consts
+            sig[p.name], consts[p.name] = "constexpr", v
+            continue
+        kind, desc = native_specialize_impl(BaseBackend, v, p.is_const, not p.do_not_specialize,
+                                            not p.do_not_specialize_on_alignment)
+        sig[p.name] = kind
+        if kind == "constexpr":
+            consts[p.name] = v
+        elif isinstance(desc, str):
+            attrs[(i,)] = BaseBackend.parse_attr(desc)
+    return sig, consts, attrs
 
 
 def compile_recorded(monkeypatch, module, name: str, call) -> int:
@@ -74,9 +85,10 @@ def compile_recorded(monkeypatch, module, name: str, call) -> int:
     assert rec.launches, f"{name} was never launched"
     fn = rec.kernel
     for args, kwargs in rec.launches:
-        sig, consts = _signature(fn, args, kwargs)
+        sig, consts, attrs = _signature(fn, args, kwargs)
         options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
+        compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                                  options=options)
         assert compiled.asm["cubin"], name
         # an H100's shared memory per block (opt-in): a kernel needing more compiles but cannot launch
         assert compiled.metadata.shared <= 232448, (name, sig, compiled.metadata.shared)
