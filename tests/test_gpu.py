@@ -158,8 +158,17 @@ def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix
         for j in range(b.size):
             e = int(b.edit[j])
             assert torch.equal(got["fused"][n][j, :e], got["fused"][n][b.size + j, :e]), (n, j)
-    outs = {k: run(make_cfg(*cfg_overrides(cfg), "analysis.compile=true", f"analysis.mlp={k}"), tmp_path / k)
-            for k in ("compiled", "fused")}
+    outs, runs_calls = {}, {}
+    for k in ("compiled", "fused"):
+        calls.clear()
+        kmlp._launch = lambda *a: calls.append(1) or real(*a)
+        try:
+            outs[k] = run(make_cfg(*cfg_overrides(cfg), "analysis.compile=true", f"analysis.mlp={k}"), tmp_path / k)
+        finally:
+            kmlp._launch = real
+        runs_calls[k] = len(calls)
+    # the fused run's MLPs ran the kernel (every layer of every pass), the compiled run's never
+    assert runs_calls["compiled"] == 0 and runs_calls["fused"] >= lm.info["n_layers"], runs_calls
     from interp import rundir as R
 
     assert R.read_manifest(outs["fused"])["forward"]["mlp"] == "fused"
