@@ -1,6 +1,6 @@
 """What fusing SiLU x up into the gate and up products would win: the first half of one MLP layer.
 
-    python -m benchmarks.fused_mlp [--tokens 5760] [--d-model 4096] [--d-mlp 14336] [--reps 20]
+    python -m benchmarks.fused_mlp [--tokens 5760] [--d-model 4096] [--d-mlp 14336] [--reps 20] [--autotune]
 
 The compiled decoder runs a Llama MLP as two cuBLAS products (gate and up), one elementwise kernel
 (``silu(gate) * up``, which reads both products' outputs and writes theirs) and the down product. At
@@ -19,6 +19,11 @@ cuBLAS's. On random bf16 matrices this times:
   the same products with their tiles moved by the Hopper tensor-memory accelerator, at several tile
   shapes, its default first. (A persistent variant, one program per SM walking the tiles, measured
   0.42-0.84x on one H100 and was dropped.)
+
+With ``--autotune`` it also compiles the first half (``inductor_max_autotune``) and the whole MLP
+(``whole_mlp``: default compile against max-autotune) with ``mode="max-autotune-no-cudagraphs"``:
+inductor benchmarks its Triton product templates against cuBLAS at compile time and keeps the
+faster (a template can take the elementwise work as its epilogue; cuBLAS cannot).
 
 It reports ms, TFLOP/s (the two products' FLOP) and the largest difference from float32 arithmetic
 rounded once, relative to the largest output, and ``speedup`` against ``cublas``. One JSON line;

@@ -137,7 +137,8 @@ class AnalysisConfig:
     compile_cpu_min_pairs: int = 5000  # CPU: from about this many pairs on, compiling pays for itself
     # the compiled tree's MLP: compiled (torch.compile: cuBLAS products and one elementwise kernel) or
     # fused (gate and up products with silu(g) * u in one Triton kernel, interp/kernels/mlp.py; gated
-    # SiLU MLPs in bf16 or fp16 on a Hopper GPU; not measured end to end yet, hence not the default)
+    # SiLU MLPs in bf16 or fp16 on a Hopper GPU; opt-in: on the H100s measured the whole pass ran 9%
+    # slower with it; benchmarks.fused_mlp says whether it pays on a given GPU)
     mlp: str = "compiled"
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
     chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)
