@@ -57,7 +57,7 @@ def main(cfg: DictConfig) -> None:
     model = pipe.model
 
     def analysis(b):
-        pair_logprobs(model, b, stats.hooks(b))
+        pair_logprobs(model, b, stats.hooks(b), fused=stats.fused)
         stats.consume()
 
     timed_batches = batches[1:]

@@ -132,7 +132,7 @@ def main(cfg: DictConfig) -> None:
     # the rest of an analysis step: how long the host takes to issue it, against its GPU time
     def step():
         hooks, captured = stats.capture(b)
-        pair_logprobs(model, b, hooks)
+        pair_logprobs(model, b, hooks, fused=stats.fused)
         stats.consume(captured)
 
     step_gpu = per_call(step, dev, reps)

@@ -74,7 +74,8 @@ def phase_kernels(lm, model, stats, batches) -> dict:
         if isinstance(model, PlainModel):  # the plain tree: its decoder alone (the bridge has no such pass)
             profs["decoder_no_hooks"].append(profiled(
                 lambda: model(b.tokens, attention_mask=b.mask.long(), return_type=None)))
-        profs["forward_hooks_logprobs"].append(profiled(lambda: pair_logprobs(model, b, stats.hooks(b))))
+        profs["forward_hooks_logprobs"].append(
+            profiled(lambda: pair_logprobs(model, b, stats.hooks(b), fused=stats.fused)))
         profs["consume"].append(profiled(stats.consume))
     return {k: kernel_times(v, len(batches), cuda=cuda) for k, v in profs.items() if v}
 
@@ -122,7 +123,7 @@ def main(cfg: DictConfig) -> None:
             tot.clear()  # warm-up done
             faults.clear()
         phase("bare_forward", lambda: bare_pass(bare, b))
-        lp = phase("forward_hooks_logprobs", lambda: pair_logprobs(model, b, stats.hooks(b)))
+        lp = phase("forward_hooks_logprobs", lambda: pair_logprobs(model, b, stats.hooks(b), fused=stats.fused))
         phase("consume", stats.consume)  # per-pair values and their sums, added into the state
         phase("pair_rows", lambda: _pair_rows(b, lp, kept))
     n_kern = int(cfg.get("kernels", 0))
@@ -135,7 +136,7 @@ def main(cfg: DictConfig) -> None:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.type == "cuda" else [])
         with profile(activities=acts) as prof:
             for b in batches[:n_prof]:
-                pair_logprobs(model, b, stats.hooks(b))
+                pair_logprobs(model, b, stats.hooks(b), fused=stats.fused)
                 _sync(lm.device)
                 with torch.profiler.record_function("consume"):
                     stats.consume()

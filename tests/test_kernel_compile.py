@@ -63,8 +63,11 @@ def _signature(fn, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
         if p.is_constexpr:
             sig[p.name], consts[p.name] = "constexpr", v
             continue
+        # the launcher's other cases, which no kernel here uses: annotated types, tuple arguments
+        assert not p.annotation_type, (fn.__name__, p.name, "annotated: not reproduced here")
         kind, desc = native_specialize_impl(BaseBackend, v, p.is_const, not p.do_not_specialize,
                                             not p.do_not_specialize_on_alignment)
+        assert not isinstance(kind, tuple), (fn.__name__, p.name, "a tuple argument: not reproduced here")
         sig[p.name] = kind
         if kind == "constexpr":
             consts[p.name] = v
@@ -136,8 +139,10 @@ def test_the_histogram_group_sums_and_spread_kernels_compile_for_hopper(monkeypa
 def test_the_log_probability_and_attention_kernels_compile_for_hopper(monkeypatch):
     from interp.kernels import logprobs, short_attention
 
-    compile_recorded(monkeypatch, logprobs, "_target_logprob_kernel", lambda: logprobs.target_logprobs(
-        torch.randn(5, 1000, dtype=torch.bfloat16), torch.randint(0, 1000, (5,))))
+    # a vocabulary not divisible by 16, and one that is (as real ones are: 49,152, 128,256)
+    n = compile_recorded(monkeypatch, logprobs, "_target_logprob_kernel", lambda: [logprobs.target_logprobs(
+        torch.randn(5, V, dtype=torch.bfloat16), torch.randint(0, V, (5,))) for V in (1000, 1024)])
+    assert n == 2
     q, k, v = torch.randn(2, 8, 9, 64, dtype=torch.bfloat16), *torch.randn(2, 2, 2, 9, 64, dtype=torch.bfloat16)
     mask = torch.zeros(2, 1, 9, 9, dtype=torch.bfloat16)
     compile_recorded(monkeypatch, short_attention, "_short_attention_kernel",
