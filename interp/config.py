@@ -137,13 +137,13 @@ class AnalysisConfig:
     compile_cpu_min_pairs: int = 5000  # CPU: from about this many pairs on, compiling pays for itself
     # the compiled tree's MLP: compiled (torch.compile: cuBLAS products and one elementwise kernel) or
     # fused (gate and up products with silu(g) * u in one Triton kernel, interp/kernels/mlp.py; gated
-    # SiLU MLPs in bf16 or fp16 on a Hopper GPU; opt-in: on the H100s measured the whole pass ran 9%
-    # slower with it; benchmarks.fused_mlp says whether it pays on a given GPU)
+    # SiLU MLPs in bf16 or fp16 on a Hopper GPU; opt-in: the whole pass ran 9-10% slower with it on
+    # one H100; benchmarks.fused_mlp says whether it pays on a given GPU)
     mlp: str = "compiled"
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
     chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)
-    # Triton kernels for the per-pair values (one per site) and the log-probabilities at the targets
-    # (auto: on CUDA; true: required; false: PyTorch ops)
+    # Triton kernels for the per-pair values (one per site) and the a and b log-probabilities at the
+    # targets (auto: on CUDA; true: required; false: PyTorch ops)
     fused: Any = "auto"
     top_k: int = 20  # components listed in the summary and the bar chart
     n_saved_pairs: int = 8  # first N kept pairs: raw activations and attention patterns saved (-1 = all)

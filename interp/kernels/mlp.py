@@ -5,11 +5,11 @@ The compiled tree runs a Llama MLP as two cuBLAS products (gate and up), one ele
 kernel computes both products' tiles from the same tile of ``x`` (moved by the tensor-memory
 accelerator), applies ``silu(g) * u`` to the float32 accumulators and writes the result once:
 no elementwise kernel and no round trip of ``g`` and ``u`` through memory. It pays only where its
-products run as fast as cuBLAS's, and that varies by machine: ``benchmarks.fused_mlp`` (5,760 token
-rows at the 8B shape) measured it at 1.07x cuBLAS plus the compiled elementwise kernel on one H100,
-0.745x and 0.843x on two others, and the whole bank workload 9% slower with it than without
-(``benchmarks/README.md``, ninth session). Hence opt-in: run ``benchmarks.fused_mlp`` on a GPU
-before choosing it there.
+products run as fast as cuBLAS's, and they do not reliably: ``benchmarks.fused_mlp`` (5,760 token
+rows at the 8B shape) measured it at 1.07x cuBLAS plus the compiled elementwise kernel in one run
+and at 0.745x and 0.843x in two later runs (other H100 starts), and the whole bank workload ran
+9-10% slower with it than without on one H100 (``benchmarks/README.md``, ninth session). Hence
+opt-in: run ``benchmarks.fused_mlp`` more than once on a GPU before choosing it there.
 
 Numbers: ``g`` and ``u`` stay float32 until ``silu(g) * u`` is rounded once to the input dtype
 (bf16 or fp16), where the compiled tree rounds ``g`` and ``u`` to it first, so the two differ by that
