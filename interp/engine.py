@@ -291,9 +291,9 @@ def slot_logprobs(model, h: Float[Tensor, "S d_model"], target: Int[Tensor, "S"]
     if chunk is None:
         chunk = 1024 if h.is_cuda else max(16, (1 << 22) // unembed.weight.shape[0])
     if fused is None:
-        from .kernels import have_triton
+        from .kernels import use_fused
 
-        fused = h.is_cuda and have_triton()
+        fused = use_fused("auto", h.device)
     own = getattr(model, "private_unembedding", False)  # the bridge's unembedding hands its output to hook points
     out = torch.empty(h.shape[0], dtype=torch.float64, device=h.device)
     for i in range(0, h.shape[0], chunk):

@@ -191,7 +191,8 @@ class PlainModel:
 
         if self.layout.family != "llama":
             return f"the {self.layout.family} MLP is not a gated MLP"
-        dev = self.original_model.get_output_embeddings().weight.device
+        weight = self.original_model.get_output_embeddings().weight
+        dev = weight.device
         if not kernels.available(dev):
             return f"the kernel needs Triton on a CUDA device (here {dev})"
         if dev.type == "cuda":
@@ -202,9 +203,8 @@ class PlainModel:
                         f"{props.shared_memory_per_block_optin // 1024} KB)")
         from ..kernels.mlp import DTYPES, mlp_reason  # imports Triton (installed: checked above)
 
-        dtype = self.original_model.get_output_embeddings().weight.dtype
-        if dtype not in DTYPES:
-            return f"the model is {dtype}; the kernel takes {' and '.join(map(str, DTYPES))}"
+        if weight.dtype not in DTYPES:
+            return f"the model is {weight.dtype}; the kernel takes {' and '.join(map(str, DTYPES))}"
         return mlp_reason(self.layers[0].get_submodule("mlp"), self.original_model.config)
 
     def set_mlp(self, kind: str) -> None:
