@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 import torch
 import triton
@@ -144,10 +145,10 @@ def main() -> None:
     for bm, bn, bk, st, w, gr in TMA_CONFIGS:
         rows.append(row("triton_dual_tma", lambda: gated_up(x, wg, wu, bm, bn, bk, st, w, gr),
                         tile=[bm, bn, bk], stages=st, warps=w, group=gr))
-    half = lambda xx: torch.nn.functional.silu(xx @ wg.T) * (xx @ wu.T)  # noqa: E731
     if a.autotune:
-        rows.append(row("inductor_max_autotune", (lambda f: lambda: f(x))(
-            torch.compile(half, mode="max-autotune-no-cudagraphs", dynamic=False))))
+        half = lambda xx: torch.nn.functional.silu(xx @ wg.T) * (xx @ wu.T)  # noqa: E731
+        rows.append(row("inductor_max_autotune",
+                        partial(torch.compile(half, mode="max-autotune-no-cudagraphs", dynamic=False), x)))
     speedups(rows)
     out = {"device": torch.cuda.get_device_name(dev), "tokens": M, "d_model": K, "d_mlp": N, "rows": rows}
     if a.autotune:  # the whole MLP (the down product too): what inductor's autotuned products would give
@@ -155,7 +156,7 @@ def main() -> None:
         mlp = lambda xx: (torch.nn.functional.silu(xx @ wg.T) * (xx @ wu.T)) @ wd.T  # noqa: E731
         ref32 = (ref32.to(bf).float() @ wd.float().T)
         scale, flop = float(ref32.abs().max()), flop * 3 // 2
-        whole = [row(name, (lambda f: lambda: f(x))(torch.compile(mlp, mode=mode, dynamic=False)))
+        whole = [row(name, partial(torch.compile(mlp, mode=mode, dynamic=False), x))
                  for name, mode in (("compiled", "default"), ("max_autotune", "max-autotune-no-cudagraphs"))]
         out["whole_mlp"] = speedups(whole)
     print(json.dumps(out), flush=True)

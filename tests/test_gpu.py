@@ -118,7 +118,8 @@ def test_every_family_runs_compiled_with_the_short_kernel_on_cuda_and_equals_the
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
                     reason="the fused MLP's TMA tiles need a Hopper GPU")
-def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix_invariant(pairs_file, tmp_path):
+def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix_invariant(pairs_file, tmp_path,
+                                                                                          monkeypatch):
     """``analysis.mlp=fused`` in bf16: the gated-up kernel runs in every layer; measured against the
     float32 model, its activations are off by no more than the compiled bf16 tree's (twice, plus a
     little: the kernel rounds silu(g) * u once, the compiled MLP more often); before the edit both
@@ -142,13 +143,10 @@ def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix
     got = {}
     calls = []
     real = kmlp._launch  # the kernel's launch, after FusedMLP's check
-    kmlp._launch = lambda *a: calls.append(1) or real(*a)
-    try:
-        for k, t in [*trees.items(), ("exact", exact)]:
-            got[k] = {}
-            forward(t, b, [(n, (lambda d, n: lambda x, hook: d.__setitem__(n, x.clone()))(got[k], n)) for n in names])
-    finally:
-        kmlp._launch = real
+    monkeypatch.setattr(kmlp, "_launch", lambda *a: calls.append(1) or real(*a))
+    for k, t in [*trees.items(), ("exact", exact)]:
+        got[k] = {}
+        forward(t, b, [(n, (lambda d, n: lambda x, hook: d.__setitem__(n, x.clone()))(got[k], n)) for n in names])
     assert len(calls) == lm.info["n_layers"]
     m = b.mask
     for n in names:
@@ -161,11 +159,7 @@ def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix
     outs, runs_calls = {}, {}
     for k in ("compiled", "fused"):
         calls.clear()
-        kmlp._launch = lambda *a: calls.append(1) or real(*a)
-        try:
-            outs[k] = run(make_cfg(*cfg_overrides(cfg), "analysis.compile=true", f"analysis.mlp={k}"), tmp_path / k)
-        finally:
-            kmlp._launch = real
+        outs[k] = run(make_cfg(*cfg_overrides(cfg), "analysis.compile=true", f"analysis.mlp={k}"), tmp_path / k)
         runs_calls[k] = len(calls)
     # the fused run's MLPs ran the kernel (every layer of every pass), the compiled run's never
     assert runs_calls["compiled"] == 0 and runs_calls["fused"] >= lm.info["n_layers"], runs_calls
