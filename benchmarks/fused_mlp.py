@@ -1,6 +1,7 @@
 """What fusing SiLU x up into the gate and up products would win: the first half of one MLP layer.
 
     python -m benchmarks.fused_mlp [--tokens 5760] [--d-model 4096] [--d-mlp 14336] [--reps 20] [--autotune]
+                                   [--cutlass]
 
 The compiled decoder runs a Llama MLP as two cuBLAS products (gate and up), one elementwise kernel
 (``silu(gate) * up``, which reads both products' outputs and writes theirs) and the down product. At
@@ -24,6 +25,13 @@ With ``--autotune`` it also compiles the first half (``inductor_max_autotune``) 
 (``whole_mlp``: default compile against max-autotune) with ``mode="max-autotune-no-cudagraphs"``:
 inductor benchmarks its Triton product templates against cuBLAS at compile time and keeps the
 faster (a template can take the elementwise work as its epilogue; cuBLAS cannot).
+
+With ``--cutlass`` (a Hopper GPU, and ``nvcc`` with CUTLASS's headers, or a built library:
+``benchmarks/cutlass_build.py``) it also times ``cutlass_gated_up``: the gate product by cuBLAS,
+then the up product as a CUTLASS kernel whose epilogue reads the gate's output and writes
+``silu(g) * acc`` (``benchmarks/gated_up.cu``: no elementwise kernel, no round trip of ``u``), at three
+tile shapes and schedules; and, as ``up_product``, the up product alone by cuBLAS and by the same
+CUTLASS kernels without the activation (what the epilogue costs, and how CUTLASS's product compares).
 
 It reports ms, TFLOP/s (the two products' FLOP) and the largest difference from float32 arithmetic
 rounded once, relative to the largest output, and ``speedup`` against ``cublas``. One JSON line;
@@ -110,6 +118,8 @@ def main() -> None:
     ap.add_argument("--autotune", action="store_true",
                     help="also inductor's max-autotune (Triton product templates with the elementwise work "
                          "fused, benchmarked against cuBLAS at compile time): the first half and the whole MLP")
+    ap.add_argument("--cutlass", action="store_true",
+                    help="also the up product with silu(g) * acc in a CUTLASS epilogue (benchmarks/gated_up.cu)")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.fused_mlp needs a CUDA device")
@@ -145,6 +155,11 @@ def main() -> None:
     for bm, bn, bk, st, w, gr in TMA_CONFIGS:
         rows.append(row("triton_dual_tma", lambda: gated_up(x, wg, wu, bm, bn, bk, st, w, gr),
                         tile=[bm, bn, bk], stages=st, warps=w, group=gr))
+    if a.cutlass:
+        from . import cutlass_build as cb
+
+        for v, what in cb.VARIANTS.items():
+            rows.append(row("cutlass_gated_up", lambda: cb.gated_up(x, wu, x @ wg.T, v), kernel=what))
     if a.autotune:
         half = lambda xx: torch.nn.functional.silu(xx @ wg.T) * (xx @ wu.T)  # noqa: E731
         rows.append(row("inductor_max_autotune",
@@ -159,6 +174,11 @@ def main() -> None:
         whole = [row(name, partial(torch.compile(mlp, mode=mode, dynamic=False), x))
                  for name, mode in (("compiled", "default"), ("max_autotune", "max-autotune-no-cudagraphs"))]
         out["whole_mlp"] = speedups(whole)
+    if a.cutlass:  # the up product alone: cuBLAS against the CUTLASS kernels without the activation
+        ref32, flop = x.float() @ wu.float().T, flop // 2
+        scale = float(ref32.abs().max())
+        out["up_product"] = speedups([row("cublas", lambda: x @ wu.T)] + [
+            row("cutlass", lambda: cb.gated_up(x, wu, None, cb.PLAIN + v), kernel=what) for v, what in cb.VARIANTS.items()])
     print(json.dumps(out), flush=True)
 
 

@@ -31,7 +31,7 @@ POSITION_MODES = ("edit", "last", "after")
 BACKENDS = ("auto", "bridge", "hf")
 ATTENTION_KERNELS = ("eager", "short", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 ATTENTION = ("auto", *ATTENTION_KERNELS)
-MLP_KERNELS = ("compiled", "fused", "cutlass")
+MLP_KERNELS = ("compiled", "fused")
 CONTROL_POOLS = ("common", "edits", "matched", "nearest", "grammatical")
 CLUSTERS = ("swap", "template", "none")
 STABLE_RULES = ("equivalence", "significance")
@@ -138,8 +138,7 @@ class AnalysisConfig:
     # the compiled tree's MLP: compiled (torch.compile: cuBLAS products and one elementwise kernel) or
     # fused (gate and up products with silu(g) * u in one Triton kernel, interp/kernels/mlp.py; gated
     # SiLU MLPs in bf16 or fp16 on a Hopper GPU; opt-in: the whole pass ran 9-10% slower with it on
-    # one H100; benchmarks.fused_mlp says whether it pays on a given GPU), or cutlass (the up product
-    # with silu(g) * acc in a CUTLASS epilogue, interp/kernels/cutlass.py; Hopper, bf16, needs nvcc)
+    # one H100; benchmarks.fused_mlp says whether it pays on a given GPU)
     mlp: str = "compiled"
     overlap: bool = True  # GPU: host one batch ahead; statistics on a side stream
     chunk_layers: Any = "auto"  # layers of a hook point reduced together (auto: 16 on a GPU, 1 on the CPU)

@@ -92,3 +92,32 @@ def test_the_decoder_alone_counts_no_unembedding_and_runs_without_logits():
     finally:
         handle.remove()
     assert seen == []  # no unembedding ran
+
+
+def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches():
+    """``benchmarks.loop_parts``: the decoder, then hooks, log-probabilities and the whole analysis, each
+    a loop over the same batches; the analysis loop folds every batch into fresh statistics."""
+    from hydra import compose, initialize_config_dir
+
+    from benchmarks.loop_parts import measure, variants
+    from benchmarks.throughput import prepare
+    from interp.run import get_model
+    from tests.conftest import CONF, tokenizer_overrides
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("benchmark", ["model=tiny", "n_pairs=8", "batch_size=4", "repeats=1", *tokenizer_overrides()])
+    lm = get_model(cfg)
+    kept, groups, batches, n_controls = prepare(cfg, lm, 8)
+    loops, facts = variants(cfg, lm, kept, groups, batches, n_controls)
+    assert list(loops) == ["decoder", "hooks_noop", "hooks_keep", "logprobs", "analysis"]  # no CUDA stream here
+    setup, loop = loops["analysis"]
+    p = setup()
+    folded = []
+    consume = p.stats.consume
+    p.stats.consume = lambda *a: folded.append(1) or consume(*a)
+    loop(p)
+    assert len(folded) == len(batches) == 2
+    assert setup() is not p  # every timed loop starts from fresh statistics
+    out = measure(cfg)
+    assert set(out["seconds"]) == set(loops) and all(s > 0 for s in out["seconds"].values())
+    assert out["vs_decoder"]["decoder"] == 1.0 and out["batches"] == 2

@@ -117,31 +117,22 @@ def test_every_family_runs_compiled_with_the_short_kernel_on_cuda_and_equals_the
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
-                    reason="the MLP kernels need a Hopper GPU")
-@pytest.mark.parametrize("kind", ["fused", "cutlass"])
-def test_the_mlp_kernels_on_cuda_agree_with_the_compiled_mlp_and_keep_the_prefix_invariant(pairs_file, tmp_path,
-                                                                                         monkeypatch, kind):
-    """``analysis.mlp=fused`` (Triton) and ``analysis.mlp=cutlass`` in bf16: the kernel runs in every
-    layer; measured against the float32 model, the activations are off by no more than the compiled
-    bf16 tree's (twice, plus a little: the kernels round silu(g) * u once, the compiled MLP more
-    often); before the edit both sentences' activations are identical; and a whole run's statistics
-    agree."""
+                    reason="the fused MLP's TMA tiles need a Hopper GPU")
+def test_the_fused_mlp_on_cuda_agrees_with_the_compiled_mlp_and_keeps_the_prefix_invariant(pairs_file, tmp_path,
+                                                                                          monkeypatch):
+    """``analysis.mlp=fused`` in bf16: the gated-up kernel runs in every layer; measured against the
+    float32 model, its activations are off by no more than the compiled bf16 tree's (twice, plus a
+    little: the kernel rounds silu(g) * u once, the compiled MLP more often); before the edit both
+    sentences' activations are identical; and a whole run's statistics agree."""
     from interp.engine import forward, make_batches
-    from interp.kernels import cutlass as kcut
-
-    if kind == "cutlass" and kcut.why_not("cuda"):
-        pytest.skip(f"analysis.mlp=cutlass: {kcut.why_not('cuda')}")
-    if kind == "fused":
-        from interp.kernels import mlp as kmod
-    else:
-        kmod = kcut
+    from interp.kernels import mlp as kmlp
     from interp.pairs import load_pairs, validate_pairs
     from interp.backends.hf import PlainModel, twin
     from interp.run import get_model
 
     cfg = _cfg(f"pairs.path={pairs_file}", "device=cuda", "dtype=bfloat16", "analysis.n_saved_pairs=0")
     lm = get_model(cfg)
-    trees = {k: PlainModel(twin(lm.plain.original_model), "sdpa") for k in ("compiled", kind)}
+    trees = {k: PlainModel(twin(lm.plain.original_model), "sdpa") for k in ("compiled", "fused")}
     exact = PlainModel(twin(copy.deepcopy(lm.plain.original_model).float()), "sdpa")  # the float32 reference
     for k, t in trees.items():
         t.set_mlp(k)
@@ -151,8 +142,8 @@ def test_the_mlp_kernels_on_cuda_agree_with_the_compiled_mlp_and_keep_the_prefix
     b = make_batches([tp for _, tp in kept], [0] * len(kept), lm.bos_token_id, lm.pad_token_id, 8, lm.device)[0]
     got = {}
     calls = []
-    real = kmod._launch  # the kernel's launch, after the MLP's check of its operands
-    monkeypatch.setattr(kmod, "_launch", lambda *a: calls.append(1) or real(*a))
+    real = kmlp._launch  # the kernel's launch, after FusedMLP's check
+    monkeypatch.setattr(kmlp, "_launch", lambda *a: calls.append(1) or real(*a))
     for k, t in [*trees.items(), ("exact", exact)]:
         got[k] = {}
         forward(t, b, [(n, (lambda d, n: lambda x, hook: d.__setitem__(n, x.clone()))(got[k], n)) for n in names])
@@ -160,21 +151,21 @@ def test_the_mlp_kernels_on_cuda_agree_with_the_compiled_mlp_and_keep_the_prefix
     m = b.mask
     for n in names:
         want = got["exact"][n][m]
-        err_fused, err_compiled = ((got[k][n][m].float() - want).abs().max().item() for k in (kind, "compiled"))
+        err_fused, err_compiled = ((got[k][n][m].float() - want).abs().max().item() for k in ("fused", "compiled"))
         assert err_fused <= 2 * err_compiled + 1e-2, (n, err_fused, err_compiled)
         for j in range(b.size):
             e = int(b.edit[j])
-            assert torch.equal(got[kind][n][j, :e], got[kind][n][b.size + j, :e]), (n, j)
+            assert torch.equal(got["fused"][n][j, :e], got["fused"][n][b.size + j, :e]), (n, j)
     outs, runs_calls = {}, {}
-    for k in ("compiled", kind):
+    for k in ("compiled", "fused"):
         calls.clear()
         outs[k] = run(make_cfg(*cfg_overrides(cfg), "analysis.compile=true", f"analysis.mlp={k}"), tmp_path / k)
         runs_calls[k] = len(calls)
     # the fused run's MLPs ran the kernel (every layer of every pass), the compiled run's never
-    assert runs_calls["compiled"] == 0 and runs_calls[kind] >= lm.info["n_layers"], runs_calls
+    assert runs_calls["compiled"] == 0 and runs_calls["fused"] >= lm.info["n_layers"], runs_calls
     from interp import rundir as R
 
-    assert R.read_manifest(outs[kind])["forward"]["mlp"] == kind
-    a, c = (pd.read_parquet(outs[k] / "stability.parquet") for k in (kind, "compiled"))
+    assert R.read_manifest(outs["fused"])["forward"]["mlp"] == "fused"
+    a, c = (pd.read_parquet(outs[k] / "stability.parquet") for k in ("fused", "compiled"))
     for col in ("mean_abs_diff", "spread"):
         pd.testing.assert_series_equal(a[col], c[col], atol=0.05, rtol=0.05)

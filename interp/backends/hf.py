@@ -207,21 +207,6 @@ class PlainModel:
             return f"the model is {weight.dtype}; the kernel takes {' and '.join(map(str, DTYPES))}"
         return mlp_reason(self.layers[0].get_submodule("mlp"), self.original_model.config)
 
-    def why_no_cutlass_mlp(self) -> str | None:
-        """Why ``set_mlp("cutlass")`` cannot serve this model here, or None if it can."""
-        from ..kernels import cutlass
-        from ..kernels import mlp_reason
-
-        if self.layout.family != "llama":
-            return f"the {self.layout.family} MLP is not a gated MLP"
-        weight = self.original_model.get_output_embeddings().weight
-        reason = cutlass.why_not(weight.device)
-        if reason:
-            return reason
-        if weight.dtype != torch.bfloat16:
-            return f"the model is {weight.dtype}; the kernel is built for torch.bfloat16"
-        return mlp_reason(self.layers[0].get_submodule("mlp"), self.original_model.config)
-
     def set_mlp(self, kind: str) -> None:
         """What ``compile`` puts in each layer's MLP: ``compiled`` (``torch.compile``) or ``fused``
         (``interp.kernels.mlp.FusedMLP``: gate and up with ``silu(g) * u`` in one kernel, then the
@@ -231,10 +216,10 @@ class PlainModel:
             raise ValueError(f"MLP kernel {kind!r} is not one of {MLP_KERNELS}")
         if kind == self.mlp:
             return
-        if kind != "compiled":
-            reason = self.why_no_fused_mlp() if kind == "fused" else self.why_no_cutlass_mlp()
+        if kind == "fused":
+            reason = self.why_no_fused_mlp()
             if reason:
-                raise ConfigError(f"analysis.mlp={kind}: {reason}; use analysis.mlp=compiled")
+                raise ConfigError(f"analysis.mlp=fused: {reason}; use analysis.mlp=compiled")
         self.uncompile()
         self.mlp = kind
 
@@ -252,15 +237,13 @@ class PlainModel:
         for child in [*(layer.get_submodule(c) for layer, c in children), final]:
             self._eager.append((child, child.__dict__.get("forward")))
             child.forward = torch.compile(child.forward, **kwargs)
-        if self.mlp != "compiled":
-            if self.mlp == "fused":
-                from ..kernels.mlp import FusedMLP as Kind
-            else:
-                from ..kernels.cutlass import CutlassMLP as Kind
+        if self.mlp == "fused":
+            from ..kernels.mlp import FusedMLP
+
             for layer, c in children:
                 if c == "mlp":
                     mlp = layer.get_submodule(c)
-                    mlp.forward = Kind(mlp, mlp.forward)
+                    mlp.forward = FusedMLP(mlp, mlp.forward)
         self.compiled = True
 
     @property
@@ -268,7 +251,7 @@ class PlainModel:
         """How many compiled modules a pass runs (0 uncompiled): a pass that ran compiled calls at
         least this many compiled graphs (``counts``). A fused MLP calls its compiled forward only
         for inputs its kernel cannot take."""
-        fused = len(self.layers) if self.compiled and self.mlp != "compiled" else 0
+        fused = len(self.layers) if self.compiled and self.mlp == "fused" else 0
         return len(self._eager) - fused
 
     def uncompile(self) -> None:

@@ -51,17 +51,3 @@ def use_fused(setting, device: torch.device | str) -> bool:
         raise RuntimeError(f"analysis.fused=true needs Triton and a CUDA device (device {device}, "
                            f"triton {'present' if have_triton() else 'missing'}); use analysis.fused=auto")
     return True
-
-
-def mlp_reason(mlp: torch.nn.Module, config) -> str | None:
-    """Why a layer's MLP is not the gated SiLU MLP that ``mlp.FusedMLP`` and ``cutlass.CutlassMLP`` compute, or None if it is."""
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        lin = getattr(mlp, name, None)
-        if not isinstance(lin, torch.nn.Linear):
-            return f"the MLP has no linear {name}"
-        if name != "down_proj" and lin.bias is not None:
-            return f"the MLP's {name} has a bias"
-    act = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)
-    if act != "silu":
-        return f"the MLP's activation is {act!r}, not silu"
-    return None

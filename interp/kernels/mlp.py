@@ -26,8 +26,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import mlp_reason  # noqa: F401  (where it lived before; it needs no Triton)
-
 BM, BN, BK, STAGES, WARPS, GROUP_M = 128, 128, 64, 4, 8, 8  # the benchmark's fastest shape
 
 
@@ -116,3 +114,17 @@ class FusedMLP:
             return self.fallback(x)
         h = _launch(x2, m.gate_proj.weight, m.up_proj.weight)  # checked just above
         return m.down_proj(h).view(*x.shape[:-1], -1)
+
+
+def mlp_reason(mlp: torch.nn.Module, config) -> str | None:
+    """Why a layer's MLP is not the gated SiLU MLP ``FusedMLP`` computes, or None if it is."""
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        lin = getattr(mlp, name, None)
+        if not isinstance(lin, torch.nn.Linear):
+            return f"the MLP has no linear {name}"
+        if name != "down_proj" and lin.bias is not None:
+            return f"the MLP's {name} has a bias"
+    act = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)
+    if act != "silu":
+        return f"the MLP's activation is {act!r}, not silu"
+    return None

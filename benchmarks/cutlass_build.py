@@ -1,9 +1,14 @@
-"""The gated MLP's up product with ``silu(g) * acc`` in its epilogue: a CUTLASS kernel for Hopper.
+"""Build and call ``benchmarks/gated_up.cu``: a CUTLASS product for Hopper with ``silu(g) * acc`` in its epilogue.
 
-``gated_up.cu`` beside this file is compiled once with ``nvcc`` against CUTLASS's headers into a
-shared library, cached by a hash of its source, flags and compiler, and called through ``ctypes``
-with raw pointers and the current CUDA stream (no PyTorch headers are involved, so one build serves
-every PyTorch version). Where the tools come from, first found wins:
+Used by ``python -m benchmarks.fused_mlp --cutlass``. The kernel was tried as the compiled tree's MLP
+(``analysis.mlp=cutlass``, commit 14848f9) and measured no faster than cuBLAS plus the compiled
+elementwise kernel (benchmarks/README.md, tenth session), so no toolkit code uses it; it is kept
+here so that the measurement can be rerun.
+
+``gated_up.cu`` is compiled once with ``nvcc`` against CUTLASS's headers into a shared library,
+cached by a hash of its source, flags, header folder and compiler, and called through ``ctypes``
+with raw pointers and the current CUDA stream (no PyTorch headers, so one build serves every
+PyTorch version). Where the tools come from, first found wins:
 
 - the library itself: ``INTERP_GATED_UP_LIB`` (a path to a built ``.so``: nothing is compiled);
 - ``nvcc``: ``$CUDA_HOME/bin/nvcc``, ``nvcc`` on the ``PATH``, or the ``nvidia-cuda-nvcc`` wheel;
@@ -11,9 +16,7 @@ every PyTorch version). Where the tools come from, first found wins:
   (``cutlass_library/source/include``);
 - the cache: ``INTERP_KERNEL_CACHE``, else ``~/.cache/interp/kernels``.
 
-``why_not()`` says what is missing, in words; ``library()`` builds (about a minute and a half on 2
-cores) or loads. Only ``interp.kernels.mlp.CutlassMLP`` (``analysis.mlp=cutlass``) and the
-benchmarks call it.
+A build takes about a minute and a half on 2 cores (all six variants).
 """
 
 from __future__ import annotations
@@ -146,38 +149,14 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def operands_reason(x: Tensor, w: Tensor, g: Tensor | None) -> str | None:
-    """Why ``gated_up`` cannot take these operands, or None if it can."""
-    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
-        return f"shapes x {list(x.shape)}, w {list(w.shape)}"
-    if g is not None and tuple(g.shape) != (x.shape[0], w.shape[0]):
-        return f"g has shape {list(g.shape)}, not {[x.shape[0], w.shape[0]]}"
-    for name, t in (("x", x), ("w", w), ("g", g)):
-        if t is None:
-            continue
-        if t.dtype != torch.bfloat16:
-            return f"{name} is {t.dtype}; the kernel is built for bfloat16"
-        if not t.is_cuda or not t.is_contiguous() or t.data_ptr() % 16:
-            return f"{name} is not a contiguous, 16-byte aligned CUDA tensor"
-    M, K = x.shape
-    if M == 0 or K % 8 or w.shape[0] % 8 or max(M, K, w.shape[0]) >= 2 ** 31:
-        return f"M={M}, N={w.shape[0]}, K={K}: rows must be 16-byte multiples and sizes below 2^31"
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (g is not None and g.requires_grad)):
-        return "gradients are wanted (the kernel has no backward)"
-    return None
-
-
 def gated_up(x: Tensor, w: Tensor, g: Tensor | None, variant: int = GATED) -> Tensor:
-    """``silu(g) * (x @ w.T)`` (``variant`` < 10), or ``x @ w.T`` (``variant`` >= 10, ``g`` None), in
-    bfloat16: [M, N] for ``x`` [M, K], ``w`` [N, K]. Operands as ``operands_reason`` wants them."""
-    reason = operands_reason(x, w, g)
-    if reason:
-        raise ValueError(f"gated_up: {reason}")
-    return _launch(x, w, g, variant)
-
-
-def _launch(x: Tensor, w: Tensor, g: Tensor | None, variant: int = GATED) -> Tensor:
-    """``gated_up`` on operands already checked."""
+    """``silu(g) * (x @ w.T)`` (``variant`` < 10), or ``x @ w.T`` (``variant`` >= 10, ``g`` None): [M, N]
+    for ``x`` [M, K], ``w`` [N, K], all contiguous bfloat16 CUDA tensors."""
+    for name, t in (("x", x), ("w", w), ("g", g)):
+        if t is not None and (t.dtype != torch.bfloat16 or not t.is_cuda or not t.is_contiguous()):
+            raise ValueError(f"gated_up: {name} must be a contiguous bfloat16 CUDA tensor")
+    if (g is None) != (variant >= 10):
+        raise ValueError(f"gated_up: variant {variant} {'takes no' if variant >= 10 else 'needs'} g")
     M, K = x.shape
     N = w.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -190,26 +169,3 @@ def _launch(x: Tensor, w: Tensor, g: Tensor | None, variant: int = GATED) -> Ten
     if rc:
         raise RuntimeError(f"gated_up (variant {variant}): {err.value.decode(errors='replace')}")
     return out
-
-
-class CutlassMLP:
-    """A gated SiLU MLP module's forward as three products: the gate product (cuBLAS), ``gated_up``
-    (the up product with ``silu(g) * acc`` in its epilogue) and ``mlp.down_proj``. Inputs the kernel
-    cannot take (``operands_reason``) go to ``fallback``, the module's forward before.
-
-    Numbers: ``g`` is rounded to bfloat16 as the compiled tree rounds it; the up product stays
-    float32 until ``silu(g) * u`` is rounded once (the compiled tree rounds ``u`` first)."""
-
-    def __init__(self, mlp: torch.nn.Module, fallback):
-        self.mlp = mlp
-        self.fallback = fallback
-
-    def __call__(self, x: Tensor) -> Tensor:
-        m = self.mlp
-        x2 = x.reshape(-1, x.shape[-1])
-        if not x2.is_contiguous() or operands_reason(x2, m.up_proj.weight, None) is not None:
-            return self.fallback(x)
-        g = torch.nn.functional.linear(x2, m.gate_proj.weight)
-        h = _launch(x2, m.up_proj.weight, g)
-        del g
-        return m.down_proj(h).view(*x.shape[:-1], -1)

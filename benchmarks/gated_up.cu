@@ -6,8 +6,10 @@
 // kernel (TMA loads, warp-specialized warpgroup matrix instructions); its epilogue reads the tile
 // of g through TMA as the product's "source" operand and writes silu(g) * acc once, rounded from
 // float32. This takes the elementwise kernel silu(g) * u, and the round trip of u through memory,
-// out of the MLP. Built by interp/kernels/cutlass.py with nvcc and CUTLASS's headers; called
-// through ctypes (no PyTorch headers, so one build serves any PyTorch version).
+// out of the MLP. Built by benchmarks/cutlass_build.py with nvcc and CUTLASS's headers (4.2);
+// called through ctypes (no PyTorch headers, so one build serves any PyTorch version). Timed by
+// python -m benchmarks.fused_mlp --cutlass: no faster than cuBLAS plus the elementwise kernel on
+// an H100 (benchmarks/README.md), so no toolkit code uses it.
 #include <cstdio>
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -96,8 +98,8 @@ using CoopE = cutlass::epilogue::TmaWarpSpecializedCooperative;
 using Ping = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
 using PingE = cutlass::epilogue::TmaWarpSpecialized;
 
-// variant: 0-2 the gated product at three tile shapes and schedules, 10-12 the same without the
-// activation (and no g). Returns 0, or an error code with a message in err.
+// variant: 0-2 the gated product at three tile shapes and schedules, 10-12 the same three without
+// the activation (and no g). Returns 0, or an error code with a message in err.
 extern "C" int interp_gated_up(int variant, const void* x, const void* w, const void* g, void* out,
                                int M, int N, int K, int sms, void* stream, char* err, int errlen) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
