@@ -112,7 +112,7 @@ def library_path() -> Path:
         return Path(os.environ["INTERP_GATED_UP_LIB"])
     reason = why_not()
     if reason:
-        raise KernelBuildError(f"cannot build interp/kernels/gated_up.cu: {reason}")
+        raise KernelBuildError(f"cannot build benchmarks/gated_up.cu: {reason}")
     nvcc, include = find_nvcc(), find_cutlass()
     version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, str(include), version]).encode()).hexdigest()[:16]
@@ -149,12 +149,27 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+def operands_reason(x: Tensor, w: Tensor, g: Tensor | None) -> str | None:
+    """Why the kernel cannot take these operands (it reads them through raw pointers), or None."""
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        return f"shapes x {list(x.shape)}, w {list(w.shape)}"
+    if g is not None and tuple(g.shape) != (x.shape[0], w.shape[0]):
+        return f"g has shape {list(g.shape)}, not {[x.shape[0], w.shape[0]]}"
+    for name, t in (("x", x), ("w", w), ("g", g)):
+        if t is not None and (t.dtype != torch.bfloat16 or not t.is_cuda or not t.is_contiguous() or t.data_ptr() % 16):
+            return f"{name} must be a contiguous, 16-byte aligned bfloat16 CUDA tensor"
+    M, K = x.shape
+    if M == 0 or K % 8 or w.shape[0] % 8 or max(M, K, w.shape[0]) >= 2 ** 31:
+        return f"M={M}, N={w.shape[0]}, K={K}: rows must be 16-byte multiples and sizes below 2^31"
+    return None
+
+
 def gated_up(x: Tensor, w: Tensor, g: Tensor | None, variant: int = GATED) -> Tensor:
     """``silu(g) * (x @ w.T)`` (``variant`` < 10), or ``x @ w.T`` (``variant`` >= 10, ``g`` None): [M, N]
     for ``x`` [M, K], ``w`` [N, K], all contiguous bfloat16 CUDA tensors."""
-    for name, t in (("x", x), ("w", w), ("g", g)):
-        if t is not None and (t.dtype != torch.bfloat16 or not t.is_cuda or not t.is_contiguous()):
-            raise ValueError(f"gated_up: {name} must be a contiguous bfloat16 CUDA tensor")
+    reason = operands_reason(x, w, g)
+    if reason:
+        raise ValueError(f"gated_up: {reason}")
     if (g is None) != (variant >= 10):
         raise ValueError(f"gated_up: variant {variant} {'takes no' if variant >= 10 else 'needs'} g")
     M, K = x.shape

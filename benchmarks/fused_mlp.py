@@ -158,6 +158,10 @@ def main() -> None:
     if a.cutlass:
         from . import cutlass_build as cb
 
+        reason = cb.why_not(dev)
+        if reason:
+            raise SystemExit(f"benchmarks.fused_mlp --cutlass: {reason}")
+        cb.library()  # built (or loaded) once, before the rows: a failed build stops here, with nvcc's output
         for v, what in cb.VARIANTS.items():
             rows.append(row("cutlass_gated_up", lambda: cb.gated_up(x, wu, x @ wg.T, v), kernel=what))
     if a.autotune:
@@ -175,7 +179,7 @@ def main() -> None:
                  for name, mode in (("compiled", "default"), ("max_autotune", "max-autotune-no-cudagraphs"))]
         out["whole_mlp"] = speedups(whole)
     if a.cutlass:  # the up product alone: cuBLAS against the CUTLASS kernels without the activation
-        ref32, flop = x.float() @ wu.float().T, flop // 2
+        ref32, flop = x.float() @ wu.float().T, 2 * M * K * N  # one product (after --autotune's change)
         scale = float(ref32.abs().max())
         out["up_product"] = speedups([row("cublas", lambda: x @ wu.T)] + [
             row("cutlass", lambda: cb.gated_up(x, wu, None, cb.PLAIN + v), kernel=what) for v, what in cb.VARIANTS.items()])

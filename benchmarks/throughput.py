@@ -188,13 +188,15 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def pipeline(cfg, lm, kept, groups, n_controls):
+def pipeline(cfg, lm, kept, groups, n_controls, empty_cache: bool = True):
     """The statistics and the batch loop of a run, on the model the run would choose. The previous
-    call's statistics are freed first (at the 8B shape with many categories they hold gigabytes)."""
+    call's statistics are freed first (at the 8B shape with many categories they hold gigabytes);
+    with ``empty_cache`` the CUDA allocator's cached blocks go back to the device too, so the next
+    loop allocates afresh (``False``: they stay cached, as for a loop that ran before)."""
     import gc
 
     gc.collect()
-    if lm.device.type == "cuda":
+    if lm.device.type == "cuda" and empty_cache:
         torch.cuda.empty_cache()
     stats = new_stats(cfg, lm, groups, n_controls, len(kept))
     model, facts = analysis_model(lm, cfg.analysis, [s.name for s in stats.sites], n_pairs=len(kept))

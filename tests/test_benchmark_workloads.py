@@ -94,13 +94,18 @@ def test_the_decoder_alone_counts_no_unembedding_and_runs_without_logits():
     assert seen == []  # no unembedding ran
 
 
-def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches():
+def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches(monkeypatch):
     """``benchmarks.loop_parts``: the decoder, then hooks, log-probabilities and the whole analysis, each
-    a loop over the same batches; the analysis loop folds every batch into fresh statistics."""
+    a loop over the same batches: the hook loops fire a hook at every site of every batch (the keeping
+    one holds each activation until its batch is done), the log-probabilities run once a batch, and the
+    analysis loop folds every batch into fresh statistics."""
+    import contextlib
+
     from hydra import compose, initialize_config_dir
 
-    from benchmarks.loop_parts import measure, variants
+    import benchmarks.loop_parts as parts
     from benchmarks.throughput import prepare
+    from interp.backends.hf import PlainModel
     from interp.run import get_model
     from tests.conftest import CONF, tokenizer_overrides
 
@@ -108,8 +113,43 @@ def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches():
         cfg = compose("benchmark", ["model=tiny", "n_pairs=8", "batch_size=4", "repeats=1", *tokenizer_overrides()])
     lm = get_model(cfg)
     kept, groups, batches, n_controls = prepare(cfg, lm, 8)
-    loops, facts = variants(cfg, lm, kept, groups, batches, n_controls)
+    loops, facts = parts.variants(cfg, lm, kept, groups, batches, n_controls)
     assert list(loops) == ["decoder", "hooks_noop", "hooks_keep", "logprobs", "analysis"]  # no CUDA stream here
+    n_sites = len(parts.pipeline(cfg, lm, kept, groups, n_controls)[0].sites)
+
+    fired, held = [], []
+    own_hooks = PlainModel.hooks
+
+    @contextlib.contextmanager
+    def counting(self, fwd_hooks=()):
+        def wrap(fn):
+            def hook(act, hook=None):
+                fired.append(1)
+                out = fn(act, hook)
+                held.append(len(kept_now()))
+                return out
+            return hook
+        with own_hooks(self, [(n, wrap(fn)) for n, fn in fwd_hooks]) as m:
+            yield m
+
+    def kept_now():  # the activations the keeping hooks hold
+        return loops["hooks_keep"][1].kept
+
+    monkeypatch.setattr(PlainModel, "hooks", counting)
+    for name, per_hook in (("hooks_noop", 0), ("hooks_keep", 1)):
+        fired.clear(), held.clear()
+        loops[name][1](None)
+        assert len(fired) == n_sites * len(batches), name
+        # the keeping hooks hold every activation of the batch so far (let go when it is done); the others none
+        assert held == [per_hook * (i % n_sites + 1) for i in range(len(held))], name
+        assert kept_now() == []
+    monkeypatch.setattr(PlainModel, "hooks", own_hooks)
+    scored = []
+    real = parts.pair_logprobs
+    monkeypatch.setattr(parts, "pair_logprobs", lambda *a, **k: scored.append(1) or real(*a, **k))
+    loops["logprobs"][1](None)
+    assert len(scored) == len(batches)
+
     setup, loop = loops["analysis"]
     p = setup()
     folded = []
@@ -118,6 +158,6 @@ def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches():
     loop(p)
     assert len(folded) == len(batches) == 2
     assert setup() is not p  # every timed loop starts from fresh statistics
-    out = measure(cfg)
+    out = parts.measure(cfg)
     assert set(out["seconds"]) == set(loops) and all(s > 0 for s in out["seconds"].values())
-    assert out["vs_decoder"]["decoder"] == 1.0 and out["batches"] == 2
+    assert out["batches"] == 2 and set(out["vs_decoder"]) == set(loops) and out["vs_decoder"]["decoder"] == 1.0
