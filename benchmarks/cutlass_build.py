@@ -105,24 +105,17 @@ def why_not(device: torch.device | str | None = None) -> str | None:
     return None
 
 
-def library_path() -> Path:
-    """Where the built library is (or goes): ``INTERP_GATED_UP_LIB``, else the cache, named by a hash
-    of the source, the flags, the header folder and the compiler's version."""
-    if os.environ.get("INTERP_GATED_UP_LIB"):
-        return Path(os.environ["INTERP_GATED_UP_LIB"])
-    reason = why_not()
-    if reason:
-        raise KernelBuildError(f"cannot build benchmarks/gated_up.cu: {reason}")
-    nvcc, include = find_nvcc(), find_cutlass()
+def library_path(nvcc: Path, include: Path) -> Path:
+    """Where the library built with ``nvcc`` and the CUTLASS headers in ``include`` goes: the cache,
+    named by a hash of the source, the flags, the header folder and the compiler's version."""
     version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, str(include), version]).encode()).hexdigest()[:16]
     return cache_dir() / f"gated_up-{key}.so"
 
 
-def build(out: Path) -> Path:
+def build(out: Path, nvcc: Path, include: Path) -> Path:
     """Compile ``gated_up.cu`` into ``out`` (written under a temporary name, then moved into place,
     so that a crash or a second process never leaves half a library there)."""
-    nvcc, include = find_nvcc(), find_cutlass()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         part = Path(tmp) / out.name
@@ -136,10 +129,17 @@ def build(out: Path) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL:
-    """The built kernel, loaded (built first if the cache has none)."""
-    path = library_path()
-    if not path.is_file():
-        build(path)
+    """The kernel, loaded: ``INTERP_GATED_UP_LIB`` as it is, else the cache's build (built first if
+    the cache has none)."""
+    reason = why_not()
+    if reason:
+        raise KernelBuildError(f"cannot build benchmarks/gated_up.cu: {reason}")
+    path = os.environ.get("INTERP_GATED_UP_LIB")
+    if path is None:
+        nvcc, include = find_nvcc(), find_cutlass()  # both found: why_not says so
+        path = library_path(nvcc, include)
+        if not path.is_file():
+            build(path, nvcc, include)
     lib = ctypes.CDLL(str(path))
     fn = lib.interp_gated_up
     fn.restype = ctypes.c_int

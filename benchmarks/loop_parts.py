@@ -29,6 +29,7 @@ and each variant's time over ``decoder``'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import hydra
@@ -82,7 +83,7 @@ def variants(cfg, lm, kept, groups, batches, n_controls) -> dict:
             return pipeline(cfg, lm, kept, groups, n_controls, empty_cache=False)[1]
 
         def loop(p):
-            with torch.cuda.stream(stream) if stream is not None else _nothing():
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 for b in batches:
                     p.submit(b)
                 p.flush()
@@ -94,14 +95,6 @@ def variants(cfg, lm, kept, groups, batches, n_controls) -> dict:
     if lm.device.type == "cuda":  # a priority past the device's range is taken as its highest
         out["analysis_high_priority"] = analysis(torch.cuda.Stream(lm.device, priority=-100))
     return out, facts
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def measure(cfg: DictConfig) -> dict:

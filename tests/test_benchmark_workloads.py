@@ -106,6 +106,7 @@ def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches(mon
     import benchmarks.loop_parts as parts
     from benchmarks.throughput import prepare
     from interp.backends.hf import PlainModel
+    from interp.hooks import resolve
     from interp.run import get_model
     from tests.conftest import CONF, tokenizer_overrides
 
@@ -115,7 +116,7 @@ def test_the_loop_parts_time_each_step_of_the_analysis_over_the_same_batches(mon
     kept, groups, batches, n_controls = prepare(cfg, lm, 8)
     loops, facts = parts.variants(cfg, lm, kept, groups, batches, n_controls)
     assert list(loops) == ["decoder", "hooks_noop", "hooks_keep", "logprobs", "analysis"]  # no CUDA stream here
-    n_sites = len(parts.pipeline(cfg, lm, kept, groups, n_controls)[0].sites)
+    n_sites = len(resolve(list(cfg.hooks.points), lm.info["n_layers"]))  # the statistics' sites
 
     fired, held = [], []
     own_hooks = PlainModel.hooks
